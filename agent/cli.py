@@ -1,0 +1,181 @@
+"""The `pass-agent` command line: argument parsing and dispatch only.
+
+Exit codes: 0 success, 1 operational failure, 2 usage or configuration error. Every subcommand
+imports what it needs lazily so that `pass-agent token` stays fast and small on a box.
+Must never: print a traceback for an expected failure, or a secret outside `token`/`headers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from agent import __version__
+
+DEFAULT_SOCKET = "/run/pass-agent/agent.sock"
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="configuration file (default: $PASS_AGENT_CONFIG or /etc/pass-agent/agent.toml)")
+
+
+def _socket_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", "-s", metavar="PATH",
+                   help="agent socket (default: [socket] path of the config, else %s)" % DEFAULT_SOCKET)
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the raw JSON result")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pass-agent",
+        description="Adobe Pass DCR agent for set-top boxes: registers the box, keeps a valid access token "
+                    "and serves it to the player over a local Unix socket.",
+        epilog="Run 'pass-agent demo' to see the whole flow against the bundled Adobe Pass emulator.")
+    parser.add_argument("--version", action="version", version="pass-agent " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the agent daemon", description="Run the agent in the foreground "
+                       "(systemd Type=notify). SIGHUP reloads the configuration, SIGTERM stops.")
+    _config_arg(p)
+
+    p = sub.add_parser("demo", help="the whole flow against the bundled emulator, on temporary paths",
+                       description="Start the Adobe Pass emulator (HTTPS) and the agent on temporary paths, "
+                                   "then show device info, registration, the first token (masked), a player "
+                                   "call and the serial console. Runs until Ctrl-C.")
+    p.add_argument("--once", action="store_true", help="exit after the sample player call")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+    p = sub.add_parser("emulator", help="run the Adobe Pass emulator (see docs/EMULATOR.md)", add_help=False,
+                       description="Run the Adobe Pass emulator. All arguments are passed on; "
+                                   "'pass-agent emulator --help' lists them.")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("device-info", help="print the X-Device-Info header of this box",
+                       description="Build X-Device-Info and AP-Device-Identifier from the box's identifiers.")
+    _config_arg(p)
+    p.add_argument("--board", help="board profile name or path (overrides the config)")
+    p.add_argument("--root", help="filesystem root to read identifiers from (overrides the config)")
+    p.add_argument("--decode", action="store_true", help="print the decoded JSON instead of the header value")
+    p.add_argument("--explain", action="store_true", help="show where each field came from")
+
+    for name, text in (("token", "print the current access token (a secret: for scripts and debugging)"),
+                       ("headers", "print the headers a player sends to Adobe Pass protected APIs"),
+                       ("status", "print the agent's state (no secrets)")):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        _socket_arg(p)
+        if name != "status":
+            p.add_argument("--min-ttl", type=float, metavar="S", help="require at least S seconds of validity")
+            p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for a first token")
+
+    p = sub.add_parser("check", help="validate the configuration and the environment",
+                       description="Validate the configuration file and what it points to. Exit 2 when the "
+                                   "configuration is invalid, 1 when an environment check fails.")
+    _config_arg(p)
+
+    p = sub.add_parser("reset", help="wipe the stored client credentials (forces a new registration)",
+                       description="Overwrite and remove the stored credentials. The next start registers "
+                                   "again, which logs the user out of authenticated sessions. Stop the agent first.")
+    _config_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    p = sub.add_parser("console-hash", help="make a console.password_hash value", add_help=False,
+                       description="Hash a console password for [console] password_hash.")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _not_available(what: str) -> int:
+    print("pass-agent: %s is not available in this build yet" % what, file=sys.stderr)
+    return 1
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return args.socket
+    from agent import config as configmod
+
+    try:
+        return configmod.load(args.config, check_files=False)["socket"]["path"]
+    except Exception:
+        return DEFAULT_SOCKET
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd = args.command
+    if cmd is None:
+        parser.print_help()
+        return 2
+    try:
+        if cmd == "run":
+            from agent import daemon
+
+            return daemon.run(args.config)
+        if cmd == "demo":
+            from agent import demo
+
+            return demo.main(once=args.once, keep=args.keep)
+        if cmd == "emulator":
+            try:
+                from tools.emulator import cli as emucli
+            except ImportError:
+                return _not_available("the emulator (tools/emulator is not installed on this box)")
+            return emucli.main(list(args.args))
+        if cmd == "device-info":
+            from agent import boards
+            from agent import config as configmod
+            from agent.errors import ConfigError
+
+            try:
+                dev = dict(configmod.load(args.config, check_files=False)["device"]) if args.config else \
+                    dict(configmod.defaults()["device"])
+            except ConfigError as e:
+                print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+                return 2
+            if args.board:
+                dev["board"] = args.board
+            if args.root:
+                dev["root"] = args.root
+            return boards.device_info_command(dev, args.decode, args.explain, sys.stdout)
+        if cmd in ("token", "headers", "status"):
+            from agent.client import client_command
+
+            kw = {} if cmd == "status" else {"min_ttl": args.min_ttl, "wait": args.wait}
+            return client_command(cmd, _socket_path(args), args.json, sys.stdout, **kw)
+        if cmd == "check":
+            from agent.check import check_command
+
+            return check_command(args.config, sys.stdout)
+        if cmd == "reset":
+            from agent import boards
+            from agent import config as configmod
+            from agent.errors import ConfigError
+            from agent.service import storage_dir
+            from agent.store import reset_command
+
+            try:
+                cfg = configmod.load(args.config, check_files=False)
+            except ConfigError as e:
+                print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+                return 2
+            profile = boards.load_profile(cfg["device"]["board"])
+            ident = boards.identify_for(cfg["device"])
+            return reset_command(storage_dir(cfg, profile), ident["device_id"], args.yes, sys.stdin, sys.stdout)
+        if cmd == "console-hash":
+            from agent.consolehash import console_hash_command
+
+            return console_hash_command(list(args.args), sys.stdin, sys.stdout)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""`pass-agent run`: wires config, identity, store, service, socket server and console into one process.
+
+Start-up order matters: the stored state is loaded and the socket bound before READY=1, so a
+player can get a stored valid token at once with the network down. The main thread runs the
+event loop (socket server, signals, watchdog); the service's worker thread talks to Adobe; the
+console has its own thread.
+
+Must never: exit on an upstream failure, drop the token or connections on SIGHUP, or wake up
+periodically when idle (only the watchdog, when systemd asked for one, and the scheduled refresh).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from agent import config as configmod
+from agent import log as agentlog
+from agent.errors import AgentError, ConfigError
+from agent.notify import Notifier
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class Daemon:
+    def __init__(self, cfg: dict, *, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.logbuf = agentlog.LogBuffer(1000)
+        self.log = agentlog.setup(cfg["log"]["level"], self.logbuf)
+        self.loop: Any = None
+        self.server: Any = None
+        self.console: Any = None
+        self.service: Any = None
+        self.store: Any = None
+        self._last_status = ""
+
+    def start(self) -> None:
+        from agent import boards
+        from agent.loop import Loop
+        from agent.server import Server, listen_fds_from_env
+        from agent.service import Service, storage_dir
+        from agent.store import Store
+
+        cfg = self.cfg
+        profile = boards.load_profile(cfg["device"]["board"])
+        identity = boards.identify_for(cfg["device"])
+        for w in identity.get("warnings", []):
+            self.log.warning("device info: %s", w)
+        sdir = storage_dir(cfg, profile)
+        self.store = Store(sdir, identity["device_id"], token_cache=cfg["storage"]["token_cache"],
+                           runtime_dir=cfg["storage"]["runtime_dir"], log=agentlog.get("store"))
+        self.store.open()
+        self.service = Service(cfg, identity=identity, profile=profile, store=self.store, logbuf=self.logbuf)
+        self.loop = Loop()
+        fds = listen_fds_from_env()
+        s = cfg["socket"]
+        self.server = Server(self.service, self.loop, s["path"], mode=s["mode"], allow_uids=s["allow_uids"],
+                             allow_gids=s["allow_gids"], max_connections=s["max_connections"],
+                             idle_timeout=s["idle_timeout"], listen_fd=fds[0] if fds else None,
+                             log=agentlog.get("server"))
+        self.server.start()
+        self.service.add_listener(lambda: self.loop.call_soon_threadsafe(self._update_status))
+        self.service.start()
+        self._start_console(cfg)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.loop.call_soon_threadsafe(self.loop.stop))
+        signal.signal(signal.SIGHUP, lambda *_: self.loop.call_soon_threadsafe(self.reload))
+        if self.notifier.watchdog_interval:
+            self._watchdog()
+        self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s["path"],
+                      cfg["device"]["board"], sdir, self.service.status_line())
+        self._last_status = self.service.status_line()
+        self.notifier.ready(self._last_status)
+
+    def _start_console(self, cfg: dict) -> None:
+        c = cfg["console"]
+        if self.console is not None:
+            self.console.reconfigure(c["port"], c["baudrate"], c["password_hash"] or None, c["dumb"])
+            return
+        if not c["port"]:
+            return
+        from agent.serialconsole import SerialConsole
+
+        self.console = SerialConsole(self.service, c["port"], baudrate=c["baudrate"],
+                                     password_hash=c["password_hash"] or None, dumb=c["dumb"],
+                                     log=agentlog.get("console"))
+        self.console.start()
+
+    def _watchdog(self) -> None:
+        self.notifier.watchdog()
+        self.loop.call_later(self.notifier.watchdog_interval, self._watchdog)
+
+    def _update_status(self) -> None:
+        line = self.service.status_line()
+        if line != self._last_status:
+            self._last_status = line
+            self.notifier.status(line)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply log level, allow-lists, console, refresh tuning.
+        A bad new configuration is reported and not applied."""
+        path = self.cfg.get("_path")
+        self.notifier.reloading()
+        try:
+            new = configmod.load(path)
+        except ConfigError as e:
+            self.log.error("reload: the new configuration is invalid and was NOT applied:\n%s", e)
+            self.notifier.ready("reload rejected: invalid configuration; " + self.service.status_line())
+            return
+        changed = [t for t in ("adobe", "device", "storage") if t in new and
+                   {k: v for k, v in new[t].items()} != self.cfg[t]]
+        agentlog.setup(new["log"]["level"], self.logbuf)
+        self.server.set_acl(new["socket"]["allow_uids"], new["socket"]["allow_gids"])
+        try:
+            self._start_console(new)
+        except Exception as e:  # a console problem must not stop the token service
+            self.log.error("reload: console not reconfigured: %s", e)
+        self.service.reload(new)
+        self.cfg = new
+        self.log.info("configuration reloaded from %s%s", path,
+                      ("; changes in [%s] need a restart to take full effect" % "], [".join(changed)) if
+                      any(t in ("device", "storage") for t in changed) else "")
+        self.notifier.ready(self.service.status_line())
+
+    def run(self) -> int:
+        self.loop.run()
+        self.shutdown()
+        return EXIT_OK
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.log.info("shutting down")
+        for part in (self.console, self.server):
+            if part is not None:
+                try:
+                    part.stop() if part is self.console else part.close()
+                except Exception as e:
+                    self.log.debug("shutdown: %s", e)
+        if self.service is not None:
+            self.service.stop(0.5)
+        if self.store is not None:
+            self.store.close()
+        if self.loop is not None:
+            self.loop.close()
+
+
+def run(config_path: str | None) -> int:
+    try:
+        cfg = configmod.load(config_path)
+    except ConfigError as e:
+        print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    d = Daemon(cfg)
+    try:
+        d.start()
+    except ConfigError as e:
+        print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+        d.shutdown()
+        return EXIT_USAGE
+    except AgentError as e:
+        d.log.error("cannot start: %s", e)
+        d.shutdown()
+        return EXIT_USAGE if e.kind == "operator" and e.code.endswith("_invalid") else EXIT_FAIL
+    except OSError as e:
+        d.log.error("cannot start: %s", e)
+        d.shutdown()
+        return EXIT_FAIL
+    return d.run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(os.environ.get("PASS_AGENT_CONFIG")))

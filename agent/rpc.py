@@ -1,0 +1,453 @@
+"""JSON-RPC 2.0 message handling for the player's API, without I/O (sans-I/O core).
+
+Job: one request line (bytes) in, one response line (bytes) out, or an `Action` the I/O shell
+(agent/server.py) must carry out: park a `wait` request until a token arrives, or change the
+connection's subscription. Holds the method table, validates envelopes and params, and maps
+agent errors to the documented error codes (docs/PROTOCOL.md is the contract).
+
+Must never: do I/O, block (it calls only the Service's quick methods), log at INFO per request,
+or put a token, a client secret or a caller's params into an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from agent.errors import FATAL, OPERATOR, RETRY, AgentError, NotReady, UpstreamError
+
+_log = logging.getLogger("pass-agent.rpc")
+
+# Standard JSON-RPC 2.0 codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+# Application codes (documented in docs/PROTOCOL.md).
+NOT_READY = -32001      # no valid token yet; data.retry_after says when to ask again
+DENIED = -32002         # the peer's uid/gid is not allowed; the connection is closed
+UPSTREAM = -32003       # Adobe Pass or the network failed; data.kind says retry or operator
+TOO_LARGE = -32004      # a request line exceeded MAX_LINE; the connection is closed
+AGENT_ERROR = -32005    # another agent failure (store, device identity, configuration)
+BUSY = -32006           # connection cap reached; the connection is closed
+
+MAX_LINE = 64 * 1024    # bytes per request line, newline excluded
+MAX_WAIT = 300.0        # upper bound on a request's `wait` seconds
+
+# Retry advice for protocol errors: the same request will fail again, so do not retry it.
+_NO_RETRY = {"kind": FATAL, "retry_after": None}
+
+_ENC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("%s is not JSON" % name)
+
+
+# Strict: NaN/Infinity are not JSON and could not be encoded back into an answer.
+_DEC = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def encode(obj: Any) -> bytes:
+    """One compact JSON line (UTF-8, newline-terminated)."""
+    return _ENC(obj).encode("utf-8") + b"\n"
+
+
+def error_obj(req_id: Any, code: int, message: str, data: dict | None = None) -> dict:
+    err: dict = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": req_id, "error": err}
+
+
+def error_line(req_id: Any, code: int, message: str, data: dict | None = None) -> bytes:
+    return encode(error_obj(req_id, code, message, data))
+
+
+def error_data(code: str, kind: str, retry_after: float | None = None, **extra: Any) -> dict:
+    d = {"code": code, "kind": kind, "retry_after": retry_after}
+    d.update(extra)
+    return d
+
+
+def notification(method: str, params: dict) -> bytes:
+    return encode({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer. `data` always carries code, kind and retry_after."""
+
+    def __init__(self, code: int, message: str, data: dict | None = None) -> None:
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+        self.data = data if data is not None else dict(_NO_RETRY, code=_CODE_NAMES.get(code, "error"))
+
+
+_CODE_NAMES = {
+    PARSE_ERROR: "parse_error",
+    INVALID_REQUEST: "invalid_request",
+    METHOD_NOT_FOUND: "method_not_found",
+    INVALID_PARAMS: "invalid_params",
+    INTERNAL_ERROR: "internal_error",
+    TOO_LARGE: "too_large",
+}
+
+
+def from_agent_error(e: AgentError, extra_message: str = "") -> RpcError:
+    """Map an AgentError to its documented JSON-RPC code, keeping code/kind/retry_after."""
+    if isinstance(e, NotReady) or e.code == "not_ready":
+        rpc_code = NOT_READY
+    elif isinstance(e, UpstreamError):
+        rpc_code = UPSTREAM
+    else:
+        rpc_code = AGENT_ERROR
+    data = error_data(e.code, e.kind, e.retry_after)
+    if e.hint:
+        data["hint"] = e.hint
+    status = getattr(e, "status", None)
+    if status is not None:
+        data["status"] = status
+    return RpcError(rpc_code, e.message + extra_message, data)
+
+
+class Action:
+    """Work only the I/O shell can do. kind: "park", "subscribe" or "unsubscribe".
+
+    For "park": `method`, `min_ttl` and `wait` (seconds) describe the token request to retry
+    with `Dispatcher.resume()` when the Service announces a token, or when `wait` expires.
+    """
+
+    __slots__ = ("kind", "id", "method", "min_ttl", "wait", "reply")
+
+    def __init__(self, kind: str, req_id: Any, method: str = "", min_ttl: float = 0.0, wait: float = 0.0):
+        self.kind = kind
+        self.id = req_id
+        self.method = method
+        self.min_ttl = min_ttl
+        self.wait = wait
+        self.reply = True  # False for a notification: act, but send no answer
+
+
+# -- param validation ------------------------------------------------------------------------
+
+
+def _number(name: str, lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi):
+            raise RpcError(
+                INVALID_PARAMS,
+                "param %r must be a number from %g to %g, got %s; fix the request" % (name, lo, hi, _kind_of(v)),
+            )
+        return float(v)
+
+    return check
+
+
+def _status(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not (100 <= v <= 599):
+        raise RpcError(
+            INVALID_PARAMS,
+            "param 'status' must be the integer HTTP status (100-599) the protected API answered, got %s"
+            % _kind_of(v),
+        )
+    return v
+
+
+def _opt_str(name: str) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if v is not None and not isinstance(v, str):
+            raise RpcError(INVALID_PARAMS, "param %r must be a string, got %s; fix the request" % (name, _kind_of(v)))
+        return v
+
+    return check
+
+
+def _any(v: Any) -> Any:
+    return v
+
+
+def _kind_of(v: Any) -> str:
+    # The type (and a number's value) only: params may hold secrets, so strings are never echoed.
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(v), type(v).__name__)
+
+
+_TOKEN_PARAMS = {"min_ttl": _number("min_ttl", 0, 86400 * 7), "wait": _number("wait", 0, MAX_WAIT)}
+_NO_PARAMS: dict = {}
+_REPORT_PARAMS = {"status": _status, "body": _any, "access_token": _opt_str("access_token")}
+
+
+def _params(method: str, params: Any, spec: dict, required: tuple = ()) -> dict:
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        raise RpcError(
+            INVALID_PARAMS,
+            "%s: params must be an object with named members (by-position arrays are not supported), got %s"
+            % (method, _kind_of(params)),
+        )
+    out = {}
+    for k, v in params.items():
+        check = spec.get(k)
+        if check is None:
+            allowed = ", ".join(sorted(spec)) or "none"
+            raise RpcError(INVALID_PARAMS, "%s: unknown param %r (allowed: %s)" % (method, k[:64], allowed))
+        out[k] = check(v)
+    for k in required:
+        if k not in out:
+            raise RpcError(INVALID_PARAMS, "%s: missing required param %r" % (method, k))
+    return out
+
+
+# -- the dispatcher ---------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Turns request lines into response lines against a Service (see agent/service.py).
+
+    `handle_line` returns bytes (the response line), None (a notification: no answer), or an
+    Action. Loop-thread only: it keeps one-entry caches of the encoded token/headers results.
+    """
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.requests = 0
+        self.errors = 0
+        self._tok_key: tuple | None = None
+        self._tok_res = b""
+        self._hdr_key: tuple | None = None
+        self._hdr_res = b""
+        self._methods: dict[str, Callable[[Any, Any], Any]] = {
+            "token.get": self._token_get,
+            "headers.get": self._headers_get,
+            "device.info": self._device_info,
+            "error.report": self._error_report,
+            "token.subscribe": self._subscribe,
+            "token.unsubscribe": self._unsubscribe,
+            "agent.status": self._status,
+            "agent.health": self._health,
+        }
+
+    @property
+    def methods(self) -> list[str]:
+        return sorted(self._methods)
+
+    def handle_line(self, line: bytes) -> bytes | Action | None:
+        self.requests += 1
+        try:
+            req = _DEC(line.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # includes UnicodeDecodeError
+            if not line.strip():
+                self.requests -= 1
+                return None  # blank lines are ignored (friendly to socat and telnet users)
+            self.errors += 1
+            return error_line(
+                None,
+                PARSE_ERROR,
+                "request is not valid UTF-8 JSON (%s); send one JSON object per line" % type(e).__name__,
+                error_data("parse_error", FATAL),
+            )
+        if type(req) is not dict:
+            self.errors += 1
+            if isinstance(req, list):
+                msg = "batch requests are not supported; send one request object per line (pipelining is allowed)"
+            else:
+                msg = "a request must be a JSON object, got %s" % _kind_of(req)
+            return error_line(None, INVALID_REQUEST, msg, error_data("invalid_request", FATAL))
+        req_id = req.get("id")
+        is_call = "id" in req
+        if (
+            req.get("jsonrpc") != "2.0"
+            or type(req.get("method")) is not str
+            or (req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, (str, int, float))))
+        ):
+            self.errors += 1
+            return error_line(
+                req_id if _valid_id(req_id) else None,
+                INVALID_REQUEST,
+                'invalid request: need "jsonrpc":"2.0", a string "method" and an "id" that is a string, '
+                "a number or null",
+                error_data("invalid_request", FATAL),
+            )
+        method = req["method"]
+        handler = self._methods.get(method)
+        try:
+            if handler is None:
+                raise RpcError(
+                    METHOD_NOT_FOUND,
+                    "unknown method %r; available: %s" % (method[:64], ", ".join(self.methods)),
+                )
+            out = handler(req_id, req.get("params"))
+        except RpcError as e:
+            self.errors += 1
+            return error_line(req_id, e.code, e.message, e.data) if is_call else None
+        except AgentError as e:
+            self.errors += 1
+            e2 = from_agent_error(e)
+            return error_line(req_id, e2.code, e2.message, e2.data) if is_call else None
+        except Exception:
+            self.errors += 1
+            # Type only: the message of an unexpected error could quote a secret.
+            _log.exception("JSON-RPC method %s failed", method)
+            return error_line(
+                req_id,
+                INTERNAL_ERROR,
+                "internal error in %s; the agent log has details; retry later or report a bug" % method,
+                error_data("internal_error", RETRY, 1.0),
+            )
+        if not is_call:
+            # A notification gets no answer; a subscription change still happens.
+            if isinstance(out, Action) and out.kind != "park":
+                out.reply = False
+                return out
+            return None
+        if type(out) is bytes:
+            return out
+        if isinstance(out, Action):
+            return out
+        return self.result_line(req_id, out)
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    @staticmethod
+    def result_line(req_id: Any, result: Any) -> bytes:
+        return encode({"jsonrpc": "2.0", "id": req_id, "result": result})
+
+    @staticmethod
+    def _prefix(req_id: Any) -> bytes:
+        if type(req_id) is int:
+            return b'{"jsonrpc":"2.0","id":%d,"result":' % req_id
+        return b'{"jsonrpc":"2.0","id":' + _ENC(req_id).encode("utf-8") + b',"result":'
+
+    def _token_line(self, req_id: Any, tok: dict) -> bytes:
+        # The hot path: re-encode the result only when the token or its seconds-left change.
+        key = (tok["access_token"], tok["expires_in"], tok["expires_at"], tok["refresh_at"], tok["token_type"])
+        if key != self._tok_key:
+            self._tok_res = _ENC(
+                {
+                    "access_token": key[0],
+                    "token_type": key[4],
+                    "expires_at": key[2],
+                    "expires_in": key[1],
+                    "refresh_at": key[3],
+                }
+            ).encode("utf-8")
+            self._tok_key = key
+        return self._prefix(req_id) + self._tok_res + b"}\n"
+
+    def _headers_line(self, req_id: Any, tok: dict) -> bytes:
+        ident = self.service.identity()
+        key = (tok["access_token"], tok["expires_at"], ident["x_device_info"], ident["ap_device_identifier"])
+        if key != self._hdr_key:
+            self._hdr_res = _ENC(
+                {
+                    "headers": {
+                        "Authorization": "Bearer " + key[0],
+                        "X-Device-Info": key[2],
+                        "AP-Device-Identifier": key[3],
+                    },
+                    "expires_at": key[1],
+                }
+            ).encode("utf-8")
+            self._hdr_key = key
+        return self._prefix(req_id) + self._hdr_res + b"}\n"
+
+    # -- methods ----------------------------------------------------------------------------
+
+    def _token_common(self, method: str, req_id: Any, params: Any) -> dict | Action:
+        if params:
+            p = _params(method, params, _TOKEN_PARAMS)
+            min_ttl = p.get("min_ttl", 0.0)
+            wait = p.get("wait", 0.0)
+        else:
+            min_ttl = wait = 0.0
+        tok = self.service.token(min_ttl)
+        if tok is not None:
+            return tok
+        if wait > 0:
+            return Action("park", req_id, method, min_ttl, wait)
+        raise from_agent_error(self.service.not_ready_error())
+
+    def _token_get(self, req_id: Any, params: Any) -> bytes | Action:
+        tok = self._token_common("token.get", req_id, params)
+        return tok if isinstance(tok, Action) else self._token_line(req_id, tok)
+
+    def _headers_get(self, req_id: Any, params: Any) -> bytes | Action:
+        tok = self._token_common("headers.get", req_id, params)
+        return tok if isinstance(tok, Action) else self._headers_line(req_id, tok)
+
+    def resume(self, act: Action, final: bool) -> bytes | None:
+        """Retry a parked token request. Returns the answer, or None to keep waiting.
+
+        final=True means the wait expired: answer with the current error instead of None.
+        """
+        try:
+            tok = self.service.token(act.min_ttl)
+            if tok is not None:
+                if act.method == "headers.get":
+                    return self._headers_line(act.id, tok)
+                return self._token_line(act.id, tok)
+            if not final:
+                return None
+            e = from_agent_error(self.service.not_ready_error(), " (waited %gs)" % act.wait)
+        except AgentError as ae:
+            e = from_agent_error(ae)
+        except Exception:
+            _log.exception("JSON-RPC method %s failed while resuming a wait", act.method)
+            e = RpcError(
+                INTERNAL_ERROR,
+                "internal error in %s; the agent log has details; retry later or report a bug" % act.method,
+                error_data("internal_error", RETRY, 1.0),
+            )
+        self.errors += 1
+        return error_line(act.id, e.code, e.message, e.data)
+
+    def _device_info(self, req_id: Any, params: Any) -> dict:
+        _params("device.info", params, _NO_PARAMS)
+        ident = self.service.identity()
+        return {
+            "x_device_info": ident["x_device_info"],
+            "fields": ident["fields"],
+            "ap_device_identifier": ident["ap_device_identifier"],
+        }
+
+    def _error_report(self, req_id: Any, params: Any) -> dict:
+        p = _params("error.report", params, _REPORT_PARAMS, required=("status",))
+        return self.service.report_error(p["status"], p.get("body"), p.get("access_token"))
+
+    def _subscribe(self, req_id: Any, params: Any) -> Action:
+        _params("token.subscribe", params, _NO_PARAMS)
+        return Action("subscribe", req_id)
+
+    def _unsubscribe(self, req_id: Any, params: Any) -> Action:
+        _params("token.unsubscribe", params, _NO_PARAMS)
+        return Action("unsubscribe", req_id)
+
+    def _status(self, req_id: Any, params: Any) -> dict:
+        _params("agent.status", params, _NO_PARAMS)
+        return self.service.status()
+
+    def _health(self, req_id: Any, params: Any) -> dict:
+        _params("agent.health", params, _NO_PARAMS)
+        h = self.service.health()
+        return {"live": bool(h.get("live", True)), "ready": bool(h.get("ready"))}
+
+
+def _valid_id(v: Any) -> bool:
+    return v is None or (not isinstance(v, bool) and isinstance(v, (str, int, float)))
+
+
+def token_changed(event: dict) -> bytes:
+    """The `token.changed` notification line for a Service event; only the two timestamps pass."""
+    params = event.get("params") or {}
+    return notification("token.changed", {"expires_at": params.get("expires_at"), "refresh_at": params.get("refresh_at")})
+
+
+# Re-exported so callers can refer to the kinds without importing agent.errors.
+KINDS = (RETRY, OPERATOR, "reregister", FATAL)

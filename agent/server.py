@@ -1,0 +1,713 @@
+"""The player's API: JSON-RPC 2.0 over a local Unix socket (I/O shell around agent/rpc.py).
+
+Job: own the listening socket (or adopt one from systemd socket activation), authorise each
+peer by SO_PEERCRED, read newline-framed requests without blocking, answer them in order
+(pipelining), park `wait` requests until the Service announces a token, and push
+`token.changed` notifications to subscribers. Everything runs in the agent's event loop
+(agent/loop.py); the Service is only ever asked quick, non-blocking questions.
+
+Must never: block the loop, let one client stall another (bounded input and output buffers,
+backpressure, idle and slow-reader timeouts, connection caps), remove a socket file that a live
+process listens on, serve a peer the ACL does not allow, or log a token or request params.
+
+Lifecycle: `start()` and `close()` run in the loop thread (or before the loop runs / after it
+stopped); `set_acl()` too (the daemon calls it from its SIGHUP handler via the loop). `stats()`
+may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+import time
+from typing import Any
+
+from agent import rpc
+from agent.errors import OPERATOR, RETRY, AgentError
+from agent.loop import Loop
+
+RECV_SIZE = 65536
+OUT_HIGH = 256 * 1024       # stop reading a connection whose unread answers exceed this...
+OUT_LOW = 64 * 1024         # ...until they drain below this
+OUT_MAX = 4 * 1024 * 1024   # hard cap (notifications to a reader that never reads): close
+_UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+_monotonic = time.monotonic
+
+
+class ServerError(AgentError):
+    """The socket cannot be set up (path in use, not a socket, bad inherited fd, too long)."""
+
+    code = "socket_error"
+    kind = OPERATOR
+
+
+def listen_fds_from_env(unset: bool = True) -> list[int]:
+    """File descriptors passed by systemd socket activation (sd_listen_fds semantics).
+
+    Returns [] unless LISTEN_PID names this process. The fds start at 3 and are marked
+    close-on-exec; with `unset` the variables are removed so children do not inherit them.
+    """
+    try:
+        pid = int(os.environ.get("LISTEN_PID", ""))
+        n = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    finally:
+        if unset:
+            for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                os.environ.pop(k, None)
+    if pid != os.getpid() or n <= 0:
+        return []
+    fds = list(range(3, 3 + n))
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    return fds
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected, from SO_PEERCRED."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+def peer_groups(pid: int, uid: int) -> frozenset[int]:
+    """Supplementary groups of the peer: /proc/<pid>/status, else the group database."""
+    try:
+        with open("/proc/%d/status" % pid, "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        return frozenset(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)
+    except (KeyError, OSError):
+        return frozenset()
+
+
+class _Conn:
+    __slots__ = (
+        "sock", "fd", "pid", "uid", "gid", "groups", "inbuf", "out", "queue", "waits", "subscribed",
+        "last", "timer", "eof", "closing", "paused", "writing", "closed",
+    )
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, groups: frozenset) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pid, self.uid, self.gid, self.groups = pid, uid, gid, groups
+        self.inbuf = b""                # unparsed input (at most one partial line + held-back lines)
+        self.out = bytearray()          # encoded answers not yet accepted by the kernel
+        self.queue: collections.deque = collections.deque()  # answers behind a parked wait (order)
+        self.waits: list = []           # parked _Wait objects
+        self.subscribed = False
+        self.last = _monotonic()        # last read or write progress, for the idle timeout
+        self.timer: Any = None
+        self.eof = False                # the peer shut down its write side
+        self.closing = False            # close once `out` is flushed
+        self.paused = False             # reading paused for backpressure
+        self.writing = False            # a writer callback is registered
+        self.closed = False
+
+
+class _Wait:
+    __slots__ = ("conn", "act", "answer", "timer")
+
+    def __init__(self, conn: _Conn, act: rpc.Action) -> None:
+        self.conn = conn
+        self.act = act
+        self.answer: bytes | None = None
+        self.timer: Any = None
+
+
+class Server:
+    """Serves the Service over a Unix socket in `loop`. See docs/PROTOCOL.md for the contract."""
+
+    def __init__(
+        self,
+        service: Any,
+        loop: Loop,
+        path: str,
+        *,
+        mode: int = 0o660,
+        allow_uids: tuple = (),
+        allow_gids: tuple = (),
+        max_connections: int = 512,
+        max_per_uid: int = 64,
+        idle_timeout: float = 300.0,
+        listen_fd: int | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.service = service
+        self.loop = loop
+        self.path = path
+        self.mode = mode
+        self.max_connections = max_connections
+        self.max_per_uid = max_per_uid
+        self.idle_timeout = idle_timeout
+        self.listen_fd = listen_fd
+        self.log = log or logging.getLogger("pass-agent.server")
+        self.dispatcher = rpc.Dispatcher(service)
+        self._allow_uids = frozenset(allow_uids)
+        self._allow_gids = frozenset(allow_gids)
+        self._own_uid = os.getuid()
+        self._sock: socket.socket | None = None
+        self._ino: tuple | None = None    # (dev, ino) of the socket file we created
+        self._conns: dict[int, _Conn] = {}
+        self._per_uid: dict[int, int] = {}
+        self._subscribers: set = set()
+        self._accept_timer: Any = None
+        self._denied_log: dict[int, int] = {}
+        self._c = {
+            "accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "closed_too_large": 0,
+            "closed_slow": 0, "closed_by_peer": 0, "notifications": 0, "waits_answered": 0, "waits_expired": 0,
+        }
+
+    # -- setup and teardown -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (or adopt the inherited fd), listen, and start accepting. Raises ServerError."""
+        if self._sock is not None:
+            return
+        if self.listen_fd is not None:
+            sock = self._adopt(self.listen_fd)
+        else:
+            sock = self._bind()
+        sock.setblocking(False)
+        self._sock = sock
+        self.loop.add_reader(sock.fileno(), self._on_accept)
+        self.service.subscribe(self._on_service_event)
+        self.log.info(
+            "serving JSON-RPC on %s (%s, mode %o)",
+            self.path, "socket activation" if self.listen_fd is not None else "bound", self.mode,
+        )
+
+    def _adopt(self, fd: int) -> socket.socket:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise ServerError(
+                "inherited listen fd %d is not a usable socket (%s)" % (fd, e.strerror),
+                hint="check the .socket unit: ListenStream= must name a Unix socket path",
+            )
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise ServerError(
+                "inherited listen fd %d is not an AF_UNIX SOCK_STREAM socket" % fd,
+                hint="the .socket unit must use ListenStream=/path/to/agent.sock",
+            )
+        try:
+            name = sock.getsockname()
+            if name:
+                self.path = name if isinstance(name, str) else name.decode("utf-8", "replace")
+        except OSError:
+            pass
+        return sock
+
+    def _bind(self) -> socket.socket:
+        path = self.path
+        if len(os.fsencode(path)) >= 108:
+            raise ServerError(
+                "socket path %s is %d bytes long; Unix socket paths must be shorter than 108 bytes"
+                % (path, len(os.fsencode(path))),
+                hint="set socket.path to a shorter path such as /run/pass-agent/agent.sock",
+            )
+        parent = os.path.dirname(os.path.abspath(path))
+        self._make_parent(parent)
+        self._remove_stale(path)
+        # Bind under a temporary name, fix the mode, then rename into place: the socket never
+        # exists at `path` with the process umask's (possibly looser) permissions.
+        tmp = os.path.join(parent, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(tmp)
+            os.chmod(tmp, self.mode)
+            sock.listen(min(socket.SOMAXCONN, 1024))
+            os.rename(tmp, path)
+            st = os.lstat(path)
+        except OSError as e:
+            sock.close()
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise ServerError(
+                "cannot create the agent socket %s: %s" % (path, e.strerror),
+                hint="check that the directory is writable by the agent's user and on a local filesystem",
+            )
+        self._ino = (st.st_dev, st.st_ino)
+        return sock
+
+    def _make_parent(self, parent: str) -> None:
+        if not os.path.isdir(parent):
+            try:
+                os.makedirs(parent, mode=0o755, exist_ok=True)
+                os.chmod(parent, 0o755)  # makedirs' mode is filtered by the umask
+            except OSError as e:
+                raise ServerError(
+                    "cannot create the socket directory %s: %s" % (parent, e.strerror),
+                    hint="create it or set socket.path (systemd: RuntimeDirectory=pass-agent)",
+                )
+            return
+        st = os.stat(parent)
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            self.log.warning(
+                "socket directory %s is world-writable without the sticky bit: any local user could replace "
+                "the agent socket; use a directory such as /run/pass-agent (mode 0755)", parent,
+            )
+
+    def _remove_stale(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServerError(
+                "%s exists and is not a socket; refusing to remove it" % path,
+                hint="remove the file or set socket.path to another location",
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass  # nobody listens: a leftover from a crash
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise ServerError(
+                    "cannot check whether another process listens on %s: %s" % (path, e.strerror),
+                    hint="remove the stale socket by hand if no pass-agent is running",
+                )
+        else:
+            raise ServerError(
+                "another process is already listening on %s" % path,
+                hint="stop the other pass-agent (systemctl stop pass-agent) or set socket.path elsewhere",
+            )
+        finally:
+            probe.close()
+        try:
+            os.unlink(path)
+            self.log.info("removed stale socket %s (nothing was listening on it)", path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        """Stop listening, drop every connection, remove the socket file if we created it."""
+        if self._sock is None:
+            return
+        self.service.unsubscribe(self._on_service_event)
+        self.loop.remove_reader(self._sock.fileno())
+        if self._accept_timer is not None:
+            self._accept_timer.cancel()
+        if self.listen_fd is not None:
+            self._sock.detach()  # systemd owns the fd and the file
+        else:
+            self._sock.close()
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._ino:
+                    os.unlink(self.path)  # only our own: a successor may already have replaced it
+            except OSError:
+                pass
+        self._sock = None
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+
+    # -- access control ---------------------------------------------------------------------
+
+    def set_acl(self, allow_uids: tuple = (), allow_gids: tuple = ()) -> None:
+        """Replace the allow-lists (SIGHUP) and disconnect peers that are no longer allowed."""
+        self._allow_uids = frozenset(allow_uids)
+        self._allow_gids = frozenset(allow_gids)
+        for conn in list(self._conns.values()):
+            if not self._allowed(conn.uid, conn.gid, conn.groups):
+                self._deny(conn, counted=True)
+
+    def _allowed(self, uid: int, gid: int, groups: frozenset) -> bool:
+        if uid == 0 or uid == self._own_uid or uid in self._allow_uids:
+            return True
+        gids = self._allow_gids
+        return bool(gids) and (gid in gids or not gids.isdisjoint(groups))
+
+    # -- accepting --------------------------------------------------------------------------
+
+    def _on_accept(self) -> None:
+        lsock = self._sock
+        if lsock is None:
+            return
+        for _ in range(64):  # bounded: let established connections run between bursts
+            try:
+                sock, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of fds: stop accepting for a moment instead of spinning on a readable socket.
+                    self.log.error(
+                        "cannot accept on %s: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or lower "
+                        "socket.max_connections)", self.path, e.strerror,
+                    )
+                    self.loop.remove_reader(lsock.fileno())
+                    self._accept_timer = self.loop.call_later(0.5, self._resume_accept)
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            self._new_conn(sock)
+
+    def _resume_accept(self) -> None:
+        self._accept_timer = None
+        if self._sock is not None:
+            self.loop.add_reader(self._sock.fileno(), self._on_accept)
+
+    def _new_conn(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            pid, uid, gid = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        groups = peer_groups(pid, uid) if self._allow_gids and gid not in self._allow_gids else frozenset()
+        conn = _Conn(sock, pid, uid, gid, groups)
+        if not self._allowed(uid, gid, groups):
+            self._deny(conn, counted=False)
+            return
+        busy = None
+        if len(self._conns) >= self.max_connections:
+            busy = "the agent already serves %d connections (socket.max_connections)" % len(self._conns)
+        elif self._per_uid.get(uid, 0) >= self.max_per_uid:
+            busy = "uid %d already holds %d connections (socket.max_per_uid)" % (uid, self.max_per_uid)
+        if busy is not None:
+            self._c["rejected_busy"] += 1
+            self._goodbye(sock, rpc.error_line(
+                None, rpc.BUSY, busy + "; reuse one persistent connection and retry in a second",
+                rpc.error_data("busy", RETRY, 1.0),
+            ))
+            return
+        self._c["accepted"] += 1
+        self._conns[conn.fd] = conn
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        self.loop.add_reader(conn.fd, lambda: self._on_readable(conn))
+        if self.idle_timeout > 0:
+            conn.timer = self.loop.call_later(self.idle_timeout, lambda: self._on_idle(conn))
+
+    def _deny(self, conn: _Conn, counted: bool) -> None:
+        self._c["denied"] += 1
+        n = self._denied_log.get(conn.uid, 0) + 1
+        self._denied_log[conn.uid] = n
+        if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th... attempt: a hostile loop cannot flood the log
+            self.log.warning(
+                "denied connection on %s from pid %d uid %d gid %d (attempt %d); allow it with socket.allow_uids "
+                "or socket.allow_gids", self.path, conn.pid, conn.uid, conn.gid, n,
+            )
+        line = rpc.error_line(
+            None, rpc.DENIED,
+            "uid %d is not allowed to use the pass-agent socket; ask the integrator to add it to "
+            "socket.allow_uids or a group in socket.allow_gids" % conn.uid,
+            rpc.error_data("denied", OPERATOR),
+        )
+        if counted:
+            self._drop(conn)
+        self._goodbye(conn.sock, line)
+
+    @staticmethod
+    def _goodbye(sock: socket.socket, line: bytes) -> None:
+        """Best effort: one short error line to a fresh socket, then close it."""
+        try:
+            sock.send(line)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _on_readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._c["closed_by_peer"] += 1
+            self._drop(conn)
+            return
+        if not data:
+            self._on_eof(conn)
+            return
+        conn.last = _monotonic()
+        conn.inbuf = conn.inbuf + data if conn.inbuf else data
+        self._process(conn)
+        if conn.out and not conn.writing and not conn.closed:
+            self._flush(conn)
+
+    def _process(self, conn: _Conn) -> None:
+        """Answer every complete line in conn.inbuf (until backpressure or closing)."""
+        data = conn.inbuf
+        start = 0
+        handle = self.dispatcher.handle_line
+        out = conn.out
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            if nl - start > rpc.MAX_LINE:
+                self._too_large(conn)
+                return
+            ans = handle(data[start:nl])
+            start = nl + 1
+            if ans is not None:
+                if type(ans) is bytes:
+                    if conn.queue:
+                        conn.queue.append(ans)
+                    else:
+                        out += ans
+                else:
+                    self._action(conn, ans)
+                    if conn.closed:
+                        return
+            if len(out) > OUT_HIGH:
+                self._pause(conn)
+                break
+        rest = data[start:] if start else data
+        if len(rest) > rpc.MAX_LINE and not conn.paused:
+            self._too_large(conn)
+            return
+        conn.inbuf = rest
+
+    def _action(self, conn: _Conn, act: rpc.Action) -> None:
+        if act.kind == "park":
+            w = _Wait(conn, act)
+            w.timer = self.loop.call_later(act.wait, lambda: self._expire(w))
+            conn.waits.append(w)
+            conn.queue.append(w)
+            return
+        conn.subscribed = act.kind == "subscribe"
+        if conn.subscribed:
+            self._subscribers.add(conn)
+        else:
+            self._subscribers.discard(conn)
+        if act.reply:
+            self._emit(conn, self.dispatcher.result_line(act.id, {"subscribed": conn.subscribed}), flush=False)
+
+    def _too_large(self, conn: _Conn) -> None:
+        self._c["closed_too_large"] += 1
+        conn.inbuf = b""
+        self._emit(conn, rpc.error_line(
+            None, rpc.TOO_LARGE,
+            "request line longer than %d bytes; the connection is closed; send one JSON object per line, "
+            "terminated by a newline" % rpc.MAX_LINE,
+            rpc.error_data("too_large", "fatal"),
+        ), flush=False)
+        self._close_after_flush(conn)
+
+    def _on_eof(self, conn: _Conn) -> None:
+        # The peer shut down its write side: answer what it already sent, then close.
+        conn.eof = True
+        if not conn.paused:
+            self.loop.remove_reader(conn.fd)
+        if conn.inbuf.strip() and not conn.paused:
+            conn.inbuf += b"\n"  # a last request without its newline still gets an answer
+            self._process(conn)
+        if not conn.paused:
+            self._close_after_flush(conn)
+
+    def _pause(self, conn: _Conn) -> None:
+        if not conn.paused:
+            conn.paused = True
+            if not conn.eof:
+                self.loop.remove_reader(conn.fd)
+
+    def _resume(self, conn: _Conn) -> None:
+        conn.paused = False
+        self._process(conn)
+        if conn.closed or conn.paused:
+            return
+        if conn.eof:
+            self._on_eof(conn)
+        else:
+            self.loop.add_reader(conn.fd, lambda: self._on_readable(conn))
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _emit(self, conn: _Conn, line: bytes, flush: bool = True) -> None:
+        if conn.closed:
+            return
+        if conn.queue:
+            conn.queue.append(line)
+            return
+        conn.out += line
+        if len(conn.out) > OUT_MAX:
+            self._c["closed_slow"] += 1
+            self.log.warning("closing connection of pid %d uid %d: it does not read its answers", conn.pid, conn.uid)
+            self._drop(conn)
+            return
+        if flush and not conn.writing:
+            self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        out = conn.out
+        try:
+            n = conn.sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._c["closed_by_peer"] += 1
+            self._drop(conn)
+            return
+        if n:
+            del out[:n]
+            conn.last = _monotonic()
+        if out:
+            if not conn.writing:
+                conn.writing = True
+                self.loop.add_writer(conn.fd, lambda: self._flush(conn))
+            return
+        if conn.writing:
+            conn.writing = False
+            self.loop.remove_writer(conn.fd)
+        if conn.closing and not conn.queue:
+            self._drop(conn)
+        elif conn.paused:
+            self._resume(conn)
+
+    def _close_after_flush(self, conn: _Conn) -> None:
+        conn.closing = True
+        if not conn.eof:
+            self.loop.remove_reader(conn.fd)
+            conn.paused = True  # no more reading
+        if not conn.out and not conn.queue:
+            self._drop(conn)
+        elif not conn.writing:
+            self._flush(conn)
+
+    def _release_queue(self, conn: _Conn) -> None:
+        """Move answers that are no longer behind an unanswered wait into the output buffer."""
+        q = conn.queue
+        while q:
+            head = q[0]
+            if type(head) is bytes:
+                conn.out += head
+            elif head.answer is not None:
+                conn.out += head.answer
+            else:
+                break
+            q.popleft()
+        if conn.closing and not q and not conn.out:
+            self._drop(conn)
+            return
+        if conn.out and not conn.writing:
+            self._flush(conn)
+
+    # -- waits and notifications --------------------------------------------------------------
+
+    def _on_service_event(self, event: dict) -> None:
+        # Called in the lifecycle thread: hop to the loop.
+        if event.get("method") == "token.changed":
+            self.loop.call_soon_threadsafe(lambda: self._token_changed(event))
+
+    def _token_changed(self, event: dict) -> None:
+        if self._subscribers:
+            line = rpc.token_changed(event)
+            for conn in list(self._subscribers):
+                self._c["notifications"] += 1
+                self._emit(conn, line)
+        for conn in [c for c in self._conns.values() if c.waits]:
+            for w in list(conn.waits):
+                ans = self.dispatcher.resume(w.act, final=False)
+                if ans is not None:
+                    self._c["waits_answered"] += 1
+                    self._answer(w, ans)
+
+    def _expire(self, w: _Wait) -> None:
+        w.timer = None
+        if w.answer is None and not w.conn.closed:
+            self._c["waits_expired"] += 1
+            self._answer(w, self.dispatcher.resume(w.act, final=True) or b"")
+
+    def _answer(self, w: _Wait, ans: bytes) -> None:
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        w.answer = ans
+        conn = w.conn
+        conn.waits.remove(w)
+        self._release_queue(conn)
+
+    # -- timeouts and teardown ------------------------------------------------------------------
+
+    def _on_idle(self, conn: _Conn) -> None:
+        conn.timer = None
+        if conn.closed:
+            return
+        now = _monotonic()
+        # A quiet subscriber or a parked wait is not idle, unless its answers are stuck unread.
+        exempt = (conn.subscribed or conn.waits) and not conn.out
+        due = conn.last + self.idle_timeout
+        if exempt or due > now:
+            conn.timer = self.loop.call_later(max(due - now, 1.0) if not exempt else self.idle_timeout,
+                                              lambda: self._on_idle(conn))
+            return
+        if conn.out:
+            self._c["closed_slow"] += 1
+        else:
+            self._c["closed_idle"] += 1
+        self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self.loop.remove_reader(conn.fd)
+        if conn.writing:
+            self.loop.remove_writer(conn.fd)
+        if conn.timer is not None:
+            conn.timer.cancel()
+        for w in conn.waits:
+            if w.timer is not None:
+                w.timer.cancel()
+        conn.waits = []
+        conn.queue.clear()
+        self._subscribers.discard(conn)
+        if self._conns.pop(conn.fd, None) is not None:
+            n = self._per_uid.get(conn.uid, 1) - 1
+            if n:
+                self._per_uid[conn.uid] = n
+            else:
+                self._per_uid.pop(conn.uid, None)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counters for agent.status and the console (plain data, safe from any thread)."""
+        conns = list(self._conns.values())
+        d = dict(self._c)
+        d.update(
+            path=self.path,
+            listening=self._sock is not None,
+            connections=len(conns),
+            per_uid={str(k): v for k, v in dict(self._per_uid).items()},
+            subscribers=len(self._subscribers),
+            waiting=sum(len(c.waits) for c in conns),
+            requests=self.dispatcher.requests,
+            errors=self.dispatcher.errors,
+            max_connections=self.max_connections,
+            max_per_uid=self.max_per_uid,
+        )
+        return d

@@ -1,0 +1,371 @@
+"""The agent's service: the I/O shell around the lifecycle, and the facade every front end uses.
+
+It owns the configuration, the device identity, the credential store and the lifecycle, and runs
+one worker thread that performs the upstream requests the lifecycle asks for (so there is never
+more than one in flight). The socket server, the console and the CLI only call the facade
+methods below; each returns at once and never waits on the network (except `wait_token`, which a
+thread that may block can use).
+
+Must never: hold its lock across network or flash I/O, log a secret, or re-register on its own
+initiative (only the lifecycle decides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from agent import __version__, config, dcr, lifecycle
+from agent import log as agentlog
+from agent.errors import OPERATOR, AgentError, NotReady, StoreError, UpstreamError
+
+STATE_WORDS = {
+    lifecycle.UNREGISTERED: "not registered yet",
+    lifecycle.REGISTERING: "registering with Adobe Pass",
+    lifecycle.REGISTERED: "registered, fetching a token",
+    lifecycle.FETCHING: "fetching an access token",
+    lifecycle.TOKEN_VALID: "holding a valid token",
+    lifecycle.REFRESHING: "refreshing the token",
+    lifecycle.BACKING_OFF: "backing off after an upstream error",
+    lifecycle.NEEDS_OPERATOR: "needs an operator: configuration problem",
+}
+
+
+def read_statement(path: str) -> tuple[str, str]:
+    """The software statement (a JWT) and its SHA-256 hex; raises AgentError(kind operator)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(65536)
+    except OSError as e:
+        raise AgentError("cannot read the software statement %s: %s" % (path, e.strerror or e),
+                         code="statement_unreadable", kind=OPERATOR,
+                         hint="install the statement from the Adobe Pass TVE Dashboard at [adobe] software_statement")
+    text = raw.decode("utf-8", "replace").strip()
+    if text.count(".") != 2 or not text.startswith("eyJ"):
+        raise AgentError("the software statement %s is not a JWT (expected three base64url parts)" % path,
+                         code="statement_invalid", kind=OPERATOR,
+                         hint="download it again from the Adobe Pass TVE Dashboard")
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
+    return cfg["storage"]["dir"] or (identity_profile or {}).get("storage_dir") or config.STORAGE_DEFAULT_DIR
+
+
+class Service:
+    """Thread-safe facade over lifecycle + store + identity. See docs/ARCHITECTURE.md."""
+
+    def __init__(self, cfg: dict, *, identity: dict | None = None, profile: dict | None = None,
+                 store: Any = None, logbuf: agentlog.LogBuffer | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 send: Callable[..., tuple] | None = None) -> None:
+        self.cfg = cfg
+        self.version = __version__
+        self.clock, self.wall = clock, wall
+        self.log = agentlog.get("service")
+        self.logs = logbuf or agentlog.LogBuffer()
+        self._send = send or dcr.send
+        if identity is None:
+            from agent import boards
+            profile = boards.load_profile(cfg["device"]["board"])
+            identity = boards.identify_for(cfg["device"])
+        self._identity = identity
+        self.profile = profile or {}
+        self.store = store
+        self.lc = lifecycle.Lifecycle(refresh_at=cfg["refresh"]["at"], jitter=cfg["refresh"]["jitter"],
+                                      backoff_cap=cfg["refresh"]["backoff_cap"])
+        self._cond = threading.Condition()
+        self._subs: list[Callable[[dict], None]] = []
+        self._listeners: list[Callable[[], None]] = []  # told after every upstream outcome (systemd STATUS=)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._started_mono = clock()
+        self._statement_sig: tuple | None = None
+        self._statement: str | None = None
+        self._save_failures = 0
+
+    # ------------------------------------------------------------------ life of the service
+    def start(self) -> None:
+        """Load the stored state (no network) and start the worker thread."""
+        stored = None
+        if self.store is not None:
+            stored = self.store.load()
+            problem = getattr(self.store, "problem", None)
+            if problem == "foreign_device":
+                self.log.warning("the credential store belongs to another device (cloned flash image?): "
+                                 "registering afresh; the foreign slots are kept until the new registration is saved")
+            elif problem not in (None, "empty"):
+                self.log.warning("the credential store could not be used (%s: %s): registering afresh",
+                                 problem, getattr(self.store, "problem_detail", ""))
+        if stored and stored.get("client"):
+            agentlog.REDACTOR.add(stored["client"].get("client_secret"))
+            if stored.get("token"):
+                agentlog.REDACTOR.add(stored["token"].get("access_token"))
+        statement_hash = self._refresh_statement(force=True)
+        with self._cond:
+            self.lc.load(stored, statement_hash, self.clock(), self.wall())
+            if stored and stored.get("client"):
+                self.log.info("loaded stored credentials (client %s); state: %s",
+                              (stored["client"].get("client_id") or "?")[:8] + "…", STATE_WORDS[self.lc.state])
+        self._thread = threading.Thread(target=self._run, name="lifecycle", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def reload(self, cfg: dict) -> None:
+        """Apply a new configuration's lifecycle-relevant parts (statement path, timeouts) in place."""
+        with self._cond:
+            self.cfg = cfg
+            self.lc.refresh_at = cfg["refresh"]["at"]
+            self.lc.jitter = cfg["refresh"]["jitter"]
+            self.lc.backoff_cap = cfg["refresh"]["backoff_cap"]
+            self._statement_sig = None
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ worker
+    def _refresh_statement(self, force: bool = False) -> str | None:
+        """Re-read the statement when its file changed (cheap stat otherwise). Returns its hash."""
+        path = self.cfg["adobe"]["software_statement"]
+        try:
+            st = os.stat(path)
+            sig: tuple | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            sig = None
+        if not force and sig == self._statement_sig:
+            return self.lc.statement_hash
+        self._statement_sig = sig
+        try:
+            text, digest = read_statement(path)
+        except AgentError as e:
+            self._statement = None
+            self.log.error("%s", e)
+            return None
+        agentlog.REDACTOR.add(text)
+        if self._statement is not None and text != self._statement:
+            self.log.info("the software statement changed (new SHA-256 %s…)", digest[:12])
+        self._statement = text
+        return digest
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                now = self.clock()
+                digest = self._refresh_statement()
+                if digest is not None and self.lc.statement_changed(digest, now):
+                    self.log.info("registering again because the software statement changed")
+                req = self.lc.poll(now)
+                if req is None:
+                    deadline = self.lc.next_deadline()
+                    timeout = None if deadline is None else max(0.0, deadline - now)
+                    if self.lc.state == lifecycle.NEEDS_OPERATOR:
+                        # Watch the statement file so a fix is picked up at once.
+                        timeout = 30.0 if timeout is None else min(timeout, 30.0)
+                    self._cond.wait(timeout)
+                    continue
+                statement, statement_hash = self._statement, self.lc.statement_hash
+                client = dict(self.lc.client) if self.lc.client else None
+            self._perform(req["op"], statement, statement_hash, client)
+
+    def _perform(self, op: str, statement: str | None, statement_hash: str | None, client: dict | None) -> None:
+        a = self.cfg["adobe"]
+        xdi = self._identity["x_device_info"]
+        result: Any = None
+        error: AgentError | None = None
+        try:
+            if op == "register":
+                if statement is None:
+                    raise AgentError("no usable software statement at %s" % a["software_statement"],
+                                     code="statement_unreadable", kind=OPERATOR,
+                                     hint="install the statement from the Adobe Pass TVE Dashboard")
+                req = dcr.register_request(a["base_url"], statement, xdi, a["redirect_uri"])
+                status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
+                result = dcr.parse_register(status, headers, body, self.wall())
+                agentlog.REDACTOR.add(result["client_secret"])
+            else:
+                assert client is not None
+                req = dcr.token_request(a["base_url"], client["client_id"], client["client_secret"], xdi)
+                status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
+                result = dcr.parse_token(status, headers, body, self.wall())
+                agentlog.REDACTOR.add(result["access_token"])
+        except AgentError as e:
+            error = e
+        except Exception as e:  # a bug must not kill the worker: report it and back off
+            error = UpstreamError("unexpected failure during %s: %s: %s" % (op, type(e).__name__, e),
+                                  code="internal_error")
+        with self._cond:
+            now, wall = self.clock(), self.wall()
+            if error is not None:
+                effects = self.lc.on_error(error, now, wall)
+                nxt = self.lc.next_deadline()
+                self.log.warning("%s failed: %s; %s", op, error,
+                                 "waiting for an operator" if self.lc.state == lifecycle.NEEDS_OPERATOR else
+                                 "next attempt in %.1f s" % max(0.0, (nxt or now) - now))
+            elif op == "register":
+                effects = self.lc.on_registered(result, statement_hash, now, wall)
+                self.log.info("registered with Adobe Pass as client %s…", result["client_id"][:8])
+            else:
+                effects = self.lc.on_token(result, now, wall)
+                t = self.lc.tok
+                self.log.info("access token received: expires in %d s, refresh in %.0f s%s",
+                              result["expires_in"], t["refresh_mono"] - now,
+                              " (expires_in missing: assumed)" if result.get("expires_in_assumed") else "")
+            self._cond.notify_all()
+        self._apply(effects)
+        for cb in list(self._listeners):
+            try:
+                cb()
+            except Exception as e:
+                self.log.debug("listener failed: %s", e)
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from the worker thread) after every upstream outcome."""
+        self._listeners.append(callback)
+
+    def _apply(self, effects: list) -> None:
+        for kind, arg in effects:
+            if kind == "save" and self.store is not None:
+                try:
+                    self.store.save(arg)
+                    self._save_failures = 0
+                except StoreError as e:
+                    self._save_failures += 1
+                    self.log.error("could not save credentials: %s (kept in memory; retried at the next change)", e)
+            elif kind == "token_changed":
+                with self._cond:
+                    view = self.lc.view(self.clock(), self.wall())["token"]
+                    subs = list(self._subs)
+                if view:
+                    event = {"method": "token.changed",
+                             "params": {"expires_at": view["expires_at"], "refresh_at": view["refresh_at"]}}
+                    for cb in subs:
+                        try:
+                            cb(event)
+                        except Exception as e:
+                            self.log.debug("subscriber failed: %s", e)
+
+    # ------------------------------------------------------------------ facade
+    def _token_view(self, t: dict, now: float, wall: float) -> dict:
+        return {"access_token": t["access_token"], "token_type": t["token_type"],
+                "expires_at": wall + (t["expires_mono"] - now), "expires_in": int(t["expires_mono"] - now),
+                "refresh_at": wall + (t["refresh_mono"] - now)}
+
+    def token(self, min_ttl: float = 0) -> dict | None:
+        with self._cond:
+            now = self.clock()
+            t = self.lc.token(now, min_ttl)
+            if t is None:
+                self._cond.notify_all()
+                return None
+            return self._token_view(t, now, self.wall())
+
+    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+        deadline = self.clock() + timeout
+        with self._cond:
+            while True:
+                now = self.clock()
+                t = self.lc.token(now, min_ttl)
+                if t is not None:
+                    return self._token_view(t, now, self.wall())
+                self._cond.notify_all()
+                if now >= deadline or self._stopping:
+                    return None
+                self._cond.wait(deadline - now)
+
+    def not_ready_error(self) -> AgentError:
+        with self._cond:
+            now = self.clock()
+            err = self.lc.last_error
+            due = self.lc.due
+            state = self.lc.state
+        retry_after = 1.0 if due is None else max(1.0, round(due - now, 1))
+        if state == lifecycle.NEEDS_OPERATOR and err:
+            return AgentError("the agent needs an operator: %s" % err.get("message"), code=err.get("code", "needs_operator"),
+                              kind=OPERATOR, retry_after=retry_after, hint=err.get("hint"))
+        if err:
+            return NotReady("no valid token yet: last attempt failed (%s); retrying" % err.get("code"),
+                            retry_after=retry_after, hint=err.get("hint"))
+        return NotReady("no valid token yet: %s" % STATE_WORDS.get(state, state), retry_after=retry_after)
+
+    def identity(self) -> dict:
+        return self._identity
+
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
+        decision, reason = dcr.classify_protected_error(status, body, management=False)
+        with self._cond:
+            result = self.lc.report(status, decision, access_token, self.clock())
+            self._cond.notify_all()
+        if result["decision"] in ("refresh", "reregister"):
+            self.log.info("player reported HTTP %s (%s): %s", status, reason, result["decision"])
+        return dict(result, classified=reason)
+
+    def status(self) -> dict:
+        with self._cond:
+            now, wall = self.clock(), self.wall()
+            v = self.lc.view(now, wall)
+        v["state_text"] = STATE_WORDS.get(v["state"], v["state"])
+        v["version"] = self.version
+        v["uptime"] = round(now - self._started_mono, 3)
+        v["store"] = dict(getattr(self.store, "stats", {}) or {})
+        v["store"]["problem"] = getattr(self.store, "problem", None)
+        v["statement_sha256"] = (self.lc.statement_hash or "")[:16] or None
+        v["base_url"] = self.cfg["adobe"]["base_url"]
+        return v
+
+    def status_line(self) -> str:
+        """One line for systemd STATUS= and the console banner."""
+        s = self.status()
+        line = STATE_WORDS.get(s["state"], s["state"])
+        if s["token"]:
+            line += ", token valid for %d s" % s["token"]["expires_in"]
+        elif s["state"] != lifecycle.TOKEN_VALID:
+            line += ", no valid token"
+        if s["last_error"]:
+            line += ", last error: %s" % s["last_error"]["code"]
+        return line
+
+    def health(self) -> dict:
+        with self._cond:
+            now = self.clock()
+            ready = self.lc.tok is not None and self.lc.tok["expires_mono"] > now
+        return {"live": self._thread is not None and self._thread.is_alive(), "ready": ready}
+
+    def subscribe(self, callback: Callable[[dict], None]) -> None:
+        with self._cond:
+            self._subs.append(callback)
+
+    def unsubscribe(self, callback: Callable[[dict], None]) -> None:
+        with self._cond:
+            if callback in self._subs:
+                self._subs.remove(callback)
+
+    def request_refresh(self) -> None:
+        with self._cond:
+            self.lc.retry_now(self.clock())
+            self._cond.notify_all()
+
+    def force_register(self) -> None:
+        with self._cond:
+            self.lc.need_register(self.clock())
+            self._cond.notify_all()
+        self.log.info("re-registration requested by an operator")
+
+    def reset_credentials(self) -> None:
+        if self.store is not None:
+            self.store.wipe()
+        with self._cond:
+            self.lc.forget(self.clock())
+            self._cond.notify_all()
+        self.log.warning("credentials wiped by an operator: registering afresh")
+
+    def config_view(self) -> dict:
+        return config.view(self.cfg)

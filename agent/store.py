@@ -1,0 +1,738 @@
+"""Flash-safe credential store: A/B slots, encrypted and bound to this device, crash-consistent.
+
+Job: persist the agent's state (client credentials, software-statement hash, optionally the access
+token) so that every power cut leaves the previous or the new state readable, a flash image copied
+to another box is useless there, and flash is written only when bytes change.
+
+Theory of operation (read this first)
+- Two slot files, ``slot-a.bin`` and ``slot-b.bin``. Each holds one complete state: a fixed 56-byte
+  header (magic, format version, kind, generation, salt, nonce, key check, ciphertext length, CRC32
+  of the header) followed by AES-256-GCM ciphertext of canonical JSON, with the header as
+  associated data. The header layout is frozen: versions change only the payload schema, and
+  ``MIGRATIONS`` upgrades an old payload one version at a time (a new header would need new magic).
+- A save writes only the slot that does not hold the current state: temp file, write, fsync(file),
+  rename over the slot, fsync(dir). The current slot is never opened for writing, so a crash at any
+  point leaves it readable. Load takes the valid slot with the newest generation; generations are
+  u32 compared with serial-number arithmetic (RFC 1982), so the counter may wrap.
+- Key and key check = HKDF-SHA256(device_id, salt = random per-store salt kept in the header).
+  Another device derives another key check, so its slots are classified ``foreign_device`` (a cloned
+  image), not ``corrupt``; they are left alone until a new state is saved over them.
+- token_cache: ``flash`` keeps the token in the slot; ``runtime`` keeps it in ``token.bin`` under
+  runtime_dir (tmpfs; same format, kind 2, bound to the client id); ``memory`` never writes it.
+  A token refresh therefore rewrites one slot (flash) or no slot at all (runtime, memory).
+
+Must never: write both slots in one save, rewrite unchanged bytes, retry an fsync on the same
+descriptor, change its in-memory state before a save succeeded, raise from load() on bad data, or
+put a secret (client secret, access token, key) in a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import struct
+import zlib
+from typing import Any, Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from agent import log as agent_log
+from agent.errors import FATAL, OPERATOR, StoreError
+
+MAGIC = b"PAGS"
+FORMAT_VERSION = 1
+KIND_SLOT = 1
+KIND_TOKEN = 2
+# magic, version, kind, generation, salt, nonce, key check, ciphertext length; then CRC32 of these.
+_HEAD = struct.Struct(">4sHHI16s12s8sI")
+_CRC = struct.Struct(">I")
+HEADER_SIZE = _HEAD.size + _CRC.size
+TAG_SIZE = 16
+SALT_SIZE = 16
+NONCE_SIZE = 12
+GEN_MASK = 0xFFFFFFFF
+_GEN_HALF = 0x80000000
+FIRST_GENERATION = 1
+SLOT_NAMES = ("slot-a.bin", "slot-b.bin")
+TOKEN_NAME = "token.bin"
+LOCK_NAME = "lock"
+TMP_SUFFIX = ".tmp"
+DEFAULT_RUNTIME_DIR = "/run/pass-agent"
+TOKEN_CACHES = ("flash", "runtime", "memory")
+MAX_FILE_SIZE = 1 << 20  # a slot is a few hundred bytes; never read a runaway file into memory
+_HKDF_INFO = b"pass-agent store key v1"
+
+# Payload upgrades: MIGRATIONS[v] turns a version-v payload dict into a version v+1 payload dict.
+# Load applies them in order up to FORMAT_VERSION; the next save rewrites the slot in the new version.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+
+# Which problem wins when no slot is valid, and which slot a save overwrites first (lowest rank).
+_RANK = {"empty": 0, "corrupt": 1, "unsupported_version": 2, "foreign_device": 3, "ok": 4}
+
+
+def gen_newer(a: int, b: int) -> bool:
+    """True when generation a is newer than b, modulo 2**32 (serial-number arithmetic)."""
+    d = (a - b) & GEN_MASK
+    return 0 < d < _GEN_HALF
+
+
+def derive_key(device_id: str, salt: bytes) -> tuple[bytes, bytes]:
+    """(AES-256 key, 8-byte key check) for this device and store salt."""
+    okm = HKDF(algorithm=hashes.SHA256(), length=40, salt=salt, info=_HKDF_INFO).derive(
+        device_id.encode("utf-8"))
+    return okm[:32], okm[32:]
+
+
+def seal(key: bytes, check: bytes, salt: bytes, generation: int, payload: bytes, *,
+         kind: int = KIND_SLOT, version: int = FORMAT_VERSION, nonce: bytes | None = None) -> bytes:
+    """One complete slot file: header + AES-GCM(payload) with the header as associated data."""
+    nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+    head = _HEAD.pack(MAGIC, version, kind, generation & GEN_MASK, salt, nonce, check,
+                      len(payload) + TAG_SIZE)
+    header = head + _CRC.pack(zlib.crc32(head))
+    return header + AESGCM(key).encrypt(nonce, payload, header)
+
+
+def canonical(obj: Any) -> bytes:
+    """Deterministic JSON bytes: equal states give equal bytes, which is what skips unchanged saves."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _erased(blob: bytes) -> bool:
+    # Missing, empty, or erased flash (all 0x00 or all 0xFF): nothing was ever stored there.
+    return not blob.strip(b"\x00") or not blob.strip(b"\xff")
+
+
+def _result(status: str, detail: str, **kw: Any) -> dict:
+    r = {"status": status, "detail": detail, "generation": None, "salt": None, "payload": None,
+         "version": None}
+    r.update(kw)
+    return r
+
+
+def unseal(blob: bytes, keys: Callable[[bytes], tuple[bytes, bytes]], kind: int) -> dict:
+    """Classify and decrypt one slot file. Never raises on bad bytes.
+
+    Returns {"status": ok|empty|corrupt|foreign_device|unsupported_version, "detail", "generation",
+    "salt", "payload" (dict, migrated to FORMAT_VERSION), "version" (as stored)}.
+    """
+    if _erased(blob):
+        return _result("empty", "empty or erased (%d bytes)" % len(blob))
+    if len(blob) < HEADER_SIZE:
+        return _result("corrupt", "truncated header (%d of %d bytes)" % (len(blob), HEADER_SIZE))
+    head = blob[:_HEAD.size]
+    magic, version, fkind, gen, salt, nonce, check, length = _HEAD.unpack(head)
+    if magic != MAGIC:
+        return _result("corrupt", "not a pass-agent store file (bad magic)")
+    if _CRC.unpack(blob[_HEAD.size:HEADER_SIZE])[0] != zlib.crc32(head):
+        return _result("corrupt", "header checksum mismatch")
+    if fkind != kind:
+        return _result("corrupt", "wrong file kind %d (expected %d)" % (fkind, kind))
+    if length != len(blob) - HEADER_SIZE or length < TAG_SIZE:
+        return _result("corrupt", "length mismatch (header says %d ciphertext bytes, file has %d)"
+                       % (length, len(blob) - HEADER_SIZE), generation=gen)
+    if version > FORMAT_VERSION or (version < FORMAT_VERSION and any(
+            v not in MIGRATIONS for v in range(version, FORMAT_VERSION))):
+        return _result("unsupported_version", "format v%d, this agent reads v%d%s" % (
+            version, FORMAT_VERSION, "" if version > FORMAT_VERSION else " and has no migration from it"),
+            generation=gen, version=version)
+    key, want = keys(salt)
+    if check != want:
+        return _result("foreign_device", "key check mismatch: written with another device identifier",
+                       generation=gen, version=version)
+    try:
+        plain = AESGCM(key).decrypt(nonce, blob[HEADER_SIZE:], blob[:HEADER_SIZE])
+        payload = json.loads(plain.decode("utf-8"))
+        if not isinstance(payload, dict):
+            raise ValueError("payload is not an object")
+        for v in range(version, FORMAT_VERSION):
+            payload = MIGRATIONS[v](payload)
+    except InvalidTag:
+        return _result("corrupt", "authentication tag mismatch (damaged ciphertext)", generation=gen)
+    except Exception as e:  # a bad payload or a failing migration: report, never crash the agent
+        return _result("corrupt", "undecodable payload (%s)" % type(e).__name__, generation=gen)
+    return _result("ok", "generation %d" % gen, generation=gen, salt=salt, payload=payload,
+                   version=version)
+
+
+class FsOps:
+    """The file-system operations the store performs, one method each, so tests can record the
+    exact sequence, fail the N-th call, or replace the whole layer with a crash model.
+
+    Handles returned by open() are opaque to the store. Errors are raised as OSError.
+    """
+
+    def open(self, path: str, truncate: bool = True) -> Any:
+        """truncate=True: create or truncate for writing, mode 0600. False: open an existing file
+        for in-place overwrite (wipe)."""
+        flags = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        if truncate:
+            flags |= os.O_CREAT | os.O_TRUNC
+        fd = os.open(path, flags, 0o600)
+        return fd
+
+    def write(self, fd: Any, data: bytes) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: Any) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: Any) -> None:
+        os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def read(self, path: str, limit: int = MAX_FILE_SIZE) -> bytes:
+        """Whole file (at most limit+1 bytes); FileNotFoundError when missing."""
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+
+    def size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+
+def _ensure_dir(path: str, log: logging.Logger) -> None:
+    """Create path with mode 0700, or tighten an existing one that others could read."""
+    try:
+        if not os.path.isdir(path):
+            os.makedirs(path, 0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+            return
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, 0o700)
+            log.warning("store directory %s had mode %03o; tightened to 0700", path, mode)
+    except OSError as e:
+        raise StoreError("cannot create or secure the store directory %s: %s" % (path, e.strerror),
+                         code="store_dir", kind=OPERATOR,
+                         hint="check storage.dir in the config and that it is writable by the agent")
+
+
+def _take_lock(directory: str) -> int:
+    path = os.path.join(directory, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError("cannot open the store lock file %s: %s" % (path, e.strerror),
+                         code="store_dir", kind=OPERATOR, hint="check that storage.dir is writable")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StoreError("the credential store lock %s is held by another process" % path,
+                             code="store_locked", kind=OPERATOR,
+                             hint="another pass-agent (the daemon or a CLI command) is using the store;"
+                                  " stop it (systemctl stop pass-agent) or wait, then retry")
+        raise StoreError("cannot lock %s: %s" % (path, e.strerror), code="store_dir", kind=OPERATOR)
+    return fd
+
+
+def _io_error(what: str, path: str, e: OSError) -> StoreError:
+    return StoreError("cannot save the credential store: %s of %s failed: %s; the previous state is"
+                      " kept" % (what, path, e.strerror or e), code="store_io",
+                      hint="check the flash/filesystem (dmesg, free space); the agent retries later")
+
+
+def _write_atomic(fs: FsOps, directory: str, name: str, data: bytes, counts: dict) -> None:
+    """temp -> write -> fsync(file) -> rename -> fsync(dir). Raises StoreError naming the failed step.
+
+    counts["bytes"], counts["fsyncs"] are incremented as data reaches the file system.
+    The first failed fsync fails the save: the descriptor is closed, never fsynced again.
+    """
+    tmp = os.path.join(directory, name + TMP_SUFFIX)
+    path = os.path.join(directory, name)
+    step, target = "open", tmp
+    fd = None
+    try:
+        fd = fs.open(tmp, True)
+        step = "write"
+        view = memoryview(data)
+        off = 0
+        while off < len(data):
+            n = fs.write(fd, view[off:])
+            if not n or n < 0:
+                raise OSError(errno.EIO, "write returned %r" % (n,))
+            off += n
+            counts["bytes"] += n
+        step = "fsync"
+        fs.fsync(fd)
+        counts["fsyncs"] += 1
+        step = "close"
+        h, fd = fd, None
+        fs.close(h)
+        step = "rename"
+        fs.rename(tmp, path)
+        step, target = "fsync", directory
+        fs.fsync_dir(directory)
+        counts["fsyncs"] += 1
+    except OSError as e:
+        if fd is not None:
+            try:
+                fs.close(fd)
+            except OSError:
+                pass
+        if step != "fsync" or target != directory:
+            try:  # the temp file is garbage now; open() would clean it anyway
+                fs.unlink(tmp)
+            except OSError:
+                pass
+        raise _io_error(step, target, e)
+
+
+def _wipe_files(fs: FsOps, directory: str, names: list[str], counts: dict) -> list[str]:
+    """Overwrite each existing file with zeros, fsync, unlink; then fsync the directory once."""
+    removed: list[str] = []
+    errors: list[str] = []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            errors.append("%s: %s" % (path, e.strerror))
+            continue
+        try:
+            fd = fs.open(path, False)
+            try:
+                zeros = b"\x00" * min(size, MAX_FILE_SIZE)
+                off = 0
+                while off < len(zeros):
+                    n = fs.write(fd, zeros[off:])
+                    if not n or n < 0:
+                        raise OSError(errno.EIO, "short write")
+                    off += n
+                    counts["bytes"] += n
+                fs.fsync(fd)
+                counts["fsyncs"] += 1
+            finally:
+                fs.close(fd)
+        except OSError as e:  # still unlink: removal matters more than the overwrite
+            errors.append("overwrite %s: %s" % (path, e.strerror))
+        try:
+            fs.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            errors.append("unlink %s: %s" % (path, e.strerror))
+    if removed:
+        try:
+            fs.fsync_dir(directory)
+            counts["fsyncs"] += 1
+        except OSError as e:
+            errors.append("fsync %s: %s" % (directory, e.strerror))
+    if errors:
+        raise StoreError("wiping the credential store failed: " + "; ".join(errors), code="store_io",
+                         kind=OPERATOR, hint="check the file system and permissions, then run reset again")
+    return removed
+
+
+def _store_names(fs: FsOps, directory: str, base: tuple[str, ...]) -> list[str]:
+    try:
+        extra = sorted(n for n in fs.listdir(directory) if n.endswith(TMP_SUFFIX))
+    except FileNotFoundError:
+        return []
+    return list(base) + extra
+
+
+class Store:
+    """The credential store of one storage directory. See the module docstring."""
+
+    def __init__(self, directory: str, device_id: str, *, token_cache: str = "flash",
+                 runtime_dir: str | None = None, fs: FsOps | None = None, log=None) -> None:
+        if token_cache not in TOKEN_CACHES:
+            raise StoreError("storage.token_cache is %r; expected one of %s" % (token_cache, TOKEN_CACHES),
+                             code="config_invalid", kind=OPERATOR)
+        if not isinstance(device_id, str) or not device_id:
+            raise StoreError("the store needs a non-empty device identifier to derive its key",
+                             code="store_no_device_id", kind=FATAL)
+        self.directory = directory
+        self.token_cache = token_cache
+        self.runtime_dir = runtime_dir or DEFAULT_RUNTIME_DIR
+        self.fs = fs or FsOps()
+        self.log = log or agent_log.get("store")
+        self._device_id = device_id
+        self._keys: dict[bytes, tuple[bytes, bytes]] = {}
+        self._lock_fd: int | None = None
+        self._loaded = False
+        self._cur: dict | None = None      # {"slot", "gen", "payload" (bytes|None), "salt"}
+        self._rt: bytes | None = None      # runtime token payload as on tmpfs (None: unknown/absent)
+        self._rt_known = False
+        self._dirty = False                # a failed save may have left newer bytes: never skip
+        self._max_gen: int | None = None   # newest generation seen in any readable header
+        self._salt = os.urandom(SALT_SIZE)  # used only when no valid slot exists yet
+        self.state: dict | None = None
+        self.problem: str | None = None
+        self.problem_detail = ""
+        self.slots: dict[str, dict] = {}
+        self.stats = {"saves": 0, "writes": 0, "skipped_unchanged": 0, "bytes_written": 0,
+                      "fsyncs": 0, "generation": 0, "failures": 0, "runtime_writes": 0,
+                      "runtime_bytes_written": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._lock_fd is not None:
+            return
+        _ensure_dir(self.directory, self.log)
+        self._lock_fd = _take_lock(self.directory)
+        self._clean_temp(self.directory)
+        if self.token_cache == "runtime" and os.path.isdir(self.runtime_dir):
+            self._clean_temp(self.runtime_dir)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> Store:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _clean_temp(self, directory: str) -> None:
+        try:
+            names = [n for n in self.fs.listdir(directory) if n.endswith(TMP_SUFFIX)]
+            for n in names:
+                self.fs.unlink(os.path.join(directory, n))
+            if names:
+                self.fs.fsync_dir(directory)
+                self.log.info("removed %d leftover temp file(s) in %s (interrupted save)", len(names),
+                              directory)
+        except OSError as e:
+            self.log.warning("cannot clean temp files in %s: %s", directory, e.strerror)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _key(self, salt: bytes) -> tuple[bytes, bytes]:
+        k = self._keys.get(salt)
+        if k is None:
+            k = self._keys[salt] = derive_key(self._device_id, salt)
+        return k
+
+    def _read(self, directory: str, name: str, kind: int) -> dict:
+        path = os.path.join(directory, name)
+        try:
+            blob = self.fs.read(path)
+        except FileNotFoundError:
+            return _result("empty", "missing")
+        except OSError as e:
+            return _result("corrupt", "unreadable (%s)" % (e.strerror or e))
+        if len(blob) > MAX_FILE_SIZE:
+            return _result("corrupt", "larger than %d bytes" % MAX_FILE_SIZE)
+        return unseal(blob, self._key, kind)
+
+    def load(self) -> dict | None:
+        """The newest valid state, or None with self.problem saying why. Never raises on bad data."""
+        res = {n: self._read(self.directory, n, KIND_SLOT) for n in SLOT_NAMES}
+        self.slots = {n: {"status": r["status"], "detail": r["detail"], "generation": r["generation"]}
+                      for n, r in res.items()}
+        self._loaded = True
+        self._max_gen = None
+        for r in res.values():
+            g = r["generation"]
+            if g is not None and (self._max_gen is None or gen_newer(g, self._max_gen)):
+                self._max_gen = g
+        best = None
+        for n in SLOT_NAMES:
+            r = res[n]
+            if r["status"] == "ok" and (best is None or gen_newer(r["generation"], res[best]["generation"])):
+                best = n
+        self._rt, self._rt_known = None, False
+        if best is None:
+            self._cur = None
+            self.state = None
+            self.stats["generation"] = 0
+            self._set_problem(res)
+            return None
+        r = res[best]
+        payload = r["payload"]
+        migrated = r["version"] != FORMAT_VERSION
+        self._cur = {"slot": best, "gen": r["generation"], "salt": r["salt"],
+                     "payload": None if migrated else canonical(payload)}
+        self._dirty = False
+        self.stats["generation"] = r["generation"]
+        self.problem, self.problem_detail = None, ""
+        for n in SLOT_NAMES:
+            if n != best and res[n]["status"] not in ("ok", "empty"):
+                self.log.warning("store slot %s is %s (%s); using %s (generation %d); the next save"
+                                 " rewrites it", os.path.join(self.directory, n), res[n]["status"],
+                                 res[n]["detail"], best, r["generation"])
+        if migrated:
+            self.log.info("store slot %s migrated from format v%d to v%d; the next save rewrites it",
+                          best, r["version"], FORMAT_VERSION)
+        state = dict(payload)
+        slot_token = state.pop("token", None)
+        if self.token_cache == "flash":
+            state["token"] = slot_token
+        elif self.token_cache == "runtime":
+            state["token"] = self._load_runtime_token(state) or slot_token
+        else:
+            state["token"] = None
+        self.state = json.loads(canonical(state))
+        return state
+
+    def _load_runtime_token(self, state: dict) -> dict | None:
+        r = self._read(self.runtime_dir, TOKEN_NAME, KIND_TOKEN)
+        if r["status"] == "empty":
+            self._rt_known = r["detail"] == "missing"
+            return None
+        if r["status"] != "ok":
+            self.log.info("runtime token %s ignored: %s (%s); a new token will be fetched",
+                          os.path.join(self.runtime_dir, TOKEN_NAME), r["status"], r["detail"])
+            return None
+        p = r["payload"]
+        client = state.get("client") if isinstance(state.get("client"), dict) else {}
+        if p.get("client_id") != client.get("client_id") or not isinstance(p.get("token"), dict):
+            self.log.info("runtime token %s belongs to other client credentials; ignored",
+                          os.path.join(self.runtime_dir, TOKEN_NAME))
+            return None
+        if r["version"] == FORMAT_VERSION:
+            self._rt, self._rt_known = canonical(p), True
+        return p["token"]
+
+    def _set_problem(self, res: dict) -> None:
+        worst = max((r["status"] for r in res.values()), key=lambda s: _RANK[s] if s != "ok" else -1)
+        why = "; ".join("%s: %s" % (n, res[n]["detail"]) for n in SLOT_NAMES)
+        d = self.directory
+        self.problem = worst
+        if worst == "empty":
+            self.problem_detail = ("no credentials stored in %s (first start or after reset); the agent"
+                                   " registers afresh" % d)
+            self.log.info("%s", self.problem_detail)
+            return
+        if worst == "foreign_device":
+            self.problem_detail = (
+                "the credential store in %s belongs to another device (cloned flash image?) and cannot"
+                " be decrypted with this box's key (%s); the agent registers afresh and keeps the foreign"
+                " slots until new credentials are saved" % (d, why))
+        elif worst == "unsupported_version":
+            self.problem_detail = (
+                "the credential store in %s has a format this agent cannot read (%s); was the firmware"
+                " downgraded? The agent registers afresh; the slots are kept until new credentials are"
+                " saved" % (d, why))
+        else:
+            self.problem_detail = ("both slots of the credential store in %s are unreadable (%s); the"
+                                   " agent registers afresh" % (d, why))
+        self.log.warning("%s", self.problem_detail)
+
+    # -- writing ---------------------------------------------------------------------------
+    def _target(self) -> str:
+        if self._cur is not None:
+            return SLOT_NAMES[1] if self._cur["slot"] == SLOT_NAMES[0] else SLOT_NAMES[0]
+        # Overwrite an empty or corrupt slot before a foreign or newer-format one (kept longest).
+        return min(SLOT_NAMES, key=lambda n: _RANK[self.slots.get(n, {}).get("status", "empty")])
+
+    def save(self, state: dict) -> bool:
+        """Persist state. True if bytes were written (flash slot or runtime token file), False if
+        nothing changed. Raises StoreError on I/O failure; the previous state then stays current."""
+        if self._lock_fd is None:
+            raise StoreError("save() on the credential store %s before open()" % self.directory,
+                             code="store_not_open", kind=FATAL, hint="call Store.open() first")
+        if not self._loaded:
+            self.load()
+        self.stats["saves"] += 1
+        token = state.get("token")
+        slot_obj = {k: v for k, v in state.items() if k != "token"}
+        if self.token_cache == "flash":
+            slot_obj["token"] = token
+        client = state.get("client") if isinstance(state.get("client"), dict) else {}
+        try:
+            payload = canonical(slot_obj)
+            rt_payload = canonical({"client_id": client.get("client_id"), "token": token}) \
+                if self.token_cache == "runtime" and token is not None else None
+        except (TypeError, ValueError) as e:
+            raise StoreError("the state given to the credential store is not JSON data (%s)"
+                             % type(e).__name__, code="store_bad_state", kind=FATAL)
+        wrote = False
+        if self._dirty or self._cur is None or self._cur["payload"] != payload:
+            self._write_slot(payload)
+            wrote = True
+        if self.token_cache == "runtime":
+            wrote = self._write_runtime(rt_payload) or wrote
+        if not wrote:
+            self.stats["skipped_unchanged"] += 1
+        self.state = json.loads(canonical(state))
+        return wrote
+
+    def _write_slot(self, payload: bytes) -> None:
+        target = self._target()
+        if self._cur is not None:
+            gen, salt = (self._cur["gen"] + 1) & GEN_MASK, self._cur["salt"]
+        else:
+            gen = ((self._max_gen + 1) & GEN_MASK) if self._max_gen is not None else FIRST_GENERATION
+            salt = self._salt
+        key, check = self._key(salt)
+        blob = seal(key, check, salt, gen, payload)
+        counts = {"bytes": 0, "fsyncs": 0}
+        try:
+            _write_atomic(self.fs, self.directory, target, blob, counts)
+        except StoreError:
+            self.stats["failures"] += 1
+            self._dirty = True
+            if self._max_gen is None or gen_newer(gen, self._max_gen):
+                self._max_gen = gen  # the failed slot may hold gen: the next attempt must outrank it
+            raise
+        finally:
+            self.stats["bytes_written"] += counts["bytes"]
+            self.stats["fsyncs"] += counts["fsyncs"]
+        self.stats["writes"] += 1
+        self.stats["generation"] = gen
+        self._cur = {"slot": target, "gen": gen, "salt": salt, "payload": payload}
+        self._max_gen = gen
+        self._dirty = False
+        self.slots[target] = {"status": "ok", "detail": "generation %d" % gen, "generation": gen}
+        self.problem, self.problem_detail = None, ""
+
+    def _write_runtime(self, rt_payload: bytes | None) -> bool:
+        path = os.path.join(self.runtime_dir, TOKEN_NAME)
+        if rt_payload is None:
+            if self._rt_known and self._rt is None:
+                return False
+            try:
+                self.fs.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise _io_error("unlink", path, e)
+            self._rt, self._rt_known = None, True
+            return False
+        if self._rt_known and self._rt == rt_payload:
+            return False
+        _ensure_dir(self.runtime_dir, self.log)
+        salt = self._cur["salt"] if self._cur else self._salt
+        key, check = self._key(salt)
+        blob = seal(key, check, salt, self._cur["gen"] if self._cur else 0, rt_payload, kind=KIND_TOKEN)
+        counts = {"bytes": 0, "fsyncs": 0}
+        self._rt_known = False  # unknown until the write below completes
+        try:
+            _write_atomic(self.fs, self.runtime_dir, TOKEN_NAME, blob, counts)
+        except StoreError:
+            self.stats["failures"] += 1
+            raise
+        finally:
+            self.stats["runtime_bytes_written"] += counts["bytes"]
+        self.stats["runtime_writes"] += 1
+        self._rt, self._rt_known = rt_payload, True
+        return True
+
+    def wipe(self) -> None:
+        """Overwrite both slots (and temp files, and the runtime token) with zeros, fsync, unlink."""
+        if self._lock_fd is None:
+            raise StoreError("wipe() on the credential store %s before open()" % self.directory,
+                             code="store_not_open", kind=FATAL, hint="call Store.open() first")
+        counts = {"bytes": 0, "fsyncs": 0}
+        try:
+            _wipe_files(self.fs, self.directory, _store_names(self.fs, self.directory, SLOT_NAMES), counts)
+            if os.path.isdir(self.runtime_dir):
+                _wipe_files(self.fs, self.runtime_dir,
+                            _store_names(self.fs, self.runtime_dir, (TOKEN_NAME,)), counts)
+        finally:
+            self.stats["bytes_written"] += counts["bytes"]
+            self.stats["fsyncs"] += counts["fsyncs"]
+            self._cur, self._rt, self._rt_known, self._max_gen = None, None, False, None
+            self._dirty, self._loaded = False, False
+            self.state = None
+            self.slots = {}
+            self.stats["generation"] = 0
+        self.problem, self.problem_detail = "empty", "the credential store in %s was wiped" % self.directory
+        self.log.warning("credential store in %s wiped: the agent must register again", self.directory)
+
+
+def wipe_dir(directory: str, runtime_dir: str | None = None, fs: FsOps | None = None) -> list[str]:
+    """Remove the credential store of directory (overwrite with zeros, fsync, unlink) without the
+    device key. Takes the writer lock; raises StoreError "store_locked" while the daemon runs.
+    Returns the paths removed."""
+    fs = fs or FsOps()
+    if not os.path.isdir(directory):
+        return []
+    fd = _take_lock(directory)
+    try:
+        counts = {"bytes": 0, "fsyncs": 0}
+        removed = _wipe_files(fs, directory, _store_names(fs, directory, SLOT_NAMES), counts)
+        rd = runtime_dir or DEFAULT_RUNTIME_DIR
+        if os.path.isdir(rd):
+            removed += _wipe_files(fs, rd, _store_names(fs, rd, (TOKEN_NAME,)), counts)
+        return removed
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _describe(store: Store, state: dict | None) -> str:
+    if state is not None:
+        client = state.get("client") if isinstance(state.get("client"), dict) else {}
+        cid = str(client.get("client_id") or "?")
+        return "holds client credentials for this device (client id %s…, generation %d)" % (
+            cid[:8], store.stats["generation"])
+    if store.problem == "empty":
+        return "holds no credentials"
+    return "holds no usable credentials (%s)" % store.problem
+
+
+def reset_command(storage_dir: str, device_id: str, assume_yes: bool, inp, out, *,
+                  runtime_dir: str | None = None) -> int:
+    """`pass-agent reset`: confirm, then overwrite and unlink the stored credentials.
+
+    Exit codes: 0 removed (or nothing to remove), 1 cancelled or failed (message on out).
+    """
+    rd = runtime_dir or DEFAULT_RUNTIME_DIR
+    present = os.path.isdir(storage_dir) and any(
+        n in SLOT_NAMES or n.endswith(TMP_SUFFIX) for n in os.listdir(storage_dir))
+    if not present:
+        out.write("nothing to reset: no credential store in %s\n" % storage_dir)
+        return 0
+    store = Store(storage_dir, device_id or "unknown-device", token_cache="runtime", runtime_dir=rd,
+                  log=logging.getLogger("pass-agent.store.reset"))
+    try:
+        store.open()
+    except StoreError as e:
+        out.write("reset failed: %s\n" % e)
+        return 1
+    try:
+        what = _describe(store, store.load())
+        out.write("The credential store in %s %s.\n" % (storage_dir, what))
+        if not assume_yes:
+            out.write("Removing it makes this box register again with Adobe Pass, and the viewer will"
+                      " have to sign in again.\nType 'yes' to remove it: ")
+            out.flush()
+            answer = inp.readline()
+            if answer.strip().lower() not in ("y", "yes"):
+                out.write("\nreset cancelled: nothing was removed\n")
+                return 1
+        try:
+            store.wipe()
+        except StoreError as e:
+            out.write("reset failed: %s\n" % e)
+            return 1
+        out.write("credential store removed from %s (overwritten with zeros, then deleted); the agent"
+                  " registers again at its next start\n" % storage_dir)
+        return 0
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""Board profiles: one folder per supported board (data only, no code)."""

@@ -1,0 +1,504 @@
+"""The emulated Adobe Pass service: DCR register/token, a protected REST API, throttle, faults, stats.
+
+Sans-I/O core. `Service.handle(request)` takes a plain dict (method, path, query, lower-case
+headers, body bytes, peer ip, monotonic `t`, wall-clock `now`) and returns a plain response dict
+(status, headers, body, plus `endpoint`, `fault`, `code`, `reason`, `client_id` for the shell and
+the log). Delivery faults (latency, hang, reset, truncate, chunked) are carried out by the shell;
+everything else, including the choice of fault, happens here. The shell serialises calls with one
+lock, so this file needs none.
+
+Request order: classify the path; throttle (register, token, /api/*); take the next matching
+fault; then emulate the endpoint. Hang and reset faults fire before the request is processed (the
+service never saw it); malformed_json, truncate and chunked damage a response that was processed.
+
+Must never: put a client secret, access token or statement into a log line, a reason or an error
+body; or answer a throttled request with anything but the documented 429 HTML.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import email.utils
+import hmac
+import json
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+from . import deviceinfo, jwtutil
+from .faults import FaultQueue
+from .throttle import Throttle
+
+ISSUER = "auth.adobe.com"
+DEFAULT_APP_ID = "pass-agent-dev-app"
+HELP_URL = ("https://experienceleague.adobe.com/en/docs/pass/authentication/integration-guide-programmers/"
+            "standard-features/error-reporting/enhanced-error-codes")
+RETRY_AFTER_MODES = ("none", "seconds", "date")
+REQUEST_LOG_SIZE = 10000
+PROBLEM_LOG_SIZE = 1000
+NBF_LEEWAY = 60.0  # seconds a statement's nbf may lie in the future (device and server clocks differ)
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 429: "Too Many Requests",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+THROTTLE_HTML = (b"<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
+                 b"<center><h1>429 Too Many Requests</h1></center>\r\n</body>\r\n</html>\r\n")
+
+
+def endpoint_of(path: str) -> str:
+    if path == "/o/client/register":
+        return "register"
+    if path == "/o/client/token":
+        return "token"
+    if path.startswith("/api/"):
+        return "protected"
+    if path == "/_emulator" or path.startswith("/_emulator/"):
+        return "admin"
+    return "other"
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    parts = [p.strip() for p in value.split(";")]
+    params = {}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        params[k.strip().lower()] = v.strip().strip('"')
+    return parts[0].lower(), params
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:300]
+
+
+class _Reject(Exception):
+    """An emulated error answer; carries the response dict."""
+
+    def __init__(self, resp: dict[str, Any]) -> None:
+        Exception.__init__(self, resp.get("reason"))
+        self.resp = resp
+
+
+def _oauth_error(status: int, error: str, reason: str, **extra: Any) -> _Reject:
+    body = json.dumps({"error": error}).encode()
+    headers = [("Content-Type", "application/json;charset=utf-8"), ("Cache-Control", "no-store"),
+               ("Pragma", "no-cache"), ("X-Emulator-Reason", _header_safe(reason))]
+    if status == 405:
+        headers.append(("Allow", "POST"))
+    return _Reject(dict(status=status, headers=headers, body=body, code=error, reason=reason, **extra))
+
+
+def _eec_error(status: int, action: str, code: str, message: str, **extra: Any) -> _Reject:
+    obj = {"action": action, "status": status, "code": code, "message": message, "helpUrl": HELP_URL,
+           "trace": str(uuid.uuid4())}
+    headers = [("Content-Type", "application/json;charset=utf-8"), ("X-Emulator-Reason", _header_safe(message))]
+    if status == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="adobe-pass"'))
+    return _Reject(dict(status=status, headers=headers, body=json.dumps(obj).encode(), code=code,
+                        reason=message, **extra))
+
+
+def _ok(status: int, obj: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    headers = [("Content-Type", "application/json;charset=utf-8"), ("Cache-Control", "no-store"),
+               ("Pragma", "no-cache")]
+    return dict(status=status, headers=headers, body=json.dumps(obj).encode(), code=None, reason=None, **extra)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise ValueError("parameter %r appears more than once" % k)
+        seen[k] = v
+    return seen
+
+
+def _new_stats() -> dict[str, Any]:
+    return {
+        "register": {"ok": 0, "error": 0, "codes": {}},
+        "token": {"ok": 0, "error": 0, "codes": {}},
+        "protected": {"ok": 0, "error": 0, "codes": {}},
+        "throttled": 0,
+        "faults_served": 0,
+        "device_info_problems": collections.deque(maxlen=PROBLEM_LOG_SIZE),
+        "per_client_ip": {},
+        "per_client_id": {},
+        "requests": collections.deque(maxlen=REQUEST_LOG_SIZE),
+    }
+
+
+class Service:
+    """All emulator state and behaviour. Call only with the shell's lock held."""
+
+    def __init__(self, signing_key: Any, *, token_ttl: int = 21600, legacy: bool = False,
+                 strict_device_info: bool = False, rate: float = 1.0, burst: int = 10,
+                 retry_after: str | None = None, trust_forwarded_for: bool = False,
+                 throttle: bool = True, redirect_uri_prefixes: tuple[str, ...] = ("http://localhost",)) -> None:
+        self.key = signing_key
+        self.public_key = signing_key.public_key()
+        self.kid = jwtutil.key_id(signing_key)
+        self.throttle = Throttle(rate, burst, throttle)
+        self.faults = FaultQueue()
+        self.apps: dict[str, dict[str, Any]] = {DEFAULT_APP_ID: {"redirect_uris": None}}
+        self.statements: dict[str, str] = {}  # fingerprint -> app id, for statements minted here
+        self.revoked_statements: set[str] = set()
+        self.clients: dict[str, dict[str, Any]] = {}
+        self.ca_pem: bytes | None = None
+        self.token_ttl, self.legacy, self.strict_device_info = 21600, False, False
+        self.retry_after, self.trust_forwarded_for = "none", False
+        self.redirect_uri_prefixes: list[str] = []
+        self.configure(token_ttl=token_ttl, legacy=legacy, strict_device_info=strict_device_info,
+                       retry_after=retry_after, trust_forwarded_for=trust_forwarded_for,
+                       redirect_uri_prefixes=list(redirect_uri_prefixes))
+        self._stats = _new_stats()
+
+    # ----- configuration and administration -------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {"token_ttl": self.token_ttl, "legacy": self.legacy, "strict_device_info": self.strict_device_info,
+                "rate": self.throttle.rate, "burst": self.throttle.burst, "throttle": self.throttle.enabled,
+                "retry_after": self.retry_after, "trust_forwarded_for": self.trust_forwarded_for,
+                "redirect_uri_prefixes": list(self.redirect_uri_prefixes), "default_app_id": DEFAULT_APP_ID}
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Apply runtime changes (all or nothing); ValueError names the first bad key."""
+        if "strict" in changes:
+            changes["strict_device_info"] = changes.pop("strict")
+        known = set(self.config()) - {"default_app_id"}
+        for key, value in changes.items():
+            if key not in known:
+                raise ValueError("unknown setting %r; known settings: %s" % (key, ", ".join(sorted(known))))
+            if key in ("legacy", "strict_device_info", "throttle", "trust_forwarded_for") and not isinstance(value, bool):
+                raise ValueError("setting %r must be true or false, got %r" % (key, value))
+        ttl = changes.get("token_ttl", self.token_ttl)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+            raise ValueError("setting 'token_ttl' must be a whole number of seconds >= 1, got %r" % (ttl,))
+        mode = changes.get("retry_after", self.retry_after)
+        mode = "none" if mode is None else mode
+        if mode not in RETRY_AFTER_MODES:
+            raise ValueError("setting 'retry_after' must be one of none, seconds, date; got %r" % (mode,))
+        prefixes = changes.get("redirect_uri_prefixes", self.redirect_uri_prefixes)
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+            raise ValueError("setting 'redirect_uri_prefixes' must be a list of non-empty strings")
+        if any(k in changes for k in ("rate", "burst", "throttle")):
+            rate, burst = changes.get("rate", self.throttle.rate), changes.get("burst", self.throttle.burst)
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise ValueError("setting 'rate' must be a number of requests per second, got %r" % (rate,))
+            if isinstance(burst, bool) or not isinstance(burst, int):
+                raise ValueError("setting 'burst' must be a whole number of requests, got %r" % (burst,))
+            self.throttle.configure(rate, burst, changes.get("throttle"))
+        self.token_ttl, self.retry_after, self.redirect_uri_prefixes = ttl, mode, list(prefixes)
+        self.legacy = changes.get("legacy", self.legacy)
+        self.strict_device_info = changes.get("strict_device_info", self.strict_device_info)
+        self.trust_forwarded_for = changes.get("trust_forwarded_for", self.trust_forwarded_for)
+        return self.config()
+
+    def mint_statement(self, app_id: str | None, now: float, approved: bool = True,
+                       redirect_uris: list[str] | None = None) -> str:
+        """A software statement as the TVE Dashboard gives it; registers (approves) the app unless told not to."""
+        app_id = app_id or DEFAULT_APP_ID
+        if not isinstance(app_id, str):
+            raise ValueError("app_id must be a string, got %r" % (app_id,))
+        if redirect_uris is not None and (not isinstance(redirect_uris, list)
+                                          or not all(isinstance(u, str) for u in redirect_uris)):
+            raise ValueError("redirect_uris must be a list of strings")
+        if approved:
+            app = self.apps.setdefault(app_id, {"redirect_uris": None})
+            if redirect_uris is not None:
+                app["redirect_uris"] = list(redirect_uris)
+        iat = int(now)
+        statement = jwtutil.sign({"sub": app_id, "iss": ISSUER, "iat": iat, "nbf": iat}, self.key, self.kid)
+        self.statements[jwtutil.fingerprint(statement)] = app_id
+        return statement
+
+    def revoke_statement(self, statement_or_app_id: str, clients: bool = True) -> dict[str, int]:
+        """Revoke one statement (JWT) or every statement minted for an app id; by default also the
+        clients registered with them, as Adobe's revocation blocks every device using a statement."""
+        target = statement_or_app_id
+        if not isinstance(target, str) or not target:
+            raise ValueError("give a software statement (JWT) or an app id to revoke")
+        if target.count(".") == 2 and target.startswith("eyJ"):
+            fps = {jwtutil.fingerprint(target)}
+        else:
+            fps = {fp for fp, app in self.statements.items() if app == target}
+            if not fps:
+                raise ValueError("no statement was minted for app id %r; mint one first or pass the JWT" % target)
+        self.revoked_statements |= fps
+        n_clients = 0
+        if clients:
+            for c in self.clients.values():
+                if c["statement"] in fps and not c["revoked"]:
+                    c["revoked"] = True
+                    n_clients += 1
+        return {"statements": len(fps), "clients": n_clients}
+
+    def _client(self, client_id: str) -> dict[str, Any]:
+        if client_id not in self.clients:
+            raise ValueError("unknown client_id %r; GET /_emulator/clients lists the registered ones" % (client_id,))
+        return self.clients[client_id]
+
+    def revoke_client(self, client_id: str) -> None:
+        self._client(client_id)["revoked"] = True
+
+    def set_client_allowed(self, client_id: str, allowed: bool) -> None:
+        self._client(client_id)["allowed"] = bool(allowed)
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        return [{"client_id": cid, "app_id": c["app_id"], "revoked": c["revoked"], "allowed": c["allowed"],
+                 "issued_at": c["issued_at"], "redirect_uris": c["redirect_uris"],
+                 "client_secret": c["secret"][:4] + "…"} for cid, c in self.clients.items()]
+
+    def stats(self) -> dict[str, Any]:
+        s = copy.deepcopy(self._stats)
+        s["device_info_problems"] = list(s["device_info_problems"])
+        s["requests"] = list(s["requests"])
+        s["clients"] = len(self.clients)
+        s["faults_pending"] = len(self.faults.list())
+        return s
+
+    def reset_stats(self) -> None:
+        self._stats = _new_stats()
+
+    # ----- request handling -------------------------------------------------------------------------
+
+    def client_key(self, req: dict[str, Any]) -> str:
+        if self.trust_forwarded_for:
+            xff = req["headers"].get("x-forwarded-for", "")
+            first = xff.split(",")[0].strip()
+            if first:
+                return first
+        return req["ip"]
+
+    def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        endpoint = endpoint_of(req["path"])
+        ip = self.client_key(req)
+        meta = {"endpoint": endpoint, "fault": None, "client_id": None}
+        if endpoint == "other":
+            resp = dict(status=404, headers=[("Content-Type", "text/plain;charset=utf-8")],
+                        body=b"Not Found: the emulator serves /o/client/register, /o/client/token, /api/v2/... "
+                             b"and /_emulator/\n", code="not_found", reason="unknown path", **meta)
+            self._record(req, ip, resp)
+            return resp
+        per_ip = self._stats["per_client_ip"].setdefault(ip, {"requests": 0, "throttled": 0})
+        per_ip["requests"] += 1
+        admitted, wait = self.throttle.take(ip, req["t"])
+        if not admitted:
+            self._stats["throttled"] += 1
+            per_ip["throttled"] += 1
+            resp = self._throttled(wait, req["now"], meta)
+            self._record(req, ip, resp)
+            return resp
+        fault = self.faults.take(endpoint)
+        if fault is not None:
+            self._stats["faults_served"] += 1
+        if fault is not None and (fault.get("reset") or fault.get("hang")):
+            resp = dict(status=0, headers=[], body=b"", code=None, reason="no answer (fault)", **meta)
+        elif fault is not None and "status" in fault:
+            resp = self._fault_answer(fault, meta)
+        else:
+            skew = fault.get("clock_skew", 0.0) if fault else 0.0
+            handler = {"register": self._register, "token": self._token, "protected": self._protected}[endpoint]
+            try:
+                resp = handler(req, ip, req["now"] + skew, meta)
+            except _Reject as r:
+                resp = r.resp
+            counts = self._stats[endpoint]
+            if 200 <= resp["status"] < 300:
+                counts["ok"] += 1
+            else:
+                counts["error"] += 1
+                counts["codes"][resp["code"]] = counts["codes"].get(resp["code"], 0) + 1
+        if fault is not None:
+            resp["fault"] = fault
+            if fault.get("malformed_json"):
+                resp["body"] = resp["body"][: max(1, len(resp["body"]) // 2)]
+            if "retry_after" in fault:
+                resp["headers"].append(("Retry-After", fault["retry_after"]))
+        self._record(req, ip, resp)
+        return resp
+
+    def _record(self, req: dict[str, Any], ip: str, resp: dict[str, Any]) -> None:
+        fault = resp.get("fault")
+        kinds = "+".join(k for k in fault if k not in ("endpoint", "count", "id")) if fault else None
+        self._stats["requests"].append({"t": req["t"], "endpoint": resp["endpoint"], "status": resp["status"],
+                                        "ip": ip, "code": resp.get("code"), "fault": kinds,
+                                        "client_id": resp.get("client_id")})
+
+    def _throttled(self, wait: float, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+        headers = [("Content-Type", "text/html")]
+        secs = Throttle.retry_after_seconds(wait)
+        if self.retry_after == "seconds":
+            headers.append(("Retry-After", str(secs)))
+        elif self.retry_after == "date":
+            headers.append(("Retry-After", email.utils.formatdate(now + secs, usegmt=True)))
+        return dict(status=429, headers=headers, body=THROTTLE_HTML, code="throttled",
+                    reason="over %g req/s after a burst of %d" % (self.throttle.rate, self.throttle.burst), **meta)
+
+    def _fault_answer(self, fault: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        status = fault["status"]
+        body = fault.get("body")
+        ctype = fault.get("content_type")
+        if body is None:
+            phrase = REASONS.get(status, "Error")
+            body = ("<html><head><title>%d %s</title></head><body><h1>%d %s</h1>"
+                    "<p>Injected by the pass-agent emulator.</p></body></html>" % (status, phrase, status, phrase))
+            ctype = ctype or "text/html"
+        elif ctype is None:
+            try:
+                json.loads(body)
+                ctype = "application/json;charset=utf-8"
+            except ValueError:
+                ctype = "text/plain;charset=utf-8"
+        return dict(status=status, headers=[("Content-Type", ctype)], body=body.encode("utf-8"),
+                    code="fault_%d" % status, reason="injected status %d" % status, **meta)
+
+    def _device_info(self, req: dict[str, Any], ip: str, endpoint: str) -> list[str]:
+        _, problems = deviceinfo.check(req["headers"].get("x-device-info"))
+        if problems:
+            self._stats["device_info_problems"].append(
+                {"t": req["t"], "endpoint": endpoint, "ip": ip, "problems": problems})
+        return problems
+
+    def _register(self, req: dict[str, Any], ip: str, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+        if req["method"] != "POST":
+            raise _oauth_error(405, "invalid_request", "client/register accepts only POST", **meta)
+        mtype, params = _media_type(req["headers"].get("content-type", ""))
+        if mtype != "application/json" or params.get("charset", "utf-8").lower() not in ("utf-8", "utf8"):
+            raise _oauth_error(400, "invalid_request", "Content-Type is %r; send application/json;charset=utf-8"
+                               % req["headers"].get("content-type", ""), **meta)
+        problems = self._device_info(req, ip, "register")
+        if problems and self.strict_device_info:
+            raise _oauth_error(400, "invalid_request", "strict mode: " + problems[0], **meta)
+        try:
+            body = json.loads(req["body"].decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise _oauth_error(400, "invalid_request", "body is not a UTF-8 JSON object without repeated "
+                               "keys (%s)" % str(e)[:80], **meta)
+        if not isinstance(body, dict):
+            raise _oauth_error(400, "invalid_request", "body must be a JSON object", **meta)
+        statement = body.get("software_statement")
+        if not isinstance(statement, str) or not statement:
+            raise _oauth_error(400, "invalid_request", "software_statement is missing or not a string", **meta)
+        redirect_uri = body.get("redirect_uri")
+        if redirect_uri is not None and not isinstance(redirect_uri, str):
+            raise _oauth_error(400, "invalid_request", "redirect_uri must be a string when present", **meta)
+        try:
+            claims = jwtutil.verify(statement, self.public_key)
+        except jwtutil.JWTError as e:
+            raise _oauth_error(400, "invalid_software_statement", "software_statement: %s" % e, **meta)
+        if claims.get("iss") != ISSUER or not isinstance(claims.get("sub"), str):
+            raise _oauth_error(400, "invalid_software_statement",
+                               "software_statement needs iss %r and a string sub" % ISSUER, **meta)
+        for claim in ("nbf", "iat"):
+            if isinstance(claims.get(claim), (int, float)) and claims[claim] > now + NBF_LEEWAY:
+                raise _oauth_error(400, "invalid_software_statement",
+                                   "software_statement %s lies in the future" % claim, **meta)
+        if isinstance(claims.get("exp"), (int, float)) and claims["exp"] <= now:
+            raise _oauth_error(400, "invalid_software_statement", "software_statement has expired", **meta)
+        fp = jwtutil.fingerprint(statement)
+        if fp in self.revoked_statements:
+            raise _oauth_error(400, "invalid_software_statement",
+                               "software_statement %s was revoked; mint a new one" % fp[:8], **meta)
+        app = self.apps.get(claims["sub"])
+        if app is None:
+            raise _oauth_error(400, "unapproved_software_statement",
+                               "application %r is not approved on this server" % claims["sub"], **meta)
+        if redirect_uri is not None:
+            allowed = app["redirect_uris"]
+            ok = redirect_uri in allowed if allowed is not None else any(
+                redirect_uri.startswith(p) for p in self.redirect_uri_prefixes)
+            if not ok:
+                raise _oauth_error(400, "invalid_redirect_uri", "redirect_uri %r is not allowed for application %r"
+                                   % (redirect_uri[:80], claims["sub"]), **meta)
+        client_id, secret = str(uuid.uuid4()), str(uuid.uuid4())
+        issued = int(now) if self.legacy else int(now * 1000)
+        uris = [redirect_uri] if redirect_uri is not None else []
+        self.clients[client_id] = {"secret": secret, "app_id": claims["sub"], "statement": fp, "revoked": False,
+                                   "allowed": True, "issued_at": issued, "redirect_uris": uris}
+        meta["client_id"] = client_id
+        return _ok(201, {"client_id": client_id, "client_secret": secret, "client_id_issued_at": issued,
+                         "redirect_uris": uris, "grant_types": ["client_credentials"], "scopes": ["api:client:v2"]},
+                   **meta)
+
+    def _token(self, req: dict[str, Any], ip: str, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+        if req["method"] != "POST":
+            raise _oauth_error(405, "invalid_request", "client/token accepts only POST", **meta)
+        try:
+            pairs = parse_qsl(req["query"], keep_blank_values=True, strict_parsing=bool(req["query"]))
+            if req["body"]:
+                mtype, _ = _media_type(req["headers"].get("content-type", ""))
+                if mtype != "application/x-www-form-urlencoded":
+                    raise _oauth_error(400, "invalid_request", "Content-Type is %r; send the parameters as "
+                                       "application/x-www-form-urlencoded" % req["headers"].get("content-type", ""),
+                                       **meta)
+                pairs += parse_qsl(req["body"].decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+            params = _no_duplicates(pairs)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise _oauth_error(400, "invalid_request", "parameters are malformed (%s)" % str(e)[:80], **meta)
+        problems = self._device_info(req, ip, "token")
+        if problems and self.strict_device_info:
+            raise _oauth_error(400, "invalid_request", "strict mode: " + problems[0], **meta)
+        missing = [p for p in ("client_id", "client_secret", "grant_type") if not params.get(p)]
+        if missing:
+            raise _oauth_error(400, "invalid_request", "missing parameter(s): %s" % ", ".join(missing), **meta)
+        if params["grant_type"] != "client_credentials":
+            raise _oauth_error(400, "unsupported_grant_type", "grant_type %r is not supported; use "
+                               "client_credentials" % params["grant_type"][:40], **meta)
+        client_id = params["client_id"]
+        client = self.clients.get(client_id)
+        if client is None:
+            raise _oauth_error(400, "invalid_client", "client_id %r is unknown" % client_id[:40], **meta)
+        meta["client_id"] = client_id
+        if client["revoked"]:
+            raise _oauth_error(400, "invalid_client", "client %s was revoked; register again" % client_id, **meta)
+        if not hmac.compare_digest(client["secret"].encode(), params["client_secret"].encode("utf-8", "replace")):
+            raise _oauth_error(400, "invalid_client", "client_secret does not match client %s" % client_id, **meta)
+        if not client["allowed"]:
+            raise _oauth_error(400, "unauthorized_client", "client %s may not use client_credentials" % client_id,
+                               **meta)
+        per = self._stats["per_client_id"].setdefault(client_id, {"token": 0, "protected": 0})
+        per["token"] += 1
+        jti = str(uuid.uuid4())
+        iat = int(now)
+        token = jwtutil.sign({"sub": client_id, "iss": ISSUER, "iat": iat, "exp": iat + self.token_ttl, "jti": jti,
+                              "app": client["app_id"]}, self.key, self.kid)
+        return _ok(200 if self.legacy else 201,
+                   {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl,
+                    "created_at": iat if self.legacy else int(now * 1000), "id": jti}, **meta)
+
+    def _protected(self, req: dict[str, Any], ip: str, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+        problems = self._device_info(req, ip, "protected")
+        if problems and self.strict_device_info:
+            raise _eec_error(400, "configuration", "invalid_device_info", "strict mode: " + problems[0], **meta)
+        auth = req["headers"].get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _eec_error(401, "authentication", "missing_access_token",
+                             "the Authorization: Bearer <access_token> header is missing or malformed", **meta)
+        try:
+            claims = jwtutil.verify(token.strip(), self.public_key)
+        except jwtutil.JWTError as e:
+            raise _eec_error(401, "authentication", "invalid_access_token_signature", "access token: %s" % e, **meta)
+        client_id = claims.get("sub")
+        if not isinstance(client_id, str) or not isinstance(claims.get("exp"), (int, float)):
+            raise _eec_error(401, "authentication", "invalid_access_token_signature",
+                             "access token lacks sub or exp", **meta)
+        meta["client_id"] = client_id
+        if claims["exp"] <= now:
+            raise _eec_error(401, "authentication", "access_token_expired",
+                             "the access token expired; get a new one from client/token", **meta)
+        client = self.clients.get(client_id)
+        if client is None or client["revoked"]:
+            raise _eec_error(401, "application-registration", "invalid_access_token_client_application",
+                             "the client application of this token is unknown or revoked; register again", **meta)
+        per = self._stats["per_client_id"].setdefault(client_id, {"token": 0, "protected": 0})
+        per["protected"] += 1
+        parts = req["path"].split("/")  # ['', 'api', 'v2', sp, 'configuration']
+        if len(parts) == 5 and parts[1:3] == ["api", "v2"] and parts[4] == "configuration" and parts[3]:
+            if req["method"] != "GET":
+                raise _eec_error(405, "none", "method_not_allowed", "configuration accepts only GET", **meta)
+            sp = parts[3]
+            return _ok(200, {"serviceProvider": sp, "displayName": sp, "mvpds": [
+                {"id": "Cablevision", "displayName": "Optimum", "platformMappingId": "Cablevision"},
+                {"id": "Comcast_SSO", "displayName": "Xfinity", "platformMappingId": "Comcast_SSO"}]}, **meta)
+        raise _eec_error(404, "none", "unknown_resource", "no such protected resource; the emulator serves "
+                         "GET /api/v2/{serviceProvider}/configuration", **meta)
