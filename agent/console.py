@@ -103,7 +103,7 @@ def _duration(s: float) -> str:
 
 def _fmt(key: str, v) -> str:
     if isinstance(v, str) and v and _SECRET_KEY.search(key):
-        return "<masked, %d chars>" % len(v)
+        return "[REDACTED] (%d chars)" % len(v)
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -132,6 +132,8 @@ def _flatten(d: dict, prefix: str = "") -> list:
 
 def _table(rows: list, sep: str = ": ") -> list:
     width = min(max((len(k) for k, _ in rows), default=0), 28)
+    if sep == ": ":
+        return ["%s %s" % ((k + ":").ljust(width + 1), v) for k, v in rows]
     return ["%s%s%s" % (k.ljust(width), sep, v) for k, v in rows]
 
 
@@ -208,6 +210,7 @@ def _cmd_token(con: Console, args: list) -> list:
         extra = (" (retry in %d s)" % e.retry_after) if getattr(e, "retry_after", None) else ""
         raise CommandError(getattr(e, "code", "not_ready"), "no valid token: %s%s [%s]" % (
             _one_line(e), extra, getattr(e, "kind", "retry")))
+    con._seen_secret(str(tok.get("access_token", "")))
     rows = [("token", mask_token(str(tok.get("access_token", "")))),
             ("token_type", _fmt("token_type", tok.get("token_type")))]
     rows += [(k, _fmt(k, tok.get(k))) for k in ("expires_in", "expires_at", "refresh_at") if k in tok]
@@ -345,6 +348,7 @@ class Console:
         self._follow_dropped = 0
         self._follow_lock = threading.Lock()
         self._out: list = []
+        self._secrets: collections.deque = collections.deque(maxlen=4)
         self.stats = {"commands": 0, "errors": 0, "garbage_chars": 0, "echo_suppressed": 0,
                       "unlock_failures": 0, "follow_dropped": 0}
 
@@ -392,6 +396,11 @@ class Console:
             at.append(self._last_input + self.idle_lock)
         return min(at) if at else None
 
+    @property
+    def following(self) -> bool:
+        """True while `log follow` streams (the transport then polls often)."""
+        return self._mode == "follow"
+
     def new_session(self) -> None:
         """The line was (re)connected: forget half-typed input and modes, lock again if locking is on."""
         self._stop_follow()
@@ -418,20 +427,30 @@ class Console:
 
     def _lines(self, lines: list) -> None:
         for line in lines:
-            line = agent_log.REDACTOR.redact(str(line).replace("\r", " ").replace("\n", " "))
+            line = str(line).replace("\r", " ").replace("\n", " ")
+            for secret in self._secrets:
+                line = line.replace(secret, "[REDACTED]")
+            line = agent_log.REDACTOR.redact(line)
             if self.dumb:
                 line = line.replace("\x1b", "")
             self._recent.append(line.strip())
             self._out.append(line + CRLF)
 
+    def _seen_secret(self, secret: str) -> None:
+        # A token this console has seen is scrubbed from everything it prints afterwards, even from
+        # a log line that escaped the agent's redactor.
+        if len(secret) >= 6 and secret not in self._secrets:
+            self._secrets.append(secret)
+
     def _prompt(self, text: str | None = None) -> None:
-        text = text if text is not None else (("[locked] " if self.locked else "") + self.prompt)
-        self._cur_prompt = text
-        if self.dumb:
-            line = text.strip() if text is not None else self.prompt.strip()
+        if self.dumb:  # a stable prompt line, whatever the state
+            line = (text if text is not None else self.prompt).strip()
+            self._cur_prompt = line
             self._recent.append(line)
             self._out.append(line + CRLF)
         else:
+            text = text if text is not None else (("[locked] " if self.locked else "") + self.prompt)
+            self._cur_prompt = text
             self._out.append(text)
 
     def _finish(self, err: tuple | None = None) -> None:

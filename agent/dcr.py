@@ -121,15 +121,29 @@ def _days_from_civil(y, m, d):
 
 
 def parse_http_date(text):
-    """IMF-fixdate ('Sun, 06 Nov 1994 08:49:37 GMT') to epoch seconds, or None."""
+    """An HTTP date to epoch seconds, or None. Accepts the three formats RFC 9110 obliges a
+    recipient to read: IMF-fixdate ('Sun, 06 Nov 1994 08:49:37 GMT'), RFC 850
+    ('Sunday, 06-Nov-94 08:49:37 GMT') and asctime ('Sun Nov  6 08:49:37 1994')."""
     try:
         parts = text.strip().split()
-        if len(parts) != 6 or parts[5].upper() != "GMT":
+        if len(parts) == 6 and parts[5].upper() == "GMT":          # IMF-fixdate
+            day, mon, year, clock = parts[1], parts[2], parts[3], parts[4]
+        elif len(parts) == 4 and parts[3].upper() == "GMT":        # RFC 850
+            dmy = parts[1].split("-")
+            if len(dmy) != 3:
+                return None
+            day, mon, year, clock = dmy[0], dmy[1], dmy[2], parts[2]
+            if len(year) == 2:  # RFC 9110: a two-digit year more than 50 years ahead is in the past
+                year = str(2000 + int(year) if int(year) < 70 else 1900 + int(year))
+        elif len(parts) == 5:                                       # asctime
+            mon, day, clock, year = parts[1], parts[2], parts[3], parts[4]
+        else:
             return None
-        day = int(parts[1])
-        month = _MONTHS.index(parts[2][:3].lower()) + 1
-        year = int(parts[3])
-        hh, mm, ss = [int(x) for x in parts[4].split(":")]
+        month = _MONTHS.index(mon.lower()) + 1
+        day, year = int(day), int(year)
+        hh, mm, ss = [int(x) for x in clock.split(":")]
+        if not (1 <= day <= 31 and 0 <= hh < 24 and 0 <= mm < 60 and 0 <= ss <= 60 and 1900 <= year <= 9999):
+            return None
         return float(_days_from_civil(year, month, day) * 86400 + hh * 3600 + mm * 60 + ss)
     except (ValueError, IndexError):
         return None
@@ -290,20 +304,27 @@ def send(req, timeout=15.0, ca_file=None, wall_now=0.0):
 
     Network failures become UpstreamError(code network/timeout/malformed_response, kind retry).
     """
+    import errno
+
     from agent import urequests
 
     host = req["url"].split("/")[2] if "://" in req["url"] else req["url"]
+    r = None
     try:
         r = urequests.request(req["method"], req["url"], data=req["body"], headers=req["headers"],
                               timeout=timeout, ca_file=ca_file)
+        return r.status_code, r.headers or {}, r.content
     except ValueError as e:
         raise UpstreamError("invalid HTTP answer from %s: %s" % (host, e), code="malformed_response",
-                            kind=RETRY, hint="retrying later")
+                            kind=RETRY, hint="retrying later; a proxy may be in the way if this persists")
     except OSError as e:
-        timed_out = "timed out" in str(e).lower() or e.__class__.__name__ == "TimeoutError"
+        if e.__class__.__name__ == "TLSVerifyError":
+            raise UpstreamError("the TLS certificate of %s was refused: %s" % (host, e), code="tls_verify",
+                                kind=RETRY, hint="check [adobe] ca_file and the box's clock; retrying with backoff")
+        timed_out = (getattr(e, "errno", None) == errno.ETIMEDOUT or e.__class__.__name__ == "TimeoutError"
+                     or "timed out" in str(e).lower())
         raise UpstreamError("cannot reach %s: %s" % (host, e), code="timeout" if timed_out else "network",
                             kind=RETRY, hint="check the network; the agent retries with backoff")
-    try:
-        return r.status_code, r.headers or {}, r.content
     finally:
-        r.close()
+        if r is not None:
+            r.close()

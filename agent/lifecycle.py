@@ -4,32 +4,50 @@ Read this header first. Everything that decides *when* the agent talks to Adobe 
 nothing here does I/O. The shell (agent/service.py) asks `poll(now)` what to do, performs the
 request, and feeds the outcome back with `on_registered`, `on_token` or `on_error`. Time comes in
 as arguments: `now` is a monotonic clock in seconds, `wall` the wall clock (epoch seconds), and
-randomness comes from the injected `random` function, so tests and the fleet simulation run it in
-virtual time.
+randomness comes from the injected `random` function, so tests and the fleet simulation
+(tools/fleetsim.py) run it in virtual time. Must never: do I/O, read a clock, or keep backoff
+state anywhere but in memory.
 
 Theory of operation
 -------------------
 The agent is always in exactly one state (see STATES). A state says what the agent is doing about
-Adobe; whether it holds a valid token is separate (the token can expire in any state) and is
-answered by `token(now)`. Each state has a due time (`self.due`, monotonic): the moment `poll`
-starts the next request. `poll` returns at most one request at a time (single-flight) and nothing
-while one is in flight, so a thousand callers wanting a token cause one upstream request.
+Adobe; whether it holds a valid token is answered by `token(now)` (a token can expire in any
+state). Each state has a due time (`self.due`, monotonic): the moment `poll` starts the next
+request. `poll` returns at most one request at a time (single-flight) and nothing while one is in
+flight, so a thousand callers wanting a token cause one upstream request.
 
-Transitions are the TRANSITIONS table, keyed by (state, event). Events come from `poll` (starting
-a request), from outcomes (ok / retry / reregister / operator errors), from the player (reports,
-demand) and from the operator (statement change, forced registration, reset). An event that has
-no entry in the table for the current state is a bug and raises LifecycleError naming both.
+Transitions are the TRANSITIONS table, keyed by (state, event). The target SETTLE means "the
+resting state matching what is held": unregistered (no credentials), token_valid (a valid token)
+or registered (credentials, no valid token). An event with no entry for the current state is a
+bug and raises LifecycleError naming both. `pending_register` remembers that the next request
+must be a registration (a trigger arrived); it is cleared only when a registration succeeds.
 
 Rules (reference: shared/reference/adobe-pass-dcr.md sections 1, 2, 6, 7)
-- Register only with no credentials, after `invalid_client`, when the software statement changed,
-  on a player's `application-registration`/management-403 report, or when forced. Never on 429,
-  5xx, timeouts or network errors. One re-registration per trigger; a repeat backs off.
-- Token expiry = monotonic receipt time + expires_in. Refresh at `refresh_at` of the lifetime with
-  ±`jitter`. The wall clock is only used to translate to and from persisted/epoch values.
-- Backoff is exponential with full jitter, 1 s minimum (Adobe's minimum after a 429), capped,
-  and never shorter than a Retry-After. Backoff state lives in memory only.
-- Configuration errors put the agent in needs_operator: retried slowly, at once when the
-  statement changes.
+- Register only with no credentials, after `invalid_client` from the token endpoint, when the
+  software statement changed, on a player's `application-registration`/management-403 report, or
+  when an operator forces it. Never on 429, 5xx, timeouts or network errors. One immediate
+  re-registration per trigger: if the fresh client is refused again, the next one backs off.
+- Token expiry = monotonic receipt time + expires_in. Refresh at (`refresh_at` ± `jitter`) of the
+  lifetime (absolute fractions: 0.8 ± 0.1 by default, uniform). The wall clock only translates to
+  and from persisted/epoch values, so wall-clock jumps (NTP on a box without RTC) change nothing.
+- A valid token is always served; failures never discard it. A player's 401 report refreshes it
+  once (only for the current token) but keeps serving it until a new one arrives.
+- Configuration errors put the agent in needs_operator: retried after `operator_retry` (hourly),
+  at once when the statement changes or an operator asks.
+
+Backoff policy (memory only: a restart starts afresh)
+- Transient errors (5xx, network, timeout, malformed answers): exponential with full jitter,
+  delay = U(0, min(backoff_cap, base * 2**n)), at least 1 s, n = consecutive failures.
+- Throttled (429): Adobe's bucket is per public address, so a 429 means "the address is busy",
+  and a box behind a crowded carrier NAT shares it with up to thousands of others. The window
+  grows faster (x `throttle_growth` per consecutive 429) up to the larger `throttle_cap`, so
+  the retries of a crowd spread over the time its queue needs, and the window learned from 429s
+  is kept after a successful registration: the token request that follows is spread over the
+  same window instead of hitting the busy bucket at once. At least 1 s (Adobe's minimum).
+- A Retry-After (seconds or HTTP date, converted by agent/dcr.py) is a floor on any delay.
+- Counters for successes and 429s reset when a token arrives; a new trigger (statement change,
+  operator) also resets the transient counter.
+- Demand from callers never shortens a backoff or an operator wait: that is how storms start.
 """
 
 from __future__ import annotations
@@ -41,51 +59,63 @@ from agent.errors import OPERATOR, REREGISTER, AgentError
 
 UNREGISTERED = "unregistered"      # no credentials; next: register
 REGISTERING = "registering"        # register request in flight
-REGISTERED = "registered"          # credentials but no token; next: fetch a token
+REGISTERED = "registered"          # credentials but no valid token; next: fetch a token
 FETCHING = "fetching"              # token request in flight and no valid token
-TOKEN_VALID = "token_valid"        # holds a token; next: refresh ahead of expiry
-REFRESHING = "refreshing"          # token request in flight while a token is held
+TOKEN_VALID = "token_valid"        # holds a valid token; next: refresh ahead of expiry
+REFRESHING = "refreshing"          # token request in flight while a valid token is held
 BACKING_OFF = "backing_off"        # last request failed transiently; retry at `due`
 NEEDS_OPERATOR = "needs_operator"  # configuration error; slow retry, or at once on statement change
 
 STATES = (UNREGISTERED, REGISTERING, REGISTERED, FETCHING, TOKEN_VALID, REFRESHING, BACKING_OFF, NEEDS_OPERATOR)
+SETTLE = "settle"  # pseudo-target: unregistered / token_valid / registered, from what is held
 
 # Events
-START_REGISTER, START_TOKEN = "start_register", "start_token"
+START_REGISTER = "start_register"  # poll: a registration starts
+START_FETCH = "start_fetch"        # poll: a token request starts, no valid token held
+START_REFRESH = "start_refresh"    # poll: a token request starts while a valid token is held
 REGISTER_OK, TOKEN_OK = "register_ok", "token_ok"
 ERR_RETRY, ERR_REREGISTER, ERR_OPERATOR = "error_retry", "error_reregister", "error_operator"
-NEED_REGISTER = "need_register"  # statement changed, forced, player report, invalid_client
-NEED_TOKEN = "need_token"        # token missing/expiring and a caller wants one, or a 401 report
-FORGET = "forget"                # credentials wiped
+NEED_REGISTER = "need_register"    # statement changed, forced, player report
+NEED_TOKEN = "need_token"          # a caller wants a (fresher) token, or a player's 401 report
+FORGET = "forget"                  # credentials wiped by an operator
 
-_ANY_IDLE = (UNREGISTERED, REGISTERED, TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR)
+EVENTS = (START_REGISTER, START_FETCH, START_REFRESH, REGISTER_OK, TOKEN_OK, ERR_RETRY, ERR_REREGISTER,
+          ERR_OPERATOR, NEED_REGISTER, NEED_TOKEN, FORGET)
+
+_IDLE = (UNREGISTERED, REGISTERED, TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR)
 _IN_FLIGHT = (REGISTERING, FETCHING, REFRESHING)
 
 TRANSITIONS: dict[tuple[str, str], str] = {}
-for _s in (UNREGISTERED, BACKING_OFF, NEEDS_OPERATOR, REGISTERED, TOKEN_VALID):
+for _s in _IDLE:
     TRANSITIONS[(_s, START_REGISTER)] = REGISTERING
+    TRANSITIONS[(_s, NEED_TOKEN)] = _s            # only moves `due`
+for _s in (UNREGISTERED, REGISTERED, TOKEN_VALID):
+    TRANSITIONS[(_s, NEED_REGISTER)] = SETTLE     # sets pending_register; poll() starts the registration
+for _s in (BACKING_OFF, NEEDS_OPERATOR):
+    TRANSITIONS[(_s, NEED_REGISTER)] = _s         # pending_register; the wait is cut only by a statement change
 for _s in (REGISTERED, TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR):
-    TRANSITIONS[(_s, START_TOKEN)] = FETCHING  # becomes REFRESHING when a token is held (see _enter)
-TRANSITIONS.update({
-    (REGISTERING, REGISTER_OK): REGISTERED,
-    (FETCHING, TOKEN_OK): TOKEN_VALID,
-    (REFRESHING, TOKEN_OK): TOKEN_VALID,
-})
+    TRANSITIONS[(_s, START_FETCH)] = FETCHING     # token_valid: the token expired before the refresh ran
+for _s in (TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR):
+    TRANSITIONS[(_s, START_REFRESH)] = REFRESHING
+TRANSITIONS[(REGISTERING, REGISTER_OK)] = SETTLE  # token_valid when re-registering while holding a token
+TRANSITIONS[(FETCHING, TOKEN_OK)] = TOKEN_VALID
+TRANSITIONS[(REFRESHING, TOKEN_OK)] = TOKEN_VALID
 for _s in _IN_FLIGHT:
     TRANSITIONS[(_s, ERR_RETRY)] = BACKING_OFF
     TRANSITIONS[(_s, ERR_OPERATOR)] = NEEDS_OPERATOR
-    TRANSITIONS[(_s, ERR_REREGISTER)] = UNREGISTERED  # or BACKING_OFF when this trigger was already used
-for _s in _ANY_IDLE:
-    TRANSITIONS[(_s, NEED_REGISTER)] = UNREGISTERED
-    TRANSITIONS[(_s, NEED_TOKEN)] = _s  # only moves `due`
+    TRANSITIONS[(_s, NEED_REGISTER)] = _s         # remembered in pending_register
+    TRANSITIONS[(_s, NEED_TOKEN)] = _s
+for _s in (FETCHING, REFRESHING):
+    TRANSITIONS[(_s, ERR_REREGISTER)] = SETTLE    # credentials dropped: unregistered, or token_valid if one is held
 for _s in STATES:
     TRANSITIONS[(_s, FORGET)] = UNREGISTERED
-for _s in _IN_FLIGHT:
-    TRANSITIONS[(_s, NEED_REGISTER)] = _s  # remembered in `pending_register`, applied when the request ends
-    TRANSITIONS[(_s, NEED_TOKEN)] = _s
+
+THROTTLED = "throttled"  # agent.dcr's code for a 429
 
 
 class LifecycleError(AgentError):
+    """An event arrived that the current state does not allow: a bug in the shell or here."""
+
     code = "lifecycle_error"
 
 
@@ -94,14 +124,16 @@ class Lifecycle:
 
     def __init__(self, *, refresh_at: float = 0.8, jitter: float = 0.1,
                  random: Callable[[], float] | None = None, backoff_base: float = 1.0,
-                 backoff_cap: float = 300.0, operator_retry: float = 3600.0,
-                 refresh_report_interval: float = 30.0, register_report_interval: float = 900.0,
-                 min_ttl_refresh_interval: float = 30.0) -> None:
+                 backoff_cap: float = 300.0, throttle_growth: float = 4.0, throttle_cap: float = 3600.0,
+                 operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
+                 register_report_interval: float = 900.0, min_ttl_refresh_interval: float = 30.0) -> None:
         self.refresh_at = refresh_at
         self.jitter = jitter
         self.random = random or _random.random
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.throttle_growth = throttle_growth
+        self.throttle_cap = throttle_cap
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
         self.register_report_interval = register_report_interval
@@ -114,23 +146,35 @@ class Lifecycle:
         self.registered_at: float | None = None   # wall
         self.statement_hash: str | None = None    # hash of the statement on disk now
         self.tok: dict | None = None              # token + monotonic received/expires/refresh times
-        self.attempts = 0                         # consecutive failures, for backoff
-        self.pending_register = False             # a register trigger arrived while a request was in flight
-        self.register_trigger_used = False        # one re-registration per trigger
+        self.attempts = 0                         # consecutive transient failures (not 429), for backoff
+        self.throttled = 0                        # consecutive 429s, for the throttle window
+        self.window = 0.0                         # last throttle window (s); spreads the token request too
+        self.pending_register = False             # the next request must be a registration
+        self.trigger_spent = False                # a registration succeeded for this trigger, no token since
         self.in_flight: str | None = None
+        self.stale = False                        # credentials were wiped while a request was in flight
         self.last_error: dict | None = None
         self.last_report = {"refresh": -1e18, "reregister": -1e18}
+        self.report_refresh_gen = -1              # token generation a 401 report already refreshed
         self.counters: dict[str, dict[str, int]] = {"register": {}, "token": {}}
         self.token_generation = 0
 
     # ----------------------------------------------------------------- transitions
-    def _fire(self, event: str) -> str:
+    def _fire(self, event: str, now: float) -> str:
         key = (self.state, event)
         if key not in TRANSITIONS:
-            raise LifecycleError("lifecycle: event %r is not allowed in state %r" % (event, self.state))
+            raise LifecycleError("lifecycle: event %r is not allowed in state %r" % (event, self.state),
+                                 hint="this is a bug in pass-agent: please report it with the log")
         new = TRANSITIONS[key]
+        if new == SETTLE:
+            new = self._settled(now)
         self.state = new
         return new
+
+    def _settled(self, now: float) -> str:
+        if self._has_token(now):
+            return TOKEN_VALID
+        return UNREGISTERED if self.client is None else REGISTERED
 
     def _has_token(self, now: float) -> bool:
         return self.tok is not None and now < self.tok["expires_mono"]
@@ -145,7 +189,6 @@ class Lifecycle:
         self.client = stored["client"]
         self.client_statement_hash = stored.get("statement_hash")
         self.registered_at = stored.get("registered_at")
-        self.state = REGISTERED
         t = stored.get("token")
         if isinstance(t, dict) and t.get("access_token") and t.get("expires_in"):
             expires_in = float(t["expires_in"])
@@ -159,7 +202,7 @@ class Lifecycle:
                 remaining, refresh_now = expires_in - max(age, 0.0), False
             if remaining > 0:
                 self._set_token(t, now, remaining, expires_in, now if refresh_now else None)
-                self.state = TOKEN_VALID
+        self.state = self._settled(now)
         if self.statement_hash and self.client_statement_hash and self.statement_hash != self.client_statement_hash:
             self.pending_register = True
             self.due = now
@@ -167,16 +210,16 @@ class Lifecycle:
             self.due = now
 
     def _set_token(self, t: dict, now: float, remaining: float, lifetime: float, refresh_mono: float | None) -> None:
+        received = now - (lifetime - remaining)
         if refresh_mono is None:
-            f = self.refresh_at * (1.0 + self.jitter * (2.0 * self.random() - 1.0))
+            f = self.refresh_at + self.jitter * (2.0 * self.random() - 1.0)
             f = min(max(f, 0.05), 0.98)
-            elapsed = lifetime - remaining
-            refresh_mono = now + max(lifetime * f - elapsed, 0.0)
+            refresh_mono = max(received + lifetime * f, now)
         self.tok = {
             "access_token": t["access_token"],
             "token_type": t.get("token_type") or "bearer",
             "expires_in": int(lifetime),
-            "received_mono": now - (lifetime - remaining),
+            "received_mono": received,
             "expires_mono": now + remaining,
             "refresh_mono": refresh_mono,
         }
@@ -188,15 +231,11 @@ class Lifecycle:
         """The request to start now, or None. Marks it in flight (single-flight)."""
         if self.in_flight or self.due is None or now < self.due:
             return None
-        if self.client is None or self.pending_register or self.state == UNREGISTERED:
-            self._fire(START_REGISTER)
-            self.pending_register = False
+        if self.client is None or self.pending_register:
+            self._fire(START_REGISTER, now)
             self.in_flight = "register"
             return {"op": "register"}
-        had = self._has_token(now)
-        self._fire(START_TOKEN)
-        if had:
-            self.state = REFRESHING
+        self._fire(START_REFRESH if self._has_token(now) else START_FETCH, now)
         self.in_flight = "token"
         return {"op": "token"}
 
@@ -208,133 +247,162 @@ class Lifecycle:
         c = self.counters[endpoint]
         c[outcome] = c.get(outcome, 0) + 1
 
+    def _drop_stale(self, now: float) -> bool:
+        """The outcome of a request started before `forget`: count it, then ignore it."""
+        if not self.stale:
+            return False
+        self.stale = False
+        self.in_flight = None
+        self.due = now
+        return True
+
     def on_registered(self, client: dict, statement_hash: str | None, now: float, wall: float) -> list:
         """A registration succeeded. Returns effects for the shell: [("save", snapshot)]."""
         self._count("register", "ok")
+        if self._drop_stale(now):
+            return []
         self.in_flight = None
-        self._fire(REGISTER_OK)
         self.client = client
         self.client_statement_hash = statement_hash
         self.registered_at = wall
-        self.attempts = 0
+        # The statement changed while this registration (with the old one) was in flight: again.
+        self.pending_register = bool(self.statement_hash and statement_hash and self.statement_hash != statement_hash)
+        self.trigger_spent = True
         self.last_error = None
-        # Keep serving the old token (if any) until the new client's first token arrives: it is
-        # fetched at once, and for a changed statement the old token is still good at Adobe.
-        self.due = now
+        # Keep serving the old token (if any) until the new client's first token arrives. The token
+        # is fetched at once, unless 429s showed that the address is crowded: then it is spread over
+        # the window learned from them (the bucket will not have room at once either).
+        self._fire(REGISTER_OK, now)
+        self.due = now + (self._spread(self.window) if self.throttled else 0.0)
         return [("save", self.snapshot(now, wall))]
 
     def on_token(self, token: dict, now: float, wall: float) -> list:
         """A token arrived (parsed by dcr.parse_token). Effects: save and notify."""
         self._count("token", "ok")
+        if self._drop_stale(now):
+            return []
         self.in_flight = None
-        self._fire(TOKEN_OK)
+        self._fire(TOKEN_OK, now)
         lifetime = float(token["expires_in"])
         self._set_token(token, now, lifetime, lifetime, None)
         self.tok["received_wall"] = wall
-        self.attempts = 0
-        self.register_trigger_used = False
+        self.attempts = self.throttled = 0
+        self.window = 0.0
+        self.trigger_spent = False
         self.last_error = None
-        if self.pending_register:
+        if self.pending_register:  # a trigger arrived while the token request was in flight
             self.due = now
         return [("save", self.snapshot(now, wall)), ("token_changed", None)]
 
-    def _backoff(self, now: float, retry_after: float | None) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(self.attempts, 30)))
-        delay = max(1.0, ceiling * self.random())
-        if retry_after is not None:
-            delay = max(delay, float(retry_after))
-        self.attempts += 1
+    def _spread(self, window: float) -> float:
+        return max(1.0, window * self.random())
+
+    def _backoff(self, now: float, err: AgentError) -> float:
+        """Due time after a transient failure (see 'Backoff policy' in the header)."""
+        if err.code == THROTTLED:
+            self.window = min(self.throttle_cap, self.backoff_base * self.throttle_growth ** min(self.throttled, 30))
+            self.throttled += 1
+            delay = self._spread(self.window)
+        else:
+            ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(self.attempts, 30))
+            self.attempts += 1
+            delay = self._spread(ceiling)
+        if err.retry_after is not None:
+            delay = max(delay, float(err.retry_after))
         return now + delay
 
     def on_error(self, err: AgentError, now: float, wall: float) -> list:
         """A request failed. Decide: back off, re-register once, or wait for an operator."""
         endpoint = self.in_flight or "token"
         self._count(endpoint, err.code)
+        if self._drop_stale(now):
+            return []
         self.in_flight = None
         self.last_error = dict(err.to_dict(), endpoint=endpoint, at=wall)
-        kind = err.kind
-        if kind == REREGISTER and endpoint == "token":
-            if self.register_trigger_used:
-                # We already re-registered for this trigger and the fresh client is refused too.
-                self._fire(ERR_RETRY)
-                self.pending_register = True
-                self.due = self._backoff(now, err.retry_after)
-            else:
-                self._fire(ERR_REREGISTER)
-                self.register_trigger_used = True
-                self.pending_register = True
+        if err.kind == REREGISTER and endpoint == "token":
+            self.pending_register = True
+            if not self.trigger_spent:
+                # First refusal of these credentials: register again at once (the old ones are dead).
+                self.client = None
+                self._fire(ERR_REREGISTER, now)
                 self.due = now
-            return []
-        if kind == OPERATOR:
-            self._fire(ERR_OPERATOR)
-            self.attempts += 1
+                return []
+            # The client registered for this trigger is refused too: register again only after a backoff.
+            self.trigger_spent = False
+        elif err.kind == OPERATOR:
+            self._fire(ERR_OPERATOR, now)
             self.due = now + self.operator_retry
             return []
-        self._fire(ERR_RETRY)
-        self.due = self._backoff(now, err.retry_after)
-        # A held token stays valid for serving; refresh again before it expires if we can.
-        if self._has_token(now) and self.due >= self.tok["expires_mono"]:
-            self.due = max(now + 1.0, self.tok["expires_mono"] - 1.0) if err.retry_after is None else self.due
+        self._fire(ERR_RETRY, now)
+        self.due = self._backoff(now, err)
+        # A held token stays served; if the backoff ends after it expires, try once shortly before.
+        t = self.tok
+        if err.retry_after is None and self._has_token(now) and self.due >= t["expires_mono"]:
+            self.due = max(now + 1.0, t["expires_mono"] - 60.0)
         return []
 
     # ----------------------------------------------------------------- callers
     def token(self, now: float, min_ttl: float = 0.0) -> dict | None:
-        """The held token if it has at least min_ttl seconds left; else None and a fetch is scheduled."""
+        """The held token if it has more than min_ttl seconds left; else None and a fetch is scheduled."""
         t = self.tok
         if t is not None and t["expires_mono"] - now > max(min_ttl, 0.0):
             return t
-        self.demand(now, refresh_allowed=t is None or now - t["received_mono"] >= self.min_ttl_refresh_interval
-                    or t["expires_mono"] <= now)
+        self.demand(now, refresh_allowed=t is None or t["expires_mono"] <= now
+                    or now - t["received_mono"] >= self.min_ttl_refresh_interval)
         return None
 
     def demand(self, now: float, refresh_allowed: bool = True) -> None:
-        """A caller wants a (fresher) token: move the due time to now unless backing off or waiting
-        for an operator (demand must never shorten a backoff: that is how storms start)."""
+        """A caller wants a (fresher) token: move the due time to now unless a request is in flight,
+        the agent is backing off or waits for an operator (never shorten those)."""
         if not refresh_allowed or self.in_flight or self.state in (BACKING_OFF, NEEDS_OPERATOR):
             return
-        self._fire(NEED_TOKEN)
+        self._fire(NEED_TOKEN, now)
         if self.due is None or self.due > now:
             self.due = now
 
     def report(self, status: int, decision: str, access_token: str | None, now: float) -> dict:
-        """A player's protected-API error, already classified by dcr.classify_protected_error."""
+        """A player's protected-API error, already classified by dcr.classify_protected_error.
+
+        refresh: one refresh per token, only when the reported token is the current one (or none was
+        given); rate-limited. reregister: one registration per `register_report_interval`. A report
+        never shortens a backoff or an operator wait."""
         if decision == "refresh":
-            if access_token and self.tok and access_token != self.tok["access_token"]:
+            if self.tok is None:
+                return {"decision": "ignored", "reason": "no token is held; one is being fetched"}
+            if access_token and access_token != self.tok["access_token"]:
                 return {"decision": "ignored", "reason": "the reported token is not the current one"}
+            if self.report_refresh_gen == self.token_generation:
+                return {"decision": "ignored", "reason": "a refresh for this token was already requested"}
             if now - self.last_report["refresh"] < self.refresh_report_interval:
                 return {"decision": "rate_limited", "reason": "a refresh for a report happened just now"}
             self.last_report["refresh"] = now
-            if self.in_flight:
-                return {"decision": "refresh", "reason": "a request is already in flight"}
-            self.tok = None  # the upstream says this token is no good: stop serving it
-            if self.state == TOKEN_VALID:
-                self.state = REGISTERED
-            if self.state not in (BACKING_OFF, NEEDS_OPERATOR):
+            self.report_refresh_gen = self.token_generation
+            if not self.in_flight and self.state not in (BACKING_OFF, NEEDS_OPERATOR):
+                self._fire(NEED_TOKEN, now)
                 self.due = now
             return {"decision": "refresh", "reason": "token rejected by a protected API"}
         if decision == "reregister":
             if now - self.last_report["reregister"] < self.register_report_interval:
                 return {"decision": "rate_limited", "reason": "a re-registration for a report happened recently"}
             self.last_report["reregister"] = now
-            self.need_register(now)
+            self.need_register(now, shorten=False)
             return {"decision": "reregister", "reason": "the credentials were rejected by a protected API"}
         return {"decision": "ignored", "reason": "not about the agent's credentials"}
 
-    def need_register(self, now: float) -> None:
-        """Register again (statement changed, forced, or reported). Old credentials keep serving
-        until the new ones are saved."""
-        self.register_trigger_used = True
-        if self.in_flight:
-            self._fire(NEED_REGISTER)
-            self.pending_register = True
-            return
-        had_token = self._has_token(now)
-        self._fire(NEED_REGISTER)
+    def need_register(self, now: float, shorten: bool = True) -> None:
+        """A new registration trigger (statement changed, forced, reported). The old credentials and
+        token keep serving until the new ones arrive. `shorten`: may cut a backoff/operator wait
+        (statement change, operator) or not (player report)."""
         self.pending_register = True
-        self.attempts = 0
-        self.due = now
-        if had_token:
-            self.state = TOKEN_VALID  # still serving; poll() starts the registration
+        self.trigger_spent = False
+        self._fire(NEED_REGISTER, now)
+        if self.in_flight:
+            return
+        if shorten:
+            self.attempts = 0
+            self.due = now
+        elif self.state not in (BACKING_OFF, NEEDS_OPERATOR) and (self.due is None or self.due > now):
+            self.due = now
 
     def retry_now(self, now: float) -> bool:
         """An operator asked to try again at once (console `refresh`): skips the current wait once."""
@@ -355,12 +423,14 @@ class Lifecycle:
         return True
 
     def forget(self, now: float) -> None:
-        """Credentials were wiped by an operator."""
-        self._fire(FORGET)
+        """Credentials were wiped by an operator. The outcome of a request in flight will be ignored."""
+        self._fire(FORGET, now)
+        self.stale = self.in_flight is not None
         self.client = self.tok = None
         self.client_statement_hash = self.registered_at = None
-        self.pending_register = False
-        self.attempts = 0
+        self.pending_register = self.trigger_spent = False
+        self.attempts = self.throttled = 0
+        self.window = 0.0
         self.due = now
 
     # ----------------------------------------------------------------- views
@@ -391,7 +461,8 @@ class Lifecycle:
             "token": token,
             "next_request_in": None if self.due is None or self.in_flight else max(0.0, self.due - now),
             "in_flight": self.in_flight,
+            "pending_register": self.pending_register,
             "last_error": self.last_error,
-            "backoff_attempts": self.attempts,
+            "backoff_attempts": self.attempts + self.throttled,
             "upstream": {k: dict(v) for k, v in self.counters.items()},
         }

@@ -114,6 +114,8 @@ class Loop:
         self._wake()
 
     def _wake(self) -> None:
+        if self._closed:
+            return  # the pipe's fd numbers may already belong to someone else
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):

@@ -36,9 +36,6 @@ BUSY = -32006           # connection cap reached; the connection is closed
 MAX_LINE = 64 * 1024    # bytes per request line, newline excluded
 MAX_WAIT = 300.0        # upper bound on a request's `wait` seconds
 
-# Retry advice for protocol errors: the same request will fail again, so do not retry it.
-_NO_RETRY = {"kind": FATAL, "retry_after": None}
-
 _ENC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -83,7 +80,7 @@ class RpcError(Exception):
         Exception.__init__(self, message)
         self.code = code
         self.message = message
-        self.data = data if data is not None else dict(_NO_RETRY, code=_CODE_NAMES.get(code, "error"))
+        self.data = data if data is not None else error_data(_CODE_NAMES.get(code, "error"), FATAL)
 
 
 _CODE_NAMES = {
@@ -96,11 +93,15 @@ _CODE_NAMES = {
 }
 
 
-def from_agent_error(e: AgentError, extra_message: str = "") -> RpcError:
-    """Map an AgentError to its documented JSON-RPC code, keeping code/kind/retry_after."""
+def from_agent_error(e: AgentError, extra_message: str = "", no_token: bool = False) -> RpcError:
+    """Map an AgentError to its documented JSON-RPC code, keeping code/kind/retry_after.
+
+    no_token: `e` explains why there is no token (Service.not_ready_error): anything but
+    NotReady is then the upstream failure (or operator problem) that keeps the agent from one.
+    """
     if isinstance(e, NotReady) or e.code == "not_ready":
         rpc_code = NOT_READY
-    elif isinstance(e, UpstreamError):
+    elif no_token or isinstance(e, UpstreamError):
         rpc_code = UPSTREAM
     else:
         rpc_code = AGENT_ERROR
@@ -198,7 +199,10 @@ def _params(method: str, params: Any, spec: dict, required: tuple = ()) -> dict:
         if check is None:
             allowed = ", ".join(sorted(spec)) or "none"
             raise RpcError(INVALID_PARAMS, "%s: unknown param %r (allowed: %s)" % (method, k[:64], allowed))
-        out[k] = check(v)
+        try:
+            out[k] = check(v)
+        except RpcError as e:
+            raise RpcError(e.code, "%s: %s" % (method, e.message), e.data)
     for k in required:
         if k not in out:
             raise RpcError(INVALID_PARAMS, "%s: missing required param %r" % (method, k))
@@ -372,7 +376,7 @@ class Dispatcher:
             return tok
         if wait > 0:
             return Action("park", req_id, method, min_ttl, wait)
-        raise from_agent_error(self.service.not_ready_error())
+        raise from_agent_error(self.service.not_ready_error(), no_token=True)
 
     def _token_get(self, req_id: Any, params: Any) -> bytes | Action:
         tok = self._token_common("token.get", req_id, params)
@@ -395,7 +399,7 @@ class Dispatcher:
                 return self._token_line(act.id, tok)
             if not final:
                 return None
-            e = from_agent_error(self.service.not_ready_error(), " (waited %gs)" % act.wait)
+            e = from_agent_error(self.service.not_ready_error(), " (waited %gs)" % act.wait, no_token=True)
         except AgentError as ae:
             e = from_agent_error(ae)
         except Exception:

@@ -37,6 +37,9 @@ RECV_SIZE = 65536
 OUT_HIGH = 256 * 1024       # stop reading a connection whose unread answers exceed this...
 OUT_LOW = 64 * 1024         # ...until they drain below this
 OUT_MAX = 4 * 1024 * 1024   # hard cap (notifications to a reader that never reads): close
+LINGER_TIME = 2.0           # after a last error line, drain a peer's input this long before closing
+LINGER_BYTES = 1024 * 1024
+MAX_LINGER = 64
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _monotonic = time.monotonic
 
@@ -164,6 +167,7 @@ class Server:
         self._subscribers: set = set()
         self._accept_timer: Any = None
         self._denied_log: dict[int, int] = {}
+        self._lingering: dict[int, Any] = {}  # fd -> finish(): sockets closing gracefully
         self._c = {
             "accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "closed_too_large": 0,
             "closed_slow": 0, "closed_by_peer": 0, "notifications": 0, "waits_answered": 0, "waits_expired": 0,
@@ -322,6 +326,8 @@ class Server:
         self._sock = None
         for conn in list(self._conns.values()):
             self._drop(conn)
+        for finish in list(self._lingering.values()):
+            finish()
 
     # -- access control ---------------------------------------------------------------------
 
@@ -331,7 +337,9 @@ class Server:
         self._allow_gids = frozenset(allow_gids)
         for conn in list(self._conns.values()):
             if not self._allowed(conn.uid, conn.gid, conn.groups):
-                self._deny(conn, counted=True)
+                conn.groups = peer_groups(conn.pid, conn.uid)  # group lists were skipped at accept
+                if not self._allowed(conn.uid, conn.gid, conn.groups):
+                    self._deny(conn, counted=True)
 
     def _allowed(self, uid: int, gid: int, groups: frozenset) -> bool:
         if uid == 0 or uid == self._own_uid or uid in self._allow_uids:
@@ -416,22 +424,51 @@ class Server:
             "socket.allow_uids or a group in socket.allow_gids" % conn.uid,
             rpc.error_data("denied", OPERATOR),
         )
-        if counted:
-            self._drop(conn)
+        if counted:  # an established connection: its queued answers, the error, then close
+            line = bytes(conn.out) + line
+            self._drop(conn, linger=False)
         self._goodbye(conn.sock, line)
 
-    @staticmethod
-    def _goodbye(sock: socket.socket, line: bytes) -> None:
-        """Best effort: one short error line to a fresh socket, then close it."""
+    def _goodbye(self, sock: socket.socket, line: bytes = b"") -> None:
+        """Send a last line and close without losing it.
+
+        Closing a socket that still holds unread input makes the kernel reset the connection,
+        and the peer may then never read our last line. So: shut down our side, discard what the
+        peer still sends until it closes (at most LINGER_TIME s / LINGER_BYTES), then close.
+        """
         try:
-            sock.send(line)
+            if line:
+                sock.send(line)
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
+            sock.close()
+            return
+        if len(self._lingering) >= MAX_LINGER:
+            sock.close()  # under a flood of refused peers, fds matter more than their last line
+            return
+        fd = sock.fileno()
+        got = [0]
+
+        def finish() -> None:
+            if self._lingering.pop(fd, None) is not None:
+                self.loop.remove_reader(fd)
+                timer.cancel()
+                sock.close()
+
+        def drain() -> None:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            got[0] += len(data)
+            if not data or got[0] > LINGER_BYTES:
+                finish()
+
+        timer = self.loop.call_later(LINGER_TIME, finish)
+        self._lingering[fd] = finish
+        self.loop.add_reader(fd, drain)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -539,6 +576,8 @@ class Server:
             self._on_eof(conn)
         else:
             self.loop.add_reader(conn.fd, lambda: self._on_readable(conn))
+        if conn.out and not conn.writing and not conn.closed:
+            self._flush(conn)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -579,8 +618,8 @@ class Server:
             conn.writing = False
             self.loop.remove_writer(conn.fd)
         if conn.closing and not conn.queue:
-            self._drop(conn)
-        elif conn.paused:
+            self._drop(conn, linger=not conn.eof)
+        elif conn.paused and not conn.closing:
             self._resume(conn)
 
     def _close_after_flush(self, conn: _Conn) -> None:
@@ -589,7 +628,7 @@ class Server:
             self.loop.remove_reader(conn.fd)
             conn.paused = True  # no more reading
         if not conn.out and not conn.queue:
-            self._drop(conn)
+            self._drop(conn, linger=not conn.eof)
         elif not conn.writing:
             self._flush(conn)
 
@@ -606,7 +645,7 @@ class Server:
                 break
             q.popleft()
         if conn.closing and not q and not conn.out:
-            self._drop(conn)
+            self._drop(conn, linger=not conn.eof)
             return
         if conn.out and not conn.writing:
             self._flush(conn)
@@ -666,7 +705,9 @@ class Server:
             self._c["closed_idle"] += 1
         self._drop(conn)
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: _Conn, linger: bool | None = None) -> None:
+        """Forget a connection. linger=None closes the socket; False leaves it to the caller;
+        True closes it gracefully (see _goodbye)."""
         if conn.closed:
             return
         conn.closed = True
@@ -687,10 +728,10 @@ class Server:
                 self._per_uid[conn.uid] = n
             else:
                 self._per_uid.pop(conn.uid, None)
-        try:
+        if linger:
+            self._goodbye(conn.sock)
+        elif linger is None:
             conn.sock.close()
-        except OSError:
-            pass
 
     # -- introspection ------------------------------------------------------------------------
 

@@ -93,13 +93,7 @@ class Service:
         stored = None
         if self.store is not None:
             stored = self.store.load()
-            problem = getattr(self.store, "problem", None)
-            if problem == "foreign_device":
-                self.log.warning("the credential store belongs to another device (cloned flash image?): "
-                                 "registering afresh; the foreign slots are kept until the new registration is saved")
-            elif problem not in (None, "empty"):
-                self.log.warning("the credential store could not be used (%s: %s): registering afresh",
-                                 problem, getattr(self.store, "problem_detail", ""))
+            # store.load() already logged why a slot was unusable (foreign device, corrupt...).
         if stored and stored.get("client"):
             agentlog.REDACTOR.add(stored["client"].get("client_secret"))
             if stored.get("token"):

@@ -205,7 +205,8 @@ class FsOps:
 
     def read(self, path: str, limit: int = MAX_FILE_SIZE) -> bytes:
         """Whole file (at most limit+1 bytes); FileNotFoundError when missing."""
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
             return f.read(limit + 1)
 
     def size(self, path: str) -> int:
@@ -355,7 +356,24 @@ def _store_names(fs: FsOps, directory: str, base: tuple[str, ...]) -> list[str]:
         extra = sorted(n for n in fs.listdir(directory) if n.endswith(TMP_SUFFIX))
     except FileNotFoundError:
         return []
-    return list(base) + extra
+    return extra + list(base)  # garbage first, the slots (current one last) after
+
+
+def _newest_last(fs: FsOps, directory: str) -> tuple[str, ...]:
+    """Slot names ordered by the generation in their (unencrypted) headers, newest last."""
+    gens = {}
+    for n in SLOT_NAMES:
+        try:
+            blob = fs.read(os.path.join(directory, n), HEADER_SIZE)
+        except OSError:
+            continue
+        if len(blob) >= HEADER_SIZE and blob[:4] == MAGIC and \
+                _CRC.unpack(blob[_HEAD.size:HEADER_SIZE])[0] == zlib.crc32(blob[:_HEAD.size]):
+            gens[n] = _HEAD.unpack(blob[:_HEAD.size])[3]
+    a, b = SLOT_NAMES
+    if a in gens and (b not in gens or gen_newer(gens[a], gens[b])):
+        return (b, a)
+    return (a, b)
 
 
 class Store:
@@ -648,8 +666,10 @@ class Store:
             raise StoreError("wipe() on the credential store %s before open()" % self.directory,
                              code="store_not_open", kind=FATAL, hint="call Store.open() first")
         counts = {"bytes": 0, "fsyncs": 0}
+        # The newest slot goes last: a power cut mid-wipe must not resurrect an older state.
+        order = _newest_last(self.fs, self.directory)
         try:
-            _wipe_files(self.fs, self.directory, _store_names(self.fs, self.directory, SLOT_NAMES), counts)
+            _wipe_files(self.fs, self.directory, _store_names(self.fs, self.directory, order), counts)
             if os.path.isdir(self.runtime_dir):
                 _wipe_files(self.fs, self.runtime_dir,
                             _store_names(self.fs, self.runtime_dir, (TOKEN_NAME,)), counts)
@@ -675,7 +695,7 @@ def wipe_dir(directory: str, runtime_dir: str | None = None, fs: FsOps | None = 
     fd = _take_lock(directory)
     try:
         counts = {"bytes": 0, "fsyncs": 0}
-        removed = _wipe_files(fs, directory, _store_names(fs, directory, SLOT_NAMES), counts)
+        removed = _wipe_files(fs, directory, _store_names(fs, directory, _newest_last(fs, directory)), counts)
         rd = runtime_dir or DEFAULT_RUNTIME_DIR
         if os.path.isdir(rd):
             removed += _wipe_files(fs, rd, _store_names(fs, rd, (TOKEN_NAME,)), counts)

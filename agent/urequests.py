@@ -63,6 +63,8 @@ SYSTEM_CA_FILES = (
     "/etc/ssl/ca-bundle.pem",               # openSUSE
     "/etc/ssl/cert.pem",                    # Alpine, BSDs
 )
+_TOO_BIG = "response body exceeds max_body=%d bytes; raise max_body if such a response is expected"
+_BAD = "; the server's response is not valid HTTP/1.1, report it to the server's operator"
 _TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -216,7 +218,7 @@ def parse_status_line(line):
     parts = line.split(b" ", 2)
     if (len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3
             or not parts[1].isdigit() or not 100 <= int(parts[1]) <= 599):
-        raise ValueError("malformed status line %r" % line[:80])
+        raise ValueError("malformed status line %r" % line[:80] + _BAD)
     return int(parts[1]), (parts[2] if len(parts) > 2 else b"")
 
 
@@ -224,18 +226,18 @@ def parse_header_line(line):
     """b'Name: value\\r\\n' -> ('Name', 'value'). ValueError for anything else."""
     raw = line.rstrip(b"\r\n")
     if raw[:1] in (b" ", b"\t"):
-        raise ValueError("folded header line %r (obsolete line folding is refused)" % raw[:80])
+        raise ValueError("folded header line %r (obsolete line folding is refused)" % raw[:80] + _BAD)
     i = raw.find(b":")
     if i <= 0:
-        raise ValueError("malformed header line %r (no name or no colon)" % raw[:80])
+        raise ValueError("malformed header line %r (no name or no colon)" % raw[:80] + _BAD)
     try:
         name = str(raw[:i], "utf-8")
         value = str(raw[i + 1:], "utf-8").strip()
     except UnicodeError:
-        raise ValueError("header line is not valid UTF-8: %r" % raw[:80])
+        raise ValueError("header line is not valid UTF-8: %r" % raw[:80] + _BAD)
     for ch in name:
         if ch not in _TOKEN_CHARS:
-            raise ValueError("malformed header name %r" % name[:80])
+            raise ValueError("malformed header name %r" % name[:80] + _BAD)
     return name, value
 
 
@@ -251,18 +253,18 @@ def _framing(status, method, fields):
         codings = [c.strip().lower() for c in ",".join(te).split(",") if c.strip()]
         if codings == ["chunked"]:
             return "chunked", 0  # overrides any Content-Length (RFC 9112 section 6.3)
-        raise ValueError("unsupported Transfer-Encoding %r (only chunked is understood)" % ",".join(te))
+        raise ValueError("unsupported Transfer-Encoding %r (only chunked is understood)" % ",".join(te) + _BAD)
     cl = fields.get("content-length")
     if cl:
         values = []
         for v in ",".join(cl).split(","):
             v = v.strip()
             if not v.isdigit():
-                raise ValueError("invalid Content-Length %r" % v[:40])
+                raise ValueError("invalid Content-Length %r" % v[:40] + _BAD)
             values.append(int(v))
         for v in values:
             if v != values[0]:
-                raise ValueError("conflicting Content-Length values %r" % values)
+                raise ValueError("conflicting Content-Length values %r" % values + _BAD)
         return "length", values[0]
     return "close", 0
 
@@ -358,7 +360,7 @@ class _Conn:
                 line, self.buf = self.buf[:i + 1], self.buf[i + 1:]
                 return line
             if len(self.buf) >= MAX_LINE:
-                raise ValueError("line longer than %d bytes while %s" % (MAX_LINE, doing))
+                raise ValueError("line longer than %d bytes while %s" % (MAX_LINE, doing) + _BAD)
             data = b"" if self.eof else self._recv(doing)
             if not data:
                 line, self.buf = self.buf, b""
@@ -384,12 +386,13 @@ class _Body:
         self.total = 0
         self.done = mode == "none" or (mode == "length" and length == 0)
         if mode == "length" and length > max_body:
-            raise ValueError("response body of %d bytes exceeds max_body=%d" % (length, max_body))
+            raise ValueError("response body of %d bytes exceeds max_body=%d; raise max_body if "
+                             "such a response is expected" % (length, max_body))
 
     def _count(self, data):
         self.total += len(data)
         if self.total > self.max_body:
-            raise ValueError("response body exceeds max_body=%d bytes" % self.max_body)
+            raise ValueError(_TOO_BIG % self.max_body)
         return data
 
     def _chunk_header(self):
@@ -402,7 +405,7 @@ class _Body:
                 raise ValueError
             self.left = int(str(size, "ascii"), 16)
         except ValueError:
-            raise ValueError("malformed chunk size line %r" % line[:40])
+            raise ValueError("malformed chunk size line %r" % line[:40] + _BAD)
         if self.left == 0:
             for _ in range(MAX_HEADERS + 1):  # trailer section, ignored
                 line = self.conn.readline("reading the chunked trailer")
@@ -411,9 +414,9 @@ class _Body:
                     return
                 if not line:
                     raise OSError(errno.ECONNRESET, "connection closed inside the chunked trailer")
-            raise ValueError("more than %d trailer lines" % MAX_HEADERS)
+            raise ValueError("more than %d trailer lines" % MAX_HEADERS + _BAD)
         if self.total + self.left > self.max_body:
-            raise ValueError("response body exceeds max_body=%d bytes" % self.max_body)
+            raise ValueError(_TOO_BIG % self.max_body)
 
     def read(self, n=-1):
         """Up to n bytes of body (all of it when n < 0); b'' once the body is complete."""
@@ -440,7 +443,7 @@ class _Body:
                 if self.mode == "length":
                     self.done = True
                 elif self.conn.readline("reading a chunk end") not in (b"\r\n", b"\n"):
-                    raise ValueError("chunk data not followed by CRLF")
+                    raise ValueError("chunk data not followed by CRLF" + _BAD)
             return self._count(data)
         return b""
 
@@ -480,10 +483,13 @@ class Response:
         if self._cached is None:
             if self.raw is None:
                 raise ValueError("urequests: response body was closed before it was read")
+            raw = self.raw
             try:
-                self._cached = _guard(self.raw.conn, self.raw.read)
-            finally:
-                self.close()
+                self._cached = raw.read()
+            except BaseException as e:
+                self.raw = None
+                _fail(raw.conn, e)
+            self.close()
         return self._cached
 
     @property
@@ -496,21 +502,21 @@ class Response:
         return json.loads(self.content)
 
 
-def _guard(conn, fn, *args):
-    """Run fn; on any error close the connection and name the request in the message."""
-    try:
-        return fn(*args)
-    except BaseException as e:
-        conn.close()
-        if isinstance(e, OSError) and not str(e).startswith("urequests:") and "urequests:" not in str(e):
-            if _is_timeout(e):
-                raise conn.timeout_error("reading the response")
-            raise OSError(getattr(e, "errno", None) or errno.EIO,
-                          "urequests: %s: %s; retry later" % (conn.where, e.args[-1] if e.args else e))
-        if type(e) is ValueError and not str(e).startswith("urequests:"):
-            raise ValueError("urequests: %s: %s; the server's response is not valid HTTP/1.1, "
-                             "report it to the server's operator" % (conn.where, e))
-        raise
+def _fail(conn, exc):
+    """Close the connection, then raise `exc` with the request named in its message."""
+    conn.close()
+    text = str(exc)
+    if "urequests:" in text:
+        raise exc
+    if isinstance(exc, OSError):
+        if _is_timeout(exc):
+            raise conn.timeout_error("reading the response")
+        detail = exc.args[-1] if exc.args else text
+        raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                      "urequests: %s: %s; retry later" % (conn.where, detail))
+    if isinstance(exc, ValueError):
+        raise ValueError("urequests: %s: %s" % (conn.where, text))
+    raise exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,8 +601,7 @@ def _read_ca_file(path):
                       "urequests: cannot read CA file %s (%s); fix the ca_file setting" % (path, e))
 
 
-def _wrap_tls(conn, host, ca_file, verify):
-    ctx = _tls_context(ca_file, verify)
+def _wrap_tls(conn, host, ctx):
     conn.arm("during the TLS handshake")
     raw = conn.sock
     try:
@@ -609,6 +614,9 @@ def _wrap_tls(conn, host, ca_file, verify):
         if type(e).__name__ == "SSLCertVerificationError":
             raise TLSVerifyError(errno.ECONNABORTED, "urequests: %s: TLS certificate refused (%s); "
                                  "check the host name and the CA bundle (ca_file)" % (conn.where, reason))
+        code = getattr(e, "errno", None)
+        if _MICROPYTHON and isinstance(code, int) and code < 0:  # mbedTLS error codes are negative
+            reason = e.args[-1] if e.args else code
         if reason and not _is_timeout(e):
             raise OSError(errno.ECONNABORTED, "urequests: %s: TLS handshake failed (%s); check that "
                           "the server speaks TLS on this port" % (conn.where, reason))
@@ -619,6 +627,8 @@ def _wrap_tls(conn, host, ca_file, verify):
 
 
 def _connect(scheme, host, port, deadline, where, ca_file, verify):
+    # Build the TLS context first: a bad ca_file is a configuration error, found before any socket.
+    ctx = _tls_context(ca_file, verify) if scheme == "https" else None
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     except OSError as e:
@@ -641,8 +651,8 @@ def _connect(scheme, host, port, deadline, where, ca_file, verify):
             nodelay = getattr(socket, "TCP_NODELAY", None)
             if nodelay is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, nodelay, 1)
-            if scheme == "https":
-                _wrap_tls(conn, host, ca_file, verify)
+            if ctx is not None:
+                _wrap_tls(conn, host, ctx)
         except BaseException:
             conn.close()
             raise
@@ -682,11 +692,7 @@ def _send_one(method, url, headers, body, deadline, parse_headers, ca_file, veri
                 return status, reason, fields, hdict, conn, where
             # 1xx interim responses are skipped
     except BaseException as e:
-        _guard(conn, _reraise, e)
-
-
-def _reraise(e):
-    raise e
+        _fail(conn, e)
 
 
 def _read_headers(conn, parse_headers):
@@ -705,7 +711,7 @@ def _read_headers(conn, parse_headers):
             hdict[name] = hdict[name] + ", " + value if name in hdict else value
         elif parse_headers is not False:
             parse_headers(line, hdict)  # micropython-lib's hook: raw line, the dict
-    raise ValueError("more than %d header lines" % MAX_HEADERS)
+    raise ValueError("more than %d header lines" % MAX_HEADERS + _BAD)
 
 
 def _same_origin(a, b):
@@ -761,7 +767,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         status, reason, fields, hdict, conn, where = _send_one(
             method, url, h, body, deadline, parse_headers, ca_file, verify)
         location = fields.get("location")
-        if status not in _REDIRECTS or not location:
+        if status not in _REDIRECTS or not location or max_redirects <= 0:
             break
         conn.close()
         if hop == max_redirects:
@@ -791,7 +797,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         mode, length = _framing(status, method, fields)
         raw = _Body(conn, mode, length, max_body)
     except BaseException as e:
-        _guard(conn, _reraise, e)
+        _fail(conn, e)
     resp = Response(raw)
     resp.status_code = status
     resp.reason = reason
@@ -817,9 +823,10 @@ def _encode_body(data):
         return data.encode("utf-8")  # Content-Length counts these bytes, not characters
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    if hasattr(data, "__next__") or hasattr(data, "__iter__"):
-        return iter(data)  # sent with chunked transfer coding
-    raise TypeError("urequests: data must be str, bytes or an iterator of bytes, got %s"
+    if hasattr(data, "__next__"):
+        return data  # an iterator or generator of bytes: sent with chunked transfer coding
+    raise TypeError("urequests: data must be str, bytes or an iterator of bytes (encode forms and "
+                    "dicts first), got %s"
                     % type(data).__name__)
 
 

@@ -206,7 +206,9 @@ class Service:
             if redirect_uris is not None:
                 app["redirect_uris"] = list(redirect_uris)
         iat = int(now)
-        statement = jwtutil.sign({"sub": app_id, "iss": ISSUER, "iat": iat, "nbf": iat}, self.key, self.kid)
+        # jti is not in Adobe's samples; it keeps two statements minted in the same second distinct.
+        statement = jwtutil.sign({"sub": app_id, "iss": ISSUER, "iat": iat, "nbf": iat, "jti": str(uuid.uuid4())},
+                                 self.key, self.kid)
         self.statements[jwtutil.fingerprint(statement)] = app_id
         return statement
 
@@ -298,7 +300,7 @@ class Service:
             skew = fault.get("clock_skew", 0.0) if fault else 0.0
             handler = {"register": self._register, "token": self._token, "protected": self._protected}[endpoint]
             try:
-                resp = handler(req, ip, req["now"] + skew, meta)
+                resp = handler(req, ip, req["now"], skew, meta)
             except _Reject as r:
                 resp = r.resp
             counts = self._stats[endpoint]
@@ -358,7 +360,8 @@ class Service:
                 {"t": req["t"], "endpoint": endpoint, "ip": ip, "problems": problems})
         return problems
 
-    def _register(self, req: dict[str, Any], ip: str, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+    def _register(self, req: dict[str, Any], ip: str, now: float, skew: float,
+                  meta: dict[str, Any]) -> dict[str, Any]:
         if req["method"] != "POST":
             raise _oauth_error(405, "invalid_request", "client/register accepts only POST", **meta)
         mtype, params = _media_type(req["headers"].get("content-type", ""))
@@ -410,7 +413,7 @@ class Service:
                 raise _oauth_error(400, "invalid_redirect_uri", "redirect_uri %r is not allowed for application %r"
                                    % (redirect_uri[:80], claims["sub"]), **meta)
         client_id, secret = str(uuid.uuid4()), str(uuid.uuid4())
-        issued = int(now) if self.legacy else int(now * 1000)
+        issued = int(now + skew) if self.legacy else int((now + skew) * 1000)
         uris = [redirect_uri] if redirect_uri is not None else []
         self.clients[client_id] = {"secret": secret, "app_id": claims["sub"], "statement": fp, "revoked": False,
                                    "allowed": True, "issued_at": issued, "redirect_uris": uris}
@@ -419,7 +422,8 @@ class Service:
                          "redirect_uris": uris, "grant_types": ["client_credentials"], "scopes": ["api:client:v2"]},
                    **meta)
 
-    def _token(self, req: dict[str, Any], ip: str, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+    def _token(self, req: dict[str, Any], ip: str, now: float, skew: float,
+                  meta: dict[str, Any]) -> dict[str, Any]:
         if req["method"] != "POST":
             raise _oauth_error(405, "invalid_request", "client/token accepts only POST", **meta)
         try:
@@ -458,14 +462,15 @@ class Service:
         per = self._stats["per_client_id"].setdefault(client_id, {"token": 0, "protected": 0})
         per["token"] += 1
         jti = str(uuid.uuid4())
-        iat = int(now)
+        iat = int(now + skew)  # a skewed server clock shows in the issued times only
         token = jwtutil.sign({"sub": client_id, "iss": ISSUER, "iat": iat, "exp": iat + self.token_ttl, "jti": jti,
                               "app": client["app_id"]}, self.key, self.kid)
         return _ok(200 if self.legacy else 201,
                    {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl,
-                    "created_at": iat if self.legacy else int(now * 1000), "id": jti}, **meta)
+                    "created_at": iat if self.legacy else int((now + skew) * 1000), "id": jti}, **meta)
 
-    def _protected(self, req: dict[str, Any], ip: str, now: float, meta: dict[str, Any]) -> dict[str, Any]:
+    def _protected(self, req: dict[str, Any], ip: str, now: float, skew: float,
+                  meta: dict[str, Any]) -> dict[str, Any]:
         problems = self._device_info(req, ip, "protected")
         if problems and self.strict_device_info:
             raise _eec_error(400, "configuration", "invalid_device_info", "strict mode: " + problems[0], **meta)

@@ -1,0 +1,200 @@
+"""Board profiles: load and validate `board/<name>/board.toml`, and run device identification for
+the config's `[device]` table (the daemon and `pass-agent device-info` call this).
+
+A profile is returned as a plain JSON-able dict (the shape `agent.deviceinfo.identify` takes, so it
+can also be handed to MicroPython as JSON): name, description, path, fields, sources, identity,
+network_interfaces, display_connectors, console_port, storage_dir.
+
+CPython only (tomllib/tomli, socket/fcntl for the interface IPv4). Must never: accept a profile with
+an unknown key or source (a typo would silently change a box's identity), or look up the real
+machine's interfaces when identifying a fixture root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+from typing import Any, Callable, TextIO
+
+import agent
+from agent import deviceinfo
+from agent.errors import ConfigError, DeviceInfoError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+ENV_BOARD_DIR = "PASS_AGENT_BOARD_DIR"
+DEFAULT_BOARD = "generic-linux"
+_SIOCGIFADDR = 0x8915
+
+# table -> {key: (expected description, checker)}
+_LIST = "a list of strings"
+_SCHEMA: dict[str, dict[str, str]] = {
+    "board": {"name": "a string", "description": "a string"},
+    "fields": {},  # X-Device-Info field names, checked by agent.deviceinfo.check_field
+    "sources": {f: _LIST for f in deviceinfo.SOURCE_FIELDS},
+    "identity": {"sources": _LIST},
+    "network": {"interfaces": _LIST},
+    "display": {"connectors": _LIST},
+    "console": {"port": "a string (a device path such as /dev/ttyS0)"},
+    "storage": {"dir": "an absolute path"},
+}
+
+
+def board_dir() -> str:
+    """Where board folders live: $PASS_AGENT_BOARD_DIR, else `board/` next to the agent package."""
+    return os.environ.get(ENV_BOARD_DIR) or os.path.join(os.path.dirname(os.path.dirname(agent.__file__)), "board")
+
+
+def list_boards() -> list[str]:
+    base = board_dir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return sorted(n for n in names if os.path.isfile(os.path.join(base, n, "board.toml")))
+
+
+def _resolve(name_or_path: str) -> str:
+    if name_or_path.endswith(".toml") or os.sep in name_or_path:
+        return name_or_path
+    return os.path.join(board_dir(), name_or_path, "board.toml")
+
+
+def load_profile(name_or_path: str) -> dict:
+    """The validated profile dict for a board name (under board_dir()) or a path to a .toml file."""
+    path = _resolve(name_or_path)
+    if not os.path.isfile(path):
+        known = ", ".join(list_boards()) or "none"
+        raise ConfigError("board %r: no profile at %s; known boards: %s (or give a path to a board.toml)"
+                          % (name_or_path, path, known))
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("cannot read board profile: %s" % e, path)
+    problems: list[str] = []
+    profile = _validate(data, problems)
+    if problems:
+        raise ConfigError(problems, path)
+    profile["path"] = path
+    if not profile["name"]:
+        profile["name"] = os.path.basename(os.path.dirname(path))
+    return profile
+
+
+def _strings(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+def _validate(data: dict, problems: list[str]) -> dict:
+    for table, value in data.items():
+        if table not in _SCHEMA:
+            problems.append("[%s]: unknown table; expected one of %s" % (table, ", ".join("[%s]" % t for t in _SCHEMA)))
+        elif not isinstance(value, dict):
+            problems.append("%s: found %r, expected a table" % (table, value))
+    t = {k: (data.get(k) if isinstance(data.get(k), dict) else {}) for k in _SCHEMA}
+    for table, keys in _SCHEMA.items():
+        if table == "fields":
+            continue
+        for key, value in t[table].items():
+            if key not in keys:
+                problems.append("[%s] %s: unknown key; expected one of %s" % (table, key, ", ".join(keys) or "none"))
+            elif keys[key] == _LIST and not _strings(value):
+                problems.append("[%s] %s: found %r, expected %s" % (table, key, value, _LIST))
+            elif keys[key] != _LIST and not isinstance(value, str):
+                problems.append("[%s] %s: found %r, expected %s" % (table, key, value, keys[key]))
+    for key, value in t["fields"].items():
+        try:
+            deviceinfo.check_field(key, value)
+        except DeviceInfoError as e:
+            problems.append("[fields] %s: %s" % (key, e.message))
+    for table, key in [("sources", f) for f in t["sources"]] + [("identity", "sources")]:
+        for spec in t[table].get(key, []) if _strings(t[table].get(key, [])) else []:
+            try:
+                deviceinfo.parse_source(spec)
+            except ValueError as e:
+                problems.append("[%s] %s: %s" % (table, key, e))
+    storage = t["storage"].get("dir", "/var/lib/pass-agent")
+    if isinstance(storage, str) and not storage.startswith("/"):
+        problems.append("[storage] dir: found %r, expected an absolute path" % storage)
+    return {
+        "name": t["board"].get("name", ""),
+        "description": t["board"].get("description", ""),
+        "fields": dict(t["fields"]),
+        "sources": {k: list(v) for k, v in t["sources"].items()},
+        "identity": list(t["identity"].get("sources", deviceinfo.DEFAULT_PROFILE["identity"])),
+        "network_interfaces": list(t["network"].get("interfaces", deviceinfo.DEFAULT_PROFILE["network_interfaces"])),
+        "display_connectors": list(t["display"].get("connectors", [])),
+        "console_port": t["console"].get("port", "/dev/ttyS0"),
+        "storage_dir": storage,
+    }
+
+
+def interface_ipv4(ifname: str) -> str | None:
+    """The IPv4 address of a local interface (SIOCGIFADDR), or None when it has none or on error."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Linux
+        return None
+    name = ifname.encode("utf-8", "replace")[:15]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", name))
+    except OSError:
+        return None
+    return socket.inet_ntoa(res[20:24])
+
+
+def _is_real_root(root: str) -> bool:
+    return os.path.realpath(root or "/") == "/"
+
+
+def identify_for(device_cfg: dict, ip_lookup: Callable[[str], str | None] | None = None) -> dict:
+    """identify() for a config `[device]` table: keys board, root, application_id, overrides.
+
+    The result is `agent.deviceinfo.identify`'s dict plus `board` (the profile dict). The real
+    interfaces' IPv4 is looked up only when root is the real `/`.
+    """
+    profile = load_profile(device_cfg.get("board") or DEFAULT_BOARD)
+    root = device_cfg.get("root") or "/"
+    if ip_lookup is None and _is_real_root(root):
+        ip_lookup = interface_ipv4
+    result = deviceinfo.identify(root=root, profile=profile, overrides=device_cfg.get("overrides") or {},
+                                 application_id=device_cfg.get("application_id"), ip_lookup=ip_lookup)
+    result["board"] = profile
+    return result
+
+
+def device_info_command(device_cfg: dict, decode: bool, explain: bool, out: TextIO,
+                        err: TextIO | None = None) -> int:
+    """`pass-agent device-info [--decode] [--explain]`: 0 on success, 2 with a message on err
+    (default stderr) when the profile or the device information is invalid."""
+    err = err or sys.stderr
+    try:
+        r = identify_for(device_cfg)
+    except (ConfigError, DeviceInfoError) as e:
+        err.write("pass-agent device-info: %s\n" % e)
+        return 2
+    if decode:
+        out.write(json.dumps(r["fields"], indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write("X-Device-Info: %s\n" % r["x_device_info"])
+    out.write("AP-Device-Identifier: %s\n" % r["ap_device_identifier"])
+    if explain:
+        out.write("\nboard: %s (%s)\nroot: %s\n" % (r["board"]["name"], r["board"]["path"], device_cfg.get("root") or "/"))
+        out.write("fields:\n")
+        width = max(len(k) for k in r["fields"])
+        for key, value in r["fields"].items():
+            out.write("  %-*s = %-40s <- %s\n" % (width, key, json.dumps(value, ensure_ascii=False),
+                                                 r["sources"].get(key, "?")))
+        out.write("device id: %s <- %s\n" % (r["device_id"], r["device_id_source"]))
+        out.write("warnings:%s\n" % ("" if r["warnings"] else " none"))
+        for w in r["warnings"]:
+            out.write("  - %s\n" % w)
+    return 0

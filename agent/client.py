@@ -1,0 +1,272 @@
+"""A small blocking client for the agent's socket, and the `pass-agent token|headers|status` commands.
+
+Job: connect to the Unix socket, send JSON-RPC requests one line each, read the matching answer
+(keeping `token.changed` notifications for `subscribe()`), and turn error answers back into
+`AgentError`s carrying the server's code, kind and retry_after.
+
+Must never: print or log a token except where the user asked for it (`pass-agent token` and
+`headers` print it, that is their job; `status` never does), or hide which socket it tried.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import socket
+import sys
+import time
+from typing import Any, Iterator, TextIO
+
+from agent.errors import OPERATOR, RETRY, AgentError
+
+DEFAULT_SOCKET = "/run/pass-agent/agent.sock"
+_SECRET_KEYS = {"access_token", "client_secret", "secret", "software_statement", "authorization"}
+
+
+class RpcCallError(AgentError):
+    """The agent answered a call with a JSON-RPC error. `rpc_code` is the numeric code."""
+
+    def __init__(self, message: str, rpc_code: int, data: dict | None) -> None:
+        data = data if isinstance(data, dict) else {}
+        AgentError.__init__(
+            self, message, code=data.get("code") or "rpc_error", kind=data.get("kind") or "fatal",
+            retry_after=data.get("retry_after"), hint=data.get("hint"),
+        )
+        self.rpc_code = rpc_code
+        self.data = data
+
+
+class Client:
+    """One persistent connection to the agent. Not thread-safe: one Client per thread."""
+
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._next_id = 1
+        self._buf = b""
+        self._notes: collections.deque[dict] = collections.deque()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(path)
+        except FileNotFoundError:
+            self._sock.close()
+            raise AgentError(
+                "pass-agent is not running: no socket at %s" % path, code="agent_unavailable", kind=RETRY,
+                hint="start the agent (systemctl start pass-agent) or pass --socket with the right path",
+            )
+        except ConnectionRefusedError:
+            self._sock.close()
+            raise AgentError(
+                "pass-agent is not running: nothing listens on %s" % path, code="agent_unavailable", kind=RETRY,
+                hint="start the agent (systemctl start pass-agent); the socket file is a leftover",
+            )
+        except PermissionError:
+            self._sock.close()
+            raise AgentError(
+                "permission denied opening %s" % path, code="denied", kind=OPERATOR,
+                hint="run as a user or group the agent allows (socket.allow_uids / socket.allow_gids)",
+            )
+        except OSError as e:
+            self._sock.close()
+            raise AgentError(
+                "cannot connect to pass-agent at %s: %s" % (path, e.strerror or e), code="agent_unavailable",
+                kind=RETRY, hint="check that the agent runs and that --socket names its socket",
+            )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _read_line(self) -> bytes:
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                return line
+            try:
+                chunk = self._sock.recv(65536)
+            except socket.timeout:
+                raise AgentError(
+                    "pass-agent at %s did not answer within %g s" % (self.path, self._sock.gettimeout() or 0),
+                    code="timeout", kind=RETRY, hint="the agent may be overloaded or stopped; retry",
+                )
+            except OSError as e:
+                chunk = b""
+                if not isinstance(e, ConnectionResetError):
+                    raise AgentError("reading from pass-agent at %s failed: %s" % (self.path, e.strerror or e),
+                                     code="agent_unavailable", kind=RETRY, hint="retry; reconnect if it persists")
+            if not chunk:
+                raise AgentError(
+                    "pass-agent at %s closed the connection" % self.path, code="agent_unavailable", kind=RETRY,
+                    hint="the agent restarted or dropped an idle connection; reconnect",
+                )
+            self._buf += chunk
+
+    def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> Any:
+        """Send one request and return its result; raise RpcCallError/AgentError on failure."""
+        req_id = self._next_id
+        self._next_id += 1
+        req: dict = {"jsonrpc": "2.0", "id": req_id, "method": method}
+        if params:
+            req["params"] = params
+        self._sock.settimeout(self.timeout if timeout is None else timeout)
+        try:
+            self._sock.sendall(json.dumps(req, separators=(",", ":")).encode("utf-8") + b"\n")
+        except OSError as e:
+            raise AgentError("sending to pass-agent at %s failed: %s" % (self.path, e.strerror or e),
+                             code="agent_unavailable", kind=RETRY, hint="reconnect and retry")
+        while True:
+            msg = json.loads(self._read_line())
+            if "id" not in msg:
+                self._notes.append(msg)  # a notification arriving before our answer
+                continue
+            if msg["id"] != req_id and msg["id"] is not None:
+                continue  # an answer to a call abandoned after a timeout
+            if "error" in msg:
+                err = msg["error"]
+                raise RpcCallError(str(err.get("message")), int(err.get("code", 0)), err.get("data"))
+            return msg.get("result")
+
+    # -- methods ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _ttl_wait(min_ttl: float | None, wait: float | None) -> dict:
+        p: dict = {}
+        if min_ttl is not None:
+            p["min_ttl"] = min_ttl
+        if wait is not None:
+            p["wait"] = wait
+        return p
+
+    def token(self, min_ttl: float | None = None, wait: float | None = None) -> dict:
+        return self.call("token.get", self._ttl_wait(min_ttl, wait), timeout=self.timeout + (wait or 0))
+
+    def headers(self, min_ttl: float | None = None, wait: float | None = None) -> dict:
+        return self.call("headers.get", self._ttl_wait(min_ttl, wait), timeout=self.timeout + (wait or 0))
+
+    def status(self) -> dict:
+        return self.call("agent.status")
+
+    def health(self) -> dict:
+        return self.call("agent.health")
+
+    def device_info(self) -> dict:
+        return self.call("device.info")
+
+    def report(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
+        p: dict = {"status": status}
+        if body is not None:
+            p["body"] = body
+        if access_token is not None:
+            p["access_token"] = access_token
+        return self.call("error.report", p)
+
+    def subscribe(self, timeout: float | None = None) -> Iterator[dict]:
+        """Subscribe, then yield `token.changed` notifications ({"method", "params"}) as they come.
+
+        Blocks between notifications (forever unless `timeout`, which raises AgentError "timeout").
+        """
+        self.call("token.subscribe")
+        while True:
+            while self._notes:
+                yield self._notes.popleft()
+            self._sock.settimeout(timeout)
+            msg = json.loads(self._read_line())
+            if "id" not in msg:
+                yield msg
+            elif "error" in msg:  # e.g. the agent denied us after a configuration reload
+                err = msg["error"]
+                raise RpcCallError(str(err.get("message")), int(err.get("code", 0)), err.get("data"))
+
+
+# -- the CLI commands ----------------------------------------------------------------------------
+
+
+def _when(epoch: Any) -> str:
+    if not isinstance(epoch, (int, float)):
+        return "-"
+    left = epoch - time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return "%s (in %ds)" % (stamp, left) if left >= 0 else "%s (%ds ago)" % (stamp, -left)
+
+
+def scrub(obj: Any) -> Any:
+    """A copy of `obj` without secret-named keys: status output must never carry a secret."""
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items() if str(k).lower() not in _SECRET_KEYS}
+    if isinstance(obj, list):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+def _print_status(st: dict, out: TextIO) -> None:
+    tok = st.get("token") or {}
+    rows = [
+        ("state", "%s (%s)" % (st.get("state"), st["state_text"]) if st.get("state_text") else st.get("state")),
+        ("version", st.get("version")),
+        ("uptime", "%ds" % st["uptime"] if isinstance(st.get("uptime"), (int, float)) else "-"),
+        ("registered at", _when(st.get("registered_at"))),
+        ("client id", st.get("client_id_hint") or "-"),
+        ("token expires", _when(tok.get("expires_at")) if tok else "no token"),
+        ("token refresh", _when(tok.get("refresh_at")) if tok else "-"),
+    ]
+    err = st.get("last_error")
+    if err:
+        rows.append(("last error", "%s [%s]: %s" % (err.get("code"), err.get("kind"), err.get("message"))))
+    for group in ("upstream", "store"):
+        d = st.get(group)
+        if isinstance(d, dict) and d:
+            rows.append((group, ", ".join("%s=%s" % kv for kv in sorted(d.items()))))
+    for k, v in rows:
+        out.write("%-14s %s\n" % (k + ":", "-" if v is None else v))
+
+
+def client_command(
+    name: str,
+    socket_path: str,
+    as_json: bool,
+    out: TextIO,
+    min_ttl: float | None = None,
+    wait: float | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """`pass-agent token|headers|status`: print the answer; 0 on success, 1 on any failure."""
+    err = err or sys.stderr
+    if name not in ("token", "headers", "status"):
+        err.write("pass-agent: unknown client command %r (expected token, headers or status)\n" % name)
+        return 2
+    try:
+        with Client(socket_path) as c:
+            if name == "token":
+                res = c.token(min_ttl, wait)
+            elif name == "headers":
+                res = c.headers(min_ttl, wait)
+            else:
+                res = scrub(c.status())
+    except AgentError as e:
+        extra = ""
+        if e.retry_after is not None:
+            extra = "; retry in %gs" % e.retry_after
+        err.write("pass-agent %s: %s [%s, %s%s]\n" % (name, e, e.code, e.kind, extra))
+        return 1
+    if as_json:
+        out.write(json.dumps(res, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    elif name == "token":
+        out.write("access_token: %s\n" % res.get("access_token"))
+        out.write("token_type:   %s\n" % res.get("token_type"))
+        out.write("expires_at:   %s\n" % _when(res.get("expires_at")))
+        out.write("refresh_at:   %s\n" % _when(res.get("refresh_at")))
+    elif name == "headers":
+        for k, v in (res.get("headers") or {}).items():
+            out.write("%s: %s\n" % (k, v))  # ready for curl -H
+    else:
+        _print_status(res, out)
+    return 0

@@ -1,0 +1,40 @@
+"""Shared fixtures: a valid statement file and config writer for tests that need a configuration."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def fake_statement(sub: str = "demo-app") -> str:
+    """A well-formed (unsigned-looking) RS256 JWT, enough for config checks that parse but do not verify."""
+    def b64(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return "%s.%s.%s" % (b64({"alg": "RS256", "typ": "JWT"}), b64({"sub": sub, "iss": "auth.adobe.com", "iat": 1}),
+                         base64.urlsafe_b64encode(b"x" * 64).decode().rstrip("="))
+
+
+@pytest.fixture
+def statement_file(tmp_path):
+    p = tmp_path / "statement.jwt"
+    p.write_text(fake_statement())
+    return str(p)
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(text: str, name: str = "agent.toml") -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+
+    return write

@@ -1,0 +1,265 @@
+"""Board profiles (agent.boards) and the header each shipped profile yields on its fixture tree.
+
+Each fixture under tests/fixtures/boards/<name>/ is laid out as that hardware lays out /proc, /sys
+and /etc; the decoded X-Device-Info is checked field by field against Adobe's allowed values.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import pytest
+
+from agent import boards
+from agent import deviceinfo as di
+from agent.errors import ConfigError, DeviceInfoError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
+BOARDS = ["generic-linux", "raspberrypi", "amlogic-s905x", "broadcom-rdk"]
+IPS = {"eno1": "192.168.10.5", "eth0": "192.168.1.20", "wlan0": "10.0.0.7"}
+
+# What each board's fixture must yield (connectionIp through the injected lookup).
+EXPECTED = {
+    "generic-linux": {
+        "primaryHardwareType": "SetTopBox", "model": "NUC8i3BEH", "version": "J72753-303",
+        "manufacturer": "Intel(R) Client Systems", "osName": "Linux", "osFamily": "Linux", "osVersion": "12",
+        "displayWidth": 1920, "displayHeight": 1080, "displayPpi": 93, "diagonalScreenSize": 23.8,
+        "connectionIp": "192.168.10.5", "connectionType": "LAN", "applicationId": "com.example.player",
+    },
+    "raspberrypi": {
+        "primaryHardwareType": "SetTopBox", "model": "Raspberry Pi 4 Model B Rev 1.1", "version": "c03111",
+        "manufacturer": "Raspberry Pi Ltd", "osName": "Linux", "osFamily": "Linux", "osVersion": "12",
+        "displayWidth": 1920, "displayHeight": 1080, "displayPpi": 40, "diagonalScreenSize": 54.6,
+        "connectionIp": "192.168.1.20", "connectionType": "LAN", "applicationId": "com.example.player",
+    },
+    "amlogic-s905x": {
+        "primaryHardwareType": "SetTopBox", "model": "Amlogic Meson GXL (S905X) P212 Development Board",
+        "version": "gxl_p212_2g", "osName": "Linux", "osFamily": "Linux", "osVersion": "2023.02.9",
+        "displayWidth": 3840, "displayHeight": 2160, "displayPpi": 68, "diagonalScreenSize": 64.5,
+        "connectionIp": "192.168.1.20", "connectionType": "LAN", "applicationId": "com.example.player",
+    },
+    "broadcom-rdk": {
+        "primaryHardwareType": "SetTopBox", "model": "STB7271A", "version": "brcm,bcm97271ipc",
+        "osName": "Linux", "osFamily": "Linux", "osVersion": "7.2.1.0",
+        "connectionIp": "10.0.0.7", "connectionType": "WiFi", "applicationId": "com.example.player",
+    },
+}
+DEVICE_IDS = {
+    "generic-linux": ("uuid:4c8e2a10-5b3d-11e9-8647-d663bd873d93", "dmi:product_uuid"),
+    "raspberrypi": ("serial:100000001234abcd", "cpuinfo:Serial"),
+    "amlogic-s905x": ("serial:210a82000b8c1d5e3f4a1b2c3d4e5f60", "cpuinfo:Serial"),
+    "broadcom-rdk": ("mac:00:10:18:4a:7b:2c", "mac:eth0"),
+}
+CONSOLE = {"generic-linux": "/dev/ttyS0", "raspberrypi": "/dev/ttyS0", "amlogic-s905x": "/dev/ttyAML0",
+           "broadcom-rdk": "/dev/ttyS0"}
+STORAGE = {"generic-linux": "/var/lib/pass-agent", "raspberrypi": "/var/lib/pass-agent",
+           "amlogic-s905x": "/var/lib/pass-agent", "broadcom-rdk": "/opt/secure/pass-agent"}
+FREE_TEXT = ("model", "version", "manufacturer", "vendor", "osVersion", "connectionType", "applicationId")
+
+
+def cfg(board, root=None, **kw):
+    return dict({"board": board, "root": root or os.path.join(FIXTURES, board),
+                 "application_id": "com.example.player", "overrides": {}}, **kw)
+
+
+def check_allowed(fields):
+    """Every decoded field against section 4 of the Adobe reference, independently of the code."""
+    allowed = {
+        "primaryHardwareType": {"Camera", "DataCollectionTerminal", "Desktop", "EmbeddedNetworkModule", "eReader",
+                                "GamesConsole", "GeolocationTracker", "Glasses", "MediaPlayer", "MobilePhone",
+                                "PaymentTerminal", "PluginModem", "SetTopBox", "TV", "Tablet",
+                                "WirelessHotspot", "Wristwatch", "Unknown"},
+        "osName": {"Android", "Chrome OS", "Linux", "Mac OS", "OS X", "OpenBSD", "Roku OS", "Windows", "iOS",
+                   "tvOS", "webOS"},
+        "osFamily": {"Android", "BSD", "Linux", "PlayStation OS", "Roku OS", "Symbian", "Tizen", "Windows",
+                     "iOS", "tvOS", "macOS", "webOS"},
+        "osVendor": {"Amazon", "Apple", "Google", "LG", "Microsoft", "Mozilla", "Nintendo", "Nokia", "Roku",
+                     "Samsung", "Sony", "Tizen Project"},
+    }
+    for key in ("model", "version", "osName", "osVersion", "connectionType"):
+        assert key in fields, key
+    for key, value in fields.items():
+        if key in allowed:
+            assert value in allowed[key], (key, value)
+        elif key in ("displayWidth", "displayHeight", "displayPpi", "diagonalScreenSize"):
+            assert isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, key
+        elif key == "connectionIp":
+            parts = value.split(".")
+            assert len(parts) == 4 and all(p.isdigit() and 0 <= int(p) <= 255 for p in parts)
+        elif key in FREE_TEXT:
+            assert isinstance(value, str) and value.strip() == value and value and value.isprintable(), key
+        else:
+            pytest.fail("unexpected field %r" % key)
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_fixture_header(board):
+    r = boards.identify_for(cfg(board), ip_lookup=IPS.get)
+    raw = base64.b64decode(r["x_device_info"], validate=True)
+    decoded = json.loads(raw.decode("utf-8"))
+    assert list(decoded) == list(EXPECTED[board]), "keys or their order differ"
+    for key, value in EXPECTED[board].items():
+        assert decoded[key] == value, key
+        assert type(decoded[key]) is type(value), key
+    check_allowed(decoded)
+    assert raw == json.dumps(decoded, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    device_id, source = DEVICE_IDS[board]
+    assert r["device_id"] == device_id and r["device_id_source"].startswith(source + " (")
+    assert r["ap_device_identifier"] == "fingerprint " + base64.b64encode(
+        hashlib.sha256(device_id.encode()).digest()).decode()
+    assert r["board"]["name"] == board
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_board_fixture_has_no_unexpected_warnings(board):
+    r = boards.identify_for(cfg(board), ip_lookup=IPS.get)
+    assert r["warnings"] == []
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_profile_shape_console_and_storage(board):
+    p = boards.load_profile(board)
+    assert p["console_port"] == CONSOLE[board] and p["storage_dir"] == STORAGE[board]
+    assert p["name"] == board and p["path"].endswith(os.path.join(board, "board.toml"))
+    assert p["fields"]["primaryHardwareType"] == "SetTopBox"
+    assert p["identity"] and p["network_interfaces"]
+    json.dumps(p)  # plain data: it is handed to MicroPython as JSON
+
+
+def test_list_boards_contains_the_shipped_profiles():
+    assert set(BOARDS) <= set(boards.list_boards())
+
+
+def test_broadcom_identity_survives_wifi_to_ethernet_switch(tmp_path):
+    root = tmp_path / "bcm"
+    shutil.copytree(os.path.join(FIXTURES, "broadcom-rdk"), root)
+    before = boards.identify_for(cfg("broadcom-rdk", str(root)), ip_lookup=IPS.get)
+    (root / "sys/class/net/eth0/operstate").write_text("up\n")
+    (root / "sys/class/net/wlan0/operstate").write_text("down\n")
+    after = boards.identify_for(cfg("broadcom-rdk", str(root)), ip_lookup=IPS.get)
+    assert before["fields"]["connectionType"] == "WiFi" and after["fields"]["connectionType"] == "LAN"
+    assert before["x_device_info"] != after["x_device_info"]
+    assert before["device_id"] == after["device_id"]
+    assert before["ap_device_identifier"] == after["ap_device_identifier"]
+
+
+def test_overrides_from_config_win(tmp_path):
+    r = boards.identify_for(cfg("amlogic-s905x", overrides={"manufacturer": "Acme TV", "vendor": "Acme Telecom",
+                                                            "model": "Acme 4K"}))
+    f = di.decode(r["x_device_info"])
+    assert (f["manufacturer"], f["vendor"], f["model"]) == ("Acme TV", "Acme Telecom", "Acme 4K")
+
+
+def test_fixture_root_never_looks_up_real_interfaces(monkeypatch):
+    called = []
+    monkeypatch.setattr(boards, "interface_ipv4", lambda name: called.append(name) or "1.2.3.4")
+    r = boards.identify_for(cfg("raspberrypi"))
+    assert called == [] and "connectionIp" not in r["fields"]
+
+
+def test_interface_ipv4_real_loopback():
+    assert boards.interface_ipv4("lo") == "127.0.0.1"
+    assert boards.interface_ipv4("no-such-if0") is None
+
+
+# ---------------------------------------------------------------- profile loading errors
+
+def write_board(tmp_path, name, text):
+    d = tmp_path / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "board.toml").write_text(text)
+    return str(d / "board.toml")
+
+
+def test_board_dir_env_override(tmp_path, monkeypatch):
+    write_board(tmp_path, "myboard", '[board]\nname = "myboard"\n[console]\nport = "/dev/ttyUSB0"\n')
+    monkeypatch.setenv(boards.ENV_BOARD_DIR, str(tmp_path))
+    assert boards.list_boards() == ["myboard"]
+    p = boards.load_profile("myboard")
+    assert p["console_port"] == "/dev/ttyUSB0" and p["storage_dir"] == "/var/lib/pass-agent"
+    assert p["identity"] == di.DEFAULT_PROFILE["identity"]
+
+
+def test_load_profile_by_path(tmp_path):
+    path = write_board(tmp_path, "x", '[fields]\nmanufacturer = "Acme"\n')
+    p = boards.load_profile(path)
+    assert p["fields"] == {"manufacturer": "Acme"} and p["name"] == "x"
+
+
+@pytest.mark.parametrize("text,needles", [
+    ('[fields]\nprimaryHardwareType = "Set Top Box"\n', ["[fields] primaryHardwareType", "SetTopBox"]),
+    ('[fields]\nosName = "Debian"\n', ["[fields] osName", "Linux"]),
+    ('[sources]\nmodel = ["devicetree:model"]\n', ["[sources] model", "devicetree"]),
+    ('[sources]\nmodel = "device-tree:model"\n', ["[sources] model", "a list of strings"]),
+    ('[sources]\nmodle = ["device-tree:model"]\n', ["[sources] modle", "unknown key"]),
+    ('[identity]\nsources = ["file:relative/path"]\n', ["[identity] sources", "absolute path"]),
+    ('[consoel]\nport = "/dev/ttyS0"\n', ["[consoel]", "unknown table"]),
+    ('[console]\nport = 7\n', ["[console] port", "a string"]),
+    ('[storage]\ndir = "relative"\n', ["[storage] dir", "absolute path"]),
+    ('[network]\ninterfaces = [1, 2]\n', ["[network] interfaces", "a list of strings"]),
+    ('[board\nname = "x"\n', ["cannot read board profile"]),
+])
+def test_load_profile_errors_name_file_key_and_expectation(tmp_path, text, needles):
+    path = write_board(tmp_path, "bad", text)
+    with pytest.raises(ConfigError) as e:
+        boards.load_profile(path)
+    msg = str(e.value)
+    assert path in msg
+    for n in needles:
+        assert n in msg
+
+
+def test_unknown_board_lists_known_ones():
+    with pytest.raises(ConfigError) as e:
+        boards.load_profile("no-such-board")
+    assert "no-such-board" in str(e.value) and "raspberrypi" in str(e.value)
+
+
+# ---------------------------------------------------------------- pass-agent device-info output
+
+def test_device_info_command_plain():
+    out = io.StringIO()
+    assert boards.device_info_command(cfg("raspberrypi"), False, False, out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("X-Device-Info: ") and lines[1].startswith("AP-Device-Identifier: fingerprint ")
+    value = lines[0].split(": ", 1)[1]
+    assert di.decode(value)["model"] == "Raspberry Pi 4 Model B Rev 1.1"
+
+
+def test_device_info_command_decode_and_explain():
+    out = io.StringIO()
+    assert boards.device_info_command(cfg("broadcom-rdk"), True, True, out) == 0
+    text = out.getvalue()
+    decoded = json.loads(text[:text.index("\n}") + 2])
+    assert decoded["model"] == "STB7271A" and decoded["connectionType"] == "WiFi"
+    assert "AP-Device-Identifier: fingerprint " in text
+    assert "/etc/device.properties MODEL_NUM" in text and "/version.txt VERSION" in text
+    assert "device id: mac:00:10:18:4a:7b:2c <- mac:eth0" in text
+    assert "warnings: none" in text
+
+
+def test_device_info_command_errors_exit_2():
+    out, err = io.StringIO(), io.StringIO()
+    assert boards.device_info_command(cfg("nope"), False, False, out, err) == 2
+    assert "nope" in err.getvalue() and out.getvalue() == ""
+    err = io.StringIO()
+    bad = cfg("raspberrypi", overrides={"osName": "Raspbian"})
+    assert boards.device_info_command(bad, False, False, out, err) == 2
+    assert "osName" in err.getvalue() and "Raspbian" in err.getvalue()
+
+
+def test_device_info_command_no_identity_exit_2(tmp_path):
+    err = io.StringIO()
+    assert boards.device_info_command(cfg("broadcom-rdk", str(tmp_path)), False, True, io.StringIO(), err) == 2
+    assert "no stable device identifier" in err.getvalue()
+
+
+def test_identify_for_raises_device_info_error_on_bad_override():
+    with pytest.raises(DeviceInfoError):
+        boards.identify_for(cfg("generic-linux", overrides={"displayWidth": "wide"}))

@@ -1,0 +1,143 @@
+"""The event loop (agent/loop.py) the server runs in: fds, timers, cross-thread calls, idleness."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from agent.loop import Loop
+
+try:
+    from tests.fakes import LineReader, ServerHarness, connect, request, wait_for
+except ImportError:  # tests/ on sys.path instead of the repo root
+    from fakes import LineReader, ServerHarness, connect, request, wait_for
+
+
+@pytest.fixture
+def loop():
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+def run_in_thread(loop: Loop) -> threading.Thread:
+    t = threading.Thread(target=loop.run, daemon=True)
+    t.start()
+    return t
+
+
+def test_timers_fire_in_order_and_cancel(loop: Loop) -> None:
+    fired = []
+    loop.call_later(0.05, lambda: fired.append("b"))
+    loop.call_later(0.0, lambda: fired.append("a"))
+    h = loop.call_later(0.01, lambda: fired.append("cancelled"))
+    h.cancel()
+    h.cancel()  # idempotent
+    loop.call_later(0.1, loop.stop)
+    loop.run()
+    assert fired == ["a", "b"]
+
+
+def test_readers_and_writers(loop: Loop) -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    got = []
+
+    def on_read() -> None:
+        got.append(a.recv(100))
+        loop.remove_reader(a.fileno())
+        loop.stop()
+
+    def on_write() -> None:
+        a.send(b"ping")
+        loop.remove_writer(a.fileno())
+        loop.add_reader(a.fileno(), on_read)
+
+    loop.add_writer(a.fileno(), on_write)
+    t = run_in_thread(loop)
+    assert b.recv(100) == b"ping"
+    b.send(b"pong")
+    t.join(5)
+    assert got == [b"pong"] and not t.is_alive()
+    a.close()
+    b.close()
+
+
+def test_call_soon_threadsafe_wakes_an_idle_loop(loop: Loop) -> None:
+    t = run_in_thread(loop)
+    done = threading.Event()
+    time.sleep(0.05)  # let it go to sleep in select() with no timeout
+    threading.Thread(target=lambda: loop.call_soon_threadsafe(done.set)).start()
+    assert done.wait(5)
+    loop.stop()
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_call_soon_threadsafe_from_a_signal_handler(loop: Loop) -> None:
+    got = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: loop.call_soon_threadsafe(lambda: (got.append(1), loop.stop())))
+    try:
+        loop.call_later(0.01, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+        loop.call_later(10, loop.stop)  # safety net
+        loop.run()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert got == [1]
+
+
+def test_a_failing_callback_does_not_stop_the_loop(loop: Loop) -> None:
+    fired = []
+
+    def boom() -> None:
+        raise RuntimeError("callback failure for the test")
+
+    loop.call_later(0, boom)
+    loop.call_later(0.01, lambda: (fired.append(1), loop.stop()))
+    loop.run()
+    assert fired == [1]
+
+
+def test_idle_loop_has_no_timeout_and_does_not_spin(loop: Loop) -> None:
+    h = loop.call_later(100, lambda: None)
+    h.cancel()
+    assert loop._timeout() is None  # cancelled timers are dropped: nothing to wake up for
+    calls = []
+    real = loop._sel.select
+    loop._sel.select = lambda timeout=None: (calls.append(timeout), real(timeout))[1]
+    t = run_in_thread(loop)
+    time.sleep(0.3)
+    loop.stop()
+    t.join(5)
+    assert calls[0] is None and len(calls) <= 2  # one sleep, one wake-up for stop()
+
+
+def test_close_refuses_while_running_and_after(loop: Loop) -> None:
+    t = run_in_thread(loop)
+    time.sleep(0.02)
+    with pytest.raises(RuntimeError, match="running"):
+        loop.close()
+    loop.stop()
+    t.join(5)
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.run()
+    loop.call_soon_threadsafe(lambda: None)  # harmless after close
+
+
+def test_server_leaves_no_timers_once_connections_are_gone(tmp_path) -> None:
+    path = str(tmp_path / "agent.sock")
+    with ServerHarness(path, idle_timeout=300) as h:
+        assert h.call(h.loop._timeout) is None
+        s = connect(path)
+        s.sendall(request("token.get", {"wait": 50}))
+        assert LineReader(s).json()["result"]["access_token"]
+        assert h.call(lambda: len([t for t in h.loop._timers if not t.cancelled])) == 1  # the idle timer
+        s.close()
+        assert wait_for(lambda: h.stats()["connections"] == 0)
+        assert h.call(h.loop._timeout) is None

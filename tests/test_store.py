@@ -1,0 +1,429 @@
+"""Credential store: round trips, wear rules, token_cache modes, lock, permissions, clone, wipe, reset.
+
+Real files in tmp dirs; a recording FsOps wraps the real one where the exact operations matter.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import stat
+
+import pytest
+
+from agent import store as st
+from agent.errors import StoreError
+from agent.store import SLOT_NAMES, TOKEN_NAME, FsOps, Store
+
+SECRET = "s3cr3t-client-secret-0f9e8d"
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjMSJ9.c2lnbmF0dXJlLXZhbHVl"
+
+
+def make_state(n: int = 0, client_id: str = "client-1", token: bool = True) -> dict:
+    return {
+        "client": {"client_id": client_id, "client_secret": SECRET, "client_id_issued_at": 1700000000,
+                   "grant_types": ["client_credentials"]},
+        "statement_hash": "ab" * 32,
+        "registered_at": 1700000000.5,
+        "token": {"access_token": TOKEN + str(n), "token_type": "bearer", "expires_in": 21600,
+                  "received_at": 1700000100.0 + n, "expires_at": 1700021700.0 + n} if token else None,
+    }
+
+
+class Recorder(FsOps):
+    """Real file operations, logged as (op, path) tuples."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+        self._paths: dict = {}
+
+    def open(self, path, truncate=True):
+        fd = super().open(path, truncate)
+        self._paths[fd] = path
+        self.ops.append(("open", path, truncate))
+        return fd
+
+    def write(self, fd, data):
+        n = super().write(fd, data)
+        self.ops.append(("write", self._paths[fd], bytes(data[:n])))
+        return n
+
+    def fsync(self, fd):
+        super().fsync(fd)
+        self.ops.append(("fsync", self._paths[fd]))
+
+    def close(self, fd):
+        super().close(fd)
+        self.ops.append(("close", self._paths.pop(fd)))
+
+    def rename(self, src, dst):
+        super().rename(src, dst)
+        self.ops.append(("rename", src, dst))
+
+    def unlink(self, path):
+        super().unlink(path)
+        self.ops.append(("unlink", path))
+
+    def fsync_dir(self, path):
+        super().fsync_dir(path)
+        self.ops.append(("fsync_dir", path))
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append("%s %s" % (record.levelname, record.getMessage()))
+
+
+@pytest.fixture
+def logs():
+    logger = logging.getLogger("test.store.%d" % id(object()))
+    logger.propagate = False
+    h = ListHandler()
+    logger.addHandler(h)
+    logger.setLevel(logging.DEBUG)
+    h.logger = logger
+    yield h
+    logger.removeHandler(h)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return str(tmp_path / "var" / "lib" / "pass-agent"), str(tmp_path / "run" / "pass-agent")
+
+
+def opened(directory, device="dev-A", **kw) -> Store:
+    s = Store(directory, device, **kw)
+    s.open()
+    return s
+
+
+def slot_bytes(directory) -> dict:
+    out = {}
+    for n in SLOT_NAMES:
+        p = os.path.join(directory, n)
+        out[n] = open(p, "rb").read() if os.path.exists(p) else None
+    return out
+
+
+def test_round_trip_modes_and_permissions(paths):
+    d, rd = paths
+    s = opened(d, runtime_dir=rd)
+    assert s.load() is None and s.problem == "empty"
+    assert s.save(make_state()) is True
+    s.close()
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    for n in os.listdir(d):
+        assert stat.S_IMODE(os.stat(os.path.join(d, n)).st_mode) == 0o600, n
+    s2 = opened(d, runtime_dir=rd)
+    assert s2.load() == make_state() and s2.problem is None
+    s2.close()
+    # Nothing readable on flash: neither the secret nor the token appear in any file.
+    for n in os.listdir(d):
+        raw = open(os.path.join(d, n), "rb").read()
+        assert SECRET.encode() not in raw and b"client-1" not in raw and TOKEN.encode() not in raw
+
+
+def test_existing_open_directory_is_tightened(paths, logs):
+    d, rd = paths
+    os.makedirs(d)
+    os.chmod(d, 0o755)
+    s = opened(d, log=logs.logger)
+    s.close()
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert any("tightened" in line for line in logs.lines)
+
+
+def test_unchanged_save_writes_nothing(paths):
+    d, _ = paths
+    rec = Recorder()
+    s = opened(d, fs=rec)
+    s.load()
+    assert s.save(make_state()) is True
+    rec.ops.clear()
+    assert s.save(make_state()) is False
+    assert rec.ops == []
+    assert s.stats["skipped_unchanged"] == 1 and s.stats["writes"] == 1 and s.stats["saves"] == 2
+    s.close()
+
+
+def test_flash_token_refresh_writes_exactly_one_slot_the_older_one(paths):
+    d, _ = paths
+    rec = Recorder()
+    s = opened(d, fs=rec)
+    s.load()
+    s.save(make_state(0))
+    expected_target = [SLOT_NAMES[1], SLOT_NAMES[0], SLOT_NAMES[1], SLOT_NAMES[0]]
+    for i, target in enumerate(expected_target, start=1):
+        before = slot_bytes(d)
+        rec.ops.clear()
+        assert s.save(make_state(i)) is True
+        renames = [op for op in rec.ops if op[0] == "rename"]
+        assert renames == [("rename", os.path.join(d, target + ".tmp"), os.path.join(d, target))]
+        # The op sequence is exactly: open temp, write(s), fsync, close, rename, fsync(dir).
+        kinds = [op[0] for op in rec.ops]
+        assert kinds[0] == "open" and kinds[-4:] == ["fsync", "close", "rename", "fsync_dir"]
+        after = slot_bytes(d)
+        untouched = [n for n in SLOT_NAMES if n != target][0]
+        assert after[untouched] == before[untouched]
+        assert s.stats["generation"] == i + 1
+    s.close()
+    s2 = opened(d)
+    assert s2.load() == make_state(4)
+    s2.close()
+
+
+def test_runtime_token_cache_keeps_flash_untouched_on_refresh(paths):
+    d, rd = paths
+    rec = Recorder()
+    s = opened(d, token_cache="runtime", runtime_dir=rd, fs=rec)
+    s.load()
+    assert s.save(make_state(0)) is True
+    assert os.path.exists(os.path.join(rd, TOKEN_NAME))
+    assert stat.S_IMODE(os.stat(os.path.join(rd, TOKEN_NAME)).st_mode) == 0o600
+    flash_bytes = s.stats["bytes_written"]
+    rec.ops.clear()
+    assert s.save(make_state(1)) is True  # the runtime file changed
+    assert rec.ops and all(not str(op[1]).startswith(d) for op in rec.ops), rec.ops
+    assert s.stats["bytes_written"] == flash_bytes and s.stats["writes"] == 1
+    assert s.stats["runtime_writes"] == 2
+    assert s.save(make_state(1)) is False
+    s.close()
+    s2 = opened(d, token_cache="runtime", runtime_dir=rd)
+    assert s2.load() == make_state(1)
+    # A token bound to other credentials is never handed out after a re-registration.
+    new_client = make_state(2, client_id="client-2", token=False)
+    s2.save(new_client)
+    assert not os.path.exists(os.path.join(rd, TOKEN_NAME))  # token None: the stale token is removed
+    s2.close()
+    s3 = opened(d, token_cache="runtime", runtime_dir=rd)
+    assert s3.load()["token"] is None
+    s3.close()
+
+
+def test_runtime_token_of_other_client_is_ignored(paths):
+    d, rd = paths
+    s = opened(d, token_cache="runtime", runtime_dir=rd)
+    s.load()
+    s.save(make_state(0))
+    s.close()
+    saved = open(os.path.join(rd, TOKEN_NAME), "rb").read()
+    s = opened(d, token_cache="runtime", runtime_dir=rd)
+    s.load()
+    s.save(make_state(0, client_id="client-2", token=False))
+    s.close()
+    with open(os.path.join(rd, TOKEN_NAME), "wb") as f:  # a stale token file reappears
+        f.write(saved)
+    s = opened(d, token_cache="runtime", runtime_dir=rd)
+    assert s.load()["token"] is None
+    s.close()
+
+
+def test_memory_token_cache_never_writes_the_token(paths):
+    d, rd = paths
+    rec = Recorder()
+    s = opened(d, token_cache="memory", runtime_dir=rd, fs=rec)
+    s.load()
+    assert s.save(make_state(0)) is True
+    rec.ops.clear()
+    for i in range(1, 4):
+        assert s.save(make_state(i)) is False
+    assert rec.ops == [] and s.stats["writes"] == 1 and not os.path.exists(rd)
+    s.close()
+    s2 = opened(d, token_cache="memory")
+    assert s2.load() == make_state(0, token=False)
+    s2.close()
+    s3 = opened(d, token_cache="flash")  # the slot really holds no token
+    assert s3.load()["token"] is None
+    s3.close()
+
+
+def test_lock_refuses_a_second_writer(paths):
+    d, _ = paths
+    a = opened(d)
+    b = Store(d, "dev-A")
+    with pytest.raises(StoreError) as ei:
+        b.open()
+    assert ei.value.code == "store_locked"
+    assert os.path.join(d, "lock") in str(ei.value)
+    a.close()
+    b.open()
+    b.close()
+
+
+def test_save_requires_open_and_json_state(paths):
+    d, _ = paths
+    s = Store(d, "dev-A")
+    with pytest.raises(StoreError) as ei:
+        s.save(make_state())
+    assert ei.value.code == "store_not_open"
+    s.open()
+    bad = make_state()
+    bad["client"]["weird"] = object()
+    with pytest.raises(StoreError) as ei:
+        s.save(bad)
+    assert ei.value.code == "store_bad_state" and SECRET not in str(ei.value)
+    assert s.stats["writes"] == 0
+    s.close()
+
+
+def test_leftover_temp_files_are_cleaned_at_open(paths):
+    d, rd = paths
+    s = opened(d, token_cache="runtime", runtime_dir=rd)
+    s.load()
+    s.save(make_state())
+    s.close()
+    for directory, name in ((d, "slot-b.bin.tmp"), (rd, "token.bin.tmp")):
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(b"half a slot")
+    s = opened(d, token_cache="runtime", runtime_dir=rd)
+    assert not [n for n in os.listdir(d) + os.listdir(rd) if n.endswith(".tmp")]
+    assert s.load() == make_state()
+    s.close()
+
+
+def test_load_never_raises_when_reads_fail(paths, logs):
+    d, _ = paths
+
+    class BrokenReads(FsOps):
+        def read(self, path, limit=st.MAX_FILE_SIZE):
+            raise OSError(5, "Input/output error")
+
+    s = opened(d)
+    s.load()
+    s.save(make_state())
+    s.close()
+    b = opened(d, fs=BrokenReads(), log=logs.logger)
+    assert b.load() is None and b.problem == "corrupt"
+    assert "Input/output error" in b.problem_detail
+    b.close()
+
+
+def test_clone_to_another_device_is_refused_and_kept_until_a_new_save(tmp_path, logs):
+    # Two fixture device roots; the flash image of box A is copied onto box B.
+    a_dir = str(tmp_path / "boxA" / "var" / "lib" / "pass-agent")
+    b_dir = str(tmp_path / "boxB" / "var" / "lib" / "pass-agent")
+    a = opened(a_dir, device="serial:A-0001|mac:00:11:22:33:44:55")
+    a.load()
+    a.save(make_state(0))
+    a.save(make_state(1))
+    a.close()
+    shutil.copytree(a_dir, b_dir)
+    foreign = slot_bytes(b_dir)
+    b = opened(b_dir, device="serial:B-0002|mac:00:11:22:33:44:66", log=logs.logger)
+    assert b.load() is None
+    assert b.problem == "foreign_device"
+    assert "another device" in b.problem_detail and "registers afresh" in b.problem_detail
+    assert any(line.startswith("WARNING") and "another device" in line for line in logs.lines)
+    assert slot_bytes(b_dir) == foreign  # loading destroys nothing
+    b.close()
+    b = opened(b_dir, device="serial:B-0002|mac:00:11:22:33:44:66", log=logs.logger)
+    assert b.load() is None and slot_bytes(b_dir) == foreign
+    fresh = make_state(0, client_id="client-of-B")  # the fresh registration
+    assert b.save(fresh) is True
+    now = slot_bytes(b_dir)
+    assert sum(now[n] != foreign[n] for n in SLOT_NAMES) == 1  # one foreign slot is still there
+    b.close()
+    b = opened(b_dir, device="serial:B-0002|mac:00:11:22:33:44:66", log=logs.logger)
+    assert b.load() == fresh and b.problem is None
+    b.save(make_state(1, client_id="client-of-B"))
+    assert all(slot_bytes(b_dir)[n] != foreign[n] for n in SLOT_NAMES)
+    b.close()
+    a = opened(a_dir, device="serial:A-0001|mac:00:11:22:33:44:55")
+    assert a.load() == make_state(1)  # the original box is unaffected
+    a.close()
+
+
+def test_wipe_overwrites_then_unlinks(paths):
+    d, rd = paths
+    rec = Recorder()
+    s = opened(d, token_cache="runtime", runtime_dir=rd, fs=rec)
+    s.load()
+    s.save(make_state(0, client_id="c"))
+    s.save(make_state(1, client_id="c2"))
+    sizes = {n: os.path.getsize(os.path.join(d, n)) for n in SLOT_NAMES}
+    rec.ops.clear()
+    s.wipe()
+    assert not set(os.listdir(d)) & set(SLOT_NAMES) and not os.path.exists(os.path.join(rd, TOKEN_NAME))
+    for n in SLOT_NAMES:
+        p = os.path.join(d, n)
+        mine = [op for op in rec.ops if op[1] == p]
+        assert [op[0] for op in mine] == ["open", "write", "fsync", "close", "unlink"]
+        assert mine[0][2] is False  # opened in place, not truncated
+        assert mine[1][2] == b"\x00" * sizes[n]
+    assert ("fsync_dir", d) in rec.ops
+    assert s.problem == "empty" and s.load() is None
+    s.close()
+
+
+def test_wipe_dir_respects_the_lock(paths):
+    d, rd = paths
+    s = opened(d)
+    s.load()
+    s.save(make_state())
+    with pytest.raises(StoreError) as ei:
+        st.wipe_dir(d, runtime_dir=rd)
+    assert ei.value.code == "store_locked"
+    s.close()
+    removed = st.wipe_dir(d, runtime_dir=rd)
+    assert sorted(os.path.basename(p) for p in removed) == ["slot-a.bin"]
+    assert st.wipe_dir(str(os.path.join(d, "missing"))) == []
+
+
+def test_reset_command_confirms_then_removes(paths):
+    d, rd = paths
+    s = opened(d, runtime_dir=rd)
+    s.load()
+    s.save(make_state())
+    s.close()
+    out = io.StringIO()
+    assert st.reset_command(d, "dev-A", False, io.StringIO("no\n"), out, runtime_dir=rd) == 1
+    assert "cancelled" in out.getvalue() and os.path.exists(os.path.join(d, "slot-a.bin"))
+    assert "holds client credentials for this device" in out.getvalue()
+    out = io.StringIO()
+    assert st.reset_command(d, "dev-A", False, io.StringIO("yes\n"), out, runtime_dir=rd) == 0
+    assert "removed" in out.getvalue() and not os.path.exists(os.path.join(d, "slot-a.bin"))
+    out = io.StringIO()
+    assert st.reset_command(d, "dev-A", False, io.StringIO(""), out, runtime_dir=rd) == 0
+    assert "nothing to reset" in out.getvalue()
+    assert SECRET not in out.getvalue() and TOKEN not in out.getvalue()
+
+
+def test_reset_command_assume_yes_and_locked(paths):
+    d, rd = paths
+    s = opened(d, runtime_dir=rd)
+    s.load()
+    s.save(make_state())
+    out = io.StringIO()
+    assert st.reset_command(d, "dev-A", True, io.StringIO(""), out, runtime_dir=rd) == 1
+    assert "held by another process" in out.getvalue()
+    s.close()
+    out = io.StringIO()
+    assert st.reset_command(d, "other-device", True, io.StringIO(""), out, runtime_dir=rd) == 0
+    assert "no usable credentials (foreign_device)" in out.getvalue()
+    assert not os.path.exists(os.path.join(d, "slot-a.bin"))
+
+
+def test_bad_token_cache_is_a_config_error(paths):
+    with pytest.raises(StoreError) as ei:
+        Store(paths[0], "dev", token_cache="disk")
+    assert "storage.token_cache" in str(ei.value) and ei.value.kind == "operator"
+
+
+def test_benchmark_figures_hold(tmp_path):
+    """tools/bench_store.py: one slot per flash refresh, none with runtime, unchanged saves skipped."""
+    from tools import bench_store
+
+    naive = bench_store.run("naive", str(tmp_path), 3, 3)
+    flash = bench_store.run("flash", str(tmp_path), 3, 3)
+    runtime = bench_store.run("runtime", str(tmp_path), 3, 3)
+    assert flash["refresh"]["flash_files"] == 1 and flash["refresh"]["flash_fsyncs"] == 2
+    assert 0 < flash["refresh"]["flash_bytes"] < naive["refresh"]["flash_bytes"]
+    assert runtime["refresh"]["flash_bytes"] == 0 and runtime["refresh"]["ram_files"] == 1
+    assert flash["skipped_unchanged"] == 3 and naive["skipped_unchanged"] == 0
+    assert flash["unchanged"]["flash_bytes"] == 0

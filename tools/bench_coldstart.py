@@ -1,0 +1,153 @@
+"""Cold-start and idle-memory benchmark of `pass-agent run`, against a bare interpreter in the same run.
+
+Measures (median of --runs):
+- bare: a Python interpreter that starts and sends READY=1 to a NOTIFY_SOCKET (the floor);
+- agent: `pass-agent run` with a stored valid token and Adobe unreachable, from spawn to READY=1;
+- idle memory: RSS and PSS of the idle agent holding a token vs an idle bare interpreter.
+Targets (issue 10): READY within 150 ms; idle PSS within 10 MB of the bare interpreter.
+
+Usage: python -m tools.bench_coldstart [--runs N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _mem(pid: int) -> dict:
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                out["rss_kb"] = int(line.split()[1])
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    out["pss_kb"] = int(line.split()[1])
+    except OSError:
+        out["pss_kb"] = None
+    return out
+
+
+def _spawn_until_ready(cmd: list, tmp: str, env_extra: dict | None = None) -> tuple[float, subprocess.Popen]:
+    path = os.path.join(tmp, "notify-%d.sock" % time.monotonic_ns())
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=path, **(env_extra or {}))
+    env.pop("WATCHDOG_USEC", None)
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    while True:
+        msg = s.recv(4096).decode()
+        if "READY=1" in msg:
+            break
+    dt = time.perf_counter() - t0
+    s.close()
+    os.unlink(path)
+    return dt, p
+
+
+BARE = ("import os, socket, time\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+        "time.sleep(60)\n")
+
+
+def main(argv: list | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+
+    from agent import config as configmod
+    from tools.emulator import Emulator
+
+    tmp = tempfile.mkdtemp(prefix="bench-coldstart-")
+    emu = Emulator(state_dir=os.path.join(tmp, "emu"), tls=True).start()
+    statement = os.path.join(tmp, "statement.jwt")
+    emu.write_statement(statement)
+    cfg = configmod.defaults()
+    cfg["adobe"].update(base_url=emu.base_url, software_statement=statement, ca_file=emu.ca_file, timeout=3.0)
+    cfg["storage"].update(dir=os.path.join(tmp, "store"), runtime_dir=os.path.join(tmp, "run"))
+    cfg["socket"].update(path=os.path.join(tmp, "agent.sock"), mode=0o600)
+    cfg["log"]["level"] = "warning"
+    cfg_path = os.path.join(tmp, "agent.toml")
+    with open(cfg_path, "w") as f:
+        f.write(configmod.to_toml(cfg))
+    agent_cmd = [sys.executable, "-m", "agent", "run", "--config", cfg_path]
+
+    # Prime: register and store a token, then make Adobe unreachable.
+    from agent.client import Client
+
+    _, p = _spawn_until_ready(agent_cmd, tmp)
+    with Client(cfg["socket"]["path"], timeout=20) as c:
+        c.token(wait=15)
+    p.terminate()
+    p.wait()
+    emu.stop()
+
+    bare_t, agent_t = [], []
+    bare_mem = agent_mem = {}
+    for i in range(args.runs):
+        dt, p = _spawn_until_ready([sys.executable, "-c", BARE], tmp)
+        bare_t.append(dt)
+        if i == args.runs - 1:
+            time.sleep(0.5)
+            bare_mem = _mem(p.pid)
+        p.kill()
+        p.wait()
+        dt, p = _spawn_until_ready(agent_cmd, tmp)
+        agent_t.append(dt)
+        if i == args.runs - 1:
+            with Client(cfg["socket"]["path"]) as c:
+                assert c.health()["ready"], "the agent is not ready from its stored token"
+            time.sleep(1.0)
+            agent_mem = _mem(p.pid)
+        p.terminate()
+        p.wait()
+
+    res = {
+        "runs": args.runs,
+        "bare_ready_ms": round(statistics.median(bare_t) * 1000, 1),
+        "agent_ready_ms": round(statistics.median(agent_t) * 1000, 1),
+        "bare_rss_kb": bare_mem.get("rss_kb"), "agent_rss_kb": agent_mem.get("rss_kb"),
+        "bare_pss_kb": bare_mem.get("pss_kb"), "agent_pss_kb": agent_mem.get("pss_kb"),
+    }
+    res["ready_ratio"] = round(res["agent_ready_ms"] / res["bare_ready_ms"], 2)
+    if res["agent_pss_kb"] is not None and res["bare_pss_kb"] is not None:
+        res["pss_delta_mb"] = round((res["agent_pss_kb"] - res["bare_pss_kb"]) / 1024, 2)
+    res["targets"] = {"agent_ready_ms <= 150": res["agent_ready_ms"] <= 150,
+                      "pss_delta_mb <= 10": res.get("pss_delta_mb", 99) <= 10}
+    print("cold start and idle memory (median of %d runs)" % args.runs)
+    print("%-34s %12s %12s %8s" % ("figure", "bare python", "pass-agent", "ratio"))
+    print("%-34s %12.1f %12.1f %8.2f" % ("spawn -> READY=1 (ms)", res["bare_ready_ms"], res["agent_ready_ms"],
+                                          res["ready_ratio"]))
+    print("%-34s %12s %12s %8s" % ("idle RSS (kB)", res["bare_rss_kb"], res["agent_rss_kb"], ""))
+    print("%-34s %12s %12s %8s" % ("idle PSS (kB)", res["bare_pss_kb"], res["agent_pss_kb"],
+                                   ("+%.2f MB" % res["pss_delta_mb"]) if "pss_delta_mb" in res else ""))
+    for k, v in res["targets"].items():
+        print("target %-28s %s" % (k, "met" if v else "MISSED"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()

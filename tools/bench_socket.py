@@ -1,0 +1,231 @@
+"""Benchmark of the player's API socket (issue 8): latency against the Python echo floor, and throughput.
+
+Measures in one run, each server in its own process (so the client's GIL never measures itself):
+  (a) echo:      a raw blocking Unix-socket echo round trip in Python: the floor for any Python server;
+  (b) token.get: on one persistent connection against the real agent.server.Server + agent.loop.Loop,
+                 with a stand-in Service that returns a cached token (the hot path): p50, p99, ratio;
+  (c) throughput: token.get with N concurrent clients, each in its own process, closed loop.
+
+Targets (issue 8): token.get p50 <= 2.5x echo p50, p99 < 1 ms, >= 10,000 requests/s with 32 clients.
+
+    python tools/bench_socket.py [--requests 20000] [--clients 32] [--duration 3] [--json FILE]
+
+Must never: leave server processes or socket files behind (both are cleaned up on every exit path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+TOKEN = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9." + "x" * 600 + ".signature-" + "y" * 330  # ~1 KB like Adobe's
+REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"token.get"}\n'
+
+
+class CachedService:
+    """The Service's hot path as the real one does it: a lock, a cached dict, seconds left computed."""
+
+    version = "bench"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        now = time.time()
+        self._tok = {"access_token": TOKEN, "token_type": "bearer", "expires_at": now + 21600.0,
+                     "refresh_at": now + 16200.0}
+
+    def token(self, min_ttl: float = 0) -> dict | None:
+        with self._lock:
+            t = dict(self._tok)
+        left = t["expires_at"] - time.time()
+        if left < min_ttl:
+            return None
+        t["expires_in"] = int(left)
+        return t
+
+    def identity(self) -> dict:
+        return {"x_device_info": "eyJtb2RlbCI6ImJlbmNoIn0=", "ap_device_identifier": "fingerprint YmVuY2g=",
+                "fields": {}}
+
+    def subscribe(self, cb) -> None:
+        pass
+
+    def unsubscribe(self, cb) -> None:
+        pass
+
+
+def _run_agent(path: str, ready) -> None:
+    from agent.loop import Loop
+    from agent.server import Server
+
+    loop = Loop()
+    srv = Server(CachedService(), loop, path, max_connections=1024, max_per_uid=1024)
+    srv.start()
+    ready.set()
+    loop.run()
+
+
+def _run_echo(path: str, ready) -> None:
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(64)
+    ready.set()
+
+    def serve(conn: socket.socket) -> None:
+        recv, send = conn.recv, conn.sendall
+        while True:
+            data = recv(65536)
+            if not data:
+                return
+            send(data)
+
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def _start(target, path: str) -> mp.Process:
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=target, args=(path, ready), daemon=True)
+    p.start()
+    if not ready.wait(20):
+        p.kill()
+        raise RuntimeError("benchmark server %s did not start" % target.__name__)
+    return p
+
+
+def _roundtrips(path: str, n: int, warmup: int) -> list[float]:
+    """Latencies (µs) of n request/answer round trips on one persistent connection."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    send, recv, clock = s.sendall, s.recv, time.perf_counter_ns
+    out = []
+    for i in range(n + warmup):
+        t0 = clock()
+        send(REQUEST)
+        buf = recv(65536)
+        while not buf.endswith(b"\n"):
+            buf += recv(65536)
+        t1 = clock()
+        if i >= warmup:
+            out.append((t1 - t0) / 1000.0)
+    if b'"result"' not in buf and buf != REQUEST:
+        raise RuntimeError("unexpected answer: %r" % buf[:200])
+    s.close()
+    return out
+
+
+def _throughput_client(path: str, duration: float, start_at, results) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    send, recv = s.sendall, s.recv
+    start_at.wait()
+    n = 0
+    end = time.monotonic() + duration
+    while time.monotonic() < end:
+        for _ in range(50):
+            send(REQUEST)
+            buf = recv(65536)
+            while not buf.endswith(b"\n"):
+                buf += recv(65536)
+        n += 50
+    s.close()
+    results.put(n)
+
+
+def _throughput(path: str, clients: int, duration: float) -> float:
+    ctx = mp.get_context("fork")
+    start_at = ctx.Event()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_throughput_client, args=(path, duration, start_at, results), daemon=True)
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # let every client connect
+    t0 = time.monotonic()
+    start_at.set()
+    total = sum(results.get(timeout=duration + 60) for _ in procs)
+    elapsed = time.monotonic() - t0
+    for p in procs:
+        p.join(10)
+    return total / elapsed
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=20000, help="round trips per latency series")
+    ap.add_argument("--clients", type=int, default=32, help="concurrent client processes for throughput")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds of throughput load")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    args = ap.parse_args(argv)
+
+    tmp = tempfile.mkdtemp(prefix="bench-sock-")
+    echo_path, agent_path = os.path.join(tmp, "echo.sock"), os.path.join(tmp, "agent.sock")
+    procs = []
+    try:
+        procs.append(_start(_run_echo, echo_path))
+        procs.append(_start(_run_agent, agent_path))
+        warm = max(200, args.requests // 10)
+        # Interleave the two series in halves so machine noise hits both alike.
+        echo, tok = [], []
+        for _ in range(2):
+            echo += _roundtrips(echo_path, args.requests // 2, warm)
+            tok += _roundtrips(agent_path, args.requests // 2, warm)
+        rps = _throughput(agent_path, args.clients, args.duration)
+    finally:
+        for p in procs:
+            p.kill()
+            p.join(10)
+        for f in (echo_path, agent_path):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+        os.rmdir(tmp)
+
+    fig = {
+        "echo_p50_us": _pct(echo, 0.50), "echo_p99_us": _pct(echo, 0.99),
+        "token_p50_us": _pct(tok, 0.50), "token_p99_us": _pct(tok, 0.99),
+        "token_mean_us": statistics.fmean(tok), "echo_mean_us": statistics.fmean(echo),
+        "clients": args.clients, "throughput_rps": rps, "requests": args.requests,
+        "python": sys.version.split()[0], "cpus": os.cpu_count(),
+    }
+    fig["ratio_p50"] = fig["token_p50_us"] / fig["echo_p50_us"]
+    checks = [
+        ("token.get p50 <= 2.5x echo p50", fig["ratio_p50"] <= 2.5),
+        ("token.get p99 < 1000 us", fig["token_p99_us"] < 1000),
+        ("throughput >= 10000 req/s", rps >= 10000),
+    ]
+    fig["targets_met"] = all(ok for _, ok in checks)
+
+    print("%-34s %10s %10s %10s" % ("series (%d round trips)" % len(tok), "p50 us", "p99 us", "mean us"))
+    print("%-34s %10.1f %10.1f %10.1f" % ("(a) echo floor, Python", fig["echo_p50_us"], fig["echo_p99_us"],
+                                        fig["echo_mean_us"]))
+    print("%-34s %10.1f %10.1f %10.1f" % ("(b) token.get, persistent conn", fig["token_p50_us"], fig["token_p99_us"],
+                                        fig["token_mean_us"]))
+    print("%-34s %10.2fx" % ("ratio token.get/echo (p50)", fig["ratio_p50"]))
+    print("%-34s %10.0f req/s" % ("(c) throughput, %d client procs" % args.clients, rps))
+    for name, ok in checks:
+        print("  [%s] %s" % ("ok" if ok else "MISSED", name))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(fig, f, indent=2)
+            f.write("\n")
+    return 0 if fig["targets_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
