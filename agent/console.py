@@ -78,7 +78,7 @@ def mask_token(tok: str) -> str:
     """Prefix (at most 8 chars, at most a quarter of it), length and a SHA-256 fingerprint prefix."""
     k = min(8, len(tok) // 4)
     fp = hashlib.sha256(tok.encode("utf-8", "replace")).hexdigest()[:12]
-    return "%s… (%d chars, sha256:%s)" % (tok[:k], len(tok), fp)
+    return "%s... (%d chars, sha256:%s)" % (tok[:k], len(tok), fp)
 
 
 def _iso(epoch: float) -> str:
@@ -305,7 +305,7 @@ COMMANDS = collections.OrderedDict((c.name, c) for c in _TABLE)
 
 
 def _unknown(name: str) -> str:
-    shown = name if len(name) <= 32 else name[:32] + "…"
+    shown = name if len(name) <= 32 else name[:32] + "..."
     close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.5) or \
         [c for c in COMMANDS if c.startswith(name[:3])][:1]
     if close:
@@ -359,6 +359,12 @@ class Console:
         if self.locked:
             lines.append("locked: type unlock, then the console password (help and version work while locked)")
         else:
+            summary = getattr(self.service, "status_line", None)
+            try:
+                if summary is not None:
+                    lines.append("agent: " + summary())
+            except Exception:  # the banner must come up even when the service is unwell
+                pass
             lines.append("type help for the commands")
         if self.dumb:
             lines.append("dumb mode: each command ends with a line OK or ERR <code> <message>")

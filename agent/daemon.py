@@ -112,6 +112,9 @@ class Daemon:
             return
         changed = [t for t in ("adobe", "device", "storage") if t in new and
                    {k: v for k, v in new[t].items()} != self.cfg[t]]
+        self.log.info("configuration reloaded from %s%s", path,
+                      ("; changes in [%s] need a restart to take full effect" % "], [".join(changed)) if
+                      any(t in ("device", "storage") for t in changed) else "")
         agentlog.setup(new["log"]["level"], self.logbuf)
         self.server.set_acl(new["socket"]["allow_uids"], new["socket"]["allow_gids"])
         try:
@@ -120,9 +123,6 @@ class Daemon:
             self.log.error("reload: console not reconfigured: %s", e)
         self.service.reload(new)
         self.cfg = new
-        self.log.info("configuration reloaded from %s%s", path,
-                      ("; changes in [%s] need a restart to take full effect" % "], [".join(changed)) if
-                      any(t in ("device", "storage") for t in changed) else "")
         self.notifier.ready(self.service.status_line())
 
     def run(self) -> int:

@@ -44,22 +44,25 @@ def _relay(stream, prefix: str, lines: list) -> None:
         print("%s%s" % (prefix, line), flush=True)
 
 
-def _console_exchange(master: int, command: bytes, timeout: float = 5.0) -> str:
-    """Send a console command over the pty and collect the answer until the next prompt."""
-    os.write(master, command + b"\r")
+def _read_until(master: int, done, timeout: float) -> bytes:
     buf = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([master], [], [], 0.2)
+    while time.monotonic() < deadline and not done(buf):
+        r, _, _ = select.select([master], [], [], 0.1)
         if r:
             try:
                 buf += os.read(master, 4096)
             except OSError:
                 break
-            if b"\nOK" in buf or b"> " in buf.split(command, 1)[-1]:
-                if buf.rstrip().endswith(b">") or b"\nOK" in buf:
-                    break
-    return buf.decode("utf-8", "replace")
+    return buf
+
+
+def _console_exchange(master: int, command: bytes, timeout: float = 5.0) -> str:
+    """Send a console command over the pty (dumb mode) and collect its answer up to OK/ERR."""
+    _read_until(master, lambda b: b.rstrip().endswith(b">"), 2.0)  # the banner and first prompt
+    os.write(master, command + b"\r")
+    out = _read_until(master, lambda b: b"\nOK" in b or b"\nERR" in b, timeout)
+    return out.decode("utf-8", "replace")
 
 
 def main(once: bool = False, keep: bool = False) -> int:

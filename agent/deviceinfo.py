@@ -7,7 +7,7 @@ and turn them into (1) the `X-Device-Info` value, (2) a stable device id and the
 sets of the Adobe reference (docs/DEVICE-INFO.md lists fields, sources and fallback chains).
 
 Portable: runs unmodified under MicroPython. Only os, json, binascii, hashlib and math; no pathlib,
-dataclasses, typing, re, fcntl or socket (the caller injects `ip_lookup`); no f-strings-only features,
+dataclasses, typing, re, fcntl or socket (the caller injects `ip_lookup`); no `from __future__`,
 no dict ordering assumptions (MicroPython dicts are unordered: the header follows FIELD_ORDER).
 
 Must never: crash on a missing, empty, binary, huge or non-UTF-8 file (every read is bounded and
@@ -117,16 +117,24 @@ def read_bytes(root, path, limit=4096, truncate=False, problems=None):
     full = _join(root, path)
     if _mode(full) != _S_IFREG:
         return None
+    chunks, total = [], 0
     try:
         f = open(full, "rb")
         try:
-            data = f.read(limit + 1)
+            # small chunks: MicroPython would allocate the whole `limit` up front for one read()
+            while total <= limit:
+                chunk = f.read(min(4096, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
         finally:
             f.close()
     except OSError as e:
         if problems is not None and e.args and e.args[0] == _EACCES:
             problems.append("%s exists but is not readable by this user" % path)
         return None
+    data = b"".join(chunks)
     if len(data) > limit:
         if not truncate:
             if problems is not None:
@@ -347,7 +355,7 @@ class _Box:
 
     def cpuinfo(self):
         if ("cpuinfo",) not in self._cache:
-            self._cache[("cpuinfo",)] = parse_cpuinfo(self.text("/proc/cpuinfo", 262144, True))
+            self._cache[("cpuinfo",)] = parse_cpuinfo(self.text("/proc/cpuinfo", 65536, True))
         return self._cache[("cpuinfo",)]
 
     def device_tree(self, prop):
@@ -700,13 +708,15 @@ def identify(root="/", profile=None, overrides=None, application_id=None, ip_loo
     the field's chain that yields a usable value, then (required fields only) a fallback with a
     warning. `ip_lookup(ifname)` returns the interface's IPv4 or None; None skips connectionIp.
     """
+    overrides = overrides or {}
+    for key in overrides:  # a bad override is a configuration error: say so before reading anything
+        check_field(key, overrides[key])
     p = _merge_profile(profile)
     warnings = []
     problems = []
     box = _Box(root, p.get("network_interfaces"), problems)
     fields, sources = {}, {}
     static = p.get("fields") or {}
-    overrides = overrides or {}
 
     for key in static:
         fields[key] = static[key]

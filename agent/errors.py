@@ -24,7 +24,7 @@ class AgentError(Exception):
     kind = FATAL
 
     def __init__(self, message, code=None, kind=None, retry_after=None, hint=None):
-        Exception.__init__(self, message)
+        super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code

@@ -37,7 +37,8 @@ Rules (reference: shared/reference/adobe-pass-dcr.md sections 1, 2, 6, 7)
 
 Backoff policy (memory only: a restart starts afresh)
 - Transient errors (5xx, network, timeout, malformed answers): exponential with full jitter,
-  delay = U(0, min(backoff_cap, base * 2**n)), at least 1 s, n = consecutive failures.
+  delay = U(0, min(backoff_cap, base * 2**n)), at least 1 s, n = consecutive failures. A repeated
+  `invalid_client` (a fresh client refused too) uses the same curve capped at `operator_retry`.
 - Throttled (429): Adobe's bucket is per public address, so a 429 means "the address is busy",
   and a box behind a crowded carrier NAT shares it with up to thousands of others. The window
   grows faster (x `throttle_growth` per consecutive 429) up to the larger `throttle_cap`, so
@@ -304,7 +305,10 @@ class Lifecycle:
             self.throttled += 1
             delay = self._spread(self.window)
         else:
-            ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(self.attempts, 30))
+            # A fresh client refused again (invalid_client) is not a network blip: each registration
+            # logs the user out, so those repeats grow up to the operator wait instead of backoff_cap.
+            cap = self.operator_retry if err.kind == REREGISTER else self.backoff_cap
+            ceiling = min(cap, self.backoff_base * 2.0 ** min(self.attempts, 30))
             self.attempts += 1
             delay = self._spread(ceiling)
         if err.retry_after is not None:
@@ -336,9 +340,11 @@ class Lifecycle:
         self._fire(ERR_RETRY, now)
         self.due = self._backoff(now, err)
         # A held token stays served; if the backoff ends after it expires, try once shortly before.
+        # (Only once: from the last two minutes on, the plain backoff applies, so it cannot loop.)
         t = self.tok
-        if err.retry_after is None and self._has_token(now) and self.due >= t["expires_mono"]:
-            self.due = max(now + 1.0, t["expires_mono"] - 60.0)
+        if (err.retry_after is None and t is not None and now < t["expires_mono"] - 120.0
+                and self.due >= t["expires_mono"]):
+            self.due = t["expires_mono"] - 60.0
         return []
 
     # ----------------------------------------------------------------- callers

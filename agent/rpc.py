@@ -12,6 +12,7 @@ or put a token, a client secret or a caller's params into an error message or a 
 from __future__ import annotations
 
 import json
+import json.scanner
 import logging
 from typing import Any, Callable
 
@@ -44,7 +45,21 @@ def _reject_constant(name: str) -> Any:
 
 
 # Strict: NaN/Infinity are not JSON and could not be encoded back into an answer.
-_DEC = json.JSONDecoder(parse_constant=_reject_constant).decode
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DEC = _DECODER.decode
+_SCAN = json.scanner.make_scanner(_DECODER)  # the C scanner, without decode()'s two Python frames
+
+
+def parse(line: bytes) -> Any:
+    """One JSON value from a UTF-8 line (surrounding whitespace allowed); ValueError if invalid."""
+    s = line.decode("utf-8")
+    try:
+        obj, end = _SCAN(s, 0)
+    except StopIteration:
+        return _DEC(s)  # leading whitespace or not JSON: the full decoder parses it or explains why
+    if end != len(s) and s[end:].strip():
+        raise ValueError("extra data after the JSON value at column %d" % (end + 1))
+    return obj
 
 
 def encode(obj: Any) -> bytes:
@@ -245,7 +260,7 @@ class Dispatcher:
     def handle_line(self, line: bytes) -> bytes | Action | None:
         self.requests += 1
         try:
-            req = _DEC(line.decode("utf-8"))
+            req = parse(line)
         except (ValueError, RecursionError) as e:  # includes UnicodeDecodeError
             if not line.strip():
                 self.requests -= 1
@@ -265,12 +280,8 @@ class Dispatcher:
                 msg = "a request must be a JSON object, got %s" % _kind_of(req)
             return error_line(None, INVALID_REQUEST, msg, error_data("invalid_request", FATAL))
         req_id = req.get("id")
-        is_call = "id" in req
-        if (
-            req.get("jsonrpc") != "2.0"
-            or type(req.get("method")) is not str
-            or (req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, (str, int, float))))
-        ):
+        method = req.get("method")
+        if req.get("jsonrpc") != "2.0" or type(method) is not str or not (type(req_id) is int or _valid_id(req_id)):
             self.errors += 1
             return error_line(
                 req_id if _valid_id(req_id) else None,
@@ -279,7 +290,16 @@ class Dispatcher:
                 "a number or null",
                 error_data("invalid_request", FATAL),
             )
-        method = req["method"]
+        if method == "token.get" and type(req_id) is int and req.get("params") is None:
+            # The hot path, without the generic dispatch (measured: ~1 us of ~3 us per request).
+            # On no token or any failure, the generic path below builds the answer.
+            try:
+                tok = self.service.token(0.0)
+                if tok is not None:
+                    return self._token_line(req_id, tok)
+            except Exception:
+                pass
+        is_call = "id" in req
         handler = self._methods.get(method)
         try:
             if handler is None:

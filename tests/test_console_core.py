@@ -41,6 +41,7 @@ def test_banner_names_version_and_prompt():
     con = Console(FakeService())
     out = con.banner().decode()
     assert "pass-agent 0.1.0 serial console" in out and out.endswith("pass-agent> ")
+    assert "\r\nagent: token valid, token valid for 21000 s\r\n" in out
 
 
 def test_help_lists_every_command_and_usage():
@@ -99,15 +100,15 @@ def test_token_is_masked():
     con, _, _ = mk()
     out = run(con, "token\r")
     fp = hashlib.sha256(FAKE_TOKEN.encode()).hexdigest()[:12]
-    assert "%s… (%d chars, sha256:%s)" % (FAKE_TOKEN[:8], len(FAKE_TOKEN), fp) in out
+    assert "%s... (%d chars, sha256:%s)" % (FAKE_TOKEN[:8], len(FAKE_TOKEN), fp) in out
     assert FAKE_TOKEN[:9] not in out
     assert re.search(r"expires_in: +21000 s", out) and re.search(r"token_type: +bearer", out)
 
 
 def test_mask_token_never_shows_more_than_a_quarter():
-    assert mask_token("abcdefgh").startswith("ab…")
-    assert mask_token("").startswith("… (0 chars")
-    assert mask_token(OPAQUE_TOKEN).startswith(OPAQUE_TOKEN[:8] + "…")
+    assert mask_token("abcdefgh").startswith("ab...")
+    assert mask_token("").startswith("... (0 chars")
+    assert mask_token(OPAQUE_TOKEN).startswith(OPAQUE_TOKEN[:8] + "...")
 
 
 def test_token_not_ready_reports_why():

@@ -311,3 +311,18 @@ def test_bad_url_is_an_outage_not_a_crash():
         assert sc.stats()["running"]
     finally:
         sc.stop()
+
+
+def test_reconfigure_to_no_port_releases_it(rig):
+    sc, client, cable, _, _ = rig()
+    client.expect(b"pass-agent> ")
+    port = sc.stats()["port"]
+    sc.reconfigure("", 115200, None, False)
+    wait_for(lambda: not sc.stats()["open"] and sc.stats()["port"] == "", "the port to be released")
+    client.send(b"version\r")
+    time.sleep(0.2)  # nothing may answer while the console is off
+    assert client.ser.read(100) == b"" and sc.stats()["open_failures"] == 0
+    sc.reconfigure(port, 115200, None, False, idle_lock=60)
+    assert b"serial console" in client.expect(b"pass-agent> ")
+    client.send(b"version\r")
+    assert b"pass-agent 0.1.0" in client.expect(b"pass-agent> ")

@@ -309,7 +309,9 @@ def test_protected_unknown_resource_and_unknown_path(emu):
     _, tok = access_token(emu)
     status, _, data = call(emu, "GET", "/api/v2/REF/nothing", None, {"Authorization": "Bearer " + tok})
     assert status == 404 and json.loads(data)["code"] == "unknown_resource"
+    before = len(emu.stats()["requests"])
     assert call(emu, "GET", "/elsewhere")[0] == 404
+    assert emu.stats()["other"] == 1 and len(emu.stats()["requests"]) == before
 
 
 # ----- X-Device-Info -----------------------------------------------------------------------------

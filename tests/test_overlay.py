@@ -66,6 +66,11 @@ def _members(path: str) -> list[tarfile.TarInfo]:
         return tar.getmembers()
 
 
+def _text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=_env(), cwd="/", timeout=60, **kw)
 
@@ -87,7 +92,7 @@ def test_overlay_layout_and_metadata(built, board):
                  "./usr/lib/systemd/system/pass-agent.socket", "./usr/lib/sysusers.d/pass-agent.conf",
                  "./usr/lib/tmpfiles.d/pass-agent.conf", "./etc/pass-agent/agent.toml",
                  "./usr/share/pass-agent/board/%s/board.toml" % board, "./usr/share/doc/pass-agent/README.md",
-                 "./usr/share/doc/pass-agent/BUILD-INFO"):
+                 "./usr/share/doc/pass-agent/BUILD-INFO", "./usr/share/doc/pass-agent/IMAGE.md"):
         assert must in members, must
     names = list(members)
     assert names == sorted(names)
@@ -124,11 +129,11 @@ def test_board_dropin_only_where_the_board_needs_it(built):
         profile = boards.load_profile(os.path.join(ROOT, "board", board, "board.toml"))
         dropin = os.path.join(built["roots"][board], "usr/lib/systemd/system/pass-agent.service.d/10-board.conf")
         tmpfiles = os.path.join(built["roots"][board], "usr/lib/tmpfiles.d/pass-agent-board.conf")
-        text = open(dropin).read() if os.path.exists(dropin) else ""
+        text = _text(dropin) if os.path.exists(dropin) else ""
         storage = profile.get("storage_dir")
         if storage and storage != configmod.STORAGE_DEFAULT_DIR:
             assert "ReadWritePaths=%s" % storage in text
-            assert "d %s 0700 pass-agent pass-agent" % storage in open(tmpfiles).read()
+            assert "d %s 0700 pass-agent pass-agent" % storage in _text(tmpfiles)
         else:
             assert "ReadWritePaths" not in text and not os.path.exists(tmpfiles)
         if profile.get("console_port"):
@@ -226,7 +231,7 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen, log: str, timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError("agent exited with %s before READY=1:\n%s" % (proc.returncode, open(log).read()))
+            raise AssertionError("agent exited with %s before READY=1:\n%s" % (proc.returncode, _text(log)))
         notify.settimeout(0.5)
         try:
             msg = notify.recv(65536).decode()
@@ -235,7 +240,7 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen, log: str, timeout
         got.append(msg)
         if "READY=1" in msg:
             return got
-    raise AssertionError("no READY=1 within %.0f s; got %r\n%s" % (timeout, got, open(log).read()))
+    raise AssertionError("no READY=1 within %.0f s; got %r\n%s" % (timeout, got, _text(log)))
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -272,7 +277,7 @@ def test_zipapp_run_serves_a_token_from_the_overlay_config(built, emu, tmp_path,
             tok = c.token(wait=20)
             status = c.status()
         assert tok["token_type"] == "bearer" and tok["expires_in"] > 0 and tok["access_token"]
-        assert status.get("board", board) == board
+        assert status["version"] == __version__ and status["state_text"] == "holding a valid token"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -280,6 +285,27 @@ def test_zipapp_run_serves_a_token_from_the_overlay_config(built, emu, tmp_path,
             proc.kill()
             proc.wait()
         notify.close()
-    output = open(log).read()
-    assert tok["access_token"] not in output  # secrets never reach the journal
+    output = _text(log)
+    # Secrets never reach the journal: the token, the statement, the client secrets the emulator issued.
+    secrets = {tok["access_token"], _text(statement).strip()}
+    secrets |= {c["secret"] for c in emu._service.clients.values()}  # test-only peek at the emulator
+    assert len(secrets) >= 3 and not [s[:4] for s in secrets if s in output]
     assert "serving on %s" % sock_path in output
+
+
+def test_compiled_zipapp_carries_reproducible_bytecode_and_runs(tmp_path):
+    import importlib.util
+
+    a, _ = build_overlay.build_zipapp(EPOCH, compile_pyc=True)
+    b, notes = build_overlay.build_zipapp(EPOCH, compile_pyc=True)
+    assert a == b and any("bytecode for Python" in n for n in notes)
+    with zipfile.ZipFile(io.BytesIO(a)) as zf:
+        pyc = zf.read("agent/daemon.pyc")  # beside daemon.py, where zipimport looks
+        assert "serial/serialposix.pyc" in zf.namelist()
+    # PEP 552 unchecked-hash pyc: this interpreter's magic, flags 0b01, no mtime.
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(pyc[4:8], "little") == 1
+    app = tmp_path / "pass-agent"
+    app.write_bytes(a)
+    app.chmod(0o755)
+    r = _run([str(app), "--version"])
+    assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, r.stderr

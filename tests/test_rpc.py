@@ -174,6 +174,7 @@ def test_wrong_param_strings_are_never_echoed(d: rpc.Dispatcher) -> None:
         (b"{not json", rpc.PARSE_ERROR),
         (b'{"jsonrpc":"2.0","id":1,"method":"token.get","params":{"wait":NaN}}', rpc.PARSE_ERROR),
         (b"\xff\xfe{}", rpc.PARSE_ERROR),
+        (b'{"jsonrpc":"2.0","id":1,"method":"token.get"} trailing', rpc.PARSE_ERROR),
         (b"[" * 100000, rpc.PARSE_ERROR),
         (b"[]", rpc.INVALID_REQUEST),
         (b'[{"jsonrpc":"2.0","id":1,"method":"token.get"}]', rpc.INVALID_REQUEST),

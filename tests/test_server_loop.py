@@ -108,8 +108,8 @@ def test_idle_loop_has_no_timeout_and_does_not_spin(loop: Loop) -> None:
     h.cancel()
     assert loop._timeout() is None  # cancelled timers are dropped: nothing to wake up for
     calls = []
-    real = loop._sel.select
-    loop._sel.select = lambda timeout=None: (calls.append(timeout), real(timeout))[1]
+    real = loop._poll
+    loop._poll = lambda timeout=None: (calls.append(timeout), real(timeout))[1]
     t = run_in_thread(loop)
     time.sleep(0.3)
     loop.stop()

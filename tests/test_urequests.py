@@ -136,6 +136,17 @@ def test_stream_defers_the_body_and_context_manager_closes():
             r.content  # noqa: B018
 
 
+def test_stream_errors_close_the_socket_and_name_the_request():
+    with serve({"/": send(chunked([b"z" * 600, b"z" * 600]))}) as srv:
+        before = open_fds()
+        r = urequests.get(srv.url("/"), stream=True, timeout=10, max_body=1000)
+        assert r.raw.read(10) == b"z" * 10
+        with pytest.raises(ValueError, match="GET http://127.0.0.1:%d/: response body exceeds" % srv.port):
+            r.content  # noqa: B018
+        srv.wait_finished(1)
+        assert open_fds() == before
+
+
 def test_basic_auth_header():
     with serve({"/": send(response(200))}) as srv:
         urequests.get(srv.url("/"), auth=("user", "pässword"), timeout=10)

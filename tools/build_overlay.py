@@ -30,9 +30,11 @@ import hashlib
 import importlib.metadata
 import io
 import os
+import py_compile
 import re
 import sys
 import tarfile
+import tempfile
 import time
 import zipapp
 import zipfile
@@ -155,13 +157,30 @@ def _zip_time(epoch: int) -> tuple:
     return time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
 
 
-def build_zipapp(epoch: int, repo: str = REPO) -> tuple[bytes, list[str]]:
-    """The zipapp's bytes (shebang + deterministic zip) and the vendoring notes."""
+def _pyc(name: str, path: str, tmpdir: str) -> bytes:
+    """Bytecode for one module, as an unchecked-hash .pyc (PEP 552: no mtime, so reproducible)."""
+    cfile = os.path.join(tmpdir, "m.pyc")
+    py_compile.compile(path, cfile=cfile, dfile="/usr/bin/pass-agent/" + name, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    return _read(cfile)
+
+
+def build_zipapp(epoch: int, repo: str = REPO, compile_pyc: bool = False) -> tuple[bytes, list[str]]:
+    """The zipapp's bytes (shebang + deterministic zip) and the vendoring notes.
+
+    compile_pyc adds `x.pyc` beside each `x.py` (where zipimport looks), compiled by this interpreter:
+    a zipapp cannot cache bytecode, so without them every start compiles the agent again. Another
+    Python version ignores them (bad magic) and compiles from source as before.
+    """
     files, notes = zipapp_sources(repo)
     stamp = _zip_time(epoch)
     buf = io.BytesIO()
+    entries = [(name, _read(path)) for name, path in files] + [("__main__.py", MAIN_PY.encode())]
+    if compile_pyc:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            entries += [(name[:-3] + ".pyc", _pyc(name, path, tmpdir)) for name, path in files if name.endswith(".py")]
+        notes.append("bytecode for Python %d.%d" % sys.version_info[:2])
     with zipfile.ZipFile(buf, "w") as zf:
-        entries = [(name, _read(path)) for name, path in files] + [("__main__.py", MAIN_PY.encode())]
         for name, data in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=stamp)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -304,12 +323,12 @@ def _write_atomic(target: str, data: bytes, mode: int) -> None:
 
 
 def build(boards: list[str], out: str, epoch: int | None = None, repo: str = REPO,
-          board_root: str | None = None, echo=print) -> dict[str, str]:
+          board_root: str | None = None, echo=print, compile_pyc: bool = False) -> dict[str, str]:
     """Build the zipapp and one overlay per board into out; returns {board: tarball path}."""
     epoch = source_epoch() if epoch is None else epoch
     ver = version(repo)
     os.makedirs(out, exist_ok=True)
-    app, notes = build_zipapp(epoch, repo)
+    app, notes = build_zipapp(epoch, repo, compile_pyc)
     pyz = os.path.join(out, "pass-agent-%s.pyz" % ver)
     _write_atomic(pyz, app, 0o755)
     echo("zipapp  %-44s %8d bytes  (%s)" % (os.path.basename(pyz), len(app), "; ".join(notes)))
@@ -331,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     p.add_argument("--board-dir", metavar="DIR", default=os.path.join(REPO, "board"),
                    help="where board profiles live (default: the repository's board/)")
+    p.add_argument("--compile", action="store_true",
+                   help="add bytecode for this Python version (use the image's Python version to build): "
+                        "faster starts, larger zipapp")
     args = p.parse_args(argv)
     try:
         known = list_boards(args.board_dir)
@@ -341,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                        ", ".join(known) or "none"))
         if not boards:
             raise BuildError("no board profiles (board/<name>/board.toml) in %s" % args.board_dir)
-        build(boards, args.out, board_root=args.board_dir)
+        build(boards, args.out, board_root=args.board_dir, compile_pyc=args.compile)
     except BuildError as e:
         print("build_overlay: %s" % e, file=sys.stderr)
         return 2

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class JWTError(ValueError):
@@ -26,7 +29,7 @@ def b64url(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    if not isinstance(text, str) or any(c in text for c in "+/= \n"):
+    if not isinstance(text, str) or not _B64URL.fullmatch(text):
         raise JWTError("segment is not base64url without padding")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -62,9 +65,9 @@ def verify(token: Any, public_key: rsa.RSAPublicKey) -> dict[str, Any]:
     parts = token.split(".")
     if len(parts) != 3:
         raise JWTError("token does not have three dot-separated segments")
+    header_raw, payload_raw = b64url_decode(parts[0]), b64url_decode(parts[1])
     try:
-        header = json.loads(b64url_decode(parts[0]))
-        payload = json.loads(b64url_decode(parts[1]))
+        header, payload = json.loads(header_raw), json.loads(payload_raw)
     except (ValueError, UnicodeDecodeError):
         raise JWTError("token header or payload is not JSON")
     if not isinstance(header, dict) or not isinstance(payload, dict):

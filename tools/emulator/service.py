@@ -119,6 +119,7 @@ def _new_stats() -> dict[str, Any]:
         "protected": {"ok": 0, "error": 0, "codes": {}},
         "throttled": 0,
         "faults_served": 0,
+        "other": 0,
         "device_info_problems": collections.deque(maxlen=PROBLEM_LOG_SIZE),
         "per_client_ip": {},
         "per_client_id": {},
@@ -278,7 +279,7 @@ class Service:
             resp = dict(status=404, headers=[("Content-Type", "text/plain;charset=utf-8")],
                         body=b"Not Found: the emulator serves /o/client/register, /o/client/token, /api/v2/... "
                              b"and /_emulator/\n", code="not_found", reason="unknown path", **meta)
-            self._record(req, ip, resp)
+            self._stats["other"] += 1  # kept out of the request log: it holds exactly the throttled traffic
             return resp
         per_ip = self._stats["per_client_ip"].setdefault(ip, {"requests": 0, "throttled": 0})
         per_ip["requests"] += 1
@@ -423,7 +424,7 @@ class Service:
                    **meta)
 
     def _token(self, req: dict[str, Any], ip: str, now: float, skew: float,
-                  meta: dict[str, Any]) -> dict[str, Any]:
+               meta: dict[str, Any]) -> dict[str, Any]:
         if req["method"] != "POST":
             raise _oauth_error(405, "invalid_request", "client/token accepts only POST", **meta)
         try:
@@ -470,7 +471,7 @@ class Service:
                     "created_at": iat if self.legacy else int((now + skew) * 1000), "id": jti}, **meta)
 
     def _protected(self, req: dict[str, Any], ip: str, now: float, skew: float,
-                  meta: dict[str, Any]) -> dict[str, Any]:
+                   meta: dict[str, Any]) -> dict[str, Any]:
         problems = self._device_info(req, ip, "protected")
         if problems and self.strict_device_info:
             raise _eec_error(400, "configuration", "invalid_device_info", "strict mode: " + problems[0], **meta)
