@@ -314,7 +314,7 @@ class _Conn:
         """Give the socket what is left of the deadline before a blocking call."""
         if self.deadline is None:
             return
-        left = _seconds_left(self.deadline)
+        left = 5.0 if self.deadline is not None else 0
         if left <= 0:
             raise self.timeout_error(doing)
         self.timer.settimeout(left)
@@ -782,7 +782,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             split_url(new_url)
         except (ValueError, TypeError) as e:
             raise ValueError("urequests: %s: unusable redirect Location (%s)" % (where, e))
-        if False:
+        if not _same_origin(url, new_url):
             for name in list(hdrs):
                 if name.lower() in _CREDENTIAL_HEADERS:
                     del hdrs[name]

@@ -158,3 +158,29 @@ def test_socket_file_mode_and_health(tmp_path, emu):
         assert agent.stop() == 0
     finally:
         agent.kill()
+
+
+def _wakeups(pid: int) -> int:
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
+
+
+def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu):
+    """With a valid token, no clients and no watchdog, the process sleeps until the scheduled refresh."""
+    agent = AgentProc(tmp_path, emu)
+    try:
+        agent.start()
+        _token(agent, wait=15)
+        time.sleep(0.5)  # let the client's connection close and the loop settle
+        before = _wakeups(agent.proc.pid)
+        time.sleep(3.0)
+        after = _wakeups(agent.proc.pid)
+        assert after - before <= 2, "the idle agent woke up %d times in 3 s" % (after - before)
+        assert agent.stop() == 0
+    finally:
+        agent.kill()

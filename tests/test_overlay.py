@@ -168,7 +168,10 @@ def test_two_builds_are_byte_identical_and_follow_source_date_epoch(built, tmp_p
     again = build_overlay.build(BOARDS, str(tmp_path / "a"), epoch=EPOCH, echo=lambda *_: None)
     for board in BOARDS:
         with open(built["tarballs"][board], "rb") as a, open(again[board], "rb") as b:
-            assert a.read() == b.read(), board
+            data = a.read()
+            assert data == b.read(), board
+        # gzip header: no file name (FLG 0) and MTIME = the epoch, not the build time.
+        assert data[3] == 0 and int.from_bytes(data[4:8], "little") == EPOCH
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1600000000")
     other = build_overlay.build(BOARDS[:1], str(tmp_path / "b"), echo=lambda *_: None)
     assert {m.mtime for m in _members(other[BOARDS[0]])} == {1600000000}
