@@ -78,7 +78,8 @@ class Daemon:
     def _start_console(self, cfg: dict) -> None:
         c = cfg["console"]
         if self.console is not None:
-            self.console.reconfigure(c["port"], c["baudrate"], c["password_hash"] or None, c["dumb"])
+            self.console.reconfigure(c["port"], c["baudrate"], c["password_hash"] or None, c["dumb"],
+                                     idle_lock=c["idle_lock"])
             return
         if not c["port"]:
             return
@@ -86,7 +87,7 @@ class Daemon:
 
         self.console = SerialConsole(self.service, c["port"], baudrate=c["baudrate"],
                                      password_hash=c["password_hash"] or None, dumb=c["dumb"],
-                                     log=agentlog.get("console"))
+                                     idle_lock=c["idle_lock"], log=agentlog.get("console"))
         self.console.start()
 
     def _watchdog(self) -> None:

@@ -1,6 +1,7 @@
 """The serial console's transport: pyserial on `console.port`, one daemon thread, the Console core.
 
-One thread owns the port and the Console: it reads (with a short timeout), feeds the core, polls it
+One thread owns the port and the Console: it waits in select() on the port and a wake-up pipe (no
+timer while idle; ports without a descriptor are read with a short timeout), feeds the core, polls it
 when the core asks (followed log lines, idle re-lock), and writes the result through a bounded
 output queue. `console.port` is anything `serial.serial_for_url` opens: a device (/dev/ttyS0,
 /dev/ttyUSB0, a pty) or a URL (loop://, socket://host:port, rfc2217://...). Ptys have no modem
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import select
 import threading
 import time
 from typing import Callable
@@ -52,6 +55,9 @@ class SerialConsole:
         self._lock = threading.Lock()  # guards _pending and _stats; never held across port I/O
         self._pending: tuple | None = None
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # stop()/reconfigure() wake the thread: no polling when idle
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._thread: threading.Thread | None = None
         self._outq: collections.deque = collections.deque()
         self._outq_bytes = 0
@@ -72,8 +78,22 @@ class SerialConsole:
         self._thread = threading.Thread(target=self._run, name="serial-console", daemon=True)
         self._thread.start()
 
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # pipe full: a wake-up is already pending
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 256):
+                pass
+        except OSError:
+            pass
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake()
         t = self._thread
         if t is not None:
             t.join(timeout)
@@ -89,6 +109,7 @@ class SerialConsole:
         console = self._make_console(password_hash, dumb)
         with self._lock:
             self._pending = (port, baudrate, console)
+        self._wake()
 
     def stats(self) -> dict:
         with self._lock:
@@ -125,8 +146,9 @@ class SerialConsole:
         outage = False
         while not self._stop.is_set():
             self._apply_pending()
-            if not self._port:  # console switched off by a reload
-                self._stop.wait(_IDLE_TIMEOUT)
+            if not self._port:  # console switched off by a reload: sleep until stop() or reconfigure()
+                select.select([self._wake_r], [], [])
+                self._drain_wake()
                 continue
             try:
                 ser = self._open()
@@ -173,15 +195,31 @@ class SerialConsole:
         self._outq.clear()
         self._outq_bytes = 0
         self._enqueue(con.banner())
+        try:
+            fd = ser.fileno()  # a device or pty: wait in select() on it and the wake pipe
+        except Exception:
+            fd = None  # loop://, socket:// and other URLs without a descriptor: read with a timeout
         timeout = _IDLE_TIMEOUT
+        if fd is not None:
+            ser.timeout = timeout = 0
         while not self._stop.is_set() and self._pending is None:
             self._flush(ser)
             at = con.wants_poll_at()
-            busy = con.following or (at is not None and at - self._clock() < _IDLE_TIMEOUT)
-            want = _BUSY_TIMEOUT if busy else _IDLE_TIMEOUT
-            if want != timeout:  # pyserial reconfigures the tty on every timeout change: only when needed
-                ser.timeout = timeout = want
-            data = ser.read(min(max(ser.in_waiting, 1), _READ_MAX))
+            if fd is not None:
+                # Sleep until input, a wake-up, or the moment the core asked for: idle is idle.
+                wait = _BUSY_TIMEOUT if con.following else (None if at is None else max(0.0, at - self._clock()))
+                ready, _, _ = select.select([fd, self._wake_r], [], [], wait)
+                if self._wake_r in ready:
+                    self._drain_wake()
+                data = ser.read(min(max(ser.in_waiting, 1), _READ_MAX)) if fd in ready else b""
+                if fd in ready and not data:
+                    raise OSError("the port reports data but returned none (hung up)")
+            else:
+                busy = con.following or (at is not None and at - self._clock() < _IDLE_TIMEOUT)
+                want = _BUSY_TIMEOUT if busy else _IDLE_TIMEOUT
+                if want != timeout:  # pyserial reconfigures the tty on every timeout change: only when needed
+                    ser.timeout = timeout = want
+                data = ser.read(min(max(ser.in_waiting, 1), _READ_MAX))
             if data:
                 self._count("bytes_in", len(data))
                 self._enqueue(con.feed(data))

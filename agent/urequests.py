@@ -314,7 +314,7 @@ class _Conn:
         """Give the socket what is left of the deadline before a blocking call."""
         if self.deadline is None:
             return
-        left = 5.0 if self.deadline is not None else 0
+        left = _seconds_left(self.deadline)
         if left <= 0:
             raise self.timeout_error(doing)
         self.timer.settimeout(left)

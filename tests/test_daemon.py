@@ -170,9 +170,16 @@ def _wakeups(pid: int) -> int:
     return total
 
 
-def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu):
-    """With a valid token, no clients and no watchdog, the process sleeps until the scheduled refresh."""
-    agent = AgentProc(tmp_path, emu)
+@pytest.mark.parametrize("with_console", [False, True])
+def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu, with_console):
+    """With a valid token, no clients and no watchdog, the process sleeps until the scheduled refresh,
+    also with the serial console open on a pty."""
+    master = slave = None
+    overrides = {}
+    if with_console:
+        master, slave = os.openpty()
+        overrides["console__port"] = os.ttyname(slave)
+    agent = AgentProc(tmp_path, emu, **overrides)
     try:
         agent.start()
         _token(agent, wait=15)
@@ -181,6 +188,16 @@ def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu):
         time.sleep(3.0)
         after = _wakeups(agent.proc.pid)
         assert after - before <= 2, "the idle agent woke up %d times in 3 s" % (after - before)
+        if with_console:
+            os.write(master, b"version\r")
+            out = b""
+            deadline = time.monotonic() + 10
+            while b"pass-agent" not in out and time.monotonic() < deadline:
+                out += os.read(master, 4096)
+            assert b"0.1" in out or b"pass-agent" in out
         assert agent.stop() == 0
     finally:
         agent.kill()
+        for fd in (master, slave):
+            if fd is not None:
+                os.close(fd)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 
 import pytest
@@ -122,9 +123,12 @@ def test_options_reach_the_running_emulator(running, tmp_path):
     (["--burst", "0"], "burst"),
     (["--port", "abc"], "invalid int"),
 ])
-def test_bad_options_exit_2_with_a_message(args, fragment, capsys):
+def test_bad_options_exit_2_with_a_message(args, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # make mkdtemp read TMPDIR again
     assert cli.main(args) == 2
     assert fragment in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # no temp state dir (with a private key) left behind
 
 
 def test_busy_port_exits_1_with_advice(capsys):

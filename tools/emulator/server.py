@@ -204,11 +204,16 @@ class Emulator:
         self.host, self.port, self.tls = host, port, tls
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="pass-emulator-")
-        os.makedirs(self.state_dir, exist_ok=True)
-        self._service = Service(keys.load_or_create_signing_key(self.state_dir), token_ttl=token_ttl,
-                                legacy=legacy, strict_device_info=strict_device_info, rate=rate, burst=burst,
-                                retry_after=retry_after, trust_forwarded_for=trust_forwarded_for,
-                                throttle=throttle, redirect_uri_prefixes=tuple(redirect_uri_prefixes))
+        try:
+            os.makedirs(self.state_dir, exist_ok=True)
+            self._service = Service(keys.load_or_create_signing_key(self.state_dir), token_ttl=token_ttl,
+                                    legacy=legacy, strict_device_info=strict_device_info, rate=rate, burst=burst,
+                                    retry_after=retry_after, trust_forwarded_for=trust_forwarded_for,
+                                    throttle=throttle, redirect_uri_prefixes=tuple(redirect_uri_prefixes))
+        except BaseException:
+            if self._own_state_dir:  # a bad setting must not leave a temp dir with a key behind
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            raise
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: _Server | None = None
