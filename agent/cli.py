@@ -103,7 +103,29 @@ def _socket_path(args: argparse.Namespace) -> str:
         return DEFAULT_SOCKET
 
 
+def _forwarded(argv: list[str]) -> int | None:
+    """`emulator` and `console-hash` own their arguments: hand them over before argparse sees them."""
+    if not argv or argv[0] not in ("emulator", "console-hash"):
+        return None
+    if argv[0] == "emulator":
+        try:
+            from tools.emulator import cli as emucli
+        except ImportError:
+            return _not_available("the emulator (tools/emulator is not installed on this box)")
+        return emucli.main(argv[1:])
+    from agent.consolehash import console_hash_command
+
+    return console_hash_command(argv[1:], sys.stdin, sys.stdout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rc = _forwarded(argv)
+    except KeyboardInterrupt:
+        return 130
+    if rc is not None:
+        return rc
     parser = build_parser()
     args = parser.parse_args(argv)
     cmd = args.command

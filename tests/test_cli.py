@@ -73,3 +73,15 @@ def test_client_commands_fail_cleanly_without_an_agent(tmp_path):
         assert r.returncode == 1, (name, r.stdout, r.stderr)
         assert sock in r.stdout + r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_emulator_and_console_hash_receive_their_own_arguments():
+    r = cli("emulator", "--help")
+    assert r.returncode == 0 and "--statement-out" in r.stdout
+    r = cli("console-hash", "--stdin", input="s3cret-pass\n")
+    assert r.returncode == 0
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith(("scrypt$", "pbkdf2_sha256$")) and "s3cret-pass" not in r.stdout
+    from agent.consolehash import verify
+
+    assert verify("s3cret-pass", line) and not verify("other", line)

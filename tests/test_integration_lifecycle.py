@@ -165,7 +165,8 @@ def test_429_storm_backs_off_then_gets_a_token(rig_factory, retry_after):
     assert rig.svc.status()["last_error"] is None
 
 
-def test_revoked_client_reregisters_once_then_gets_a_token(rig_factory):
+def test_revoked_client_reregisters_once_then_gets_a_token(rig_factory, caplog):
+    caplog.set_level("DEBUG")
     rig = rig_factory().start()
     first = rig.svc.wait_token(30)
     assert rig.wait(lambda: rig.store.load() is not None)
@@ -181,6 +182,10 @@ def test_revoked_client_reregisters_once_then_gets_a_token(rig_factory):
     assert rig.store.load()["client"]["client_id"] not in (old_client, None)
     time.sleep(0.5)
     assert len(rig.log()) == 5  # and nothing more
+    secrets = [first["access_token"], new["access_token"], rig.store.load()["client"]["client_secret"],
+               rig.statement]
+    assert not [s for s in secrets if s in caplog.text or s in json.dumps(rig.svc.status())]
+    assert "invalid_client" in caplog.text  # the log does tell what happened
 
 
 def test_revoked_statement_needs_an_operator_without_looping(rig_factory):
