@@ -9,6 +9,7 @@ Must never: start the agent with a partially valid configuration, or print a tra
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import sys
@@ -77,6 +78,11 @@ def _int_list(v: Any) -> tuple[bool, Any, str]:
     return ok, v, "a list of non-negative integers, e.g. [1000, 1001]"
 
 
+def _str_list(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+    return ok, v, "a list of group names, e.g. [\"pass-client\"]"
+
+
 def _overrides(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, dict) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
     return ok, v, "a table of X-Device-Info fields with string, number or boolean values"
@@ -107,7 +113,9 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "mode": (_mode, 0o660),
         "allow_uids": (_int_list, []),
         "allow_gids": (_int_list, []),
+        "allow_groups": (_str_list, []),
         "max_connections": (_pos_int, 512),
+        "max_per_uid": (_pos_int, 64),
         "idle_timeout": (_pos_number, 300.0),
     },
     "console": {
@@ -191,6 +199,12 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
         elif parts.scheme == "http" and not _is_loopback(parts.hostname):
             problems.append("[adobe] base_url: found %r; plain http:// is allowed only for loopback hosts "
                             "(localhost, 127.0.0.1, ::1), use https://" % url)
+    for name in cfg["socket"]["allow_groups"] if isinstance(cfg["socket"]["allow_groups"], list) else []:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            problems.append("[socket] allow_groups: no group named %r on this system; create it (sysusers.d) or "
+                            "use allow_gids" % name)
     if check_files:
         for table, key in _MUST_EXIST:
             p = cfg[table][key]
@@ -201,6 +215,17 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
     if problems:
         raise ConfigError(problems, path)
     return cfg
+
+
+def allowed_gids(cfg: dict) -> list[int]:
+    """`allow_gids` plus the gids of `allow_groups` (names resolved now: sysusers may assign them at boot)."""
+    gids = list(cfg["socket"]["allow_gids"])
+    for name in cfg["socket"]["allow_groups"]:
+        try:
+            gids.append(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            pass
+    return sorted(set(gids))
 
 
 def resolve_path(cli_path: str | None) -> str:

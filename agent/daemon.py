@@ -58,7 +58,8 @@ class Daemon:
         fds = listen_fds_from_env()
         s = cfg["socket"]
         self.server = Server(self.service, self.loop, s["path"], mode=s["mode"], allow_uids=s["allow_uids"],
-                             allow_gids=s["allow_gids"], max_connections=s["max_connections"],
+                             allow_gids=configmod.allowed_gids(cfg), max_connections=s["max_connections"],
+                             max_per_uid=s["max_per_uid"],
                              idle_timeout=s["idle_timeout"], listen_fd=fds[0] if fds else None,
                              log=agentlog.get("server"))
         self.server.start()
@@ -117,7 +118,7 @@ class Daemon:
                       ("; changes in [%s] need a restart to take full effect" % "], [".join(changed)) if
                       any(t in ("device", "storage") for t in changed) else "")
         agentlog.setup(new["log"]["level"], self.logbuf)
-        self.server.set_acl(new["socket"]["allow_uids"], new["socket"]["allow_gids"])
+        self.server.set_acl(new["socket"]["allow_uids"], configmod.allowed_gids(new))
         try:
             self._start_console(new)
         except Exception as e:  # a console problem must not stop the token service

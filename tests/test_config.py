@@ -109,3 +109,16 @@ def test_view_masks_the_console_password_hash(statement_file):
     v = config.view(cfg)
     assert v["console"]["password_hash"] == "<set, hidden>"
     assert "_path" not in v
+
+
+def test_allow_groups_resolve_and_unknown_group_is_reported(write_config, statement_file):
+    import grp
+
+    existing = grp.getgrgid(0).gr_name
+    cfg = config.load(write_config('[adobe]\nsoftware_statement = "%s"\n[socket]\nallow_groups = ["%s"]\n'
+                                   'allow_gids = [4242]\n' % (statement_file, existing)))
+    assert config.allowed_gids(cfg) == [0, 4242]
+    probs = _problems(write_config('[adobe]\nsoftware_statement = "%s"\n[socket]\nallow_groups = '
+                                   '["no-such-group-xyz"]\n' % statement_file))
+    assert probs == ["[socket] allow_groups: no group named 'no-such-group-xyz' on this system; create it "
+                     "(sysusers.d) or use allow_gids"]
