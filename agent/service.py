@@ -249,11 +249,22 @@ class Service:
 
     # ------------------------------------------------------------------ facade
     def _token_view(self, t: dict, now: float, wall: float) -> dict:
+        # Epoch times from the monotonic schedule through a whole-second wall offset: they stay the same
+        # for one token (so the server can reuse its encoded answer) and follow a wall-clock jump at once.
+        off = float(round(wall - now))
         return {"access_token": t["access_token"], "token_type": t["token_type"],
-                "expires_at": wall + (t["expires_mono"] - now), "expires_in": int(t["expires_mono"] - now),
-                "refresh_at": wall + (t["refresh_mono"] - now)}
+                "expires_at": off + t["expires_mono"], "expires_in": int(t["expires_mono"] - now),
+                "refresh_at": off + t["refresh_mono"]}
 
     def token(self, min_ttl: float = 0) -> dict | None:
+        # Hot path, no lock: the lifecycle replaces its token dict whole (never edits the fields read
+        # here), so one attribute read gives a consistent token. Misses take the lock below.
+        t = self.lc.tok
+        if t is not None:
+            now = self.clock()
+            left = t["expires_mono"] - now
+            if left > 0 and left > min_ttl:
+                return self._token_view(t, now, self.wall())
         with self._cond:
             now = self.clock()
             t = self.lc.token(now, min_ttl)

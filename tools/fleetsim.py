@@ -1,0 +1,608 @@
+"""Fleet simulation: thousands of boxes behind carrier NATs against Adobe's throttle, in virtual time.
+
+Drives the REAL credential lifecycle (agent.lifecycle.Lifecycle, one per device) and the real DCR
+response parsers (agent.dcr) through a discrete-event simulation (a heap of events, no time steps)
+against a model of Adobe Pass: a token bucket per public address (1 request/s, one-time burst of
+10, refused requests answered 429 with an HTML body and no Retry-After, refusals take no token)
+and a round-trip latency drawn per request. Compares, in the same run, the agent with a naive
+client (fixed 1 s retries, no jitter) and with the floor (the best schedule the throttle allows).
+
+Scenarios (docs/FLEET.md explains each and the figures):
+  city        the whole city powers on at once: fresh boxes, each needs register + token;
+              run for several devices-per-address ratios (1, 10, 100, 1000 by default)
+  outage      boxes hold tokens of random age; Adobe answers 503 for 2 hours, then recovers
+  revocation  Adobe revokes the software statement (and its clients); an hour later a new
+              statement is rolled out to every box at once
+
+Addresses never share state (the throttle is per address), so each address is simulated on its
+own and the results are summed: memory stays small for 100,000 devices. The naive client is
+simulated for a sample of addresses (it makes millions of requests) and scaled; the table says so.
+
+Usage: python -m tools.fleetsim [--scenario city|outage|revocation|all] [--devices N]
+         [--ratios 1,10,100,1000] [--json FILE] [--svg FILE] [--seed S]
+Must never: re-implement the agent's policy (the agent column is agent.lifecycle itself), or
+use wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import sys
+import time
+from typing import Any, Callable
+
+from agent import dcr, lifecycle
+from agent.errors import AgentError
+
+RATE, BURST = 1.0, 10          # Adobe's documented throttle, per public address
+TTL = 21600                    # access token lifetime (s), as in Adobe's current samples
+RTT = (0.05, 0.25)             # round-trip time to Adobe, uniform (s)
+WALL0 = 1.7e9                  # wall clock at virtual time 0
+HTML_429 = b"<html><head><title>429 Too Many Requests</title></head><body>429</body></html>"
+OLD, NEW = "statement-old", "statement-new"
+
+WAKE, ARRIVE, ANSWER, GLOBAL, MARK = 0, 1, 2, 3, 4
+POLICY: dict = {}              # Lifecycle keyword overrides (--policy), for experiments only
+
+
+# ------------------------------------------------------------------------------------ clients
+
+class AgentClient:
+    """One box running the real lifecycle. The driver calls poll/outcome; this only adapts."""
+
+    kind = "agent"
+
+    def __init__(self, rnd: Callable[[], float], stored: dict | None, statement: str, now: float) -> None:
+        self.lc = lifecycle.Lifecycle(random=rnd, **POLICY)
+        self.statement = statement
+        self.lc.load(stored, statement, now, now + WALL0)
+
+    def poll(self, now: float) -> str | None:
+        req = self.lc.poll(now)
+        return req["op"] if req else None
+
+    def next_deadline(self) -> float | None:
+        return self.lc.next_deadline()
+
+    def ok(self, op: str, result: dict, now: float) -> None:
+        if op == "register":
+            self.lc.on_registered(result, self.statement, now, now + WALL0)
+        else:
+            self.lc.on_token(result, now, now + WALL0)
+
+    def error(self, err: AgentError, now: float) -> None:
+        self.lc.on_error(err, now, now + WALL0)
+
+    def statement_changed(self, statement: str, now: float) -> None:
+        self.statement = statement
+        self.lc.statement_changed(statement, now)
+
+    def token_expiry(self, now: float) -> float | None:
+        t = self.lc.tok
+        return t["expires_mono"] if t is not None and t["expires_mono"] > now else None
+
+    @property
+    def client_statement(self) -> str | None:
+        return self.lc.client_statement_hash if self.lc.client else None
+
+
+class NaiveClient:
+    """The baseline: register, fetch, refresh at 80 %, and retry every failure after exactly 1 s."""
+
+    kind = "naive"
+
+    def __init__(self, rnd: Callable[[], float], stored: dict | None, statement: str, now: float) -> None:
+        self.statement = statement
+        self.client_statement: str | None = None
+        self.client = None
+        self.expires = None
+        self.due: float | None = now
+        self.busy = False
+        self.want_register = True
+        if stored and stored.get("client"):
+            self.client, self.client_statement, self.want_register = stored["client"], stored["statement_hash"], False
+            t = stored.get("token")
+            if t:
+                age = now + WALL0 - t["received_at"]
+                self.expires = now + t["expires_in"] - age
+                self.due = now + max(0.0, 0.8 * t["expires_in"] - age)
+
+    def poll(self, now: float) -> str | None:
+        if self.busy or self.due is None or now < self.due:
+            return None
+        self.busy = True
+        return "register" if self.want_register else "token"
+
+    def next_deadline(self) -> float | None:
+        return None if self.busy else self.due
+
+    def ok(self, op: str, result: dict, now: float) -> None:
+        self.busy = False
+        if op == "register":
+            self.client, self.client_statement, self.want_register, self.due = result, self.statement, False, now
+        else:
+            self.expires = now + result["expires_in"]
+            self.due = now + 0.8 * result["expires_in"]
+
+    def error(self, err: AgentError, now: float) -> None:
+        self.busy = False
+        if err.code == "invalid_client":
+            self.want_register = True
+        self.due = now + 1.0
+
+    def statement_changed(self, statement: str, now: float) -> None:
+        self.statement, self.want_register = statement, True
+        if not self.busy:
+            self.due = now
+
+    def token_expiry(self, now: float) -> float | None:
+        return self.expires if self.expires is not None and self.expires > now else None
+
+
+# ------------------------------------------------------------------------------------ scenarios
+
+def scenario_city(n: int, ratio: int) -> dict:
+    return {"name": "city", "ratio": ratio, "n": n, "t_ref": 0.0, "horizon": max(600.0, 8.0 * (2 * ratio - BURST)),
+            "stored": lambda rng: None, "start": lambda rng: 0.0,
+            "down": None, "revoke_at": None, "rollout_at": None}
+
+
+def _holding(rng: random.Random) -> dict:
+    # A box that registered long ago and refreshes on schedule: its token's age is uniform over
+    # the refresh interval (0.8 of the lifetime).
+    age = rng.random() * 0.8 * TTL
+    return {"client": {"client_id": "c-%d" % rng.getrandbits(48), "client_secret": "s"},
+            "statement_hash": OLD, "registered_at": WALL0 - 86400,
+            "token": {"access_token": "t", "token_type": "bearer", "expires_in": TTL,
+                      "received_at": WALL0 - age, "expires_at": WALL0 - age + TTL}}
+
+
+def scenario_outage(n: int, ratio: int) -> dict:
+    return {"name": "outage", "ratio": ratio, "n": n, "t_ref": 3 * 3600.0, "horizon": 6 * 3600.0,
+            "stored": _holding, "start": lambda rng: 0.0, "down": (3600.0, 3 * 3600.0),
+            "revoke_at": None, "rollout_at": None}
+
+
+def scenario_revocation(n: int, ratio: int) -> dict:
+    return {"name": "revocation", "ratio": ratio, "n": n, "t_ref": 3600.0,
+            "horizon": 3600.0 + max(1800.0, 8.0 * (2 * ratio - BURST)),
+            "stored": _holding, "start": lambda rng: 0.0, "down": None, "revoke_at": 0.0, "rollout_at": 3600.0}
+
+
+# ------------------------------------------------------------------------------------ Adobe model
+
+def _answer(op: str, client: Any, statement: str, t: float, sc: dict, bucket: list, counter: list
+            ) -> tuple[int, dict, bytes]:
+    """What Adobe answers a request arriving at `t` (bucket = [tokens, last refill])."""
+    down = sc["down"]
+    if down and down[0] <= t < down[1]:
+        return 503, {"Content-Type": "text/html"}, b"<html>503 Service Unavailable</html>"
+    tokens = min(float(BURST), bucket[0] + (t - bucket[1]) * RATE)
+    bucket[1] = t
+    if tokens < 1.0:
+        bucket[0] = tokens
+        return 429, {"Content-Type": "text/html"}, HTML_429
+    bucket[0] = tokens - 1.0
+    revoked = sc["revoke_at"] is not None and t >= sc["revoke_at"]
+    counter[0] += 1
+    if op == "register":
+        if revoked and statement == OLD:
+            return 400, {}, b'{"error": "invalid_software_statement"}'
+        body = {"client_id": "c-%d" % counter[0], "client_secret": "s-%d" % counter[0],
+                "client_id_issued_at": int((t + WALL0) * 1000), "grant_types": ["client_credentials"]}
+        return 201, {}, json.dumps(body).encode()
+    if revoked and client.client_statement == OLD:
+        return 400, {}, b'{"error": "invalid_client"}'
+    body = {"access_token": "tok-%d" % counter[0], "token_type": "bearer", "expires_in": TTL,
+            "created_at": int((t + WALL0) * 1000), "id": "id-%d" % counter[0]}
+    return 201, {}, json.dumps(body).encode()
+
+
+# ------------------------------------------------------------------------------------ driver
+
+class Totals:
+    """Sums over addresses: requests by second, outcomes, holding-interval deltas, token times."""
+
+    def __init__(self, horizon: float) -> None:
+        self.bins = [0] * (int(horizon) + 2)
+        self.throttled = 0
+        self.requests = 0
+        self.by_status: dict[int, int] = {}
+        self.delta: dict[int, int] = {}        # second -> change in devices holding a token
+        self.ready_times: list[float] = []     # per device: first token that counts for the scenario
+        self.devices = 0
+        self.needing = 0                       # outage: devices without a token at recovery
+        self.stuck = 0                         # devices without a counting token at the horizon
+
+    def add_interval(self, start: float, end: float) -> None:
+        a, b = int(start), int(end)
+        if b <= a:
+            return
+        self.delta[a] = self.delta.get(a, 0) + 1
+        self.delta[b] = self.delta.get(b, 0) - 1
+
+
+def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: int) -> None:
+    """Simulate one public address shared by `ratio` boxes until the scenario's horizon."""
+    horizon = sc["horizon"]
+    make = AgentClient if kind == "agent" else NaiveClient
+    devs = [make(rng.random, sc["stored"](rng), OLD, 0.0) for _ in range(ratio)]
+    version = [0] * ratio
+    hold_start: list[float | None] = [None] * ratio
+    hold_end = [0.0] * ratio
+    ready: list[float | None] = [None] * ratio
+    lacked_at_ref = [False] * ratio
+    bucket = [float(BURST), 0.0]
+    counter = [0]
+    heap: list[tuple] = []
+    seq = 0
+    for i, d in enumerate(devs):
+        exp = d.token_expiry(0.0)
+        if exp is not None:
+            hold_start[i], hold_end[i] = 0.0, exp
+        start = sc["start"](rng)
+        heap.append((start, seq, WAKE, i, 0, None))
+        seq += 1
+    if sc["rollout_at"] is not None:
+        heap.append((sc["rollout_at"], seq, GLOBAL, -1, 0, None))
+        seq += 1
+    if sc["name"] == "outage":
+        heap.append((sc["t_ref"], seq, MARK, -1, 0, None))
+        seq += 1
+    heapq.heapify(heap)
+    t_ref = sc["t_ref"]
+    revocation = sc["rollout_at"] is not None
+
+    def schedule_wake(i: int, now: float) -> None:
+        nonlocal seq
+        version[i] += 1
+        d = devs[i].next_deadline()
+        if d is not None and d <= horizon:
+            heapq.heappush(heap, (max(d, now), seq, WAKE, i, version[i], None))
+            seq += 1
+
+    while heap:
+        t, _, ev, i, ver, data = heapq.heappop(heap)
+        if t > horizon:
+            break
+        if ev == WAKE:
+            if ver != version[i]:
+                continue
+            op = devs[i].poll(t)
+            if op is None:
+                schedule_wake(i, t)
+                continue
+            rtt = RTT[0] + (RTT[1] - RTT[0]) * rng.random()
+            heapq.heappush(heap, (t + rtt / 2, seq, ARRIVE, i, 0, (op, rtt / 2)))
+            seq += 1
+        elif ev == ARRIVE:
+            op, half = data
+            d = devs[i]
+            status, headers, body = _answer(op, d, d.statement, t, sc, bucket, counter)
+            totals.requests += 1
+            totals.bins[int(t)] += 1
+            totals.by_status[status] = totals.by_status.get(status, 0) + 1
+            if status == 429:
+                totals.throttled += 1
+            heapq.heappush(heap, (t + half, seq, ANSWER, i, 0, (op, status, headers, body)))
+            seq += 1
+        elif ev == ANSWER:
+            op, status, headers, body = data
+            d = devs[i]
+            try:
+                result = (dcr.parse_register if op == "register" else dcr.parse_token)(status, headers, body, t + WALL0)
+            except AgentError as e:
+                d.error(e, t)
+            else:
+                d.ok(op, result, t)
+                if op == "token":
+                    exp = t + result["expires_in"]
+                    if hold_start[i] is not None and t < hold_end[i]:
+                        hold_end[i] = exp
+                    else:
+                        if hold_start[i] is not None:
+                            totals.add_interval(hold_start[i], hold_end[i])
+                        hold_start[i], hold_end[i] = t, exp
+                    counts = t >= t_ref and (not revocation or d.client_statement == NEW)
+                    if counts and ready[i] is None:
+                        ready[i] = t
+            schedule_wake(i, t)
+        elif ev == MARK:  # Adobe is back: which boxes hold no valid token now?
+            for j in range(ratio):
+                lacked_at_ref[j] = hold_start[j] is None or hold_end[j] <= t
+        else:  # GLOBAL: the new statement reaches every box
+            for j, d in enumerate(devs):
+                d.statement_changed(NEW, t)
+                schedule_wake(j, t)
+    for i in range(ratio):
+        if hold_start[i] is not None:
+            totals.add_interval(hold_start[i], min(hold_end[i], horizon))
+        totals.devices += 1
+        if sc["name"] == "outage":
+            # Counts: holds a token at the horizon. Needing: held none when Adobe came back.
+            ok = hold_start[i] is not None and hold_end[i] > horizon
+            totals.needing += 1 if lacked_at_ref[i] else 0
+        else:
+            ok = ready[i] is not None
+            if ok:
+                totals.ready_times.append(ready[i])
+        if not ok:
+            totals.stuck += 1
+
+
+# ------------------------------------------------------------------------------------ floor
+
+def floor_city(ratio: int) -> list[float]:
+    """Token times of the best schedule for one address: request k is admitted at max(0, k-BURST)/RATE,
+    each box needs two (register, token), plus two mean round trips."""
+    rtt = sum(RTT) / 2
+    return [max(0.0, (2 * i - BURST) / RATE) + 2 * rtt for i in range(1, ratio + 1)]
+
+
+def floor_after(needing: int) -> list[float]:
+    """One request per box that needs a token, from a full bucket."""
+    rtt = sum(RTT) / 2
+    return [max(0.0, (i - BURST) / RATE) + rtt for i in range(1, needing + 1)]
+
+
+# ------------------------------------------------------------------------------------ running
+
+def holding(totals: Totals, sc: dict) -> list[int]:
+    """Devices counted as served, per second: holding a token (outage) or holding one that counts
+    for the scenario (city: any; revocation: issued to a client of the new statement)."""
+    horizon = int(sc["horizon"])
+    arr = [0] * (horizon + 1)
+    if sc["name"] == "outage":
+        for sec, d in totals.delta.items():
+            if sec <= horizon:
+                arr[sec] += d
+    else:
+        for t in totals.ready_times:
+            arr[min(horizon, int(math.ceil(t)))] += 1
+    acc = 0
+    for k in range(horizon + 1):
+        acc += arr[k]
+        arr[k] = acc
+    return arr
+
+
+def curve(values: list[int], scale: float = 1.0, points: int = 300) -> list[tuple[int, int]]:
+    step = max(1, len(values) // points)
+    idx = list(range(0, len(values), step))
+    if idx[-1] != len(values) - 1:
+        idx.append(len(values) - 1)
+    return [(k, int(round(values[k] * scale))) for k in idx]
+
+
+def summarize(totals: Totals, sc: dict, scale: float, served: list[int]) -> dict:
+    t_ref = sc["t_ref"]
+    n = totals.devices
+    t_all = None
+    if totals.stuck == 0:
+        if sc["name"] == "outage":
+            short = [k for k in range(int(t_ref), len(served)) if served[k] < n]
+            t_all = float(short[-1] + 1 - t_ref) if short else 0.0
+        elif totals.ready_times:
+            t_all = max(totals.ready_times) - t_ref
+    end = int(t_ref + (t_all if t_all is not None else sc["horizon"] - t_ref)) + 1
+    active = sum(totals.bins[int(t_ref):end])
+    return {
+        "devices": int(round(n * scale)),
+        "time_to_all_s": round(t_all, 1) if t_all is not None else None,
+        "requests": int(round(totals.requests * scale)),
+        "requests_per_device": round(totals.requests / max(1, n), 2),
+        "share_429": round(totals.throttled / max(1, totals.requests), 4),
+        "peak_rps": round(max(totals.bins) * scale, 1),
+        "mean_rps": round(active * scale / max(1.0, end - t_ref), 2),
+        "gave_up": int(round(totals.stuck * scale)),
+        "needing_at_recovery": int(round(totals.needing * scale)) if sc["name"] == "outage" else None,
+    }
+
+
+def run_case(sc: dict, kind: str, seed: int, sample_addresses: int | None = None) -> tuple[dict, list[int], float]:
+    ratio, n = sc["ratio"], sc["n"]
+    addresses = max(1, n // ratio)
+    todo = addresses if sample_addresses is None else min(addresses, sample_addresses)
+    totals = Totals(sc["horizon"])
+    rng = random.Random(seed)
+    for _ in range(todo):
+        run_address(sc, kind, rng, totals, ratio)
+    scale = addresses / todo
+    served = holding(totals, sc)
+    return summarize(totals, sc, scale, served), served, scale
+
+
+def floor_case(sc: dict, agent: dict, agent_served: list[int]) -> tuple[dict, list[int]]:
+    """The floor's figures and curve. Outage: from the agent's own state at recovery (nothing can be
+    done while Adobe is down), then one request per box lacking a token, burst 10 then 1/s."""
+    ratio, n = sc["ratio"], sc["n"]
+    addresses = max(1, n // ratio)
+    horizon = int(sc["horizon"])
+    if sc["name"] == "outage":
+        needing = int(math.ceil((agent["needing_at_recovery"] or 0) / addresses))
+        times = [sc["t_ref"] + x for x in floor_after(needing)]
+        requests = needing * addresses
+        base = agent_served[:int(sc["t_ref"])]
+        start = n - needing * addresses
+    else:
+        times = [sc["t_ref"] + x for x in floor_city(ratio)]
+        requests = 2 * n
+        base, start = [], 0
+    arr = [0] * (horizon + 1)
+    for t in times:
+        if t <= horizon:
+            arr[int(math.ceil(t))] += addresses
+    acc, served = start, list(base)
+    for k in range(len(base), horizon + 1):
+        acc += arr[k]
+        served.append(acc)
+    t_all = (times[-1] - sc["t_ref"]) if times else 0.0
+    return {"devices": n, "time_to_all_s": round(t_all, 1), "requests": requests, "requests_per_device":
+            round(requests / n, 2), "share_429": 0.0, "peak_rps": float(addresses * min(BURST, max(1, requests // addresses))),
+            "mean_rps": round(requests / max(1.0, t_all), 2), "gave_up": 0}, served
+
+
+def run_scenario(sc: dict, seed: int, naive_sample: int) -> dict:
+    t0 = time.monotonic()
+    agent, a_served, _ = run_case(sc, "agent", seed)
+    naive, n_served, nscale = run_case(sc, "naive", seed + 1, naive_sample)
+    floor, f_served = floor_case(sc, agent, a_served)
+    ratio_time = None
+    if agent["time_to_all_s"] is not None and floor["time_to_all_s"]:
+        ratio_time = agent["time_to_all_s"] / floor["time_to_all_s"]
+    return {"scenario": sc["name"], "ratio": sc["ratio"], "devices": sc["n"], "t_ref": sc["t_ref"],
+            "horizon": sc["horizon"], "agent": agent, "naive": naive, "floor": floor,
+            "naive_sampled_addresses": None if nscale == 1 else int(round(sc["n"] / sc["ratio"] / nscale)),
+            "agent_vs_floor": round(ratio_time, 3) if ratio_time is not None else None,
+            "targets": {"time_within_1.3x": ratio_time is not None and ratio_time <= 1.3,
+                        "share_429_below_10pct": agent["share_429"] < 0.10, "none_gave_up": agent["gave_up"] == 0},
+            "curves": {"agent": curve(a_served), "naive": curve(n_served, nscale), "floor": curve(f_served)},
+            "sim_seconds": round(time.monotonic() - t0, 1)}
+
+
+# ------------------------------------------------------------------------------------ output
+
+def table(results: list[dict]) -> str:
+    head = ("scenario", "dev/addr", "client", "time-to-all s", "x floor", "429 share", "peak req/s",
+            "mean req/s", "req/device", "gave up")
+    rows = [head]
+    for r in results:
+        for who in ("floor", "agent", "naive"):
+            m = r[who]
+            tta = m["time_to_all_s"]
+            x = (tta / r["floor"]["time_to_all_s"]) if tta is not None and r["floor"]["time_to_all_s"] else None
+            label = who + ("*" if who == "naive" and r["naive_sampled_addresses"] else "")
+            rows.append((r["scenario"], str(r["ratio"]), label, "-" if tta is None else "%.1f" % tta,
+                         "-" if x is None else "%.2f" % x, "%.1f%%" % (100 * m["share_429"]),
+                         "%.0f" % m["peak_rps"], "%.1f" % m.get("mean_rps", 0.0),
+                         "%.2f" % (m["requests"] / max(1, m["devices"])), str(m["gave_up"])))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+COLORS = {"agent": "#1f77b4", "naive": "#d62728", "floor": "#2ca02c"}
+
+
+def svg(results: list[dict]) -> str:
+    """Small multiples: devices holding a token over time, one panel per scenario/ratio."""
+    w, h, pad = 360, 220, 46
+    cols = 3
+    rows = (len(results) + cols - 1) // cols
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
+           'font-size="11">' % (cols * w, rows * h + 30),
+           '<rect width="100%" height="100%" fill="white"/>',
+           '<text x="10" y="18" font-size="14">Devices holding a valid token over time '
+           '(agent: blue, naive 1 s retries: red, floor: green)</text>']
+    for k, r in enumerate(results):
+        ox, oy = (k % cols) * w, 30 + (k // cols) * h
+        pw, ph = w - pad - 12, h - pad - 24
+        x0, y0 = ox + pad, oy + 20
+        tmax = r["horizon"]
+        n = r["devices"]
+        out.append('<text x="%d" y="%d" font-weight="bold">%s, %d devices, %d per address</text>'
+                   % (x0, oy + 12, r["scenario"], n, r["ratio"]))
+        out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#999"/>' % (x0, y0, pw, ph))
+        for frac in (0.0, 0.5, 1.0):
+            y = y0 + ph - frac * ph
+            out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (x0 - 4, y + 4, _si(n * frac)))
+            out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
+                       % (x0 + frac * pw, y0 + ph + 14, _dur(tmax * frac)))
+        for who in ("floor", "naive", "agent"):
+            pts = r["curves"][who]
+            if not pts:
+                continue
+            path = " ".join("%.1f,%.1f" % (x0 + pw * min(t, tmax) / tmax, y0 + ph - ph * min(v, n) / max(1, n))
+                            for t, v in pts)
+            dash = ' stroke-dasharray="4 3"' if who == "floor" else ""
+            out.append('<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="%s"/>'
+                       % (COLORS[who], dash, path))
+        a = r["agent"]
+        out.append('<text x="%d" y="%d" fill="#333">agent %s (x%s floor), 429: %.0f%%</text>'
+                   % (x0 + 4, y0 + ph - 6, "-" if a["time_to_all_s"] is None else _dur(a["time_to_all_s"]),
+                      "-" if r["agent_vs_floor"] is None else "%.2f" % r["agent_vs_floor"], 100 * a["share_429"]))
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _si(v: float) -> str:
+    return "%dk" % (v / 1000) if v >= 1000 else "%d" % v
+
+
+def _dur(s: float) -> str:
+    return "%.0fs" % s if s < 120 else ("%.0fm" % (s / 60) if s < 7200 else "%.1fh" % (s / 3600))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.fleetsim", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenario", choices=("city", "outage", "revocation", "all"), default="all")
+    p.add_argument("--devices", type=int, default=100000, help="boxes per scenario (default 100000)")
+    p.add_argument("--ratios", default="1,10,100,1000", help="devices per public address for the city scenario")
+    p.add_argument("--ratio", type=int, default=1000, help="devices per address for outage and revocation")
+    p.add_argument("--naive-sample", type=int, default=2,
+                   help="addresses simulated for the naive client, scaled up (default 2)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--policy", metavar="JSON", help='Lifecycle keyword overrides to experiment with, '
+                   'e.g. \'{"throttle_growth": 2, "throttle_cap": 900}\'')
+    p.add_argument("--json", metavar="FILE", help="write the figures (and curves) as JSON")
+    p.add_argument("--svg", metavar="FILE", help="plot devices holding a token over time")
+    a = p.parse_args(argv)
+    if a.devices < 1:
+        p.error("--devices must be >= 1")
+    try:
+        ratios = [int(x) for x in a.ratios.split(",") if x.strip()]
+    except ValueError:
+        p.error("--ratios must be comma-separated integers, e.g. 1,10,100,1000")
+    if not ratios or min(ratios) < 1 or a.ratio < 1:
+        p.error("device-per-address ratios must be >= 1")
+    if a.policy:
+        try:
+            POLICY.update(json.loads(a.policy))
+            lifecycle.Lifecycle(**POLICY)
+        except (ValueError, TypeError) as e:
+            p.error("--policy: %s" % e)
+    cases = []
+    if a.scenario in ("city", "all"):
+        cases += [scenario_city(a.devices, r) for r in ratios]
+    if a.scenario in ("outage", "all"):
+        cases.append(scenario_outage(a.devices, a.ratio))
+    if a.scenario in ("revocation", "all"):
+        cases.append(scenario_revocation(a.devices, a.ratio))
+    t0 = time.monotonic()
+    results = []
+    for sc in cases:
+        sc["ratio"] = min(sc["ratio"], sc["n"])
+        results.append(run_scenario(sc, a.seed, a.naive_sample))
+        print("ran %s (%d per address) in %.1f s" % (sc["name"], sc["ratio"], results[-1]["sim_seconds"]),
+              file=sys.stderr)
+    print(table(results))
+    print("* naive client simulated on a sample of addresses and scaled; floor = best schedule under "
+          "the throttle (burst %d, then %g req/s per address)" % (BURST, RATE))
+    print("targets (agent): " + "; ".join(
+        "%s/%d: %s" % (r["scenario"], r["ratio"], ", ".join(k + ("" if v else " MISSED") for k, v in r["targets"].items()))
+        for r in results))
+    print("simulated in %.1f s" % (time.monotonic() - t0))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"policy": _policy(), "model": {"rate": RATE, "burst": BURST, "ttl": TTL, "rtt": RTT},
+                       "results": results}, f, indent=1)
+            f.write("\n")
+    if a.svg:
+        with open(a.svg, "w") as f:
+            f.write(svg(results))
+    return 0
+
+
+def _policy() -> dict:
+    lc = lifecycle.Lifecycle(**POLICY)
+    return {k: getattr(lc, k) for k in ("refresh_at", "jitter", "backoff_base", "backoff_cap", "throttle_growth",
+                                        "throttle_cap", "operator_retry")}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
