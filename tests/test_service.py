@@ -1,0 +1,96 @@
+"""The service shell: hot path without the lock, epoch times that are stable and follow wall jumps."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from agent import config as configmod
+from agent.service import Service
+from tests.conftest import fake_statement
+
+IDENTITY = {"x_device_info": "eyJtb2RlbCI6IngifQ==", "ap_device_identifier": "fingerprint eA==",
+            "device_id": "serial:1", "fields": {"model": "x"}, "sources": {}, "warnings": []}
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.mono, self.wall = 1000.0, 1.8e9
+
+    def m(self) -> float:
+        return self.mono
+
+    def w(self) -> float:
+        return self.wall
+
+
+@pytest.fixture
+def svc(tmp_path):
+    st = tmp_path / "statement.jwt"
+    st.write_text(fake_statement())
+    cfg = configmod.defaults()
+    cfg["adobe"]["software_statement"] = str(st)
+    clocks = Clocks()
+    calls = []
+    done = threading.Event()
+
+    def send(req, timeout, ca_file, wall_now):
+        calls.append(req["url"])
+        if req["url"].endswith("/client/register"):
+            body = {"client_id": "cid-123456789", "client_secret": "sec-abcdef-123456"}
+        else:
+            body = {"access_token": "tok-%d-abcdefgh" % len(calls), "token_type": "bearer", "expires_in": 3600}
+            done.set()
+        return 201, {}, json.dumps(body).encode()
+
+    s = Service(cfg, identity=IDENTITY, clock=clocks.m, wall=clocks.w, send=send)
+    s.start()
+    assert done.wait(10)
+    s.clocks, s.calls = clocks, calls
+    yield s
+    s.stop()
+
+
+def test_epoch_times_are_stable_and_follow_wall_jumps(svc):
+    t1 = svc.wait_token(5)
+    svc.clocks.mono += 0.25
+    svc.clocks.wall += 0.2500003  # the two clocks tick together, with sub-second noise
+    t2 = svc.token()
+    assert t2["expires_at"] == t1["expires_at"] and t2["refresh_at"] == t1["refresh_at"]
+    assert t2["access_token"] == t1["access_token"]
+    svc.clocks.wall += 86400  # NTP sync on a box without RTC
+    t3 = svc.token()
+    assert t3["expires_at"] == t1["expires_at"] + 86400
+    assert t3["expires_in"] == t2["expires_in"]  # validity comes from the monotonic clock only
+
+
+def test_expired_token_is_not_served_and_one_fetch_is_triggered(svc):
+    old = svc.wait_token(5)["access_token"]
+    n = len(svc.calls)
+    svc.clocks.mono += 3601
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(svc.token())) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # The expired token is never served; callers after the fetch completed get the new one.
+    assert all(r is None or r["access_token"] != old for r in results)
+    assert svc.wait_token(5)["access_token"] != old
+    assert len(svc.calls) == n + 1, "200 callers on an expired token must cause exactly one token request"
+
+
+def test_min_ttl_is_honoured_on_the_hot_path(svc):
+    t = svc.wait_token(5)
+    assert svc.token(min_ttl=t["expires_in"] - 10) is not None
+    assert svc.token(min_ttl=t["expires_in"] + 10) is None
+
+
+def test_status_and_status_line_never_contain_secrets(svc):
+    svc.wait_token(5)
+    text = json.dumps(svc.status()) + svc.status_line()
+    assert "sec-abcdef-123456" not in text and "abcdefgh" not in text
+    assert svc.status()["state"] == "token_valid"
+    assert svc.health() == {"live": True, "ready": True}
