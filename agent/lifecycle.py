@@ -126,6 +126,7 @@ class Lifecycle:
     def __init__(self, *, refresh_at: float = 0.8, jitter: float = 0.1,
                  random: Callable[[], float] | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 300.0, throttle_growth: float = 4.0, throttle_cap: float = 3600.0,
+                 throttle_spread: float | None = 0.2,
                  operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
                  register_report_interval: float = 900.0, min_ttl_refresh_interval: float = 30.0) -> None:
         self.refresh_at = refresh_at
@@ -135,6 +136,7 @@ class Lifecycle:
         self.backoff_cap = backoff_cap
         self.throttle_growth = throttle_growth
         self.throttle_cap = throttle_cap
+        self.throttle_spread = throttle_spread
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
         self.register_report_interval = register_report_interval
@@ -150,6 +152,7 @@ class Lifecycle:
         self.attempts = 0                         # consecutive transient failures (not 429), for backoff
         self.throttled = 0                        # consecutive 429s, for the throttle window
         self.window = 0.0                         # last throttle window (s); spreads the token request too
+        self.throttled_since = 0.0                # monotonic time of the first 429 of the current streak
         self.pending_register = False             # the next request must be a registration
         self.trigger_spent = False                # a registration succeeded for this trigger, no token since
         self.in_flight: str | None = None
@@ -301,7 +304,13 @@ class Lifecycle:
     def _backoff(self, now: float, err: AgentError) -> float:
         """Due time after a transient failure (see 'Backoff policy' in the header)."""
         if err.code == THROTTLED:
-            self.window = min(self.throttle_cap, self.backoff_base * self.throttle_growth ** min(self.throttled, 30))
+            if self.throttled == 0:
+                self.throttled_since = now
+            if self.throttle_spread is not None:
+                w = self.throttle_spread * (now - self.throttled_since)
+            else:
+                w = self.backoff_base * self.throttle_growth ** min(self.throttled, 30)
+            self.window = min(self.throttle_cap, max(self.backoff_base, w))
             self.throttled += 1
             delay = self._spread(self.window)
         else:
