@@ -268,6 +268,28 @@ def view(cfg: dict) -> dict:
     return out
 
 
+def local(base_dir: str, base_url: str, statement: str, ca_file: str | None = None, **tables: dict) -> dict:
+    """A complete config with every path under `base_dir` (demo, tests, benchmarks, a developer's laptop).
+
+    `tables` update tables by name, e.g. local(..., log={"level": "debug"}).
+    """
+    cfg = defaults()
+    cfg["adobe"].update(base_url=base_url, software_statement=statement, ca_file=ca_file, timeout=5.0)
+    cfg["storage"].update(dir=os.path.join(base_dir, "store"), runtime_dir=os.path.join(base_dir, "run"))
+    cfg["socket"].update(path=os.path.join(base_dir, "agent.sock"), mode=0o600)
+    for table, values in tables.items():
+        cfg[table].update(values)
+    return cfg
+
+
+def write(cfg: dict, path: str) -> str:
+    """Write `cfg` as TOML to `path` (0600: it may name a console password hash); returns the path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(to_toml(cfg))
+    return path
+
+
 def to_toml(cfg: dict) -> str:
     """Render a config dict as TOML (used by demo and tests to write config files)."""
     lines: list[str] = []

@@ -92,14 +92,8 @@ def main(once: bool = False, keep: bool = False) -> int:
 
         master, slave = os.openpty()
         console_port = os.ttyname(slave)
-        cfg = configmod.defaults()
-        cfg["adobe"].update(base_url=emu.base_url, software_statement=statement, ca_file=emu.ca_file, timeout=5.0)
-        cfg["storage"].update(dir=os.path.join(tmp, "store"), runtime_dir=os.path.join(tmp, "run"))
-        cfg["socket"].update(path=os.path.join(tmp, "agent.sock"), mode=0o600)
-        cfg["console"].update(port=console_port, dumb=True)
-        cfg_path = os.path.join(tmp, "agent.toml")
-        with open(cfg_path, "w") as f:
-            f.write(configmod.to_toml(cfg))
+        cfg = configmod.local(tmp, emu.base_url, statement, emu.ca_file, console={"port": console_port, "dumb": True})
+        cfg_path = configmod.write(cfg, os.path.join(tmp, "agent.toml"))
         cfg = configmod.load(cfg_path)
         print("    agent configuration %s" % cfg_path)
 

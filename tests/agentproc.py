@@ -28,12 +28,8 @@ class AgentProc:
         self.statement = os.path.join(self.tmp, "statement.jwt")
         if emu is not None and not os.path.exists(self.statement):
             emu.write_statement(self.statement)
-        cfg = configmod.defaults()
-        cfg["adobe"].update(base_url=emu.base_url if emu else "https://127.0.0.1:9/o",
-                            software_statement=self.statement, ca_file=emu.ca_file if emu else None, timeout=3.0)
-        cfg["storage"].update(dir=os.path.join(self.tmp, "store"), runtime_dir=os.path.join(self.tmp, "run"))
-        cfg["socket"].update(path=os.path.join(self.tmp, "agent.sock"), mode=0o600)
-        cfg["log"]["level"] = "debug"
+        cfg = configmod.local(self.tmp, emu.base_url if emu else "https://127.0.0.1:9/o", self.statement,
+                              emu.ca_file if emu else None, adobe={"timeout": 3.0}, log={"level": "debug"})
         for key, value in overrides.items():
             table, k = key.split("__", 1)
             cfg[table][k] = value
@@ -48,8 +44,11 @@ class AgentProc:
         self.runs = 0
 
     def write_config(self, text: str | None = None) -> None:
+        if text is None:
+            configmod.write(self.cfg, self.config_path)
+            return
         with open(self.config_path, "w") as f:
-            f.write(text if text is not None else configmod.to_toml(self.cfg))
+            f.write(text)
 
     @property
     def log_path(self) -> str:

@@ -32,7 +32,8 @@ values = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4)
 fields = {"client_id": values, "client_secret": st.one_of(st.just(SECRET), values),
           "client_id_issued_at": values, "redirect_uris": values, "grant_types": values, "scopes": values,
           "access_token": st.one_of(st.just(TOKEN), values), "token_type": values,
-          "expires_in": st.one_of(st.integers(-10, 10 ** 12), st.floats(-1e300, 1e300), values),
+          "expires_in": st.one_of(st.integers(-10, 10 ** 12), st.floats(-1e300, 1e300).filter(lambda x: not 0 < x < 1),
+                                values.filter(lambda x: not (isinstance(x, float) and 0 < x < 1))),
           "created_at": values, "id": values,
           "error": st.one_of(st.sampled_from(sorted(dcr.OAUTH_ERRORS)), values)}
 objects = st.fixed_dictionaries({}, optional=fields)
@@ -98,7 +99,7 @@ def test_parse_token(status: int, hdrs: dict | None, body: bytes, now: float) ->
         return
     assert 200 <= status < 300
     assert isinstance(t["access_token"], str) and t["access_token"]
-    assert isinstance(t["expires_in"], int) and t["expires_in"] > 0 or t["expires_in"] == 0
+    assert isinstance(t["expires_in"], int) and t["expires_in"] >= 1
     assert isinstance(t["token_type"], str) and t["token_type"]
     assert t["id"] is None or isinstance(t["id"], str)
 
@@ -147,6 +148,12 @@ def test_known_bug_infinite_expires_in() -> None:
         dcr.parse_token(201, {}, b'{"access_token":"a","expires_in":1e400}')
     except UpstreamError:
         pass
+
+
+@pytest.mark.xfail(strict=True, reason="dcr.parse_token: a fractional expires_in below 1 (0.5) passes the > 0 "
+                   "check and int() makes it 0: a token that is due for refresh the moment it arrives")
+def test_known_bug_fractional_expires_in() -> None:
+    assert dcr.parse_token(201, {}, b'{"access_token":"a","expires_in":0.5}')["expires_in"] >= 1
 
 
 @pytest.mark.xfail(strict=True, raises=ValueError,

@@ -77,14 +77,8 @@ def real_daemon_latency(n: int) -> dict:
     emu = Emulator(state_dir=os.path.join(tmp, "emu"), tls=True).start()
     statement = os.path.join(tmp, "statement.jwt")
     emu.write_statement(statement)
-    cfg = configmod.defaults()
-    cfg["adobe"].update(base_url=emu.base_url, software_statement=statement, ca_file=emu.ca_file)
-    cfg["storage"].update(dir=os.path.join(tmp, "store"), runtime_dir=os.path.join(tmp, "run"))
-    cfg["socket"].update(path=os.path.join(tmp, "agent.sock"), mode=0o600)
-    cfg["log"]["level"] = "warning"
-    cfg_path = os.path.join(tmp, "agent.toml")
-    with open(cfg_path, "w") as f:
-        f.write(configmod.to_toml(cfg))
+    cfg = configmod.local(tmp, emu.base_url, statement, emu.ca_file, log={"level": "warning"})
+    cfg_path = configmod.write(cfg, os.path.join(tmp, "agent.toml"))
     echo_path = os.path.join(tmp, "echo.sock")
     echo = bs._start(bs._run_echo, echo_path, 0)
     _, agent = _spawn_until_ready([sys.executable, "-m", "agent", "run", "--config", cfg_path], tmp)
