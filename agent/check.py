@@ -43,11 +43,13 @@ def check_statement(path: str) -> str:
 
 def _dir_usable(path: str, what: str) -> str:
     probe = path
-    while not os.path.isdir(probe):
+    while not os.path.exists(probe):
         parent = os.path.dirname(probe)
         if parent == probe:
             break
         probe = parent
+    if not os.path.isdir(probe):
+        raise NotADirectoryError("%s %s: %s exists and is not a directory" % (what, path, probe))
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError("%s %s: %s is not writable by uid %d" % (what, path, probe, os.getuid()))
     return "%s %s is usable%s" % (what, path, "" if probe == path else " (will be created)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,34 @@ def test_emulator_and_console_hash_receive_their_own_arguments():
     from agent.consolehash import verify
 
     assert verify("s3cret-pass", line) and not verify("other", line)
+
+
+def _check_config(tmp_path, statement_file, **extra):
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "boards", "raspberrypi")
+    lines = ['[adobe]', 'software_statement = "%s"' % statement_file, '[device]', 'board = "raspberrypi"',
+             'root = "%s"' % fixture, '[storage]', 'dir = "%s"' % extra.get("store", tmp_path / "store"),
+             '[socket]', 'path = "%s"' % (tmp_path / "run" / "agent.sock")]
+    p = tmp_path / "agent.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+def test_check_all_pass_exits_0(tmp_path, statement_file):
+    r = cli("check", "--config", _check_config(tmp_path, statement_file))
+    assert r.returncode == 0, r.stdout
+    names = [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("ok")]
+    assert names == ["config", "statement", "board", "device-info", "storage", "socket", "clock"]
+    assert "Raspberry Pi" in r.stdout and "all checks passed" in r.stdout
+
+
+def test_check_environment_failure_exits_1_with_a_fix(tmp_path, statement_file):
+    blocker = tmp_path / "flash"
+    blocker.write_text("not a directory")
+    (tmp_path / "bad.jwt").write_text("this is not a JWT")
+    path = _check_config(tmp_path, str(tmp_path / "bad.jwt"), store=blocker / "store")
+    r = cli("check", "--config", path)
+    assert r.returncode == 1, r.stdout
+    fails = [ln for ln in r.stdout.splitlines() if ln.startswith("fail")]
+    assert any("statement" in ln and "not a JWT" in ln for ln in fails)
+    assert any("storage" in ln and "is not a directory" in ln for ln in fails)
+    assert r.stdout.count("fix:") == 2 and "2 check(s) failed" in r.stdout
