@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import math
 import os
 import sys
 from typing import Any, Callable
@@ -39,9 +40,19 @@ def _opt_str(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, str), (v or None), "a string (empty for none)"
 
 
+def _finite(v: Any) -> bool:
+    """A real number that fits a float and is not inf/nan (TOML allows inf, nan and huge integers)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def _pos_number(v: Any) -> tuple[bool, Any, str]:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-    return ok, float(v) if ok else v, "a positive number"
+    ok = _finite(v) and v > 0
+    return ok, float(v) if ok else v, "a positive, finite number"
 
 
 def _pos_int(v: Any) -> tuple[bool, Any, str]:
@@ -55,7 +66,7 @@ def _bool(v: Any) -> tuple[bool, Any, str]:
 
 def _fraction(lo: float, hi: float) -> Check:
     def check(v: Any) -> tuple[bool, Any, str]:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+        ok = _finite(v) and lo <= v <= hi
         return ok, float(v) if ok else v, "a number from %g to %g" % (lo, hi)
 
     return check
@@ -171,7 +182,7 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     for table, value in data.items():
         if table not in SCHEMA:
-            problems.append("unknown table [%s]; expected one of %s" % (table, ", ".join("[%s]" % t for t in SCHEMA)))
+            problems.append("unknown table [%r]; expected one of %s" % (table, ", ".join("[%s]" % t for t in SCHEMA)))
             continue
         if not isinstance(value, dict):
             problems.append("[%s] must be a table, found %s" % (table, _describe(value)))
@@ -193,10 +204,14 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
             cfg[table][key] = os.path.normpath(os.path.join(base_dir, v))
     url = cfg["adobe"]["base_url"]
     if isinstance(url, str):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parts, host = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
             problems.append("[adobe] base_url: found %r, expected an https:// URL such as %s" % (url, PRODUCTION_BASE_URL))
-        elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+        elif parts.scheme == "http" and not _is_loopback(host):
             problems.append("[adobe] base_url: found %r; plain http:// is allowed only for loopback hosts "
                             "(localhost, 127.0.0.1, ::1), use https://" % url)
     for name in cfg["socket"]["allow_groups"] if isinstance(cfg["socket"]["allow_groups"], list) else []:
@@ -248,6 +263,10 @@ def load(path: str | None = None, check_files: bool = True) -> dict:
         raise ConfigError(["not valid TOML: %s" % e], path)
     except UnicodeDecodeError:
         raise ConfigError(["not valid UTF-8"], path)
+    except RecursionError:
+        raise ConfigError(["not usable TOML: arrays or tables nested too deeply"], path)
+    except ValueError as e:  # e.g. an integer beyond Python's digit limit
+        raise ConfigError(["not usable TOML: %s" % str(e)[:200]], path)
     return validate(data, path, check_files)
 
 

@@ -30,7 +30,7 @@ def test_unknown_key_and_table(write_config, statement_file):
     path = write_config('[adobe]\nsoftware_statement = "%s"\nbase_ulr = "x"\n[sockets]\npath = "/x"\n' % statement_file)
     probs = _problems(path)
     assert any("[adobe] unknown key 'base_ulr'" in p and "base_url" in p for p in probs)
-    assert any("unknown table [sockets]" in p for p in probs)
+    assert any("unknown table ['sockets']" in p for p in probs)
 
 
 def test_wrong_types_are_all_reported(write_config, statement_file):
@@ -39,7 +39,7 @@ def test_wrong_types_are_all_reported(write_config, statement_file):
                         % statement_file)
     probs = _problems(path)
     text = "\n".join(probs)
-    assert "[adobe] timeout: found 'ten' (str), expected a positive number" in text
+    assert "[adobe] timeout: found 'ten' (str), expected a positive, finite number" in text
     assert "[socket] mode: found '0660' (str), expected a file mode as an integer" in text
     assert "[socket] allow_uids" in text
     assert "[refresh] at: found 1.5 (float), expected a number from 0.1 to 0.95" in text

@@ -1,8 +1,8 @@
 """Fuzzing the config loader: `validate` on arbitrary TOML-shaped data, `load` on arbitrary bytes.
 
 The contract: a complete config dict, or a ConfigError whose every problem names the table/key (or
-the file) and what was expected; never another exception. Known bugs are pinned as strict xfail
-tests at the end, and the generators avoid exactly those inputs until they are fixed.
+the file) and what was expected; never another exception. Bugs it found are kept as regression tests
+at the end.
 """
 
 from __future__ import annotations
@@ -119,50 +119,34 @@ def test_load_special_paths(tmp_path) -> None:
         check_error(ei.value, p)
 
 
-# -- known bugs (owner: agent/config.py); remove the xfail marks (and known_bug) once fixed ----------
+# -- bugs the fuzzer found, fixed: these inputs must give a ConfigError -----------------------------
 
 
 def _load_text(tmp_path, text: str) -> None:
     p = tmp_path / "agent.toml"
     p.write_text(text)
-    try:
+    with pytest.raises(ConfigError) as ei:
         config.load(str(p), check_files=False)
-    except ConfigError:
-        pass
+    check_error(ei.value, str(p))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="config.validate: base_url 'http://[' makes urlsplit raise ValueError ('Invalid IPv6 "
-                          "URL') instead of a ConfigError naming [adobe] base_url")
-def test_known_bug_bad_ipv6_base_url(tmp_path) -> None:
+def test_fixed_bad_ipv6_base_url(tmp_path) -> None:
     _load_text(tmp_path, '[adobe]\nbase_url = "https://[::1/o"\n')
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="config._pos_number: an integer too large for a float (e.g. timeout = 1e400 written as "
-                          "401 digits) raises OverflowError from float(v)")
-def test_known_bug_huge_integer_number(tmp_path) -> None:
+def test_fixed_huge_integer_number(tmp_path) -> None:
     _load_text(tmp_path, "[adobe]\ntimeout = 1%s\n" % ("0" * 400))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="config.load: tomllib raises a plain ValueError for an integer over 4300 digits "
-                          "(int max str digits), which load does not turn into a ConfigError")
-def test_known_bug_integer_over_digit_limit(tmp_path) -> None:
+def test_fixed_integer_over_digit_limit(tmp_path) -> None:
     _load_text(tmp_path, "[adobe]\ntimeout = 1%s\n" % ("0" * 5000))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="config.load: deeply nested arrays/inline tables make tomllib raise RecursionError, "
-                          "which load does not turn into a ConfigError")
-def test_known_bug_deep_nesting(tmp_path) -> None:
+def test_fixed_deep_nesting(tmp_path) -> None:
     _load_text(tmp_path, "a = " + "[" * 5000)
 
 
-@pytest.mark.xfail(strict=True, reason="config.validate prints an unknown table name with %s, so a quoted TOML "
-                   "table name holding a newline splits one problem over several lines (and can fake a line "
-                   "of the error report); keys are printed with %r already")
-def test_known_bug_newline_in_table_name(tmp_path) -> None:
+def test_fixed_newline_in_table_name(tmp_path) -> None:
     p = tmp_path / "agent.toml"
     p.write_text('["x\\nadobe.timeout: ok"]\n')
     with pytest.raises(ConfigError) as ei:
@@ -170,8 +154,6 @@ def test_known_bug_newline_in_table_name(tmp_path) -> None:
     check_error(ei.value, str(p))
 
 
-@pytest.mark.xfail(strict=True, reason="config._pos_number accepts inf (TOML `inf`): timeout = inf passes "
-                   "validation, then socket.settimeout(inf) fails with OverflowError at the first request")
-def test_known_gap_infinite_timeout_accepted() -> None:
+def test_fixed_infinite_timeout_refused() -> None:
     with pytest.raises(ConfigError):
         config.validate({"adobe": {"timeout": float("inf")}}, None, check_files=False)
