@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import logging
+import math
 from typing import Any, Callable
 
 from agent.errors import FATAL, OPERATOR, RETRY, AgentError, NotReady, UpstreamError
@@ -258,6 +259,16 @@ class Dispatcher:
         return sorted(self._methods)
 
     def handle_line(self, line: bytes) -> bytes | Action | None:
+        """One request line in, its answer out. Never raises: a bug answers internal_error."""
+        try:
+            return self._handle_line(line)
+        except Exception as e:
+            self.errors += 1
+            _log.error("JSON-RPC request could not be answered: %s", type(e).__name__)
+            return error_line(None, INTERNAL_ERROR, "internal error while reading the request; the agent log has "
+                              "details; retry later or report a bug", error_data("internal_error", RETRY, 1.0))
+
+    def _handle_line(self, line: bytes) -> bytes | Action | None:
         self.requests += 1
         try:
             req = parse(line)
@@ -464,7 +475,18 @@ class Dispatcher:
 
 
 def _valid_id(v: Any) -> bool:
-    return v is None or (not isinstance(v, bool) and isinstance(v, (str, int, float)))
+    """null, an int, a finite float, or a string that can be sent back (no lone surrogates)."""
+    if v is None or type(v) is int:
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False
 
 
 def token_changed(event: dict) -> bytes:

@@ -24,6 +24,8 @@ import errno
 import socket
 import sys
 
+_HEX = b"0123456789abcdefABCDEF"  # chunk sizes are hex digits only
+
 _MICROPYTHON = sys.implementation.name == "micropython"
 
 try:  # CPython: a monotonic float clock
@@ -401,7 +403,8 @@ class _Body:
             raise OSError(errno.ECONNRESET, "connection closed inside the chunked body")
         size = line.split(b";", 1)[0].strip()
         try:
-            if not size or len(size) > 16:
+            # Hex digits only: int(x, 16) would also take "-1", "+1", "0x1" and "1_0".
+            if not size or len(size) > 16 or any(c not in _HEX for c in size):
                 raise ValueError
             self.left = int(str(size, "ascii"), 16)
         except ValueError:
