@@ -197,7 +197,17 @@ def _kind_of(v: Any) -> str:
 
 _TOKEN_PARAMS = {"min_ttl": _number("min_ttl", 0, 86400 * 7), "wait": _number("wait", 0, MAX_WAIT)}
 _NO_PARAMS: dict = {}
-_REPORT_PARAMS = {"status": _status, "body": _any, "access_token": _opt_str("access_token")}
+def _opt_bool(name: str) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if v is not None and not isinstance(v, bool):
+            raise RpcError(INVALID_PARAMS, "param %r must be true or false, got %s; fix the request" % (name, _kind_of(v)))
+        return bool(v)
+
+    return check
+
+
+_REPORT_PARAMS = {"status": _status, "body": _any, "access_token": _opt_str("access_token"),
+                  "management": _opt_bool("management")}
 
 
 def _params(method: str, params: Any, spec: dict, required: tuple = ()) -> dict:
@@ -454,6 +464,8 @@ class Dispatcher:
 
     def _error_report(self, req_id: Any, params: Any) -> dict:
         p = _params("error.report", params, _REPORT_PARAMS, required=("status",))
+        if p.get("management"):
+            return self.service.report_error(p["status"], p.get("body"), p.get("access_token"), management=True)
         return self.service.report_error(p["status"], p.get("body"), p.get("access_token"))
 
     def _subscribe(self, req_id: Any, params: Any) -> Action:

@@ -304,8 +304,9 @@ class Service:
     def identity(self) -> dict:
         return self._identity
 
-    def report_error(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
-        decision, reason = dcr.classify_protected_error(status, body, management=False)
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None,
+                     management: bool = False) -> dict:
+        decision, reason = dcr.classify_protected_error(status, body, management=management)
         with self._cond:
             result = self.lc.report(status, decision, access_token, self.clock())
             self._cond.notify_all()

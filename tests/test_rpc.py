@@ -224,3 +224,23 @@ def test_token_changed_notification_carries_no_token() -> None:
 def test_from_agent_error_keeps_retry_advice() -> None:
     e = rpc.from_agent_error(NotReady("no token yet", retry_after=3))
     assert e.code == rpc.NOT_READY and e.data == {"code": "not_ready", "kind": "retry", "retry_after": 3}
+
+
+def test_error_report_management_flag_is_validated_and_passed_on():
+    from agent import rpc as _rpc
+    from tests.fakes import FakeService
+
+    seen = {}
+
+    class S(FakeService):
+        def report_error(self, status, body=None, access_token=None, management=False):
+            seen.update(status=status, management=management)
+            return {"decision": "reregister" if management else "ignored", "reason": "test"}
+
+    d = _rpc.Dispatcher(S())
+    out = json.loads(d.handle_line(b'{"jsonrpc":"2.0","id":1,"method":"error.report","params":{"status":403,'
+                                   b'"management":true}}'))
+    assert out["result"]["decision"] == "reregister" and seen == {"status": 403, "management": True}
+    out = json.loads(d.handle_line(b'{"jsonrpc":"2.0","id":2,"method":"error.report","params":{"status":403,'
+                                   b'"management":"yes"}}'))
+    assert out["error"]["code"] == _rpc.INVALID_PARAMS and "management" in out["error"]["message"]

@@ -94,3 +94,19 @@ def test_status_and_status_line_never_contain_secrets(svc):
     assert "sec-abcdef-123456" not in text and "abcdefgh" not in text
     assert svc.status()["state"] == "token_valid"
     assert svc.health() == {"live": True, "ready": True}
+
+
+def test_management_403_reregisters_but_a_plain_403_is_ignored(svc):
+    svc.wait_token(5)
+    assert svc.report_error(403, {"error": "forbidden"})["decision"] == "ignored"
+    r = svc.report_error(403, None, management=True)
+    assert r["decision"] == "reregister" and "management" in r["classified"]
+    n = len(svc.calls)
+    svc.clocks.mono += 1
+    deadline = 50
+    while len(svc.calls) < n + 2 and deadline:
+        import time
+
+        time.sleep(0.05)
+        deadline -= 1
+    assert svc.calls[n].endswith("/client/register") and svc.calls[n + 1].endswith("/client/token")
