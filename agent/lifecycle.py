@@ -40,14 +40,22 @@ Backoff policy (memory only: a restart starts afresh)
   delay = U(0, min(backoff_cap, base * 2**n)), at least 1 s, n = consecutive failures. A repeated
   `invalid_client` (a fresh client refused too) uses the same curve capped at `operator_retry`.
 - Throttled (429): Adobe's bucket is per public address, so a 429 means "the address is busy",
-  and a box behind a crowded carrier NAT shares it with up to thousands of others. The window
-  grows faster (x `throttle_growth` per consecutive 429) up to the larger `throttle_cap`, so
-  the retries of a crowd spread over the time its queue needs, and the window learned from 429s
-  is kept after a successful registration: the token request that follows is spread over the
-  same window instead of hitting the busy bucket at once. At least 1 s (Adobe's minimum).
+  and a box behind a crowded carrier NAT shares it with up to thousands of others that all
+  started at the same moment (a power cut). The retry is drawn from U(0, W), at least 1 s
+  (Adobe's minimum), with W = `throttle_spread` (0.2) x the time the current 429 streak has
+  lasted, capped at `throttle_cap`: a box that has been refused for 10 minutes is in a queue
+  that needs tens of minutes, so it spreads its retries over that time. Because every box of a
+  crowd sees the same elapsed time, the crowd's retries track the queue without any message
+  between boxes (docs/FLEET.md: time-to-all-tokens within ~1.3x of the throttle's floor, where
+  plain exponential backoff needs 3-25x). The streak survives a successful registration: the
+  token request that follows is spread over the same window instead of hitting the busy bucket.
+  A refresh throttled while a valid token of the current client is held yields: W is at least
+  `throttle_yield` (1/4) of the token's remaining life, leaving the bucket to boxes without a
+  token; it still retries once shortly before expiry. Any other answer from Adobe ends a streak.
+  (`throttle_spread=None` selects plain exponential windows, x `throttle_growth` per 429.)
 - A Retry-After (seconds or HTTP date, converted by agent/dcr.py) is a floor on any delay.
-- Counters for successes and 429s reset when a token arrives; a new trigger (statement change,
-  operator) also resets the transient counter.
+- The failure counters reset when a token arrives; a statement change or an operator resets
+  the transient counter (a new situation) but not the 429 streak (the address is as busy).
 - Demand from callers never shortens a backoff or an operator wait: that is how storms start.
 """
 
@@ -126,7 +134,7 @@ class Lifecycle:
     def __init__(self, *, refresh_at: float = 0.8, jitter: float = 0.1,
                  random: Callable[[], float] | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 300.0, throttle_growth: float = 4.0, throttle_cap: float = 3600.0,
-                 throttle_spread: float | None = 0.2,
+                 throttle_spread: float | None = 0.2, throttle_yield: float = 0.25,
                  operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
                  register_report_interval: float = 900.0, min_ttl_refresh_interval: float = 30.0) -> None:
         self.refresh_at = refresh_at
@@ -137,6 +145,7 @@ class Lifecycle:
         self.throttle_growth = throttle_growth
         self.throttle_cap = throttle_cap
         self.throttle_spread = throttle_spread
+        self.throttle_yield = throttle_yield
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
         self.register_report_interval = register_report_interval
@@ -155,6 +164,7 @@ class Lifecycle:
         self.throttled_since = 0.0                # monotonic time of the first 429 of the current streak
         self.pending_register = False             # the next request must be a registration
         self.trigger_spent = False                # a registration succeeded for this trigger, no token since
+        self.retrigger = False                    # a statement change/operator arrived during the request
         self.in_flight: str | None = None
         self.stale = False                        # credentials were wiped while a request was in flight
         self.last_error: dict | None = None
@@ -269,6 +279,7 @@ class Lifecycle:
         self.client = client
         self.client_statement_hash = statement_hash
         self.registered_at = wall
+        self.retrigger = False
         # The statement changed while this registration (with the old one) was in flight: again.
         self.pending_register = bool(self.statement_hash and statement_hash and self.statement_hash != statement_hash)
         self.trigger_spent = True
@@ -301,8 +312,11 @@ class Lifecycle:
     def _spread(self, window: float) -> float:
         return max(1.0, window * self.random())
 
-    def _backoff(self, now: float, err: AgentError) -> float:
-        """Due time after a transient failure (see 'Backoff policy' in the header)."""
+    def _backoff(self, now: float, err: AgentError, refresh: bool = False) -> float:
+        """Due time after a transient failure (see 'Backoff policy' in the header).
+        refresh: the failed request was a token refresh for the credentials the held token came from."""
+        if err.code != THROTTLED and getattr(err, "status", None) is not None:
+            self.throttled = 0  # Adobe answered something else: the 429 streak is over
         if err.code == THROTTLED:
             if self.throttled == 0:
                 self.throttled_since = now
@@ -310,6 +324,12 @@ class Lifecycle:
                 w = self.throttle_spread * (now - self.throttled_since)
             else:
                 w = self.backoff_base * self.throttle_growth ** min(self.throttled, 30)
+            t = self.tok
+            if refresh and t is not None and t["expires_mono"] > now:
+                # A refresh while holding a valid token of the current client: no hurry, leave the
+                # busy bucket to boxes without one (the retry still comes before expiry, see on_error).
+                # Not after a re-registration: that token may belong to revoked credentials.
+                w = max(w, self.throttle_yield * (t["expires_mono"] - now))
             self.window = min(self.throttle_cap, max(self.backoff_base, w))
             self.throttled += 1
             delay = self._spread(self.window)
@@ -343,11 +363,16 @@ class Lifecycle:
             # The client registered for this trigger is refused too: register again only after a backoff.
             self.trigger_spent = False
         elif err.kind == OPERATOR:
+            self.throttled = 0  # Adobe answered: the 429 streak is over
             self._fire(ERR_OPERATOR, now)
-            self.due = now + self.operator_retry
+            # The refusal may concern the statement replaced while the request was in flight.
+            self.due = now if self.retrigger else now + self.operator_retry
+            self.retrigger = False
             return []
+        self.retrigger = False
         self._fire(ERR_RETRY, now)
-        self.due = self._backoff(now, err)
+        refresh = endpoint == "token" and not self.pending_register and not self.trigger_spent
+        self.due = self._backoff(now, err, refresh)
         # A held token stays served; if the backoff ends after it expires, try once shortly before.
         # (Only once: from the last two minutes on, the plain backoff applies, so it cannot loop.)
         t = self.tok
@@ -412,6 +437,7 @@ class Lifecycle:
         self.trigger_spent = False
         self._fire(NEED_REGISTER, now)
         if self.in_flight:
+            self.retrigger = self.retrigger or shorten
             return
         if shorten:
             self.attempts = 0

@@ -226,6 +226,15 @@ def test_statement_change_while_registering_with_the_old_one_registers_again():
     assert box.lc.poll(box.now) == {"op": "register"}
 
 
+def test_statement_change_during_a_refused_registration_retries_at_once():
+    box = Box()
+    assert box.lc.poll(box.now) == {"op": "register"}  # with the old (revoked) statement
+    assert box.lc.statement_changed("f" * 64, box.now) is True
+    box.lc.on_error(OPERATOR_ERR("invalid_software_statement"), box.now + 0.2, box.wall)
+    assert box.lc.state == lifecycle.NEEDS_OPERATOR
+    assert box.lc.poll(box.now + 0.2) == {"op": "register"}  # not an hour later
+
+
 def test_forget_while_in_flight_ignores_the_outcome_and_registers_afresh():
     box = Box()
     box.run_for(60)
@@ -590,3 +599,56 @@ def test_counters_count_every_call_by_endpoint_and_outcome():
     view = box.lc.view(box.now, box.wall)
     assert view["upstream"] == box.lc.counters
     assert "secret" not in repr(view) and "token-0" not in repr(view)
+
+
+# ----------------------------------------------------------------------------- crowd-aware 429 policy
+
+def test_throttle_window_grows_with_the_time_the_streak_has_lasted():
+    box = Box(upstream=lambda op, b: THROTTLED(), throttle_spread=0.2, throttle_cap=3600.0)
+    box.run_for(4 * 3600)
+    times = [r[0] for r in box.requests]
+    start = times[0]
+    for a, b in zip(times, times[1:]):
+        assert b - a >= 1.0  # Adobe's minimum after a 429
+        assert b - a <= max(1.0, 0.2 * (a - start)) + 1e-6  # never more than the learned window
+    late = [b - a for a, b in zip(times, times[1:]) if a - start > 3000]
+    assert max(late) > 200  # the window did grow with the crowd's queue
+    assert box.ops("register", "ok") == []
+
+
+def test_after_a_throttled_registration_the_token_request_is_spread_over_the_window():
+    state = {"n": 0}
+
+    def upstream(op, box):
+        state["n"] += 1
+        if state["n"] <= 12:
+            return THROTTLED()
+        return healthy(op, box)
+
+    boxes = [Box(upstream=upstream, seed=s) for s in range(1)]
+    box = boxes[0]
+    box.run_for(3 * 3600)
+    reg = box.ops("register", "ok")[0][0]
+    tok = box.ops("token", "ok")[0][0]
+    assert tok - reg >= 1.0  # not at once into the busy bucket
+    assert tok - reg <= box.requests[11][0] * 0.2  # within the learned window
+
+
+def test_a_refresh_throttled_while_holding_a_token_yields_but_retries_before_expiry():
+    state = {"busy": False}
+
+    def upstream(op, box):
+        return THROTTLED() if state["busy"] and op == "token" else healthy(op, box)
+
+    box = Box(upstream=upstream)
+    box.run_for(60)
+    state["busy"] = True
+    exp = box.lc.tok["expires_mono"]
+    box.run_until(box.lc.due)
+    box.step()
+    first_retry = box.lc.due - box.now
+    assert first_retry >= 1.0
+    assert box.lc.window >= 0.25 * (exp - box.now) - 1e-6  # yields to boxes without a token
+    box.run_until(exp - 1.0)
+    assert any(exp - 120.0 <= r[0] < exp for r in box.ops("token", "throttled"))  # still tried before expiry
+    assert box.ops("register") == [box.requests[0]]

@@ -1,0 +1,72 @@
+"""Minimal stand-ins for agent.service.Service for the rpc and console harnesses.
+
+Only what the fuzzed front ends call; fakes because the lifecycle is not what these harnesses
+exercise. The token and secret are distinctive so a harness can check that no answer carries them
+where it should not. Must never: block, sleep or do I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from agent import dcr
+from agent.errors import NotReady
+from agent.log import LogBuffer
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmdXp6In0.ZnV6ei1zaWduYXR1cmUtbmV2ZXItbGVhaw"
+SECRET = "fuzz-client-secret-7f3e9a1c"
+
+
+class FakeService:
+    version = "0.1.0"
+
+    def __init__(self, has_token: bool = True) -> None:
+        self.has_token = has_token
+        self.logs = LogBuffer(50)
+        for i in range(50):
+            self.logs.append("log line %d" % i)
+
+    def token(self, min_ttl: float = 0) -> dict | None:
+        if not self.has_token or min_ttl > 21000:
+            return None
+        return {"access_token": TOKEN, "token_type": "bearer", "expires_at": 1700021600.0, "expires_in": 21000,
+                "refresh_at": 1700010800.0}
+
+    def not_ready_error(self) -> NotReady:
+        return NotReady("no access token yet: registration is in progress", retry_after=2.0, hint="wait")
+
+    def identity(self) -> dict:
+        return {"fields": {"model": "FuzzBox", "osName": "Linux"}, "x_device_info": "eyJtb2RlbCI6IkZ1enoifQ==",
+                "ap_device_identifier": "fingerprint ZnV6eg==", "device_id": "fuzz", "sources": {}, "warnings": []}
+
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
+        decision, reason = dcr.classify_protected_error(status, body)  # the real classifier
+        return {"decision": decision, "reason": reason}
+
+    def status(self) -> dict:
+        return {"state": "token_valid", "version": self.version, "uptime": 1.0, "token": None, "last_error": None,
+                "upstream": {"requests": 1}, "store": {}}
+
+    def status_line(self) -> str:
+        return "holding a valid token"
+
+    def health(self) -> dict:
+        return {"live": True, "ready": self.has_token}
+
+    def subscribe(self, callback: Callable[[dict], None]) -> None:
+        pass
+
+    def unsubscribe(self, callback: Callable[[dict], None]) -> None:
+        pass
+
+    def request_refresh(self) -> None:
+        pass
+
+    def force_register(self) -> None:
+        pass
+
+    def reset_credentials(self) -> None:
+        pass
+
+    def config_view(self) -> dict:
+        return {"adobe": {"client_secret": SECRET}, "socket": {"path": "/run/pass-agent/agent.sock"}}

@@ -1,0 +1,42 @@
+"""Harness: the device-info parsers (agent/deviceinfo.py).
+
+The bytes go to every pure parser (to_text, clean, cpuinfo, key=value, DRM mode, MAC, EDID raw and
+with a valid header and checksum), to `decode` as text and as Base64, and to `parse_source`.
+Each returns a value, None, DeviceInfoError or (parse_source) ValueError. Must never: read files.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from agent import deviceinfo as di
+from agent.errors import DeviceInfoError
+
+
+def test_one_input(data: bytes) -> None:
+    text = di.to_text(data)
+    di.clean(text)
+    di.parse_cpuinfo(text)
+    di.parse_keyvalue(text, "ID")
+    di.parse_mode(text)
+    di.parse_mac(text)
+    di.valid_ip(text)
+    di.parse_edid(data)
+    block = bytearray(b"\x00\xff\xff\xff\xff\xff\xff\x00" + data[:119].ljust(119, b"\x00") + b"\x00")
+    block[127] = (-sum(block)) % 256
+    r = di.parse_edid(bytes(block))
+    assert r is None or (r["width_mm"] > 0 and r["height_mm"] > 0), "edid: a side of 0 mm"
+    for value in (text, base64.b64encode(data).decode()):
+        try:
+            out = di.decode(value)
+            assert di.decode(di.encode(out)) == out
+        except DeviceInfoError:
+            pass
+    try:
+        di.parse_source(text)
+    except ValueError:
+        pass
+
+
+KNOWN = [("deviceinfo-decode-deep-json", lambda e, d: isinstance(e, RecursionError)),
+         ("deviceinfo-edid-zero-mm", lambda e, d: isinstance(e, AssertionError) and "0 mm" in str(e))]
