@@ -250,7 +250,7 @@ def _cmd_log(con: Console, args: list) -> list:
     if args == ["follow"]:
         con._start_follow()
         return []
-    if len(args) > 1 or (args and not args[0].isdigit()):
+    if len(args) > 1 or (args and not (args[0].isdecimal() and len(args[0]) < 7)):
         raise CommandError("usage", "usage: log [N] (1..%d, default %d) or log follow" % (LOG_MAX, LOG_DEFAULT))
     n = int(args[0]) if args else LOG_DEFAULT
     if not 1 <= n <= LOG_MAX:

@@ -154,23 +154,43 @@ def parse_retry_after(value, wall_now):
     if value is None:
         return None
     value = str(value).strip()
-    if value.isdigit():
-        return float(min(int(value), 86400))
+    if _is_digits(value):
+        return 86400.0 if len(value) > 5 else float(min(int(value), 86400))
     when = parse_http_date(value)
     if when is None:
         return None
     return max(0.0, min(when - wall_now, 86400.0))
 
 
+def _is_digits(text):
+    # ASCII digits only: str.isdigit() also accepts superscripts and other digits int() refuses.
+    return bool(text) and all(c in "0123456789" for c in text)
+
+
 def _json_body(body):
-    if not body:
+    if not body or not isinstance(body, (str, bytes, bytearray)):
         return None
     try:
         if isinstance(body, (bytes, bytearray)):
             body = bytes(body).decode("utf-8")
         return json.loads(body)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RuntimeError):  # RuntimeError: nesting too deep (RecursionError)
         return None
+
+
+def _seconds(value):
+    """A lifetime in whole seconds (>= 1) from a JSON number or digit string; None when unusable."""
+    if isinstance(value, str):
+        value = value.strip()
+        if not _is_digits(value) or len(value) > 9:
+            return None
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value or value <= 0 or value > 1000000000:  # NaN, zero or negative, inf or absurd
+        return None
+    whole = int(value)
+    return whole if whole == value else whole + 1  # round up: 0.5 s is still a (very short) lifetime
 
 
 def error_from_response(endpoint, status, headers, body, wall_now=0.0):
@@ -248,11 +268,9 @@ def parse_token(status, headers, body, wall_now=0.0):
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         raise _malformed("token", status, "no access_token")
-    expires_in = data.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.isdigit():
-        expires_in = int(expires_in)
+    expires_in = _seconds(data.get("expires_in"))
     assumed = False
-    if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or expires_in <= 0:
+    if expires_in is None:
         expires_in, assumed = DEFAULT_EXPIRES_IN, True
     token_type = data.get("token_type")
     return {

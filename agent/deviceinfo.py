@@ -23,6 +23,8 @@ import os
 
 from agent.errors import DeviceInfoError
 
+_DIGITS = "0123456789"  # str.isdigit() also accepts digits int() refuses (superscripts)
+
 # The order fields are emitted in: the order of the Adobe reference table (section 4).
 FIELD_ORDER = (
     "primaryHardwareType", "model", "version", "manufacturer", "vendor",
@@ -230,10 +232,10 @@ def parse_mode(text):
     w, h = line.split("x", 1)
     digits = ""
     for c in h:
-        if not c.isdigit():
+        if c not in _DIGITS:
             break
         digits += c
-    if not w.isdigit() or not digits:
+    if not w or len(w) > 6 or any(c not in _DIGITS for c in w) or not digits or len(digits) > 6:
         return None
     w, h = int(w), int(digits)
     if not (0 < w <= 16384 and 0 < h <= 16384):
@@ -260,7 +262,7 @@ def parse_edid(data):
     if dtd[0] or dtd[1]:  # a pixel clock: this is a timing descriptor, not a text descriptor
         dw = dtd[12] | ((dtd[14] >> 4) << 8)
         dh = dtd[13] | ((dtd[14] & 0x0F) << 8)
-        if abs(dw - w) <= 10 and abs(dh - h) <= 10:
+        if dw > 0 and dh > 0 and abs(dw - w) <= 10 and abs(dh - h) <= 10:
             w, h = dw, dh
     return {"width_mm": w, "height_mm": h}
 
@@ -270,7 +272,7 @@ def valid_ipv4(text):
     if len(parts) != 4:
         return False
     for p in parts:
-        if not p.isdigit() or len(p) > 3 or int(p) > 255 or (len(p) > 1 and p[0] == "0"):
+        if not p or any(c not in _DIGITS for c in p) or len(p) > 3 or int(p) > 255 or (len(p) > 1 and p[0] == "0"):
             return False
     return True
 
@@ -615,7 +617,7 @@ def decode(value):
         raise DeviceInfoError("X-Device-Info contains characters outside standard Base64")
     try:
         obj = json.loads(binascii.a2b_base64(value).decode("utf-8"))
-    except (ValueError, UnicodeError) as e:
+    except (ValueError, UnicodeError, RuntimeError) as e:  # RuntimeError: nesting too deep
         raise DeviceInfoError("X-Device-Info does not decode to UTF-8 JSON: %s" % e)
     check_fields(obj)
     return dict((k, obj[k]) for k in FIELD_ORDER if k in obj)

@@ -134,7 +134,7 @@ class Lifecycle:
     def __init__(self, *, refresh_at: float = 0.8, jitter: float = 0.1,
                  random: Callable[[], float] | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 300.0, throttle_growth: float = 4.0, throttle_cap: float = 3600.0,
-                 throttle_spread: float | None = 0.2, throttle_yield: float = 0.25,
+                 throttle_spread: float | None = 0.2, holder_yield: float = 0.25, outage_cap: float = 60.0,
                  operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
                  register_report_interval: float = 900.0, min_ttl_refresh_interval: float = 30.0) -> None:
         self.refresh_at = refresh_at
@@ -145,7 +145,8 @@ class Lifecycle:
         self.throttle_growth = throttle_growth
         self.throttle_cap = throttle_cap
         self.throttle_spread = throttle_spread
-        self.throttle_yield = throttle_yield
+        self.holder_yield = holder_yield
+        self.outage_cap = outage_cap
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
         self.register_report_interval = register_report_interval
@@ -324,22 +325,27 @@ class Lifecycle:
                 w = self.throttle_spread * (now - self.throttled_since)
             else:
                 w = self.backoff_base * self.throttle_growth ** min(self.throttled, 30)
-            t = self.tok
-            if refresh and t is not None and t["expires_mono"] > now:
-                # A refresh while holding a valid token of the current client: no hurry, leave the
-                # busy bucket to boxes without one (the retry still comes before expiry, see on_error).
-                # Not after a re-registration: that token may belong to revoked credentials.
-                w = max(w, self.throttle_yield * (t["expires_mono"] - now))
             self.window = min(self.throttle_cap, max(self.backoff_base, w))
             self.throttled += 1
             delay = self._spread(self.window)
         else:
             # A fresh client refused again (invalid_client) is not a network blip: each registration
             # logs the user out, so those repeats grow up to the operator wait instead of backoff_cap.
-            cap = self.operator_retry if err.kind == REREGISTER else self.backoff_cap
+            if err.kind == REREGISTER:
+                cap = self.operator_retry
+            elif self._has_token(now):
+                cap = self.backoff_cap
+            else:
+                cap = min(self.backoff_cap, self.outage_cap)
             ceiling = min(cap, self.backoff_base * 2.0 ** min(self.attempts, 30))
             self.attempts += 1
             delay = self._spread(ceiling)
+        t = self.tok
+        if refresh and t is not None and t["expires_mono"] > now and self.holder_yield:
+            # A refresh while holding a valid token of the current client: no hurry. Leave Adobe to
+            # boxes without one (the retry still comes before expiry, see on_error). Not after a
+            # re-registration: that token may belong to revoked credentials.
+            delay = max(delay, self.holder_yield * (1.0 + self.random()) * (t["expires_mono"] - now))
         if err.retry_after is not None:
             delay = max(delay, float(err.retry_after))
         return now + delay

@@ -18,7 +18,7 @@ class Notifier:
         self.addr = addr or None
         self.watchdog_interval: float | None = None
         usec, pid = env.get("WATCHDOG_USEC"), env.get("WATCHDOG_PID")
-        if usec and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        if usec and usec.isdecimal() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 1e6 / 2.0  # ping at half the timeout, as systemd advises
         self.sent = 0
 

@@ -4,7 +4,7 @@ the text parsers on random bytes, `decode` of random text and `encode` round tri
 Added here: `decode` of values that are valid Base64 (so the JSON and field checks are reached),
 `parse_edid` on blocks with a valid header and checksum (so the size logic is reached),
 `check_field` on any key/value, and `parse_source` on any string. Each returns a value or raises
-DeviceInfoError / ValueError, never anything else. A known bug is pinned as a strict xfail.
+DeviceInfoError / ValueError, never anything else. Bugs it found are kept as regression tests.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 import json
 
-import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import deviceinfo as di
@@ -64,9 +63,6 @@ def edid_block(body: bytes) -> bytes:
 @given(body=st.binary(min_size=0, max_size=119), tail=st.binary(max_size=64))
 def test_parse_edid_valid_blocks(body: bytes, tail: bytes) -> None:
     block = edid_block(body)
-    # Known bug below: a detailed timing with a 0 mm side next to a 1 cm size; skipped until fixed.
-    assume(not ((block[54] or block[55]) and (block[66] | ((block[68] >> 4) << 8) == 0
-                                                  or block[67] | ((block[68] & 0x0F) << 8) == 0)))
     r = di.parse_edid(block + tail)
     if r is not None:
         assert set(r) == {"width_mm", "height_mm"}
@@ -98,20 +94,14 @@ def test_parse_source_any(spec: str) -> None:
     assert kind in di.SOURCE_KINDS and isinstance(arg, str)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="deviceinfo.decode catches ValueError/UnicodeError only: a deeply nested JSON document "
-                          "within the 64 KiB limit ('[' * 45000, Base64) raises RecursionError")
-def test_known_bug_decode_deep_json() -> None:
+def test_fixed_decode_deep_json() -> None:
     try:
         di.decode(base64.b64encode(b"[" * 45000).decode())
     except DeviceInfoError:
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="deviceinfo.parse_edid: when bytes 21/22 say 1 cm, a detailed timing "
-                   "descriptor with a 0 mm side is 'within 10 mm' and replaces it, so parse_edid returns "
-                   "height_mm (or width_mm) 0 (found by the atheris harness)")
-def test_known_bug_edid_zero_mm_side() -> None:
+def test_fixed_edid_zero_mm_side() -> None:
     body = bytearray(119)
     body[21 - 8], body[22 - 8] = 60, 1            # 60 x 1 cm
     body[54 - 8], body[55 - 8] = 1, 1             # a pixel clock: a timing descriptor

@@ -3,7 +3,7 @@
 Every input line gets a valid JSON-RPC 2.0 response line (or nothing, for blank lines and
 notifications), never an exception; through a real socket with a live Server, any chunking of
 valid and invalid lines gets one answer per request, in order, and an oversized line gets the
-too_large error and a close. Known bugs are pinned as strict xfail tests at the end.
+too_large error and a close. The bugs it found are kept as regression tests at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 
                          st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30))
 json_values = st.recursive(json_scalars, lambda kids: st.one_of(
     st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=10), kids, max_size=4)), max_leaves=12)
-# Request ids that are not the known-bug ones (see the xfail tests below).
+# Request ids of every JSON type (lone surrogates and 1e400 come from the raw lines below).
 ids = st.one_of(st.integers(-(2 ** 70), 2 ** 70), st.text(max_size=20), st.none(),
                 st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.lists(st.integers(), max_size=2))
 params = st.one_of(
@@ -56,7 +56,9 @@ def request_lines() -> st.SearchStrategy[bytes]:
         st.binary(max_size=80).map(lambda b: b.replace(b"\n", b" ")),
         st.text(max_size=60).map(lambda t: t.replace("\n", " ").encode("utf-8")),
         st.sampled_from([b"", b"   ", b"\r", b"{", b"[]", b"[{}]", b"null", b"NaN", b'{"jsonrpc":"2.0"}',
-                         b'{"jsonrpc":"2.0","method":"token.get","id":1}\r', b"\xff\xfe", b'"\\ud800"']),
+                         b'{"jsonrpc":"2.0","method":"token.get","id":1}\r', b"\xff\xfe", b'"\\ud800"',
+                         b'{"jsonrpc":"2.0","id":"\\udc00x","method":"token.get"}', b'{"jsonrpc":"2.0","id":-1e400}',
+                         b'{"jsonrpc":"2.0","id":1e400,"method":"agent.health"}']),
     )
 
 
@@ -209,25 +211,19 @@ def test_server_still_serves_after_fuzzing(server) -> None:
     assert json.loads(got)["result"]["access_token"] == TOKEN
 
 
-# -- known bugs (owner: agent/rpc.py); remove the xfail marks once fixed ---------------------------
+# -- bugs the fuzzing found, fixed in 00928b7 (ids that cannot be echoed are invalid) ----------------
 
 
-@pytest.mark.xfail(strict=True, reason="rpc: an id string with a lone surrogate escape (\"\\ud800\") is echoed "
-                   "into the answer, whose UTF-8 encoding raises UnicodeEncodeError out of handle_line")
-def test_known_bug_lone_surrogate_id() -> None:
+def test_lone_surrogate_id_is_answered() -> None:
     d = rpc.Dispatcher(FakeService())
     check_answer(d.handle_line(b'{"jsonrpc":"2.0","id":"\\ud800","method":"agent.health"}'), None)
 
 
-@pytest.mark.xfail(strict=True, reason="rpc: a numeric id that overflows to infinity (1e400) passes _valid_id and "
-                   "encoding the answer raises ValueError (allow_nan=False) out of handle_line")
-def test_known_bug_infinite_id() -> None:
+def test_infinite_id_is_answered() -> None:
     d = rpc.Dispatcher(FakeService())
     check_answer(d.handle_line(b'{"jsonrpc":"2.0","id":1e400,"method":"agent.health"}'), None)
 
 
-@pytest.mark.xfail(strict=True, reason="server: when handle_line raises (bugs above), the hot path lets the "
-                   "exception reach the loop and the client gets no answer at all")
-def test_known_bug_server_answers_bad_id(server) -> None:
+def test_server_answers_unechoable_id(server) -> None:
     got = exchange(server.path, [b'{"jsonrpc":"2.0","id":"\\ud800","method":"agent.health"}\n'], timeout=3.0)
     assert json.loads(got)["error"]["code"] == rpc.INVALID_REQUEST

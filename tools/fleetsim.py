@@ -227,8 +227,10 @@ class Totals:
         self.delta[b] = self.delta.get(b, 0) - 1
 
 
-def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: int) -> None:
-    """Simulate one public address shared by `ratio` boxes until the scenario's horizon."""
+def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: int,
+                trace: list | None = None) -> None:
+    """Simulate one public address shared by `ratio` boxes until the scenario's horizon.
+    trace: if given, receives (time, device, op, status) for every answer (for analysis)."""
     horizon = sc["horizon"]
     make = AgentClient if kind == "agent" else NaiveClient
     devs = [make(rng.random, sc["stored"](rng), OLD, 0.0) for _ in range(ratio)]
@@ -295,6 +297,8 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
         elif ev == ANSWER:
             op, status, headers, body = data
             d = devs[i]
+            if trace is not None:
+                trace.append((t, i, op, status))
             err = errors.get((op, status, body)) if status >= 300 else None
             try:
                 if err is not None:
@@ -608,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
 def _policy() -> dict:
     lc = lifecycle.Lifecycle(**POLICY)
     return {k: getattr(lc, k) for k in ("refresh_at", "jitter", "backoff_base", "backoff_cap", "throttle_spread",
-                                        "throttle_yield", "throttle_growth", "throttle_cap", "operator_retry")}
+                                        "holder_yield", "outage_cap", "throttle_growth", "throttle_cap", "operator_retry")}
 
 
 if __name__ == "__main__":

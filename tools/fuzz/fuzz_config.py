@@ -37,12 +37,7 @@ def test_one_input(data: bytes) -> None:
             pass
 
 
-KNOWN = [
-    ("config-bad-ipv6-url", lambda e, d: isinstance(e, ValueError) and "Invalid IPv6 URL" in str(e)),
-    ("config-huge-number", lambda e, d: isinstance(e, OverflowError)),
-    ("config-int-digit-limit", lambda e, d: isinstance(e, ValueError) and "integer string conversion" in str(e)),
-    ("config-deep-nesting", lambda e, d: isinstance(e, RecursionError)),
-]
+KNOWN: list = []  # the bugs it found are fixed; see docs/TESTING.md
 
 DICT = [b"[adobe]", b"[device]", b"[storage]", b"[socket]", b"[console]", b"[refresh]", b"[log]", b"base_url",
         b"timeout", b"software_statement", b"ca_file", b"overrides", b"mode", b"allow_uids", b"at", b"jitter",

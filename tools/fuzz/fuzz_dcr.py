@@ -34,13 +34,7 @@ def test_one_input(data: bytes) -> None:
     assert decision in ("refresh", "reregister", "ignore")
 
 
-KNOWN = [
-    ("dcr-deep-json", lambda e, d: isinstance(e, RecursionError)),
-    ("dcr-nonfinite-expires_in", lambda e, d: isinstance(e, (OverflowError, ValueError))
-     and ("infinity" in str(e) or "NaN" in str(e))),
-    ("dcr-isdigit-int", lambda e, d: isinstance(e, ValueError)
-     and ("invalid literal for int()" in str(e) or "integer string conversion" in str(e))),
-]
+KNOWN: list = []  # the bugs it found are fixed; see docs/TESTING.md
 
 DICT = [b'{"access_token":', b'"expires_in":', b'"client_id":', b'"client_secret":', b'"error":',
         b'"invalid_client"', b'"action":"application-registration"', b'"code":', b"GMT", b"Sun, 06 Nov 1994 08:49:37 GMT",
