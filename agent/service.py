@@ -175,6 +175,8 @@ class Service:
         xdi = self._identity["x_device_info"]
         result: Any = None
         error: AgentError | None = None
+        # The token's lifetime counts from when we asked, not when the answer arrived: never overstate it.
+        sent_mono, sent_wall = self.clock(), self.wall()
         try:
             if op == "register":
                 if statement is None:
@@ -208,10 +210,10 @@ class Service:
                 effects = self.lc.on_registered(result, statement_hash, now, wall)
                 self.log.info("registered with Adobe Pass as client %s…", result["client_id"][:8])
             else:
-                effects = self.lc.on_token(result, now, wall)
+                effects = self.lc.on_token(result, min(sent_mono, now), min(sent_wall, wall))
                 t = self.lc.tok
                 self.log.info("access token received: expires in %d s, refresh in %.0f s%s",
-                              result["expires_in"], t["refresh_mono"] - now,
+                              int(t["expires_mono"] - now), t["refresh_mono"] - now,
                               " (expires_in missing: assumed)" if result.get("expires_in_assumed") else "")
             self._cond.notify_all()
         self._apply(effects)
