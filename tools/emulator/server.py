@@ -181,7 +181,7 @@ class _Server(ThreadingHTTPServer):
             with self.sockets_lock:
                 self.open_sockets.add(conn)
             self.RequestHandlerClass(conn, client_address, self)
-        except (ssl.SSLError, OSError) as e:
+        except (ssl.SSLError, OSError, ValueError) as e:  # ValueError: the reset fault closed the files
             LOG.info("%s connection ended: %s", client_address[0], e)
         finally:
             with self.sockets_lock:
