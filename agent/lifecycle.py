@@ -35,24 +35,33 @@ Rules (reference: shared/reference/adobe-pass-dcr.md sections 1, 2, 6, 7)
 - Configuration errors put the agent in needs_operator: retried after `operator_retry` (hourly),
   at once when the statement changes or an operator asks.
 
-Backoff policy (memory only: a restart starts afresh)
+Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures every choice)
 - Transient errors (5xx, network, timeout, malformed answers): exponential with full jitter,
-  delay = U(0, min(backoff_cap, base * 2**n)), at least 1 s, n = consecutive failures. A repeated
+  delay = U(0, min(cap, base * 2**n)), at least 1 s, n = consecutive failures. The cap depends on
+  what is at stake: `backoff_cap` (5 min) while the box holds a token valid for longer than that,
+  `outage_cap` (60 s) otherwise. A box without a token must notice within a minute that Adobe is
+  back (after a 2 h outage the 5 min cap made the recovery 1.5x slower than the floor); a box with
+  a token has no hurry. Load on a down Adobe: a box without a token sends about one request per
+  30 s (120 an hour); a box with a token, about one an hour (see "yield" below). A repeated
   `invalid_client` (a fresh client refused too) uses the same curve capped at `operator_retry`.
 - Throttled (429): Adobe's bucket is per public address, so a 429 means "the address is busy",
   and a box behind a crowded carrier NAT shares it with up to thousands of others that all
   started at the same moment (a power cut). The retry is drawn from U(0, W), at least 1 s
-  (Adobe's minimum), with W = `throttle_spread` (0.2) x the time the current 429 streak has
-  lasted, capped at `throttle_cap`: a box that has been refused for 10 minutes is in a queue
-  that needs tens of minutes, so it spreads its retries over that time. Because every box of a
-  crowd sees the same elapsed time, the crowd's retries track the queue without any message
-  between boxes (docs/FLEET.md: time-to-all-tokens within ~1.3x of the throttle's floor, where
-  plain exponential backoff needs 3-25x). The streak survives a successful registration: the
-  token request that follows is spread over the same window instead of hitting the busy bucket.
-  A refresh throttled while a valid token of the current client is held yields: W is at least
-  `throttle_yield` (1/4) of the token's remaining life, leaving the bucket to boxes without a
-  token; it still retries once shortly before expiry. Any other answer from Adobe ends a streak.
+  (Adobe's minimum), with W = `throttle_spread` (0.25) x the time the current 429 streak has
+  lasted, at least `throttle_min` (3 s), capped at `throttle_cap`: a box that has been refused
+  for 10 minutes is in a queue that needs tens of minutes, so it spreads its retries over that
+  time. Because every box of a crowd sees the same elapsed time, the crowd's retries track the
+  queue without any message between boxes (time-to-all-tokens within ~1.2x of the throttle's
+  floor, where plain exponential backoff needs 3-25x). Any other answer ends a streak.
   (`throttle_spread=None` selects plain exponential windows, x `throttle_growth` per 429.)
+- A registration that succeeds during a 429 streak is followed by its token request after 1 s
+  (`token_spread` x W, at least 1 s): a box half-way through should finish first, so that few
+  boxes still need two requests when the queue runs dry. The streak goes on.
+- Yield: a refresh that fails (429 or transient) while a valid token of the current client is
+  held waits a uniform ½..1 (`holder_yield`) of the token's remaining life, but no later than
+  `expiry_margin` (60 s) before it expires: boxes with a token leave Adobe to boxes without one
+  after an outage or in a crowd, and still retry, ever more often, as expiry nears. Not after
+  a re-registration (that token may belong to revoked credentials).
 - A Retry-After (seconds or HTTP date, converted by agent/dcr.py) is a floor on any delay.
 - The failure counters reset when a token arrives; a statement change or an operator resets
   the transient counter (a new situation) but not the 429 streak (the address is as busy).
@@ -134,7 +143,8 @@ class Lifecycle:
     def __init__(self, *, refresh_at: float = 0.8, jitter: float = 0.1,
                  random: Callable[[], float] | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 300.0, throttle_growth: float = 4.0, throttle_cap: float = 3600.0,
-                 throttle_spread: float | None = 0.2, holder_yield: float = 0.25, outage_cap: float = 60.0,
+                 throttle_spread: float | None = 0.25, throttle_min: float = 3.0, token_spread: float = 0.0,
+                 holder_yield: float = 0.5, expiry_margin: float = 60.0, outage_cap: float = 60.0,
                  operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
                  register_report_interval: float = 900.0, min_ttl_refresh_interval: float = 30.0) -> None:
         self.refresh_at = refresh_at
@@ -146,6 +156,9 @@ class Lifecycle:
         self.throttle_cap = throttle_cap
         self.throttle_spread = throttle_spread
         self.holder_yield = holder_yield
+        self.expiry_margin = expiry_margin
+        self.token_spread = token_spread
+        self.throttle_min = throttle_min
         self.outage_cap = outage_cap
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
@@ -286,10 +299,10 @@ class Lifecycle:
         self.trigger_spent = True
         self.last_error = None
         # Keep serving the old token (if any) until the new client's first token arrives. The token
-        # is fetched at once, unless 429s showed that the address is crowded: then it is spread over
-        # the window learned from them (the bucket will not have room at once either).
+        # is fetched at once, or, within a 429 streak, after token_spread x the streak's window (at
+        # least Adobe's 1 s): a box half-way through goes first (see 'Backoff policy').
         self._fire(REGISTER_OK, now)
-        self.due = now + (self._spread(self.window) if self.throttled else 0.0)
+        self.due = now + (self._spread(self.window * self.token_spread) if self.throttled else 0.0)
         return [("save", self.snapshot(now, wall))]
 
     def on_token(self, token: dict, now: float, wall: float) -> list:
@@ -325,7 +338,7 @@ class Lifecycle:
                 w = self.throttle_spread * (now - self.throttled_since)
             else:
                 w = self.backoff_base * self.throttle_growth ** min(self.throttled, 30)
-            self.window = min(self.throttle_cap, max(self.backoff_base, w))
+            self.window = min(self.throttle_cap, max(self.backoff_base, self.throttle_min, w))
             self.throttled += 1
             delay = self._spread(self.window)
         else:
@@ -333,7 +346,7 @@ class Lifecycle:
             # logs the user out, so those repeats grow up to the operator wait instead of backoff_cap.
             if err.kind == REREGISTER:
                 cap = self.operator_retry
-            elif self._has_token(now):
+            elif self.tok is not None and self.tok["expires_mono"] - now > self.backoff_cap:
                 cap = self.backoff_cap
             else:
                 cap = min(self.backoff_cap, self.outage_cap)
@@ -345,7 +358,8 @@ class Lifecycle:
             # A refresh while holding a valid token of the current client: no hurry. Leave Adobe to
             # boxes without one (the retry still comes before expiry, see on_error). Not after a
             # re-registration: that token may belong to revoked credentials.
-            delay = max(delay, self.holder_yield * (1.0 + self.random()) * (t["expires_mono"] - now))
+            left = t["expires_mono"] - now
+            delay = max(delay, min(self.holder_yield * (1.0 + self.random()) * left, left - self.expiry_margin))
         if err.retry_after is not None:
             delay = max(delay, float(err.retry_after))
         return now + delay

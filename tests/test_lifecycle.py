@@ -361,7 +361,7 @@ def test_min_ttl_demand_refreshes_early_but_not_in_a_loop():
 def test_backoff_is_exponential_full_jitter_from_one_second_capped():
     delays_by_attempt: dict[int, list[float]] = {}
     for seed in range(60):
-        box = Box(upstream=failing_token(SERVER_ERROR), seed=seed, backoff_cap=300.0)
+        box = Box(upstream=failing_token(SERVER_ERROR), seed=seed, backoff_cap=300.0, outage_cap=300.0)
         box.run_for(3 * 3600)
         gaps = box.gaps()[1:]  # after register -> first token
         for i, g in enumerate(gaps):
@@ -604,34 +604,49 @@ def test_counters_count_every_call_by_endpoint_and_outcome():
 # ----------------------------------------------------------------------------- crowd-aware 429 policy
 
 def test_throttle_window_grows_with_the_time_the_streak_has_lasted():
-    box = Box(upstream=lambda op, b: THROTTLED(), throttle_spread=0.2, throttle_cap=3600.0)
+    box = Box(upstream=lambda op, b: THROTTLED(), throttle_spread=0.25, throttle_min=3.0, throttle_cap=3600.0)
     box.run_for(4 * 3600)
     times = [r[0] for r in box.requests]
     start = times[0]
     for a, b in zip(times, times[1:]):
         assert b - a >= 1.0  # Adobe's minimum after a 429
-        assert b - a <= max(1.0, 0.2 * (a - start)) + 1e-6  # never more than the learned window
+        assert b - a <= max(3.0, 0.25 * (a - start)) + 1e-6  # never more than the learned window
     late = [b - a for a, b in zip(times, times[1:]) if a - start > 3000]
     assert max(late) > 200  # the window did grow with the crowd's queue
     assert box.ops("register", "ok") == []
 
 
-def test_after_a_throttled_registration_the_token_request_is_spread_over_the_window():
+def test_the_first_retries_after_a_429_spread_over_the_minimum_window():
+    early = []
+    for seed in range(40):
+        box = Box(upstream=lambda op, b: THROTTLED(), seed=seed)
+        box.run_for(8.0)
+        early += box.gaps()
+    assert min(early) >= 1.0 and max(early) <= 3.0 + 1e-9
+    assert max(early) > 2.5  # the 3 s minimum window is used, not a fixed 1 s
+
+
+def test_after_a_throttled_registration_the_token_request_follows_after_one_second():
     state = {"n": 0}
 
     def upstream(op, box):
         state["n"] += 1
         if state["n"] <= 12:
             return THROTTLED()
+        if op == "token" and state["n"] <= 14:
+            return THROTTLED()
         return healthy(op, box)
 
-    boxes = [Box(upstream=upstream, seed=s) for s in range(1)]
-    box = boxes[0]
+    box = Box(upstream=upstream)
     box.run_for(3 * 3600)
     reg = box.ops("register", "ok")[0][0]
-    tok = box.ops("token", "ok")[0][0]
-    assert tok - reg >= 1.0  # not at once into the busy bucket
-    assert tok - reg <= box.requests[11][0] * 0.2  # within the learned window
+    first_token = box.ops("token")[0][0]
+    assert first_token - reg == 1.0  # half-way boxes go first; never sooner than 1 s
+    # The 429 streak goes on: the token request's retries use the streak's window, not a fresh one.
+    assert box.lc.throttled == 0 and box.ops("token", "ok")
+    gaps = [b[0] - a[0] for a, b in zip(box.requests, box.requests[1:])]
+    assert all(g >= 1.0 for g in gaps)
+    assert len(box.ops("register")) == 13 and len(box.ops("register", "ok")) == 1
 
 
 def test_a_refresh_throttled_while_holding_a_token_yields_but_retries_before_expiry():
@@ -646,9 +661,66 @@ def test_a_refresh_throttled_while_holding_a_token_yields_but_retries_before_exp
     exp = box.lc.tok["expires_mono"]
     box.run_until(box.lc.due)
     box.step()
+    left = exp - box.now
     first_retry = box.lc.due - box.now
-    assert first_retry >= 1.0
-    assert box.lc.window >= 0.25 * (exp - box.now) - 1e-6  # yields to boxes without a token
+    assert 0.5 * left - 1e-6 <= first_retry <= left - 60.0 + 1e-6  # yields to boxes without a token
     box.run_until(exp - 1.0)
     assert any(exp - 120.0 <= r[0] < exp for r in box.ops("token", "throttled"))  # still tried before expiry
     assert box.ops("register") == [box.requests[0]]
+
+
+# ----------------------------------------------------------------------------- outage (5xx) policy
+
+def test_a_box_without_a_token_retries_5xx_within_the_outage_cap_and_load_stays_bounded():
+    per_hour = []
+    for seed in range(20):
+        box = Box(upstream=failing_token(SERVER_ERROR), seed=seed, backoff_cap=300.0, outage_cap=60.0)
+        box.run_for(2 * 3600 + 2)
+        gaps = box.gaps()[1:]
+        assert min(gaps) >= 1.0 and max(gaps) <= 60.0 + 1e-9
+        late = [g for g in gaps[10:]]
+        assert max(late) > 50.0  # the cap is reached
+        assert len(box.ops("register")) == 1  # never re-register on a 5xx
+        per_hour.append(len(box.ops("token", "server_error")) / 2.0)
+    # Full jitter under a 60 s cap: about one request per 30 s, 120 an hour (the bound docs/FLEET.md quotes).
+    assert 100 <= sum(per_hour) / len(per_hour) <= 140
+
+
+def test_a_refresh_failing_5xx_while_holding_a_token_yields_then_densifies_before_expiry():
+    state = {"down": False}
+
+    def upstream(op, box):
+        return SERVER_ERROR() if state["down"] and op == "token" else healthy(op, box)
+
+    box = Box(upstream=upstream, seed=4)
+    box.run_for(60)
+    state["down"] = True
+    exp = box.lc.tok["expires_mono"]
+    box.run_until(exp - 1.0)
+    tries = [r[0] for r in box.ops("token", "server_error")]
+    assert tries, "the refresh was tried"
+    # Far from expiry: each retry waits at least half the remaining life (a few requests an hour).
+    for a, b in zip(tries, tries[1:]):
+        if exp - a > 900:
+            assert b - a >= 0.5 * (exp - a) - 1e-6 or exp - b <= 60.0 + 1e-6
+    assert len(tries) < 20
+    assert any(exp - 120.0 <= t < exp for t in tries)  # still tried in the last minutes
+    assert box.lc.token(box.now) is not None  # and the token was served all along
+    # Once it has expired, the box lacks a token: retries come within the outage cap.
+    box.run_until(exp + 1800.0)
+    after = [r[0] for r in box.ops("token", "server_error") if r[0] >= exp]
+    assert after and all(b - a <= 60.0 + 1e-9 for a, b in zip(after, after[1:]))
+    assert len(box.ops("register")) == 1
+
+
+def test_a_token_with_less_than_the_long_cap_left_uses_the_outage_cap():
+    # A new statement arrives while the old client's token has 4 minutes left (less than the 5 min
+    # backoff_cap); the new client's token requests fail with 5xx. The box is about to lack a token,
+    # so its retries must come within the outage cap, not up to 5 minutes after expiry.
+    box = Box(upstream=failing_token(SERVER_ERROR), stored=stored_state(1000.0 + 1.7e9, token_age=21360.0),
+              statement_hash="b" * 64, backoff_cap=300.0, outage_cap=60.0)
+    assert box.lc.token(box.now) is not None and box.lc.pending_register
+    box.run_for(1800)
+    assert len(box.ops("register", "ok")) == 1
+    gaps = box.gaps()[1:]
+    assert len(gaps) > 30 and max(gaps) <= 60.0 + 1e-9

@@ -43,5 +43,34 @@ def test_outage_and_revocation_recover_every_box(tmp_path):
     data = json.loads(out.read_text())
     assert [r["scenario"] for r in data["results"]] == ["city", "city", "outage", "revocation"]
     assert all(r["agent"]["gave_up"] == 0 for r in data["results"])
-    assert data["policy"]["throttle_spread"] == 0.2
+    assert data["policy"]["throttle_spread"] == 0.25 and data["policy"]["outage_cap"] == 60.0
+    for r in data["results"]:
+        # No client in the run gets fewer 429s than the lower bound while meeting the time target.
+        for who in ("agent", "naive"):
+            if r[who]["time_to_all_s"] is not None and r[who]["time_to_all_s"] <= 1.3 * r["floor"]["time_to_all_s"]:
+                assert r[who]["share_429"] >= r["share_429_floor"]
+    out = [r for r in data["results"] if r["scenario"] == "outage"][0]["agent"]
+    assert 60 <= out["down_req_per_hour_without_token"] <= 160  # ~120: the outage cap's bounded load
+    assert out["down_req_per_hour_with_token"] < 10
     assert svg.read_text().startswith("<svg") and svg.read_text().count("<polyline") == 12
+
+
+def test_the_429_floor_follows_from_the_first_wave():
+    # R boxes, register + token each: at most 10 requests get through by 0.525 s, at most 5 of them
+    # token requests, so at least R - 5 are refused; at most 10 + 1.3 x floor succeed in time.
+    city = fleetsim.scenario_city
+    assert fleetsim.floor_429(city(100, 1), 0.5) == 0.0
+    assert fleetsim.floor_429(city(100, 5), 0.5) == 0.0
+    assert abs(fleetsim.floor_429(city(100, 10), 10.5) - 5 / (5 + 23)) < 1e-9
+    assert abs(fleetsim.floor_429(city(1000, 1000), 1990.5) - 995 / (995 + 2597)) < 1e-9
+    assert fleetsim.floor_429(fleetsim.scenario_outage(1000, 1000), 200.0) == 0.0
+
+
+def test_the_recovery_floor_serves_lacking_boxes_first_then_by_expiry():
+    # 12 boxes lack a token: burst 10 at once, then 1/s; a holder expiring at 1 s cannot be reached
+    # before it expires (the 13th request is admitted at 3 s), one expiring at 100 s can.
+    t_all, events, requests = fleetsim.floor_recovery(12, [100.0, 1.0])
+    assert t_all == 3.0 + fleetsim.RTT[1]
+    assert (1.0, -1) in events and requests == 13
+    assert sum(d for _, d in events) == 12
+    assert fleetsim.floor_recovery(0, [5000.0]) == (0.0, [], 0)

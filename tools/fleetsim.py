@@ -217,6 +217,9 @@ class Totals:
         self.ready_times: list[float] = []     # per device: first token that counts for the scenario
         self.devices = 0
         self.needing = 0                       # outage: devices without a token at recovery
+        self.recovery: list[tuple[int, list[float]]] = []  # outage, per address: (lacking, holders' expiries)
+        self.down_requests = [0, 0]            # outage: 503 answers to boxes [without, with] a valid token
+        self.after_ref = [0, 0]                # requests at/after t_ref: [all, answered 429]
         self.stuck = 0                         # devices without a counting token at the horizon
 
     def add_interval(self, start: float, end: float) -> None:
@@ -289,6 +292,11 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
             status, headers, body = _answer(op, d, d.statement, t, sc, bucket, counter)
             totals.requests += 1
             totals.bins[int(t)] += 1
+            if t >= t_ref:
+                totals.after_ref[0] += 1
+                totals.after_ref[1] += status == 429
+            if status == 503:
+                totals.down_requests[d.token_expiry(t) is not None] += 1
             totals.by_status[status] = totals.by_status.get(status, 0) + 1
             if status == 429:
                 totals.throttled += 1
@@ -325,13 +333,14 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
         elif ev == MARK:  # Adobe is back: which boxes hold no valid token now?
             for j in range(ratio):
                 lacked_at_ref[j] = hold_start[j] is None or hold_end[j] <= t
+            totals.recovery.append((sum(lacked_at_ref), [hold_end[j] - t for j in range(ratio) if not lacked_at_ref[j]]))
         else:  # GLOBAL: the new statement reaches every box
             for j, d in enumerate(devs):
                 d.statement_changed(NEW, t)
                 schedule_wake(j, t)
     for i in range(ratio):
         if hold_start[i] is not None:
-            totals.add_interval(hold_start[i], min(hold_end[i], horizon))
+            totals.add_interval(hold_start[i], min(hold_end[i], horizon + 1))  # still held at the horizon
         totals.devices += 1
         if sc["name"] == "outage":
             # Counts: holds a token at the horizon. Needing: held none when Adobe came back.
@@ -353,9 +362,53 @@ def floor_city(ratio: int) -> list[float]:
     return [max(0.0, (2 * i - BURST) / RATE) + 2 * RTT[1] for i in range(1, ratio + 1)]
 
 
-def floor_after(needing: int) -> list[float]:
-    """One request per box that needs a token, from a full bucket."""
-    return [max(0.0, (i - BURST) / RATE) + RTT[1] for i in range(1, needing + 1)]
+def floor_recovery(lacking: int, expiries: list[float]) -> tuple[float, list[tuple[float, int]], int]:
+    """The best schedule for one address after Adobe recovers (at 0), knowing the exact second it does.
+
+    `lacking` boxes hold no token; the others hold tokens expiring at `expiries` (s after recovery) and
+    each needs one request before that to never lack one. Request k is admitted at max(0, k-BURST)/RATE
+    and its token arrives one slowest round trip later. Earliest deadline first is optimal here (an
+    exchange argument: swapping two requests into deadline order never makes the last late one later).
+    Returns (time until no box lacks a token, [(time, +1/-1 boxes holding)], requests needed by then)."""
+    k, t_all, events = 0, 0.0, []
+    for _ in range(lacking):
+        k += 1
+        t_all = max(0.0, (k - BURST) / RATE) + RTT[1]
+        events.append((t_all, 1))
+    served = [max(0.0, (k + j + 1 - BURST) / RATE) + RTT[1] for j in range(len(expiries))]
+    for e, s in zip(sorted(expiries), served):
+        if s > e:  # even the best schedule cannot reach this box before its token expires
+            events += [(e, -1), (s, 1)]
+            t_all = max(t_all, s)
+    requests = lacking + sum(1 for e in expiries if e < t_all)
+    return t_all, events, requests
+
+
+TARGET = 1.3  # time-to-all-tokens within 1.3x of the floor (issue 11)
+
+
+def floor_429(sc: dict, floor_time: float) -> float:
+    """A lower bound on the 429 share of ANY client whose boxes do not talk to each other and that
+    meets the time target at every ratio, for a herd that needs register + token from power-on
+    (city) or from a rollout (revocation). docs/FLEET.md gives the argument:
+
+    A box cannot tell, before its first answer, whether it is alone behind its address. Alone, the
+    floor is two slowest round trips (2 x RTT1) and the target allows TARGET x that, so the
+    register must leave by (2 TARGET - 2) RTT1 and, once it is admitted, the token request by
+    (2 TARGET - 1) RTT1: every box's first request, and the token request of every box admitted at
+    once, reach the bucket by w = (2 TARGET - 0.5) RTT1 (0.525 s). The bucket admits at most
+    A = floor(BURST + RATE w) requests by then; with a registers and b <= a tokens among them,
+    b <= A // 2, so at least R - A // 2 requests are refused. Until every box holds a token (at
+    most TARGET x the floor) the bucket admits at most S = floor(BURST + RATE TARGET floor_time)
+    requests in all, so the share is at least refused / (refused + S).
+    Outage: none (boxes that lost their token at different times need not arrive together)."""
+    if sc["name"] == "outage":
+        return 0.0
+    rtt1 = RTT[1]
+    admitted_first = int(BURST + RATE * (2 * TARGET - 0.5) * rtt1)
+    refused = max(0, sc["ratio"] - admitted_first // 2)
+    slots = int(BURST + RATE * TARGET * floor_time)
+    return refused / float(refused + slots) if refused else 0.0
 
 
 # ------------------------------------------------------------------------------------ running
@@ -399,7 +452,16 @@ def summarize(totals: Totals, sc: dict, scale: float, served: list[int]) -> dict
             t_all = max(totals.ready_times) - t_ref
     end = int(t_ref + (t_all if t_all is not None else sc["horizon"] - t_ref)) + 1
     active = sum(totals.bins[int(t_ref):end])
-    return {
+    extra = {}
+    if sc["name"] == "outage":
+        # Load on the down Adobe, per box-hour spent without / with a valid token while it was down.
+        a, b = (int(x) for x in sc["down"])
+        holding_s = sum(served[a:b])
+        lacking_s = n * (b - a) - holding_s
+        extra = {"down_req_per_hour_without_token": round(3600.0 * totals.down_requests[0] / max(1, lacking_s), 1),
+                 "down_req_per_hour_with_token": round(3600.0 * totals.down_requests[1] / max(1, holding_s), 2),
+                 "share_429_after_recovery": round(totals.after_ref[1] / max(1, totals.after_ref[0]), 4)}
+    return {**extra,
         "devices": int(round(n * scale)),
         "time_to_all_s": round(t_all, 1) if t_all is not None else None,
         "requests": int(round(totals.requests * scale)),
@@ -412,7 +474,8 @@ def summarize(totals: Totals, sc: dict, scale: float, served: list[int]) -> dict
     }
 
 
-def run_case(sc: dict, kind: str, seed: int, sample_addresses: int | None = None) -> tuple[dict, list[int], float]:
+def run_case(sc: dict, kind: str, seed: int, sample_addresses: int | None = None
+             ) -> tuple[dict, list[int], float, Totals]:
     ratio, n = sc["ratio"], sc["n"]
     addresses = max(1, n // ratio)
     todo = addresses if sample_addresses is None else min(addresses, sample_addresses)
@@ -422,44 +485,51 @@ def run_case(sc: dict, kind: str, seed: int, sample_addresses: int | None = None
         run_address(sc, kind, rng, totals, ratio)
     scale = addresses / todo
     served = holding(totals, sc)
-    return summarize(totals, sc, scale, served), served, scale
+    return summarize(totals, sc, scale, served), served, scale, totals
 
 
-def floor_case(sc: dict, agent: dict, agent_served: list[int]) -> tuple[dict, list[int]]:
-    """The floor's figures and curve. Outage: from the agent's own state at recovery (nothing can be
-    done while Adobe is down), then one request per box lacking a token, burst 10 then 1/s."""
+def floor_case(sc: dict, agent_totals: Totals, agent_served: list[int]) -> tuple[dict, list[int]]:
+    """The floor's figures and curve. City and revocation: every address alike (floor_city).
+    Outage: from the agent's own state at recovery (nothing can be done while Adobe is down), each
+    address on its own (floor_recovery); time-to-all is the slowest address, as for the agent."""
     ratio, n = sc["ratio"], sc["n"]
     addresses = max(1, n // ratio)
     horizon = int(sc["horizon"])
+    arr = [0] * (horizon + 2)
     if sc["name"] == "outage":
-        needing = int(math.ceil((agent["needing_at_recovery"] or 0) / addresses))
-        times = [sc["t_ref"] + x for x in floor_after(needing)]
-        requests = needing * addresses
-        base = agent_served[:int(sc["t_ref"])]
-        start = n - needing * addresses
+        t_ref = sc["t_ref"]
+        base = agent_served[:int(t_ref)]
+        start, requests, t_all = n, 0, 0.0
+        for lacking, expiries in agent_totals.recovery:
+            t, events, req = floor_recovery(lacking, expiries)
+            start -= lacking
+            requests += req
+            t_all = max(t_all, t)
+            for when, d in events:
+                arr[min(horizon + 1, int(math.ceil(t_ref + when)))] += d
+        peak = float(sum(min(BURST, lk) for lk, _ in agent_totals.recovery))
     else:
         times = [sc["t_ref"] + x for x in floor_city(ratio)]
-        requests = 2 * n
-        base, start = [], 0
-    arr = [0] * (horizon + 1)
-    for t in times:
-        if t <= horizon:
-            arr[int(math.ceil(t))] += addresses
+        for x in times:
+            if x <= horizon:
+                arr[int(math.ceil(x))] += addresses
+        requests, base, start = 2 * n, [], 0
+        t_all = (times[-1] - sc["t_ref"]) if times else 0.0
+        peak = float(addresses * min(BURST, 2 * ratio))
     acc, served = start, list(base)
     for k in range(len(base), horizon + 1):
         acc += arr[k]
         served.append(acc)
-    t_all = (times[-1] - sc["t_ref"]) if times else 0.0
     return {"devices": n, "time_to_all_s": round(t_all, 1), "requests": requests, "requests_per_device":
-            round(requests / n, 2), "share_429": 0.0, "peak_rps": float(addresses * min(BURST, max(1, requests // addresses))),
+            round(requests / n, 2), "share_429": 0.0, "peak_rps": peak,
             "mean_rps": round(requests / max(1.0, t_all), 2), "gave_up": 0}, served
 
 
 def run_scenario(sc: dict, seed: int, naive_sample: int) -> dict:
     t0 = time.monotonic()
-    agent, a_served, _ = run_case(sc, "agent", seed)
-    naive, n_served, nscale = run_case(sc, "naive", seed + 1, naive_sample)
-    floor, f_served = floor_case(sc, agent, a_served)
+    agent, a_served, _, a_totals = run_case(sc, "agent", seed)
+    naive, n_served, nscale, _ = run_case(sc, "naive", seed + 1, naive_sample)
+    floor, f_served = floor_case(sc, a_totals, a_served)
     ratio_time = None
     if agent["time_to_all_s"] is not None and floor["time_to_all_s"]:
         ratio_time = agent["time_to_all_s"] / floor["time_to_all_s"]
@@ -467,7 +537,8 @@ def run_scenario(sc: dict, seed: int, naive_sample: int) -> dict:
             "horizon": sc["horizon"], "agent": agent, "naive": naive, "floor": floor,
             "naive_sampled_addresses": None if nscale == 1 else int(round(sc["n"] / sc["ratio"] / nscale)),
             "agent_vs_floor": round(ratio_time, 3) if ratio_time is not None else None,
-            "targets": {"time_within_1.3x": ratio_time is not None and ratio_time <= 1.3,
+            "share_429_floor": round(floor_429(sc, floor["time_to_all_s"]), 4),
+            "targets": {"time_within_1.3x": ratio_time is not None and ratio_time <= TARGET,
                         "share_429_below_10pct": agent["share_429"] < 0.10, "none_gave_up": agent["gave_up"] == 0},
             "curves": {"agent": curve(a_served), "naive": curve(n_served, nscale), "floor": curve(f_served)},
             "sim_seconds": round(time.monotonic() - t0, 1)}
@@ -476,7 +547,7 @@ def run_scenario(sc: dict, seed: int, naive_sample: int) -> dict:
 # ------------------------------------------------------------------------------------ output
 
 def table(results: list[dict]) -> str:
-    head = ("scenario", "dev/addr", "client", "time-to-all s", "x floor", "429 share", "peak req/s",
+    head = ("scenario", "dev/addr", "client", "time-to-all s", "x floor", "429 share", "429 floor", "peak req/s",
             "mean req/s", "req/device", "gave up")
     rows = [head]
     for r in results:
@@ -487,6 +558,7 @@ def table(results: list[dict]) -> str:
             label = who + ("*" if who == "naive" and r["naive_sampled_addresses"] else "")
             rows.append((r["scenario"], str(r["ratio"]), label, "-" if tta is None else "%.1f" % tta,
                          "-" if x is None else "%.2f" % x, "%.1f%%" % (100 * m["share_429"]),
+                         "%.1f%%" % (100 * r["share_429_floor"]) if who == "agent" else "",
                          "%.0f" % m["peak_rps"], "%.1f" % m.get("mean_rps", 0.0),
                          "%.2f" % (m["requests"] / max(1, m["devices"])), str(m["gave_up"])))
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
@@ -500,18 +572,27 @@ COLORS = {"agent": "#1f77b4", "naive": "#d62728", "floor": "#2ca02c"}
 
 def svg(results: list[dict]) -> str:
     """Small multiples: devices holding a token over time, one panel per scenario/ratio."""
-    w, h, pad = 360, 220, 46
+    w, h, pad = 360, 236, 58
     cols = 3
     rows = (len(results) + cols - 1) // cols
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
-           'font-size="11">' % (cols * w, rows * h + 30),
+           'font-size="11">' % (cols * w, rows * h + 48),
            '<rect width="100%" height="100%" fill="white"/>',
-           '<text x="10" y="18" font-size="14">Devices holding a valid token over time '
-           '(agent: blue, naive 1 s retries: red, floor: green)</text>']
+           '<text x="10" y="18" font-size="14">Devices holding a valid token over time, per scenario '
+           '(time since power-on / start of the scenario)</text>']
+    for j, (who, label) in enumerate((("agent", "agent (agent.lifecycle)"), ("naive", "naive client, fixed 1 s retries"),
+                                      ("floor", "floor: best schedule under the throttle"))):
+        lx = 10 + j * 300
+        dash = ' stroke-dasharray="4 3"' if who == "floor" else ""
+        out.append('<line x1="%d" y1="34" x2="%d" y2="34" stroke="%s" stroke-width="2"%s/>' % (lx, lx + 24, COLORS[who], dash))
+        out.append('<text x="%d" y="38">%s</text>' % (lx + 30, label))
     for k, r in enumerate(results):
-        ox, oy = (k % cols) * w, 30 + (k // cols) * h
-        pw, ph = w - pad - 12, h - pad - 24
+        ox, oy = (k % cols) * w, 48 + (k // cols) * h
+        pw, ph = w - pad - 22, h - pad - 24
         x0, y0 = ox + pad, oy + 20
+        out.append('<text transform="translate(%d,%.1f) rotate(-90)" text-anchor="middle" fill="#555">'
+                   'devices with a token</text>' % (ox + 12, y0 + ph / 2))
+        out.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#555">time</text>' % (x0 + pw / 2, y0 + ph + 28))
         tmax = r["horizon"]
         n = r["devices"]
         out.append('<text x="%d" y="%d" font-weight="bold">%s, %d devices, %d per address</text>'
@@ -532,8 +613,8 @@ def svg(results: list[dict]) -> str:
             out.append('<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="%s"/>'
                        % (COLORS[who], dash, path))
         a = r["agent"]
-        out.append('<text x="%d" y="%d" fill="#333">agent %s (x%s floor), 429: %.0f%%</text>'
-                   % (x0 + 4, y0 + ph - 6, "-" if a["time_to_all_s"] is None else _dur(a["time_to_all_s"]),
+        out.append('<text x="%d" y="%d" fill="#333" text-anchor="end">agent %s (x%s floor), 429: %.0f%%</text>'
+                   % (x0 + pw - 4, y0 + ph - 6, "-" if a["time_to_all_s"] is None else _dur(a["time_to_all_s"]),
                       "-" if r["agent_vs_floor"] is None else "%.2f" % r["agent_vs_floor"], 100 * a["share_429"]))
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -594,6 +675,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print("* naive client simulated on a sample of addresses and scaled; floor = best schedule under "
           "the throttle (burst %d, then %g req/s per address)" % (BURST, RATE))
+    print("429 floor: the least share of 429s any client without coordination between boxes must get "
+          "while meeting the time target at every ratio (a lower bound, docs/FLEET.md)")
+    for r in results:
+        if r["scenario"] == "outage":
+            for who in ("agent", "naive"):
+                m = r[who]
+                print("outage, %s: while Adobe was down, %.1f requests per box-hour without a token, %.2f with "
+                      "one; 429 share after recovery %.1f%%" % (who, m["down_req_per_hour_without_token"],
+                                                              m["down_req_per_hour_with_token"],
+                                                              100 * m["share_429_after_recovery"]))
     print("targets (agent): " + "; ".join(
         "%s/%d: %s" % (r["scenario"], r["ratio"], ", ".join(k + ("" if v else " MISSED") for k, v in r["targets"].items()))
         for r in results))
@@ -611,8 +702,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _policy() -> dict:
     lc = lifecycle.Lifecycle(**POLICY)
-    return {k: getattr(lc, k) for k in ("refresh_at", "jitter", "backoff_base", "backoff_cap", "throttle_spread",
-                                        "holder_yield", "outage_cap", "throttle_growth", "throttle_cap", "operator_retry")}
+    return {k: getattr(lc, k, None) for k in ("refresh_at", "jitter", "backoff_base", "backoff_cap", "outage_cap",
+                                              "throttle_spread", "throttle_min", "token_spread", "holder_yield",
+                                              "expiry_margin", "throttle_growth", "throttle_cap", "operator_retry")}
 
 
 if __name__ == "__main__":
