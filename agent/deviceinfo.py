@@ -16,12 +16,19 @@ the device id; look at the real machine when given another root.
 """
 
 import binascii
-import hashlib
 import json
 import math
 import os
 
 from agent.errors import DeviceInfoError
+
+try:  # CPython's built-in SHA-256: `hashlib` would load OpenSSL (~3.6 MB of PSS) for one digest
+    from _sha256 import sha256
+except ImportError:
+    try:
+        from _sha2 import sha256  # CPython 3.12+
+    except ImportError:
+        from hashlib import sha256  # MicroPython and other builds
 
 _DIGITS = "0123456789"  # str.isdigit() also accepts digits int() refuses (superscripts)
 
@@ -502,7 +509,7 @@ def device_identity(box, sources):
 
 def ap_device_identifier(device_id):
     """`fingerprint <base64(sha256(device id))>` for the REST API V2 AP-Device-Identifier header."""
-    digest = hashlib.sha256(device_id.encode("utf-8")).digest()
+    digest = sha256(device_id.encode("utf-8")).digest()
     return "fingerprint " + _b64(digest)
 
 

@@ -12,7 +12,6 @@ initiative (only the lifecycle decides).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from agent import __version__, config, dcr, lifecycle
 from agent import log as agentlog
+from agent.deviceinfo import sha256
 from agent.errors import OPERATOR, AgentError, NotReady, StoreError, UpstreamError
 
 STATE_WORDS = {
@@ -48,7 +48,7 @@ def read_statement(path: str) -> tuple[str, str]:
         raise AgentError("the software statement %s is not a JWT (expected three base64url parts)" % path,
                          code="statement_invalid", kind=OPERATOR,
                          hint="download it again from the Adobe Pass TVE Dashboard")
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text, sha256(text.encode("utf-8")).hexdigest()
 
 
 def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
