@@ -67,18 +67,11 @@ def upstream_per_device_day(days: int = 10, ttl: int = 21600) -> dict:
 
 def real_daemon_latency(n: int) -> dict:
     """token.get p50/p99 against the real `pass-agent run` process, and the echo floor, both pinned to CPU 0."""
-    from agent import config as configmod
     from agent.client import Client
     from tools import bench_socket as bs
-    from tools.bench_coldstart import _spawn_until_ready
-    from tools.emulator import Emulator
+    from tools.bench_coldstart import _spawn_until_ready, agent_against_emulator
 
-    tmp = tempfile.mkdtemp(prefix="bench-daemon-")
-    emu = Emulator(state_dir=os.path.join(tmp, "emu"), tls=True).start()
-    statement = os.path.join(tmp, "statement.jwt")
-    emu.write_statement(statement)
-    cfg = configmod.local(tmp, emu.base_url, statement, emu.ca_file, log={"level": "warning"})
-    cfg_path = configmod.write(cfg, os.path.join(tmp, "agent.toml"))
+    tmp, emu, cfg, cfg_path = agent_against_emulator("bench-daemon-")
     echo_path = os.path.join(tmp, "echo.sock")
     echo = bs._start(bs._run_echo, echo_path, 0)
     _, agent = _spawn_until_ready([sys.executable, "-m", "agent", "run", "--config", cfg_path], tmp)

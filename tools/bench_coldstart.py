@@ -60,6 +60,19 @@ def _spawn_until_ready(cmd: list, tmp: str, env_extra: dict | None = None) -> tu
     return dt, p
 
 
+def agent_against_emulator(prefix: str) -> tuple:
+    """A temp dir, a running HTTPS emulator with a statement, and an agent config for it (warning logs)."""
+    from agent import config as configmod
+    from tools.emulator import Emulator
+
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    emu = Emulator(state_dir=os.path.join(tmp, "emu"), tls=True).start()
+    statement = os.path.join(tmp, "statement.jwt")
+    emu.write_statement(statement)
+    cfg = configmod.local(tmp, emu.base_url, statement, emu.ca_file, log={"level": "warning"})
+    return tmp, emu, cfg, configmod.write(cfg, os.path.join(tmp, "agent.toml"))
+
+
 BARE = ("import os, socket, time\n"
         "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
         "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
@@ -72,15 +85,7 @@ def main(argv: list | None = None) -> dict:
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
 
-    from agent import config as configmod
-    from tools.emulator import Emulator
-
-    tmp = tempfile.mkdtemp(prefix="bench-coldstart-")
-    emu = Emulator(state_dir=os.path.join(tmp, "emu"), tls=True).start()
-    statement = os.path.join(tmp, "statement.jwt")
-    emu.write_statement(statement)
-    cfg = configmod.local(tmp, emu.base_url, statement, emu.ca_file, log={"level": "warning"})
-    cfg_path = configmod.write(cfg, os.path.join(tmp, "agent.toml"))
+    tmp, emu, cfg, cfg_path = agent_against_emulator("bench-coldstart-")
     agent_cmd = [sys.executable, "-m", "agent", "run", "--config", cfg_path]
 
     # Prime: register and store a token, then make Adobe unreachable.
