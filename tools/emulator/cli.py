@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print("emulator: %s" % (e.strerror or e), file=sys.stderr)
         emu.stop()
+        logging.getLogger("pass-emulator").removeHandler(handler)  # in-process callers (tests) keep no stale stream
+        handler.close()
         return 1
     try:
         for fault in faults:
