@@ -12,6 +12,7 @@ initiative (only the lifecycle decides).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -251,9 +252,9 @@ class Service:
 
     # ------------------------------------------------------------------ facade
     def _token_view(self, t: dict, now: float, wall: float) -> dict:
-        # Epoch times from the monotonic schedule through a whole-second wall offset: they stay the same
+        # Epoch times from the monotonic schedule through a whole-second wall offset (floored): they stay the same
         # for one token (so the server can reuse its encoded answer) and follow a wall-clock jump at once.
-        off = float(round(wall - now))
+        off = float(math.floor(wall - now))  # floor: an epoch expiry may be early, never late
         return {"access_token": t["access_token"], "token_type": t["token_type"],
                 "expires_at": off + t["expires_mono"], "expires_in": int(t["expires_mono"] - now),
                 "refresh_at": off + t["refresh_mono"]}
