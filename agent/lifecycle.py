@@ -28,8 +28,8 @@ Rules (reference: shared/reference/adobe-pass-dcr.md sections 1, 2, 6, 7)
   when an operator forces it. Never on 429, 5xx, timeouts or network errors. One immediate
   re-registration per trigger: if the fresh client is refused again, the next one backs off.
 - Token expiry = monotonic time + expires_in, where the shell passes the time the request was
-  sent (not when the answer arrived), so the lifetime is never overstated. Refresh at (`refresh_at` ± `jitter`) of the
-  lifetime (absolute fractions: 0.8 ± 0.1 by default, uniform). The wall clock only translates to
+  sent (not when the answer arrived), so the lifetime is never overstated. Refresh at
+  (`refresh_at` ± `jitter`) of the lifetime (absolute fractions: 0.8 ± 0.1 by default, uniform). The wall clock only translates to
   and from persisted/epoch values, so wall-clock jumps (NTP on a box without RTC) change nothing.
 - A valid token is always served; failures never discard it. A player's 401 report refreshes it
   once (only for the current token) but keeps serving it until a new one arrives.
