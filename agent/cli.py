@@ -184,9 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as e:
                 print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
                 return 2
-            profile = boards.load_profile(cfg["device"]["board"])
             ident = boards.identify_for(cfg["device"])
-            return reset_command(storage_dir(cfg, profile), ident["device_id"], args.yes, sys.stdin, sys.stdout,
+            return reset_command(storage_dir(cfg, ident["board"]), ident["device_id"], args.yes, sys.stdin, sys.stdout,
                                 runtime_dir=cfg["storage"]["runtime_dir"])
         if cmd == "console-hash":
             from agent.consolehash import console_hash_command

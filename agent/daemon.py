@@ -45,15 +45,15 @@ class Daemon:
         from agent.store import Store
 
         cfg = self.cfg
-        profile = boards.load_profile(cfg["device"]["board"])
         identity = boards.identify_for(cfg["device"])
+        profile = identity["board"]  # identify_for loaded it: do not parse the board file twice at start
         for w in identity.get("warnings", []):
             self.log.warning("device info: %s", w)
         sdir = storage_dir(cfg, profile)
         self.store = Store(sdir, identity["device_id"], token_cache=cfg["storage"]["token_cache"],
                            runtime_dir=cfg["storage"]["runtime_dir"], log=agentlog.get("store"))
         self.store.open()
-        self.service = Service(cfg, identity=identity, profile=profile, store=self.store, logbuf=self.logbuf)
+        self.service = Service(cfg, identity=identity, store=self.store, logbuf=self.logbuf)
         self.loop = Loop()
         fds = listen_fds_from_env()
         s = cfg["socket"]

@@ -59,8 +59,7 @@ def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
 class Service:
     """Thread-safe facade over lifecycle + store + identity. See docs/ARCHITECTURE.md."""
 
-    def __init__(self, cfg: dict, *, identity: dict | None = None, profile: dict | None = None,
-                 store: Any = None, logbuf: agentlog.LogBuffer | None = None,
+    def __init__(self, cfg: dict, *, identity: dict | None = None, store: Any = None, logbuf: agentlog.LogBuffer | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  send: Callable[..., tuple] | None = None) -> None:
         self.cfg = cfg
@@ -71,10 +70,8 @@ class Service:
         self._send = send or dcr.send
         if identity is None:
             from agent import boards
-            profile = boards.load_profile(cfg["device"]["board"])
             identity = boards.identify_for(cfg["device"])
         self._identity = identity
-        self.profile = profile or {}
         self.store = store
         self.lc = lifecycle.Lifecycle(refresh_at=cfg["refresh"]["at"], jitter=cfg["refresh"]["jitter"],
                                       backoff_cap=cfg["refresh"]["backoff_cap"])
@@ -86,7 +83,6 @@ class Service:
         self._started_mono = clock()
         self._statement_sig: tuple | None = None
         self._statement: str | None = None
-        self._save_failures = 0
 
     # ------------------------------------------------------------------ life of the service
     def start(self) -> None:
@@ -185,15 +181,14 @@ class Service:
                                      code="statement_unreadable", kind=OPERATOR,
                                      hint="install the statement from the Adobe Pass TVE Dashboard")
                 req = dcr.register_request(a["base_url"], statement, xdi, a["redirect_uri"])
-                status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
-                result = dcr.parse_register(status, headers, body, self.wall())
-                agentlog.REDACTOR.add(result["client_secret"])
+                parse, secret = dcr.parse_register, "client_secret"
             else:
                 assert client is not None
                 req = dcr.token_request(a["base_url"], client["client_id"], client["client_secret"], xdi)
-                status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
-                result = dcr.parse_token(status, headers, body, self.wall())
-                agentlog.REDACTOR.add(result["access_token"])
+                parse, secret = dcr.parse_token, "access_token"
+            status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
+            result = parse(status, headers, body, self.wall())
+            agentlog.REDACTOR.add(result[secret])
         except AgentError as e:
             error = e
         except Exception as e:  # a bug must not kill the worker: report it and back off
@@ -233,15 +228,15 @@ class Service:
             if kind == "save" and self.store is not None:
                 try:
                     self.store.save(arg)
-                    self._save_failures = 0
-                except StoreError as e:
-                    self._save_failures += 1
+                except StoreError as e:  # counted in store.stats["failures"]
                     self.log.error("could not save credentials: %s (kept in memory; retried at the next change)", e)
             elif kind == "token_changed":
                 with self._cond:
-                    view = self.lc.view(self.clock(), self.wall())["token"]
+                    now, t = self.clock(), self.lc.tok
+                    view = self._token_view(t, now, self.wall()) if t is not None and t["expires_mono"] > now else None
                     subs = list(self._subs)
                 if view:
+                    # The same epoch times token.get answers (no token in a notification).
                     event = {"method": "token.changed",
                              "params": {"expires_at": view["expires_at"], "refresh_at": view["refresh_at"]}}
                     for cb in subs:
