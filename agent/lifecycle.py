@@ -71,6 +71,7 @@ Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures eve
 
 from __future__ import annotations
 
+import math
 import random as _random
 from typing import Callable
 
@@ -130,6 +131,17 @@ for _s in STATES:
     TRANSITIONS[(_s, FORGET)] = UNREGISTERED
 
 THROTTLED = "throttled"  # agent.dcr's code for a 429
+
+
+def epoch_times(tok: dict, now: float, wall: float) -> tuple[float, float, int]:
+    """(expires_at, refresh_at, expires_in) of a held token, as epoch seconds and whole seconds left.
+
+    The monotonic schedule goes through a whole-second wall offset, floored: the values stay the
+    same for one token (the socket server reuses its encoded answer), follow a wall-clock jump at
+    once, and an epoch expiry may come out early, never late.
+    """
+    off = float(math.floor(wall - now))
+    return off + tok["expires_mono"], off + tok["refresh_mono"], int(tok["expires_mono"] - now)
 
 
 class LifecycleError(AgentError):
@@ -513,8 +525,8 @@ class Lifecycle:
         t = self.tok
         token = None
         if t is not None and t["expires_mono"] > now:
-            token = {"expires_at": wall + (t["expires_mono"] - now), "refresh_at": wall + (t["refresh_mono"] - now),
-                     "expires_in": int(t["expires_mono"] - now)}
+            expires_at, refresh_at, expires_in = epoch_times(t, now, wall)
+            token = {"expires_at": expires_at, "refresh_at": refresh_at, "expires_in": expires_in}
         cid = (self.client or {}).get("client_id")
         return {
             "state": self.state,

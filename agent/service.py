@@ -12,7 +12,6 @@ initiative (only the lifecycle decides).
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -232,11 +231,9 @@ class Service:
                     self.log.error("could not save credentials: %s (kept in memory; retried at the next change)", e)
             elif kind == "token_changed":
                 with self._cond:
-                    now, t = self.clock(), self.lc.tok
-                    view = self._token_view(t, now, self.wall()) if t is not None and t["expires_mono"] > now else None
+                    view = self.lc.view(self.clock(), self.wall())["token"]  # same epoch times as token.get
                     subs = list(self._subs)
                 if view:
-                    # The same epoch times token.get answers (no token in a notification).
                     event = {"method": "token.changed",
                              "params": {"expires_at": view["expires_at"], "refresh_at": view["refresh_at"]}}
                     for cb in subs:
@@ -247,12 +244,9 @@ class Service:
 
     # ------------------------------------------------------------------ facade
     def _token_view(self, t: dict, now: float, wall: float) -> dict:
-        # Epoch times from the monotonic schedule through a whole-second wall offset (floored): they stay the same
-        # for one token (so the server can reuse its encoded answer) and follow a wall-clock jump at once.
-        off = float(math.floor(wall - now))  # floor: an epoch expiry may be early, never late
+        expires_at, refresh_at, expires_in = lifecycle.epoch_times(t, now, wall)
         return {"access_token": t["access_token"], "token_type": t["token_type"],
-                "expires_at": off + t["expires_mono"], "expires_in": int(t["expires_mono"] - now),
-                "refresh_at": off + t["refresh_mono"]}
+                "expires_at": expires_at, "expires_in": expires_in, "refresh_at": refresh_at}
 
     def token(self, min_ttl: float = 0) -> dict | None:
         # Hot path, no lock: the lifecycle replaces its token dict whole (never edits the fields read
