@@ -112,11 +112,10 @@ class Daemon:
             self.log.error("reload: the new configuration is invalid and was NOT applied:\n%s", e)
             self.notifier.ready("reload rejected: invalid configuration; " + self.service.status_line())
             return
-        changed = [t for t in ("adobe", "device", "storage") if t in new and
-                   {k: v for k, v in new[t].items()} != self.cfg[t]]
+        # [adobe] and [refresh] apply through service.reload; identity and store are built once at start.
+        restart = [t for t in ("device", "storage") if new[t] != self.cfg[t]]
         self.log.info("configuration reloaded from %s%s", path,
-                      ("; changes in [%s] need a restart to take full effect" % "], [".join(changed)) if
-                      any(t in ("device", "storage") for t in changed) else "")
+                      "; changes in [%s] need a restart to take effect" % "], [".join(restart) if restart else "")
         agentlog.setup(new["log"]["level"], self.logbuf)
         self.server.set_acl(new["socket"]["allow_uids"], configmod.allowed_gids(new))
         try:
