@@ -10,7 +10,6 @@ Must never: print a full token or client secret, or leave processes or files beh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import select
@@ -23,6 +22,7 @@ import threading
 import time
 
 from agent import config as configmod
+from agent.console import mask_token
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 RESET = "\033[0m" if sys.stdout.isatty() else ""
@@ -30,11 +30,6 @@ RESET = "\033[0m" if sys.stdout.isatty() else ""
 
 def _step(n: int, text: str) -> None:
     print("\n%s[%d] %s%s" % (BOLD, n, text, RESET), flush=True)
-
-
-def masked(token: str) -> str:
-    fp = hashlib.sha256(token.encode()).hexdigest()[:12]
-    return "%s… (%d chars, sha256 %s)" % (token[:8], len(token), fp)
 
 
 def _relay(stream, prefix: str, lines: list) -> None:
@@ -120,12 +115,12 @@ def main(once: bool = False, keep: bool = False) -> int:
             time.sleep(0.05)
         with Client(sock, timeout=20) as c:
             tok = c.token(wait=15)
-            print("    access token %s, type %s, expires in %d s" % (masked(tok["access_token"]), tok["token_type"],
+            print("    access token %s, type %s, expires in %d s" % (mask_token(tok["access_token"]), tok["token_type"],
                                                                    tok["expires_in"]))
             _step(5, "A player call to a protected API with headers.get")
             hdrs = c.headers()["headers"]
             for k, v in hdrs.items():
-                print("    %s: %s" % (k, masked(v[7:]) if k == "Authorization" else (v[:48] + ("…" if len(v) > 48 else ""))))
+                print("    %s: %s" % (k, mask_token(v[7:]) if k == "Authorization" else (v[:48] + ("…" if len(v) > 48 else ""))))
         r = urequests.get(emu.origin + "/api/v2/demo-sp/configuration", headers=hdrs, ca_file=emu.ca_file, timeout=5)
         print("    GET /api/v2/demo-sp/configuration -> %d %s" % (r.status_code, r.reason.decode()))
         ok = ok and r.status_code == 200
