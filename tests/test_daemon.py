@@ -15,6 +15,20 @@ Emulator = pytest.importorskip("tools.emulator").Emulator
 
 
 @pytest.fixture
+def make_agent(tmp_path):
+    """AgentProc(tmp_path, ...) that is killed at teardown whatever the test did."""
+    made = []
+
+    def make(emu, **kw) -> AgentProc:
+        made.append(AgentProc(tmp_path, emu, **kw))
+        return made[-1]
+
+    yield make
+    for agent in made:
+        agent.kill()
+
+
+@pytest.fixture
 def emu(tmp_path):
     e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
     e.start()
@@ -29,135 +43,112 @@ def _token(agent: AgentProc, **kw) -> dict:
     return t
 
 
-def test_ready_status_watchdog_and_sigterm(tmp_path, emu):
-    agent = AgentProc(tmp_path, emu, watchdog_usec=200000)
-    try:
-        ready = agent.start().notifications
-        t = _token(agent, wait=15)
-        assert t["token_type"] == "bearer" and t["expires_in"] > 0
-        # Watchdog pings keep coming while the agent is idle.
-        agent.wait_notify("WATCHDOG=1", timeout=5)
-        agent.wait_notify("WATCHDOG=1", timeout=5)
-        status = agent.wait_notify("STATUS=holding a valid token", timeout=10)
-        assert "token valid for" in status
-        assert ready is not None
-        rc = agent.stop(signal.SIGTERM)
-        assert rc == 0
-        assert any("STOPPING=1" in m for m in agent.notifications)
-        st = emu.stats()
-        assert st["register"]["ok"] == 1 and st["token"]["ok"] == 1 and st["throttled"] == 0
-    finally:
-        agent.kill()
+def test_ready_status_watchdog_and_sigterm(make_agent, emu):
+    agent = make_agent(emu, watchdog_usec=200000)
+    ready = agent.start().notifications
+    t = _token(agent, wait=15)
+    assert t["token_type"] == "bearer" and t["expires_in"] > 0
+    # Watchdog pings keep coming while the agent is idle.
+    agent.wait_notify("WATCHDOG=1", timeout=5)
+    agent.wait_notify("WATCHDOG=1", timeout=5)
+    status = agent.wait_notify("STATUS=holding a valid token", timeout=10)
+    assert "token valid for" in status
+    assert ready is not None
+    rc = agent.stop(signal.SIGTERM)
+    assert rc == 0
+    assert any("STOPPING=1" in m for m in agent.notifications)
+    st = emu.stats()
+    assert st["register"]["ok"] == 1 and st["token"]["ok"] == 1 and st["throttled"] == 0
 
 
-def test_sigint_exits_zero(tmp_path, emu):
-    agent = AgentProc(tmp_path, emu)
-    try:
-        agent.start()
-        assert agent.stop(signal.SIGINT) == 0
-    finally:
-        agent.kill()
+def test_sigint_exits_zero(make_agent, emu):
+    agent = make_agent(emu)
+    agent.start()
+    assert agent.stop(signal.SIGINT) == 0
 
 
-def test_sighup_reload_good_and_bad_config_keeps_token_and_connection(tmp_path, emu):
-    agent = AgentProc(tmp_path, emu)
-    try:
-        agent.start()
-        with Client(agent.socket_path, timeout=20) as c:
-            first = c.token(wait=15)
-            agent.seen_secrets.add(first["access_token"])
-            # A good new config: log level and allow-list change.
-            agent.cfg["log"]["level"] = "warning"
-            agent.cfg["socket"]["allow_uids"] = [4242]
-            agent.write_config()
-            agent.send(signal.SIGHUP)
-            agent.wait_notify("RELOADING=1")
-            agent.wait_notify("READY=1")
-            assert c.token()["access_token"] == first["access_token"]  # same connection, same token
-            # A bad one: reported, not applied, nothing dropped.
-            agent.write_config("[socket]\nmode = \"rw\"\n")
-            agent.send(signal.SIGHUP)
-            agent.wait_notify("RELOADING=1")
-            msg = agent.wait_notify("READY=1")
-            assert "reload rejected" in msg
-            assert c.token()["access_token"] == first["access_token"]
-        log = agent.log()
-        assert "configuration reloaded" in log
-        assert "NOT applied" in log and "[socket] mode" in log
-        assert agent.stop() == 0
-        assert emu.stats()["register"]["ok"] == 1
-    finally:
-        agent.kill()
+def test_sighup_reload_good_and_bad_config_keeps_token_and_connection(make_agent, emu):
+    agent = make_agent(emu)
+    agent.start()
+    with Client(agent.socket_path, timeout=20) as c:
+        first = c.token(wait=15)
+        agent.seen_secrets.add(first["access_token"])
+        # A good new config: log level and allow-list change.
+        agent.cfg["log"]["level"] = "warning"
+        agent.cfg["socket"]["allow_uids"] = [4242]
+        agent.write_config()
+        agent.send(signal.SIGHUP)
+        agent.wait_notify("RELOADING=1")
+        agent.wait_notify("READY=1")
+        assert c.token()["access_token"] == first["access_token"]  # same connection, same token
+        # A bad one: reported, not applied, nothing dropped.
+        agent.write_config("[socket]\nmode = \"rw\"\n")
+        agent.send(signal.SIGHUP)
+        agent.wait_notify("RELOADING=1")
+        msg = agent.wait_notify("READY=1")
+        assert "reload rejected" in msg
+        assert c.token()["access_token"] == first["access_token"]
+    log = agent.log()
+    assert "configuration reloaded" in log
+    assert "NOT applied" in log and "[socket] mode" in log
+    assert agent.stop() == 0
+    assert emu.stats()["register"]["ok"] == 1
 
 
-def test_restart_offline_serves_stored_token_at_once(tmp_path, emu):
-    agent = AgentProc(tmp_path, emu)
-    try:
-        agent.start()
-        first = _token(agent, wait=15)
-        assert agent.stop() == 0
-        emu.stop()  # Adobe unreachable from now on
-        agent.start()  # READY must come without the network
-        again = _token(agent)  # no wait: it must be there at once
-        assert again["access_token"] == first["access_token"]
-        assert abs(again["expires_at"] - first["expires_at"]) < 5
-        assert agent.stop() == 0
-    finally:
-        agent.kill()
+def test_restart_offline_serves_stored_token_at_once(make_agent, emu):
+    agent = make_agent(emu)
+    agent.start()
+    first = _token(agent, wait=15)
+    assert agent.stop() == 0
+    emu.stop()  # Adobe unreachable from now on
+    agent.start()  # READY must come without the network
+    again = _token(agent)  # no wait: it must be there at once
+    assert again["access_token"] == first["access_token"]
+    assert abs(again["expires_at"] - first["expires_at"]) < 5
+    assert agent.stop() == 0
 
 
-def test_restart_with_expired_token_refreshes_without_registering(tmp_path):
-    emu = Emulator(state_dir=str(tmp_path / "emulator"), tls=True, token_ttl=2)
-    emu.start()
-    agent = AgentProc(tmp_path, emu)
-    try:
-        agent.start()
-        first = _token(agent, wait=15)
-        assert agent.stop() == 0
-        time.sleep(2.5)  # the stored token expires while the agent is down
-        emu.configure(token_ttl=3600)
-        agent.start()
-        second = _token(agent, wait=15)
-        assert second["access_token"] != first["access_token"]
-        assert second["expires_in"] > 3000
-        assert agent.stop() == 0
-        st = emu.stats()
-        assert st["register"]["ok"] == 1, "a restart must never register again"
-        assert st["token"]["ok"] >= 2
-    finally:
-        agent.kill()
-        emu.stop()
+def test_restart_with_expired_token_refreshes_without_registering(make_agent, emu):
+    emu.configure(token_ttl=2)
+    agent = make_agent(emu)
+    agent.start()
+    first = _token(agent, wait=15)
+    assert agent.stop() == 0
+    time.sleep(2.5)  # the stored token expires while the agent is down
+    emu.configure(token_ttl=3600)
+    agent.start()
+    second = _token(agent, wait=15)
+    assert second["access_token"] != first["access_token"]
+    assert second["expires_in"] > 3000
+    assert agent.stop() == 0
+    st = emu.stats()
+    assert st["register"]["ok"] == 1, "a restart must never register again"
+    assert st["token"]["ok"] >= 2
 
 
-def test_store_survives_sigkill(tmp_path, emu):
-    agent = AgentProc(tmp_path, emu)
-    try:
-        agent.start()
-        first = _token(agent, wait=15)
-        agent.send(signal.SIGKILL)
-        agent.proc.wait()
-        agent.start()
-        assert _token(agent)["access_token"] == first["access_token"]
-        assert agent.stop() == 0
-        assert emu.stats()["register"]["ok"] == 1
-    finally:
-        agent.kill()
+def test_store_survives_sigkill(make_agent, emu):
+    agent = make_agent(emu)
+    agent.start()
+    first = _token(agent, wait=15)
+    agent.send(signal.SIGKILL)
+    agent.proc.wait()
+    agent.start()
+    assert _token(agent)["access_token"] == first["access_token"]
+    assert agent.stop() == 0
+    assert emu.stats()["register"]["ok"] == 1
 
 
-def test_socket_file_mode_and_health(tmp_path, emu):
-    agent = AgentProc(tmp_path, emu)
-    try:
-        agent.start()
-        assert oct(os.stat(agent.socket_path).st_mode & 0o777) == oct(0o600)
-        _token(agent, wait=15)
-        with Client(agent.socket_path) as c:
-            assert c.health() == {"live": True, "ready": True}
-            st = c.status()
-        assert st["state"] == "token_valid"
-        assert "client_secret" not in str(st)
-        assert agent.stop() == 0
-    finally:
-        agent.kill()
+def test_socket_file_mode_and_health(make_agent, emu):
+    agent = make_agent(emu)
+    agent.start()
+    assert oct(os.stat(agent.socket_path).st_mode & 0o777) == oct(0o600)
+    _token(agent, wait=15)
+    with Client(agent.socket_path) as c:
+        assert c.health() == {"live": True, "ready": True}
+        st = c.status()
+    assert st["state"] == "token_valid"
+    assert "client_secret" not in str(st)
+    assert agent.stop() == 0
 
 
 def _wakeups(pid: int) -> int:
@@ -171,7 +162,7 @@ def _wakeups(pid: int) -> int:
 
 
 @pytest.mark.parametrize("with_console", [False, True])
-def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu, with_console):
+def test_idle_is_idle_no_periodic_wakeups(make_agent, emu, with_console):
     """With a valid token, no clients and no watchdog, the process sleeps until the scheduled refresh,
     also with the serial console open on a pty."""
     master = slave = None
@@ -179,7 +170,7 @@ def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu, with_console):
     if with_console:
         master, slave = os.openpty()
         overrides["console__port"] = os.ttyname(slave)
-    agent = AgentProc(tmp_path, emu, **overrides)
+    agent = make_agent(emu, **overrides)
     try:
         agent.start()
         _token(agent, wait=15)
@@ -197,7 +188,6 @@ def test_idle_is_idle_no_periodic_wakeups(tmp_path, emu, with_console):
             assert b"0.1" in out or b"pass-agent" in out
         assert agent.stop() == 0
     finally:
-        agent.kill()
         for fd in (master, slave):
             if fd is not None:
                 os.close(fd)
