@@ -47,8 +47,11 @@ _SCHEMA: dict[str, dict[str, str]] = {
 
 
 def board_dir() -> str:
-    """Where board folders live: $PASS_AGENT_BOARD_DIR, else `board/` next to the agent package."""
-    return os.environ.get(ENV_BOARD_DIR) or os.path.join(os.path.dirname(os.path.dirname(agent.__file__)), "board")
+    """Where board folders live: $PASS_AGENT_BOARD_DIR, else the profiles installed with the package
+    (agent/board_profiles/, which setup.py puts into the wheel), else `board/` of the checkout."""
+    packaged = os.path.join(os.path.dirname(agent.__file__), "board_profiles")
+    return os.environ.get(ENV_BOARD_DIR) or (packaged if os.path.isdir(packaged) else
+                                             os.path.join(os.path.dirname(os.path.dirname(agent.__file__)), "board"))
 
 
 def list_boards() -> list[str]:

