@@ -17,9 +17,21 @@ Theory of operation (read this first)
 - Key and key check = HKDF-SHA256(device_id, salt = random per-store salt kept in the header).
   Another device derives another key check, so its slots are classified ``foreign_device`` (a cloned
   image), not ``corrupt``; they are left alone until a new state is saved over them.
-- token_cache: ``flash`` keeps the token in the slot; ``runtime`` keeps it in ``token.bin`` under
-  runtime_dir (tmpfs; same format, kind 2, bound to the client id); ``memory`` never writes it.
-  A token refresh therefore rewrites one slot (flash) or no slot at all (runtime, memory).
+- token_cache: ``flash`` keeps the token in the slot; ``runtime`` keeps it in ``token/token.bin``
+  under runtime_dir (tmpfs; same format, kind 2, bound to the client id); ``memory`` never writes it.
+  A token refresh therefore rewrites one slot (flash) or no slot at all (runtime, memory). The token
+  gets its own 0700 directory because runtime_dir is by default the socket's directory, whose mode
+  (0755) lets the player reach the socket: the store never changes the mode of a directory it did
+  not create.
+- Directories (agent/safedir.py): a symlinked, foreign-owned or world-writable storage or token
+  directory is refused; missing ones are created with explicit modes whatever the umask. Every
+  file (lock, slots, temp files, token) is opened with O_NOFOLLOW|O_CLOEXEC.
+- One writer: an exclusive flock on ``lock``. On a read-only file system (eMMC remounted after
+  errors) the store opens read-only: it serves what is stored, refuses saves that need a slot
+  write (``store_read_only``; the caller keeps the state in memory) and reports ``problem`` =
+  ``read_only``. It takes the lock through a read-only descriptor when the lock file exists; when
+  it does not, it runs without the lock, which is safe because nobody can write to that file
+  system, and it takes the lock before its first write if the file system becomes writable again.
 
 Must never: write both slots in one save, rewrite unchanged bytes, retry an fsync on the same
 descriptor, change its in-memory state before a save succeeded, raise from load() on bad data, or
@@ -33,6 +45,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import struct
 import zlib
 from typing import Any, Callable
@@ -43,6 +56,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agent import log as agent_log
+from agent import safedir
 from agent.errors import FATAL, OPERATOR, StoreError
 
 MAGIC = b"PAGS"
@@ -61,11 +75,15 @@ _GEN_HALF = 0x80000000
 FIRST_GENERATION = 1
 SLOT_NAMES = ("slot-a.bin", "slot-b.bin")
 TOKEN_NAME = "token.bin"
+RUNTIME_SUBDIR = "token"  # runtime_dir/token/token.bin: never the socket directory's mode
 LOCK_NAME = "lock"
 TMP_SUFFIX = ".tmp"
 DEFAULT_RUNTIME_DIR = "/run/pass-agent"
 TOKEN_CACHES = ("flash", "runtime", "memory")
 MAX_FILE_SIZE = 1 << 20  # a slot is a few hundred bytes; never read a runaway file into memory
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+STORE_KEY = "[storage] dir"
+RUNTIME_KEY = "[storage] runtime_dir"
 _HKDF_INFO = b"pass-agent store key v1"
 
 # Payload upgrades: MIGRATIONS[v] turns a version-v payload dict into a version v+1 payload dict.
@@ -172,7 +190,7 @@ class FsOps:
     def open(self, path: str, truncate: bool = True) -> Any:
         """truncate=True: create or truncate for writing, mode 0600. False: open an existing file
         for in-place overwrite (wipe)."""
-        flags = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_WRONLY | os.O_CLOEXEC | _NOFOLLOW
         if truncate:
             flags |= os.O_CREAT | os.O_TRUNC
         fd = os.open(path, flags, 0o600)
@@ -194,7 +212,7 @@ class FsOps:
         os.unlink(path)
 
     def fsync_dir(self, path: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(fd)
         finally:
@@ -205,38 +223,62 @@ class FsOps:
 
     def read(self, path: str, limit: int = MAX_FILE_SIZE) -> bytes:
         """Whole file (at most limit+1 bytes); FileNotFoundError when missing."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
             return f.read(limit + 1)
 
     def size(self, path: str) -> int:
-        return os.stat(path).st_size
+        return os.lstat(path).st_size
 
 
-def _ensure_dir(path: str, log: logging.Logger) -> None:
-    """Create path with mode 0700, or tighten an existing one that others could read."""
+def _unsafe(e: safedir.UnsafeDir) -> StoreError:
+    return StoreError(e.message, code="store_dir_unsafe", kind=OPERATOR, hint=e.hint)
+
+
+def _ensure_dir(path: str, mode: int, what: str, key: str, log: logging.Logger) -> None:
+    """Create path (explicit modes whatever the umask) or vet the existing one; never chmod it.
+
+    Raises StoreError store_dir_unsafe (symlink, foreign owner, world-writable) or store_dir;
+    OSError EROFS passes through so open() can fall back to read-only."""
     try:
-        if not os.path.isdir(path):
-            os.makedirs(path, 0o700, exist_ok=True)
-            os.chmod(path, 0o700)
-            return
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
-            os.chmod(path, 0o700)
-            log.warning("store directory %s had mode %03o; tightened to 0700", path, mode)
+        safedir.ensure(path, mode, what, key)
+    except safedir.UnsafeDir as e:
+        raise _unsafe(e)
     except OSError as e:
-        raise StoreError("cannot create or secure the store directory %s: %s" % (path, e.strerror),
-                         code="store_dir", kind=OPERATOR,
-                         hint="check storage.dir in the config and that it is writable by the agent")
+        if e.errno == errno.EROFS:
+            raise
+        raise StoreError("cannot create the %s %s: %s" % (what, path, e.strerror), code="store_dir",
+                         kind=OPERATOR, hint="check %s in the config and that it is writable by the agent" % key)
+    st = os.lstat(path)
+    if st.st_mode & stat.S_IWGRP:
+        log.warning("%s %s is group-writable (mode %04o): members of its group could replace the agent's"
+                    " files; chmod g-w %s", what, path, stat.S_IMODE(st.st_mode), path)
 
 
-def _take_lock(directory: str) -> int:
+def _take_lock(directory: str, read_only_ok: bool = False) -> int | None:
+    """Exclusive flock on directory/lock, opened with O_NOFOLLOW. With read_only_ok, a read-only file
+    system gives the lock through a read-only descriptor, or None when the file cannot exist
+    (nobody can write there either); without it, EROFS is an error like any other."""
     path = os.path.join(directory, LOCK_NAME)
+    flags = os.O_CLOEXEC | _NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
     except OSError as e:
-        raise StoreError("cannot open the store lock file %s: %s" % (path, e.strerror),
-                         code="store_dir", kind=OPERATOR, hint="check that storage.dir is writable")
+        if e.errno == errno.ELOOP:
+            raise StoreError("the store lock file %s is a symbolic link; the agent never follows links in"
+                             " its storage directory" % path, code="store_dir_unsafe", kind=OPERATOR,
+                             hint="remove the link (rm %s); the agent creates the lock file itself" % path)
+        if e.errno != errno.EROFS or not read_only_ok:
+            raise StoreError("cannot open the store lock file %s: %s" % (path, e.strerror),
+                             code="store_read_only" if e.errno == errno.EROFS else "store_dir", kind=OPERATOR,
+                             hint="check that %s is writable by the agent" % STORE_KEY)
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except FileNotFoundError:
+            return None
+        except OSError as e2:
+            raise StoreError("cannot open the store lock file %s: %s" % (path, e2.strerror),
+                             code="store_dir", kind=OPERATOR, hint="check %s" % STORE_KEY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -248,6 +290,15 @@ def _take_lock(directory: str) -> int:
                                   " stop it (systemctl stop pass-agent) or wait, then retry")
         raise StoreError("cannot lock %s: %s" % (path, e.strerror), code="store_dir", kind=OPERATOR)
     return fd
+
+
+def _writable(directory: str) -> bool:
+    """True when the file system of directory accepts writes now (probe: open the lock file rw)."""
+    try:
+        os.close(os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CLOEXEC | _NOFOLLOW))
+        return True
+    except OSError:
+        return False
 
 
 def _io_error(what: str, path: str, e: OSError) -> StoreError:
@@ -299,7 +350,7 @@ def _write_atomic(fs: FsOps, directory: str, name: str, data: bytes, counts: dic
                 fs.unlink(tmp)
             except OSError:
                 pass
-        raise _io_error(step, target, e)
+        raise _io_error(step, target, e) from e
 
 
 def _wipe_files(fs: FsOps, directory: str, names: list[str], counts: dict) -> list[str]:
@@ -390,6 +441,7 @@ class Store:
         self.directory = directory
         self.token_cache = token_cache
         self.runtime_dir = runtime_dir or DEFAULT_RUNTIME_DIR
+        self.token_dir = os.path.join(self.runtime_dir, RUNTIME_SUBDIR)
         self.fs = fs or FsOps()
         self.log = log or agent_log.get("store")
         self._device_id = device_id
@@ -402,25 +454,92 @@ class Store:
         self._dirty = False                # a failed save may have left newer bytes: never skip
         self._max_gen: int | None = None   # newest generation seen in any readable header
         self._salt = os.urandom(SALT_SIZE)  # used only when no valid slot exists yet
+        self._open = False
         self.state: dict | None = None
-        self.problem: str | None = None
-        self.problem_detail = ""
+        self._problem: str | None = None   # what load() found in the slots
+        self._problem_detail = ""
+        self._read_only_detail = ""        # set while the storage file system refuses writes
         self.slots: dict[str, dict] = {}
         self.stats = {"saves": 0, "writes": 0, "skipped_unchanged": 0, "bytes_written": 0,
                       "fsyncs": 0, "generation": 0, "failures": 0, "runtime_writes": 0,
-                      "runtime_bytes_written": 0}
+                      "runtime_bytes_written": 0, "read_only": False}
+
+    # A slot problem (empty, corrupt, foreign_device...) wins; a readable store on a read-only file
+    # system reports read_only, so agent.status and the console show the degraded store.
+    @property
+    def problem(self) -> str | None:
+        return self._problem or ("read_only" if self._read_only_detail else None)
+
+    @problem.setter
+    def problem(self, value: str | None) -> None:
+        self._problem = value
+
+    @property
+    def problem_detail(self) -> str:
+        return "; ".join(d for d in (self._problem_detail, self._read_only_detail) if d)
+
+    @problem_detail.setter
+    def problem_detail(self, value: str) -> None:
+        self._problem_detail = value
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self._read_only_detail)
+
+    def _set_read_only(self, why: str) -> None:
+        if not self._read_only_detail:
+            self._read_only_detail = (
+                "the storage directory %s is on a read-only file system (%s): the stored credentials are"
+                " served, new credentials and tokens are kept in memory only until it is writable again"
+                % (self.directory, why))
+            self.log.warning("%s; check the flash (dmesg), repair it (fsck) and remount it read-write",
+                             self._read_only_detail)
+        self.stats["read_only"] = True
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
-        if self._lock_fd is not None:
+        """Vet or create the storage directory and take the writer lock. On a read-only file system
+        the store opens read-only (see the module docstring) instead of failing."""
+        if self._open:
             return
-        _ensure_dir(self.directory, self.log)
-        self._lock_fd = _take_lock(self.directory)
+        try:
+            _ensure_dir(self.directory, 0o700, "storage directory", STORE_KEY, self.log)
+        except OSError as e:  # EROFS only: the directory is missing and cannot be created
+            self._set_read_only(e.strerror or "EROFS")
+            self._open = True
+            return
+        self._lock_fd = _take_lock(self.directory, read_only_ok=True)
+        self._open = True
+        if not _writable(self.directory):
+            self._set_read_only("the lock file cannot be opened for writing")
+            return
         self._clean_temp(self.directory)
-        if self.token_cache == "runtime" and os.path.isdir(self.runtime_dir):
-            self._clean_temp(self.runtime_dir)
+        if self.token_cache == "runtime" and os.path.isdir(self.token_dir):
+            self._clean_temp(self.token_dir)
+
+    def _reopen_rw(self) -> None:
+        """Before a write in read-only mode: become the writer again if the file system allows it."""
+        if not os.path.isdir(self.directory) or self._lock_fd is None:
+            try:
+                _ensure_dir(self.directory, 0o700, "storage directory", STORE_KEY, self.log)
+                fd = _take_lock(self.directory)
+            except (OSError, StoreError) as e:
+                raise StoreError("cannot save the credential store: %s; the new state is kept in memory"
+                                 % (getattr(e, "strerror", None) or e), code="store_read_only", kind=OPERATOR,
+                                 hint="check the flash (dmesg), repair it (fsck) and remount it read-write")
+            self._lock_fd = fd
+            self.load()  # nobody held the lock meanwhile: see what is on disk before writing over it
+        elif not _writable(self.directory):
+            raise StoreError("cannot save the credential store: %s is on a read-only file system; the new"
+                             " state is kept in memory" % self.directory, code="store_read_only",
+                             kind=OPERATOR, hint="check the flash (dmesg), repair it (fsck) and remount it"
+                                                 " read-write; the agent saves again at the next change")
+        self._read_only_detail = ""
+        self.stats["read_only"] = False
+        self.log.info("the storage directory %s is writable again", self.directory)
 
     def close(self) -> None:
+        self._open = False
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
             try:
@@ -517,19 +636,19 @@ class Store:
         return state
 
     def _load_runtime_token(self, state: dict) -> dict | None:
-        r = self._read(self.runtime_dir, TOKEN_NAME, KIND_TOKEN)
+        r = self._read(self.token_dir, TOKEN_NAME, KIND_TOKEN)
         if r["status"] == "empty":
             self._rt_known = r["detail"] == "missing"
             return None
         if r["status"] != "ok":
             self.log.info("runtime token %s ignored: %s (%s); a new token will be fetched",
-                          os.path.join(self.runtime_dir, TOKEN_NAME), r["status"], r["detail"])
+                          os.path.join(self.token_dir, TOKEN_NAME), r["status"], r["detail"])
             return None
         p = r["payload"]
         client = state.get("client") if isinstance(state.get("client"), dict) else {}
         if p.get("client_id") != client.get("client_id") or not isinstance(p.get("token"), dict):
             self.log.info("runtime token %s belongs to other client credentials; ignored",
-                          os.path.join(self.runtime_dir, TOKEN_NAME))
+                          os.path.join(self.token_dir, TOKEN_NAME))
             return None
         if r["version"] == FORMAT_VERSION:
             self._rt, self._rt_known = canonical(p), True
@@ -569,8 +688,9 @@ class Store:
 
     def save(self, state: dict) -> bool:
         """Persist state. True if bytes were written (flash slot or runtime token file), False if
-        nothing changed. Raises StoreError on I/O failure; the previous state then stays current."""
-        if self._lock_fd is None:
+        nothing changed. Raises StoreError on I/O failure (store_read_only when the slot cannot be
+        written on a read-only file system); the previous state then stays current."""
+        if not self._open:
             raise StoreError("save() on the credential store %s before open()" % self.directory,
                              code="store_not_open", kind=FATAL, hint="call Store.open() first")
         if not self._loaded:
@@ -590,6 +710,12 @@ class Store:
                              % type(e).__name__, code="store_bad_state", kind=FATAL)
         wrote = False
         if self._dirty or self._cur is None or self._cur["payload"] != payload:
+            if self.read_only:
+                try:
+                    self._reopen_rw()
+                except StoreError:
+                    self.stats["failures"] += 1
+                    raise
             self._write_slot(payload)
             wrote = True
         if self.token_cache == "runtime":
@@ -611,9 +737,11 @@ class Store:
         counts = {"bytes": 0, "fsyncs": 0}
         try:
             _write_atomic(self.fs, self.directory, target, blob, counts)
-        except StoreError:
+        except StoreError as e:
             self.stats["failures"] += 1
             self._dirty = True
+            if getattr(e.__cause__, "errno", None) == errno.EROFS:
+                self._set_read_only("a save failed: %s" % e.__cause__.strerror)
             if self._max_gen is None or gen_newer(gen, self._max_gen):
                 self._max_gen = gen  # the failed slot may hold gen: the next attempt must outrank it
             raise
@@ -629,7 +757,7 @@ class Store:
         self.problem, self.problem_detail = None, ""
 
     def _write_runtime(self, rt_payload: bytes | None) -> bool:
-        path = os.path.join(self.runtime_dir, TOKEN_NAME)
+        path = os.path.join(self.token_dir, TOKEN_NAME)
         if rt_payload is None:
             if self._rt_known and self._rt is None:
                 return False
@@ -643,14 +771,17 @@ class Store:
             return False
         if self._rt_known and self._rt == rt_payload:
             return False
-        _ensure_dir(self.runtime_dir, self.log)
+        try:  # runtime_dir keeps its mode (it may hold the player's socket); token/ is ours, 0700
+            _ensure_dir(self.token_dir, 0o700, "runtime token directory", RUNTIME_KEY, self.log)
+        except OSError as e:
+            raise _io_error("mkdir", self.token_dir, e) from e
         salt = self._cur["salt"] if self._cur else self._salt
         key, check = self._key(salt)
         blob = seal(key, check, salt, self._cur["gen"] if self._cur else 0, rt_payload, kind=KIND_TOKEN)
         counts = {"bytes": 0, "fsyncs": 0}
         self._rt_known = False  # unknown until the write below completes
         try:
-            _write_atomic(self.fs, self.runtime_dir, TOKEN_NAME, blob, counts)
+            _write_atomic(self.fs, self.token_dir, TOKEN_NAME, blob, counts)
         except StoreError:
             self.stats["failures"] += 1
             raise
@@ -662,7 +793,7 @@ class Store:
 
     def wipe(self) -> None:
         """Overwrite both slots (and temp files, and the runtime token) with zeros, fsync, unlink."""
-        if self._lock_fd is None:
+        if not self._open:
             raise StoreError("wipe() on the credential store %s before open()" % self.directory,
                              code="store_not_open", kind=FATAL, hint="call Store.open() first")
         counts = {"bytes": 0, "fsyncs": 0}
@@ -670,9 +801,7 @@ class Store:
         order = _newest_last(self.fs, self.directory)
         try:
             _wipe_files(self.fs, self.directory, _store_names(self.fs, self.directory, order), counts)
-            if os.path.isdir(self.runtime_dir):
-                _wipe_files(self.fs, self.runtime_dir,
-                            _store_names(self.fs, self.runtime_dir, (TOKEN_NAME,)), counts)
+            _wipe_runtime(self.fs, self.runtime_dir, counts)
         finally:
             self.stats["bytes_written"] += counts["bytes"]
             self.stats["fsyncs"] += counts["fsyncs"]
@@ -685,20 +814,33 @@ class Store:
         self.log.warning("credential store in %s wiped: the agent must register again", self.directory)
 
 
+def _wipe_runtime(fs: FsOps, runtime_dir: str, counts: dict) -> list[str]:
+    """The runtime token: runtime_dir/token/token.bin, and runtime_dir/token.bin where versions before
+    the token directory kept it (a tmpfs survives an upgrade without a reboot)."""
+    removed: list[str] = []
+    token_dir = os.path.join(runtime_dir, RUNTIME_SUBDIR)
+    if os.path.isdir(token_dir) and not os.path.islink(token_dir):
+        removed += _wipe_files(fs, token_dir, _store_names(fs, token_dir, (TOKEN_NAME,)), counts)
+    if os.path.isdir(runtime_dir):
+        removed += _wipe_files(fs, runtime_dir, [TOKEN_NAME], counts)
+    return removed
+
+
 def wipe_dir(directory: str, runtime_dir: str | None = None, fs: FsOps | None = None) -> list[str]:
     """Remove the credential store of directory (overwrite with zeros, fsync, unlink) without the
     device key. Takes the writer lock; raises StoreError "store_locked" while the daemon runs.
     Returns the paths removed."""
     fs = fs or FsOps()
+    bad = safedir.problem(directory, "storage directory", STORE_KEY)
+    if bad is not None:
+        raise _unsafe(bad)
     if not os.path.isdir(directory):
         return []
     fd = _take_lock(directory)
     try:
         counts = {"bytes": 0, "fsyncs": 0}
         removed = _wipe_files(fs, directory, _store_names(fs, directory, _newest_last(fs, directory)), counts)
-        rd = runtime_dir or DEFAULT_RUNTIME_DIR
-        if os.path.isdir(rd):
-            removed += _wipe_files(fs, rd, _store_names(fs, rd, (TOKEN_NAME,)), counts)
+        removed += _wipe_runtime(fs, runtime_dir or DEFAULT_RUNTIME_DIR, counts)
         return removed
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

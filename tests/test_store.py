@@ -15,7 +15,7 @@ import pytest
 
 from agent import store as st
 from agent.errors import StoreError
-from agent.store import SLOT_NAMES, TOKEN_NAME, FsOps, Store
+from agent.store import RUNTIME_SUBDIR, SLOT_NAMES, TOKEN_NAME, FsOps, Store
 
 SECRET = "s3cr3t-client-secret-0f9e8d"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjMSJ9.c2lnbmF0dXJlLXZhbHVl"
@@ -129,14 +129,14 @@ def test_round_trip_modes_and_permissions(paths):
         assert SECRET.encode() not in raw and b"client-1" not in raw and TOKEN.encode() not in raw
 
 
-def test_existing_open_directory_is_tightened(paths, logs):
+def test_existing_directory_keeps_its_mode_and_group_write_is_reported(paths, logs):
     d, rd = paths
     os.makedirs(d)
-    os.chmod(d, 0o755)
+    os.chmod(d, 0o775)
     s = opened(d, log=logs.logger)
     s.close()
-    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
-    assert any("tightened" in line for line in logs.lines)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o775  # never repaired behind the operator's back
+    assert any("WARNING" in line and "group-writable" in line and "chmod g-w " + d in line for line in logs.lines)
 
 
 def test_unchanged_save_writes_nothing(paths):
@@ -184,8 +184,8 @@ def test_runtime_token_cache_keeps_flash_untouched_on_refresh(paths):
     s = opened(d, token_cache="runtime", runtime_dir=rd, fs=rec)
     s.load()
     assert s.save(make_state(0)) is True
-    assert os.path.exists(os.path.join(rd, TOKEN_NAME))
-    assert stat.S_IMODE(os.stat(os.path.join(rd, TOKEN_NAME)).st_mode) == 0o600
+    assert os.path.exists(os.path.join(rd, RUNTIME_SUBDIR, TOKEN_NAME))
+    assert stat.S_IMODE(os.stat(os.path.join(rd, RUNTIME_SUBDIR, TOKEN_NAME)).st_mode) == 0o600
     flash_bytes = s.stats["bytes_written"]
     rec.ops.clear()
     assert s.save(make_state(1)) is True  # the runtime file changed
@@ -199,7 +199,7 @@ def test_runtime_token_cache_keeps_flash_untouched_on_refresh(paths):
     # A token bound to other credentials is never handed out after a re-registration.
     new_client = make_state(2, client_id="client-2", token=False)
     s2.save(new_client)
-    assert not os.path.exists(os.path.join(rd, TOKEN_NAME))  # token None: the stale token is removed
+    assert not os.path.exists(os.path.join(rd, RUNTIME_SUBDIR, TOKEN_NAME))  # token None: the stale token is removed
     s2.close()
     s3 = opened(d, token_cache="runtime", runtime_dir=rd)
     assert s3.load()["token"] is None
@@ -212,12 +212,12 @@ def test_runtime_token_of_other_client_is_ignored(paths):
     s.load()
     s.save(make_state(0))
     s.close()
-    saved = open(os.path.join(rd, TOKEN_NAME), "rb").read()
+    saved = open(os.path.join(rd, RUNTIME_SUBDIR, TOKEN_NAME), "rb").read()
     s = opened(d, token_cache="runtime", runtime_dir=rd)
     s.load()
     s.save(make_state(0, client_id="client-2", token=False))
     s.close()
-    with open(os.path.join(rd, TOKEN_NAME), "wb") as f:  # a stale token file reappears
+    with open(os.path.join(rd, RUNTIME_SUBDIR, TOKEN_NAME), "wb") as f:  # a stale token file reappears
         f.write(saved)
     s = opened(d, token_cache="runtime", runtime_dir=rd)
     assert s.load()["token"] is None
@@ -278,11 +278,12 @@ def test_leftover_temp_files_are_cleaned_at_open(paths):
     s.load()
     s.save(make_state())
     s.close()
-    for directory, name in ((d, "slot-b.bin.tmp"), (rd, "token.bin.tmp")):
+    td = os.path.join(rd, RUNTIME_SUBDIR)
+    for directory, name in ((d, "slot-b.bin.tmp"), (td, "token.bin.tmp")):
         with open(os.path.join(directory, name), "wb") as f:
             f.write(b"half a slot")
     s = opened(d, token_cache="runtime", runtime_dir=rd)
-    assert not [n for n in os.listdir(d) + os.listdir(rd) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(d) + os.listdir(td) if n.endswith(".tmp")]
     assert s.load() == make_state()
     s.close()
 
@@ -349,7 +350,7 @@ def test_wipe_overwrites_then_unlinks(paths):
     sizes = {n: os.path.getsize(os.path.join(d, n)) for n in SLOT_NAMES}
     rec.ops.clear()
     s.wipe()
-    assert not set(os.listdir(d)) & set(SLOT_NAMES) and not os.path.exists(os.path.join(rd, TOKEN_NAME))
+    assert not set(os.listdir(d)) & set(SLOT_NAMES) and not os.path.exists(os.path.join(rd, RUNTIME_SUBDIR, TOKEN_NAME))
     for n in SLOT_NAMES:
         p = os.path.join(d, n)
         mine = [op for op in rec.ops if op[1] == p]

@@ -152,7 +152,7 @@ def test_token_file_is_not_accepted_as_a_slot(tmp_path):
     s.load()
     s.save(make_state(1))
     s.close()
-    put(d, B, open(os.path.join(rd, st.TOKEN_NAME), "rb").read())
+    put(d, B, open(os.path.join(rd, st.RUNTIME_SUBDIR, st.TOKEN_NAME), "rb").read())
     r = Store(d, DEV, token_cache="runtime", runtime_dir=rd)
     st_ = make_state(1)
     assert r.load() == st_ and "kind" in r.slots[B]["detail"]
@@ -165,13 +165,13 @@ def test_corrupt_runtime_token_only_loses_the_token(tmp_path):
     s.load()
     s.save(make_state(1))
     s.close()
-    p = os.path.join(rd, st.TOKEN_NAME)
+    p = os.path.join(rd, st.RUNTIME_SUBDIR, st.TOKEN_NAME)
     good = open(p, "rb").read()
     r = Store(d, DEV, token_cache="runtime", runtime_dir=rd)
     for i in range(0, len(good) * 8, 5):
         bad = bytearray(good)
         bad[i // 8] ^= 1 << (i % 8)
-        put(rd, st.TOKEN_NAME, bytes(bad))
+        put(os.path.join(rd, st.RUNTIME_SUBDIR), st.TOKEN_NAME, bytes(bad))
         got = r.load()
         assert got["token"] is None and got["client"] == make_state(1)["client"], i
 
