@@ -3,10 +3,20 @@
 Every record goes through `Redactor` before it is formatted anywhere (stderr, the console's
 `log` command, the in-memory ring), so a secret can only leak if it is neither registered nor
 shaped like a token. Secrets are registered as soon as the agent learns them (client secret,
-access token, software statement); JWT-shaped strings and `client_secret=`/`Bearer` forms are
-masked by pattern as a second net.
+access token, software statement), each under its kind: the redactor holds the current and the
+previous secret of every kind (a rotated token can still be quoted by a late log line; older
+ones cannot), so it stays small however many tokens the agent fetches. JWT-shaped strings and
+`client_secret=`/`Bearer` forms are masked by pattern as a second net.
 
-Must never: write a registered secret anywhere, or block the caller on a slow consumer.
+Every record is also one line: control characters (C0 including CR/LF/TAB, DEL, C1, and the
+Unicode line/paragraph separators) in a record's arguments and exception text are shown
+escaped (`\n`, `\x1b`, `\u2028`), because arguments carry what peers and upstream servers
+supplied (a player's error code, an HTTP body) and must not forge log lines or drive the
+terminal of whoever reads the journal. The agent's own message templates may contain a line
+break: it continues the same record on an indented line with the same priority.
+
+Must never: write a registered secret anywhere, let a peer's text start a log line or reach a
+terminal unescaped, or block the caller on a slow consumer.
 """
 
 from __future__ import annotations
@@ -37,20 +47,59 @@ def mask(secret: str | None, keep: int = 4) -> str:
 
 
 class Redactor:
-    """Replaces every registered secret and every token-shaped string with a mask."""
+    """Replaces every registered secret and every token-shaped string with a mask.
+
+    Holds, per kind ("access_token", "client_secret", "software_statement"...), the current and
+    the previous secret; secrets registered without a kind are kept in a small FIFO of
+    UNTYPED_MAX. The secrets to look for are sorted (longest first, so a secret that contains
+    another is masked whole) once per change, not once per log line.
+    """
+
+    PER_KIND = 2        # the current and the previous secret of each kind
+    UNTYPED_MAX = 16    # secrets registered without a kind
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._kinds: dict[str, list[str]] = {}
+        self._untyped: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ordered: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
-    def add(self, *secrets: str | None) -> None:
+    def add(self, *secrets: str | None, kind: str | None = None) -> None:
+        """Register secrets. With `kind`, each one becomes that kind's current secret."""
         with self._lock:
+            changed = False
             for s in secrets:
-                if s and len(s) >= 6:
-                    self._secrets.add(s)
+                if not s or len(s) < 6:
+                    continue
+                if kind is None:
+                    if s in self._untyped:
+                        continue
+                    self._untyped[s] = None
+                    while len(self._untyped) > self.UNTYPED_MAX:
+                        self._untyped.popitem(last=False)
+                else:
+                    held = self._kinds.setdefault(kind, [])
+                    if held and held[-1] == s:
+                        continue
+                    if s in held:
+                        held.remove(s)
+                    held.append(s)
+                    del held[:-self.PER_KIND]
+                changed = True
+            if changed:
+                every = set(self._untyped)
+                for held in self._kinds.values():
+                    every.update(held)
+                self._ordered = tuple(sorted(every, key=len, reverse=True))
+
+    def __len__(self) -> int:
+        return len(self._ordered)
+
+    def __contains__(self, secret: object) -> bool:
+        return secret in self._ordered
 
     def redact(self, text: str) -> str:
-        for s in sorted(self._secrets, key=len, reverse=True):
+        for s in self._ordered:  # a snapshot: add() replaces the tuple, never mutates it
             if s in text:
                 text = text.replace(s, "[REDACTED]")
         text = _JWT.sub("[REDACTED-JWT]", text)
@@ -59,6 +108,61 @@ class Redactor:
 
 
 REDACTOR = Redactor()
+
+
+# Everything that can move a cursor, end a line or start a terminal escape sequence: C0 (with
+# TAB, CR, LF), DEL, C1 (NEL, CSI...) and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_NOT_LF = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(m: re.Match) -> str:
+    c = m.group()
+    named = _NAMED.get(c)
+    if named is not None:
+        return named
+    o = ord(c)
+    return "\\x%02x" % o if o < 0x100 else "\\u%04x" % o
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character shown as an escape (`\n`, `\x1b`, `\x85`, `\u2028`)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+class _Escaped:
+    """Formats like the wrapped object (%s, %r), with control characters escaped."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __str__(self) -> str:
+        return escape_controls(str(self.obj))
+
+    def __repr__(self) -> str:
+        return escape_controls(repr(self.obj))
+
+
+def _escape_arg(a: object) -> object:
+    if isinstance(a, str):
+        return escape_controls(a)
+    if a is None or isinstance(a, (int, float)):  # numbers keep %d/%f formatting; no text inside
+        return a
+    return _Escaped(a)
+
+
+def _escaped_message(record: logging.LogRecord) -> str:
+    """record.getMessage() with the arguments' control characters escaped."""
+    msg = str(record.msg)
+    args = record.args
+    if not args:
+        return msg
+    if isinstance(args, dict):  # logger.info("%(k)s", {"k": ...})
+        return msg % {k: _escape_arg(v) for k, v in args.items()}
+    return msg % tuple(_escape_arg(a) for a in args)
 
 
 class LogBuffer:
@@ -103,15 +207,26 @@ class RedactingFormatter(logging.Formatter):
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
+        try:
+            msg = _escaped_message(record)
+        except (TypeError, ValueError):
+            msg = record.getMessage()  # a broken format string: let logging report it as usual
         if record.exc_info:
             # Only the exception type and message: tracebacks can carry locals' reprs.
             etype, evalue = record.exc_info[0], record.exc_info[1]
-            msg += " [%s: %s]" % (etype.__name__ if etype else "?", evalue)
-        msg = self.redactor.redact(msg)
+            msg += " [%s: %s]" % (etype.__name__ if etype else "?", escape_controls(str(evalue)))
+        # What is left unescaped is the agent's own template (or a non-literal message): escape all
+        # but its line breaks, which continue this record on indented lines with the same prefix.
+        msg = _CONTROL_NOT_LF.sub(_escape_one, self.redactor.redact(msg))
         if self.journal:
-            return "<%d>%s" % (_SYSLOG_PRIORITY.get(record.levelno, 6), msg)
-        return "%-7s %s" % (record.levelname, msg)
+            prefix = "<%d>" % _SYSLOG_PRIORITY.get(record.levelno, 6)
+            first, cont = prefix, prefix + "  "
+        else:
+            first, cont = "%-7s " % record.levelname, " " * 10
+        if "\n" not in msg:
+            return first + msg
+        head, *rest = msg.split("\n")
+        return first + head + "".join("\n" + cont + line for line in rest)
 
 
 class _BufferHandler(logging.Handler):

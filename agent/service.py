@@ -91,9 +91,9 @@ class Service:
             stored = self.store.load()
             # store.load() already logged why a slot was unusable (foreign device, corrupt...).
         if stored and stored.get("client"):
-            agentlog.REDACTOR.add(stored["client"].get("client_secret"))
+            agentlog.REDACTOR.add(stored["client"].get("client_secret"), kind="client_secret")
             if stored.get("token"):
-                agentlog.REDACTOR.add(stored["token"].get("access_token"))
+                agentlog.REDACTOR.add(stored["token"].get("access_token"), kind="access_token")
         statement_hash = self._refresh_statement(force=True)
         with self._cond:
             self.lc.load(stored, statement_hash, self.clock(), self.wall())
@@ -138,7 +138,7 @@ class Service:
             self._statement = None
             self.log.error("%s", e)
             return None
-        agentlog.REDACTOR.add(text)
+        agentlog.REDACTOR.add(text, kind="software_statement")
         if self._statement is not None and text != self._statement:
             self.log.info("the software statement changed (new SHA-256 %s…)", digest[:12])
         self._statement = text
@@ -187,7 +187,7 @@ class Service:
                 parse, secret = dcr.parse_token, "access_token"
             status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
             result = parse(status, headers, body, self.wall())
-            agentlog.REDACTOR.add(result[secret])
+            agentlog.REDACTOR.add(result[secret], kind=secret)
         except AgentError as e:
             error = e
         except Exception as e:  # a bug must not kill the worker: report it and back off
