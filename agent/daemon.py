@@ -22,6 +22,7 @@ from agent.errors import AgentError, ConfigError
 from agent.notify import Notifier
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
 class Daemon:
@@ -148,13 +149,37 @@ class Daemon:
             self.loop.close()
 
 
+def no_core_dumps() -> str | None:
+    """Keep secrets out of core files: RLIMIT_CORE 0 and PR_SET_DUMPABLE 0 (also bars ptrace and
+    /proc/PID/mem from other processes of the agent's user). Returns what could not be done, or None."""
+    import resource
+
+    failed = []
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as e:
+        failed.append("RLIMIT_CORE 0: %s" % e)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as e:  # no libc prctl (not Linux)
+        failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % e)
+    return "; ".join(failed) or None
+
+
 def run(config_path: str | None) -> int:
+    core = no_core_dumps()  # first: nothing secret is in memory yet
     try:
         cfg = configmod.load(config_path)
     except ConfigError as e:
         print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
         return EXIT_USAGE
     d = Daemon(cfg)
+    if core:
+        d.log.warning("core dumps could not be disabled (%s); a crash could write secrets to disk", core)
     try:
         d.start()
     except ConfigError as e:

@@ -42,6 +42,8 @@ class AgentProc:
         self.notifications: list[str] = []
         self.seen_secrets: set[str] = set()
         self.runs = 0
+        self.argv_prefix: list[str] = []  # e.g. an `unshare -m ...` wrapper that execs the agent
+        self.popen_kw: dict = {}          # e.g. preexec_fn for limits or credentials, cwd
 
     def write_config(self, text: str | None = None) -> None:
         if text is None:
@@ -65,9 +67,10 @@ class AgentProc:
         if self.watchdog_usec:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", self.config_path],
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=ROOT)
+        kw = dict(stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+        kw.update(self.popen_kw)
+        self.proc = subprocess.Popen(self.argv_prefix + [sys.executable, "-m", "agent", "run", "--config",
+                                                          self.config_path], **kw)
         if wait_ready:
             self.wait_notify("READY=1")
         return self

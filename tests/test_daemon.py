@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -191,3 +192,113 @@ def test_idle_is_idle_no_periodic_wakeups(make_agent, emu, with_console):
         for fd in (master, slave):
             if fd is not None:
                 os.close(fd)
+
+
+# -- hardening: core dumps, read-only storage, the runtime token and the player's socket -----------
+
+def _core_files(directory: str) -> list[str]:
+    return [n for n in os.listdir(directory) if n == "core" or n.startswith("core.")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising RLIMIT_CORE's hard limit and changing gid need root")
+def test_daemon_is_not_dumpable_and_leaves_no_core_file(make_agent, emu, tmp_path):
+    """A crash must not write the secrets to disk: RLIMIT_CORE 0 and PR_SET_DUMPABLE 0.
+
+    Observables from outside: /proc/PID/limits, and the group of /proc/PID/environ, which is the
+    process's gid while it is dumpable and root's once it is not (the agent runs with gid 65534 here
+    so the two differ); finally a real SIGABRT in a directory where a core would land."""
+    import resource
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    def allow_cores() -> None:  # what a careless unit or shell could give the agent
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        os.setgid(65534)
+
+    agent = make_agent(emu)
+    agent.popen_kw = {"preexec_fn": allow_cores, "cwd": str(cwd)}
+    agent.start()
+    _token(agent, wait=15)
+    pid = agent.proc.pid
+    with open("/proc/%d/limits" % pid) as f:
+        core = [ln.split()[4:6] for ln in f if ln.startswith("Max core file size")]
+    assert core == [["0", "0"]], core
+    assert os.stat("/proc/%d/environ" % pid).st_gid == 0, "the agent is still dumpable"
+    agent.send(signal.SIGABRT)
+    assert agent.proc.wait() == -signal.SIGABRT
+    assert _core_files(str(cwd)) == [] and _core_files(tmp_path) == []
+
+
+def _ro_prefix(directory: str) -> list[str]:
+    """Run the agent in a private mount namespace where `directory` is a read-only bind mount."""
+    sh = 'set -e; mount --bind "$1" "$1"; mount -o remount,bind,ro "$1"; shift; exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", sh, "sh", directory]
+
+
+def _ro_refusal() -> str | None:
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return "a read-only bind mount needs root (CAP_SYS_ADMIN)"
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        return "unshare(1) or mount(8) is not installed"
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "mount --bind / /"],
+                       capture_output=True, text=True)
+    return None if r.returncode == 0 else "this machine refuses mounts in a private namespace: " + r.stderr.strip()
+
+
+@pytest.mark.skipif(_ro_refusal() is not None, reason=str(_ro_refusal()))
+def test_read_only_store_starts_serves_the_stored_token_and_refreshes_in_memory(make_agent, emu):
+    agent = make_agent(emu)
+    agent.start()
+    first = _token(agent, wait=15)
+    assert agent.stop() == 0
+    store_dir = agent.cfg["storage"]["dir"]
+    before = {n: open(os.path.join(store_dir, n), "rb").read() for n in sorted(os.listdir(store_dir))}
+    agent.argv_prefix = _ro_prefix(store_dir)  # the eMMC came back read-only after errors
+    agent.start()
+    assert _token(agent)["access_token"] == first["access_token"]  # at once, from the store
+    with Client(agent.socket_path, timeout=20) as sub, Client(agent.socket_path, timeout=20) as c:
+        st = c.status()
+        assert st["store"]["problem"] == "read_only" and st["store"]["read_only"] is True
+        sub.call("token.subscribe")
+        notes = sub.subscribe(timeout=20)
+        assert c.report(401, access_token=first["access_token"])["decision"] == "refresh"
+        next(notes)  # token.changed: a new token although it cannot be saved
+        second = _token(agent)
+        assert second["access_token"] != first["access_token"]
+        assert c.status()["store"]["problem"] == "read_only"
+    assert agent.stop() == 0
+    log = agent.log()
+    assert "read-only file system" in log and "kept in memory" in log
+    assert {n: open(os.path.join(store_dir, n), "rb").read() for n in sorted(os.listdir(store_dir))} == before
+    assert emu.stats()["register"]["ok"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another uid needs root")
+def test_runtime_token_cache_leaves_the_player_its_socket(make_agent, emu, tmp_path):
+    """token_cache = "runtime" with runtime_dir = the socket's directory (the default layout)."""
+    import shutil
+    import tempfile
+
+    from tests.test_server_security import NOBODY, as_user
+
+    pub = tempfile.mkdtemp(prefix="pa-run-", dir="/tmp")
+    os.chmod(pub, 0o755)
+    try:
+        agent = make_agent(emu, storage__token_cache="runtime", storage__runtime_dir=pub,
+                           socket__path=os.path.join(pub, "agent.sock"), socket__mode=0o666,
+                           socket__allow_uids=[NOBODY])
+        agent.start()
+        _token(agent, wait=15)  # the token has been saved to the runtime directory by now
+        assert os.stat(pub).st_mode & 0o777 == 0o755
+        res = as_user(agent.socket_path, NOBODY, NOBODY)
+        assert res["status"] == "ok", res
+        msg = json.loads(res["line"])
+        assert msg["result"]["access_token"]
+        agent.seen_secrets.add(msg["result"]["access_token"])
+        assert agent.stop() == 0
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
