@@ -8,9 +8,14 @@ against a real emulator over HTTPS, serving a token on its Unix socket.
 
 from __future__ import annotations
 
+import configparser
+import hashlib
+import importlib.metadata
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,21 +116,33 @@ def test_overlay_layout_and_metadata(built, board):
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_overlay_config_names_its_board_and_is_otherwise_the_default(built, board):
+def test_overlay_config_names_its_board_allows_the_player_group_and_is_otherwise_the_default(built, board):
     path = os.path.join(built["roots"][board], "etc/pass-agent/agent.toml")
     with open(path, "rb") as f:
-        cfg = configmod.validate(tomllib.load(f), path, check_files=False)
+        data = tomllib.load(f)
+    # The shipped config lets the player group of sysusers.d/pass-agent.conf connect (issue 15 item 15).
+    assert data["socket"]["allow_groups"] == ["pass-client"]
+    # This machine has no pass-client group (sysusers creates it on the box): validate the rest.
+    data["socket"]["allow_groups"] = []
+    cfg = configmod.validate(data, path, check_files=False)
     assert cfg["device"]["board"] == board
     expected = configmod.defaults()
     expected["device"]["board"] = board
     for table in configmod.SCHEMA:
         assert cfg[table] == expected[table], table
+    assert cfg["console"]["port"] == ""  # the console is off unless the overlay was built with --console
+
+
+def _dropins(root: str) -> str:
+    """Every drop-in of pass-agent.service in an unpacked root, concatenated."""
+    d = os.path.join(root, "usr/lib/systemd/system/pass-agent.service.d")
+    return "".join(_text(os.path.join(d, n)) for n in sorted(os.listdir(d))) if os.path.isdir(d) else ""
 
 
 def test_board_dropin_only_where_the_board_needs_it(built):
-    for board in BOARDS:
-        from agent import boards
+    from agent import boards
 
+    for board in BOARDS:
         profile = boards.load_profile(os.path.join(ROOT, "board", board, "board.toml"))
         dropin = os.path.join(built["roots"][board], "usr/lib/systemd/system/pass-agent.service.d/10-board.conf")
         tmpfiles = os.path.join(built["roots"][board], "usr/lib/tmpfiles.d/pass-agent-board.conf")
@@ -133,13 +150,54 @@ def test_board_dropin_only_where_the_board_needs_it(built):
         storage = profile.get("storage_dir")
         if storage and storage != configmod.STORAGE_DEFAULT_DIR:
             assert "ReadWritePaths=%s" % storage in text
+            # RDK keeps /opt on its own partition: the agent must not start before it is mounted.
+            assert "[Unit]\nRequiresMountsFor=%s\n" % storage in text
             assert "d %s 0700 pass-agent pass-agent" % storage in _text(tmpfiles)
         else:
             assert "ReadWritePaths" not in text and not os.path.exists(tmpfiles)
-        if profile.get("console_port"):
-            assert "DeviceAllow=%s rw" % profile["console_port"] in text and "PrivateDevices=no" in text
-        else:
-            assert "DeviceAllow" not in text
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_console_device_is_opened_only_when_a_console_port_is_configured(built, board):
+    from agent import boards
+
+    root = built["roots"][board]
+    # Shipped as built by default: [console] port is empty, so the hardening stays whole.
+    text = _dropins(root)
+    for weakened in ("PrivateDevices", "DeviceAllow", "DevicePolicy", "SupplementaryGroups"):
+        assert weakened not in text, (board, weakened)
+    assert not os.path.exists(os.path.join(root, "usr/lib/sysusers.d/pass-agent-board.conf")) or \
+        "dialout" not in _text(os.path.join(root, "usr/lib/sysusers.d/pass-agent-board.conf"))
+    # Built with --console: the config names the board's tty, and the drop-in opens exactly that device.
+    tty = boards.load_profile(os.path.join(ROOT, "board", board, "board.toml")).get("console_port")
+    if not tty:
+        with pytest.raises(build_overlay.BuildError, match="console"):
+            build_overlay.overlay_files(board, b"app", [], console=True)
+        return
+    files = build_overlay.overlay_files(board, b"app", [], console=True)
+    cfg = tomllib.loads(files["etc/pass-agent/agent.toml"][0].decode())
+    assert cfg["console"]["port"] == tty
+    console = files["usr/lib/systemd/system/pass-agent.service.d/20-console.conf"][0].decode()
+    assert "PrivateDevices=no" in console and "DevicePolicy=closed" in console
+    assert "DeviceAllow=%s rw" % tty in console
+    assert "m pass-agent dialout" in files["usr/lib/sysusers.d/pass-agent-console.conf"][0].decode()
+
+
+def _service(root: str) -> configparser.ConfigParser:
+    p = configparser.ConfigParser(strict=False, interpolation=None)
+    p.optionxform = str
+    p.read_string(_text(os.path.join(root, "usr/lib/systemd/system/pass-agent.service")))
+    return p
+
+
+def test_shipped_unit_disables_cores_stops_restarting_on_bad_config_and_waits_for_its_storage(built):
+    for root in built["roots"].values():
+        svc = _service(root)
+        # Core dumps would hold the client secret, the token and the statement in plain text.
+        assert svc["Service"]["LimitCORE"] == "0"
+        # Exit 2 is a configuration or dependency error: restarting every 2 s cannot fix it.
+        assert svc["Service"]["RestartPreventExitStatus"] == "2"
+        assert configmod.STORAGE_DEFAULT_DIR in svc["Unit"]["RequiresMountsFor"].split()
 
 
 def test_zipapp_contents(built):
@@ -261,7 +319,7 @@ def test_zipapp_run_serves_a_token_from_the_overlay_config(built, emu, tmp_path,
     data["adobe"].update(base_url=emu.base_url, software_statement=statement, ca_file=emu.ca_file)
     data["device"]["root"] = fixture
     data["storage"].update(dir=str(tmp_path / "store"), runtime_dir=str(tmp_path / "run"))
-    data["socket"].update(path=sock_path, mode=0o600)
+    data["socket"].update(path=sock_path, mode=0o600, allow_groups=[])  # no pass-client group here
     config = tmp_path / "agent.toml"
     config.write_text(configmod.to_toml(configmod.validate(data, check_files=True)))
     assert 'board = "%s"' % board in config.read_text()
@@ -312,3 +370,180 @@ def test_compiled_zipapp_carries_reproducible_bytecode_and_runs(tmp_path):
     app.chmod(0o755)
     r = _run([str(app), "--version"])
     assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, r.stderr
+
+
+# ---------------------------------------------------------------------------- licences and vendoring
+LICENCES = {"usr/share/doc/pass-agent/LICENSE": "Apache License",
+            "usr/share/doc/pass-agent/third-party/pyserial/LICENSE.txt": "Chris Liechti",
+            "usr/share/doc/pass-agent/third-party/tomli/LICENSE": "Taneli Hukkinen"}
+
+
+def _zip_names(data: bytes) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return zf.namelist()
+
+
+def test_overlay_ships_our_licence_and_those_of_what_it_vendors(built):
+    for board, root in built["roots"].items():
+        for path, mark in LICENCES.items():
+            assert mark in _text(os.path.join(root, path)), (board, path)
+        assert "END OF TERMS AND CONDITIONS" in _text(os.path.join(root, "usr/share/doc/pass-agent/LICENSE"))
+        assert "Redistribution and use in source and binary forms" in \
+            _text(os.path.join(root, "usr/share/doc/pass-agent/third-party/pyserial/LICENSE.txt"))
+        info = _text(os.path.join(root, "usr/share/doc/pass-agent/BUILD-INFO"))
+        assert "pyserial 3.5 (BSD-3-Clause)" in info and "tomli 2.0.1 (MIT)" in info
+    # The zipapp is also handed out alone: it carries the same texts.
+    with open(os.path.join(built["out"], "pass-agent-%s.pyz" % __version__), "rb") as f:
+        names = _zip_names(f.read())
+    assert {"LICENSE", "third-party/pyserial/LICENSE.txt", "third-party/tomli/LICENSE"} <= set(names)
+
+
+def test_zipapp_does_not_depend_on_what_the_build_host_has_installed(monkeypatch):
+    first, notes = build_overlay.build_zipapp(EPOCH)
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    # A build machine without pyserial and tomli (or with other versions) builds the same bytes.
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    again, notes_again = build_overlay.build_zipapp(EPOCH)
+    assert again == first and notes_again == notes
+    names = _zip_names(first)
+    assert "tomli/_parser.py" in names and "serial/serialposix.py" in names  # tomli always: Python 3.9/3.10
+    assert any(n.startswith("pyserial 3.5") for n in notes) and any(n.startswith("tomli 2.0.1") for n in notes)
+
+
+def test_a_vendored_wheel_that_differs_from_its_pin_fails_the_build(tmp_path, monkeypatch):
+    vendor = tmp_path / "vendor"
+    shutil.copytree(build_overlay.VENDOR_DIR, str(vendor))
+    wheel = next(p for p in vendor.iterdir() if p.name.startswith("tomli-"))
+    wheel.write_bytes(wheel.read_bytes() + b"\0")
+    monkeypatch.setattr(build_overlay, "VENDOR_DIR", str(vendor))
+    with pytest.raises(build_overlay.BuildError, match="sha256") as e:
+        build_overlay.build_zipapp(EPOCH)
+    assert wheel.name in str(e.value)
+
+
+@pytest.mark.parametrize("board", BOARDS[:1])
+def test_zipapp_help_lists_only_the_commands_it_has(built, board):
+    app = os.path.join(built["roots"][board], "usr/bin/pass-agent")
+    r = _run([app, "--help"])
+    assert r.returncode == 0, r.stderr
+    listed = re.findall(r"^    ([a-z][a-z-]+)\s", r.stdout, re.M)
+    assert "run" in listed and "token" in listed and "check" in listed
+    # demo and emulator are not in the box build: neither listed nor suggested.
+    assert "demo" not in listed and "emulator" not in listed and "demo" not in r.stdout
+    for cmd in listed:  # every command it lists is really there
+        r = _run([app, cmd, "--help"], input="")
+        assert r.returncode == 0 and "not available" not in r.stderr, (cmd, r.stderr)
+    # The source tree, which has the emulator, still offers both.
+    src = subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=60)
+    assert re.search(r"^    demo\s", src.stdout, re.M) and re.search(r"^    emulator\s", src.stdout, re.M)
+
+
+# ---------------------------------------------------------------------------- systemd-analyze
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def _unit_dir(tmp_path, files: dict, exe: str) -> str:
+    """The overlay's unit files in a folder of their own, ExecStart pointing at a real executable."""
+    units = tmp_path / "units"
+    prefix = "usr/lib/systemd/system/"
+    for path, (data, _mode) in files.items():
+        if path.startswith(prefix):
+            target = units / path[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data.replace(b"/usr/bin/pass-agent", exe.encode()))
+    return str(units)
+
+
+def _exposure(units: str) -> float:
+    env = dict(os.environ, SYSTEMD_UNIT_PATH=units + ":")
+    r = subprocess.run([ANALYZE, "security", "--offline=yes", "--man=no", "--no-pager",
+                        os.path.join(units, "pass-agent.service")], capture_output=True, text=True, env=env, timeout=60)
+    m = re.search(r"Overall exposure level for pass-agent.service: ([0-9.]+)", r.stdout + r.stderr)
+    if m is None:
+        pytest.skip("this systemd-analyze has no offline security review: %s" % r.stderr.strip()[:200])
+    return float(m.group(1))
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_console_variant_verifies_and_only_it_opens_devices(built, tmp_path):
+    board = "broadcom-rdk"  # a console tty and a storage place of its own: every drop-in
+    app = os.path.join(built["roots"][board], "usr/bin/pass-agent")
+    plain = _unit_dir(tmp_path / "plain", build_overlay.overlay_files(board, b"", []), app)
+    console = _unit_dir(tmp_path / "console", build_overlay.overlay_files(board, b"", [], console=True), app)
+    env = dict(os.environ, SYSTEMD_UNIT_PATH=console + ":")
+    r = subprocess.run([ANALYZE, "verify", "--man=no", os.path.join(console, "pass-agent.service"),
+                        os.path.join(console, "pass-agent.socket")], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    default, opened = _exposure(plain), _exposure(console)
+    print("systemd-analyze security exposure (%s): default %.1f, with --console %.1f" % (board, default, opened))
+    assert default < opened <= 2.5
+
+
+# ---------------------------------------------------------------------------- Yocto and Buildroot
+YOCTO = os.path.join(ROOT, "board", "yocto", "pass-agent_0.1.bb")
+BUILDROOT = os.path.join(ROOT, "board", "buildroot", "pass-agent")
+
+
+@pytest.mark.parametrize("usrmerge", [False, True])
+def test_yocto_do_install_puts_units_into_the_systemd_unitdir(built, tmp_path, usrmerge):
+    body = re.search(r"^do_install\(\) \{\n(.*?)^\}", _text(YOCTO), re.S | re.M).group(1)
+    unitdir = "/usr/lib/systemd/system" if usrmerge else "/lib/systemd/system"
+    dest = tmp_path / "image"
+    dest.mkdir()
+    env = dict(os.environ, S=built["roots"]["broadcom-rdk"], D=str(dest), systemd_system_unitdir=unitdir,
+               bindir="/usr/bin", sysconfdir="/etc", datadir="/usr/share", docdir="/usr/share/doc",
+               nonarch_libdir="/usr/lib")
+    shim = "" if os.geteuid() == 0 else "chown() { :; }\n"  # bitbake runs do_install under pseudo (fakeroot)
+    r = subprocess.run(["bash", "-euc", shim + body], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    installed = sorted(os.path.relpath(os.path.join(d, f), str(dest)) for d, _, fs in os.walk(str(dest)) for f in fs)
+    units = unitdir.lstrip("/")
+    assert {units + "/pass-agent.service", units + "/pass-agent.socket",
+            units + "/pass-agent.service.d/10-board.conf"} <= set(installed)
+    # Nowhere else: without usrmerge, units left in /usr/lib/systemd/system are never loaded.
+    assert [p for p in installed if "/systemd/system/" in p and not p.startswith(units + "/")] == []
+    assert "usr/bin/pass-agent" in installed and "etc/pass-agent/agent.toml" in installed
+    assert set(LICENCES) <= set(installed)
+
+
+def test_yocto_recipe_declares_every_licence_with_its_checksum(built):
+    text = _text(YOCTO)
+    assert re.search(r'^LICENSE = "Apache-2.0 & BSD-3-Clause & MIT"$', text, re.M)
+    entries = re.findall(r"file://([^;\s]+);md5=([0-9a-f]{32})", text)
+    assert sorted(p for p, _ in entries) == sorted(LICENCES)
+    for board, root in built["roots"].items():  # ${S} is the unpacked overlay
+        for path, md5 in entries:
+            with open(os.path.join(root, path), "rb") as f:
+                assert hashlib.md5(f.read()).hexdigest() == md5, (board, path)
+    assert "python3-tomli" not in text.split("RDEPENDS")[-1]  # vendored now
+
+
+def _hash_lines(text: str) -> list[tuple[str, str]]:
+    return [(h, f) for t, h, f in (line.split() for line in text.splitlines() if line.strip()
+                                   and not line.startswith("#")) if t == "sha256"]
+
+
+def test_buildroot_package_declares_licences_and_hashes_them(built):
+    mk = _text(os.path.join(BUILDROOT, "pass-agent.mk"))
+    assert re.search(r"^PASS_AGENT_LICENSE = Apache-2.0, BSD-3-Clause \(pyserial\), MIT \(tomli\)$", mk, re.M)
+    files = re.search(r"^PASS_AGENT_LICENSE_FILES = (.*)$", mk, re.M).group(1).split()
+    assert sorted(files) == sorted(LICENCES)
+    committed = _hash_lines(_text(os.path.join(BUILDROOT, "pass-agent.hash")))
+    assert sorted(f for _, f in committed) == sorted(LICENCES)
+    for h, f in committed:
+        with open(os.path.join(built["roots"]["generic-linux"], f), "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == h, f
+    # The build writes the hash file Buildroot needs: the same licence lines plus every tarball it built.
+    generated = _hash_lines(_text(os.path.join(built["out"], "pass-agent.hash")))
+    assert [x for x in generated if x in committed] == committed
+    tarballs = {f: h for h, f in generated if f.endswith(".tar.gz")}
+    assert sorted(tarballs) == sorted(os.path.basename(p) for p in built["tarballs"].values())
+    for path in built["tarballs"].values():
+        with open(path, "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == tarballs[os.path.basename(path)]

@@ -3,13 +3,17 @@
     python -m tools.build_overlay --all --out DIR            # every board under board/
     python -m tools.build_overlay --board raspberrypi --out DIR
 
+    python -m tools.build_overlay --board broadcom-rdk --console --out DIR   # with the serial console on
+
 Each `pass-agent-<version>-<board>.tar.gz` holds the agent as a single-file zipapp at
-/usr/bin/pass-agent (the `agent` package with pure-Python pyserial vendored in, plus tomli when this
-interpreter has it, for images with Python < 3.11), the systemd units, sysusers.d and tmpfiles.d
-files, the default configuration with `[device] board` set, the board profile under
-/usr/share/pass-agent/board/<board>/, a board drop-in for the unit when the board needs one (storage
-place outside /var/lib/pass-agent, serial console tty), and the docs. The zipapp is also written
-alone as `pass-agent-<version>.pyz`. docs/IMAGE.md says how Yocto and Buildroot use these.
+/usr/bin/pass-agent (the `agent` package with pure-Python pyserial and tomli vendored in, taken from
+the pinned upstream wheels in board/vendor/, never from what this machine has installed), the systemd
+units, sysusers.d and tmpfiles.d files, the default configuration with `[device] board` set and the
+player group allowed, the board profile under /usr/share/pass-agent/board/<board>/, a board drop-in
+for the unit when the board keeps its store elsewhere, a console drop-in only when built with
+--console, the docs and the licences (ours, pyserial's, tomli's). The zipapp is also written alone as
+`pass-agent-<version>.pyz`, and `pass-agent.hash` lists the SHA-256 of every tarball and licence file
+(Buildroot's .hash format). docs/IMAGE.md says how Yocto and Buildroot use these.
 
 `cryptography` is NOT vendored: it has a compiled core, so the image must provide
 python3-cryptography built for its own architecture.
@@ -19,7 +23,8 @@ root:root (uid/gid 0), fixed modes, gzip header without name or time; two builds
 are byte-identical.
 
 Must never: put a secret, a build machine path or a timestamp of the build machine into an overlay,
-vendor a compiled extension, or leave a half-written tarball under its final name.
+vendor a compiled extension or a wheel whose SHA-256 differs from its pin, open a console device in
+the unit when the config has no console port, or leave a half-written tarball under its final name.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.metadata
 import io
 import os
 import py_compile
@@ -45,9 +49,29 @@ ZIP_EPOCH_MIN = 315532800  # 1980-01-01: the earliest time a zip entry can carry
 INTERPRETER = "/usr/bin/env python3"
 STATE_DIR = "/var/lib/pass-agent"
 
-# pyserial modules for other platforms: never imported on Linux, so not shipped.
-_SERIAL_SKIP = {"serial/serialwin32.py", "serial/win32.py", "serial/serialjava.py", "serial/serialcli.py",
-                "serial/tools/list_ports_windows.py", "serial/tools/list_ports_osx.py"}
+# The pure-Python dependencies vendored into the zipapp come from these upstream wheels, committed in
+# board/vendor/ and checked against their PyPI SHA-256: the overlay is the same whatever the build
+# machine has installed, and a build needs no network. tomli is vendored even though Python >= 3.11
+# has tomllib: the image's Python may be 3.9 or 3.10, and 2.0.1 is the parser 3.11's tomllib came from.
+# licence: ("wheel", member) or ("file", name in board/vendor/, sha256); pyserial's wheel has no text.
+VENDOR_DIR = os.path.join(REPO, "board", "vendor")
+VENDORED = (
+    {"name": "pyserial", "version": "3.5", "spdx": "BSD-3-Clause", "package": "serial",
+     "wheel": "pyserial-3.5-py2.py3-none-any.whl",
+     "sha256": "c4451db6ba391ca6ca299fb3ec7bae67a5c55dde170964c7a14ceefec02f2cf0",
+     # pyserial's wheel carries no licence text: LICENSE.txt of its 3.5 sdist (sdist sha256 3c77e014...cddb).
+     "licence": ("file", "pyserial-3.5.LICENSE.txt", "f91cb9813de6a5b142b8f7f2dede630b5134160aedaeaf55f4d6a7e2593ca3f3"),
+     "licence_as": "third-party/pyserial/LICENSE.txt",
+     # modules for other platforms: never imported on Linux, so not shipped.
+     "skip": {"serial/serialwin32.py", "serial/win32.py", "serial/serialjava.py", "serial/serialcli.py",
+              "serial/tools/list_ports_windows.py", "serial/tools/list_ports_osx.py"}},
+    {"name": "tomli", "version": "2.0.1", "spdx": "MIT", "package": "tomli",
+     "wheel": "tomli-2.0.1-py3-none-any.whl",
+     "sha256": "939de3e7a6161af0c887ef91b7d41a53e7c5a1ca976325f429cb46ea9bc30ecc",
+     "licence": ("wheel", "tomli-2.0.1.dist-info/LICENSE"),
+     "licence_as": "third-party/tomli/LICENSE", "skip": set()},
+)
+LICENCE_DIR = "usr/share/doc/pass-agent/"
 
 # The zipapp's entry point. It points the agent at the board profiles installed beside it
 # (<prefix>/bin/pass-agent -> <prefix>/share/pass-agent/board), since a package inside a zip
@@ -68,7 +92,7 @@ sys.exit(main())
 '''
 
 DOCS = ("README.md", "docs/IMAGE.md", "docs/ARCHITECTURE.md", "docs/PROTOCOL.md", "docs/OPERATIONS.md",
-        "docs/SECURITY.md", "docs/DEVICE-INFO.md", "LICENSE")
+        "docs/SECURITY.md", "docs/DEVICE-INFO.md", "docs/ADOBE.md")
 
 
 class BuildError(Exception):
@@ -117,49 +141,61 @@ def _tree_files(root: str, prefix: str) -> Iterable[tuple[str, str]]:
             yield prefix + os.path.relpath(full, root).replace(os.sep, "/"), full
 
 
-def _dist_files(dist_name: str, package: str, skip: set[str] = frozenset()) -> list[tuple[str, str]]:
-    """(archive name, file path) of a pure-Python distribution's package files, found via its metadata."""
-    dist = importlib.metadata.distribution(dist_name)
-    out = []
-    for f in dist.files or ():
-        name = str(f).replace(os.sep, "/")
-        if not name.startswith(package + "/") or "__pycache__" in name or name in skip:
-            continue
-        if name.endswith((".so", ".pyd", ".dylib")):
-            raise BuildError("%s ships a compiled extension (%s): it cannot go into the zipapp; "
-                             "have the image provide it instead" % (dist_name, name))
-        if name.endswith((".py", ".typed")):
-            out.append((name, str(dist.locate_file(f))))
-    if not out:
-        raise BuildError("distribution %s has no files under %s/; reinstall it (pip install %s)"
-                         % (dist_name, package, dist_name))
-    return out
+def _checked(path: str, sha256: str) -> bytes:
+    """The bytes of a pinned input, or a BuildError when it is missing or not the pinned file."""
+    try:
+        data = _read(path)
+    except OSError as e:
+        raise BuildError("cannot read %s: %s; restore it from the repository" % (path, e.strerror or e))
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise BuildError("%s has sha256 %s, expected %s (the pinned upstream file); restore it from the "
+                         "repository, or update the pin in tools/build_overlay.py after checking the new file"
+                         % (os.path.basename(path), got, sha256))
+    return data
 
 
-def zipapp_sources(repo: str = REPO) -> tuple[list[tuple[str, str]], list[str]]:
-    """Files of the zipapp as (archive name, source path), and notes on what was vendored."""
-    files = list(_tree_files(os.path.join(repo, "agent"), "agent/"))
-    notes = []
-    try:
-        files += _dist_files("pyserial", "serial", _SERIAL_SKIP)
-        notes.append("pyserial %s" % importlib.metadata.version("pyserial"))
-    except importlib.metadata.PackageNotFoundError:
-        raise BuildError("pyserial is not installed in %s; pip install pyserial, then build again" % sys.executable)
-    try:
-        files += _dist_files("tomli", "tomli")
-        notes.append("tomli %s" % importlib.metadata.version("tomli"))
-    except importlib.metadata.PackageNotFoundError:
-        notes.append("tomli not vendored (not installed here): an image with Python < 3.11 needs python3-tomli")
-    return sorted(files), notes
+def vendored_files() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]]:
+    """(zipapp entries, licence files as (name under the doc dir, bytes), notes) of the vendored wheels."""
+    entries: list[tuple[str, bytes]] = []
+    licences: list[tuple[str, bytes]] = []
+    notes: list[str] = []
+    for dep in VENDORED:
+        wheel = _checked(os.path.join(VENDOR_DIR, dep["wheel"]), dep["sha256"])
+        with zipfile.ZipFile(io.BytesIO(wheel)) as zf:
+            for name in sorted(zf.namelist()):
+                if not name.startswith(dep["package"] + "/") or name in dep["skip"] or name.endswith("/"):
+                    continue
+                if name.endswith((".so", ".pyd", ".dylib")):
+                    raise BuildError("%s ships a compiled extension (%s): it cannot go into the zipapp"
+                                     % (dep["wheel"], name))
+                if name.endswith((".py", ".typed")):
+                    entries.append((name, zf.read(name)))
+            kind = dep["licence"][0]
+            text = zf.read(dep["licence"][1]) if kind == "wheel" else \
+                _checked(os.path.join(VENDOR_DIR, dep["licence"][1]), dep["licence"][2])
+        licences.append((dep["licence_as"], text))
+        notes.append("%s %s (%s)" % (dep["name"], dep["version"], dep["spdx"]))
+    return entries, licences, notes
+
+
+def zipapp_sources(repo: str = REPO) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Entries of the zipapp as (archive name, bytes), and notes on what was vendored."""
+    entries = [(name, _read(path)) for name, path in _tree_files(os.path.join(repo, "agent"), "agent/")]
+    vendored, licences, notes = vendored_files()
+    entries += vendored + licences + [("LICENSE", _read(os.path.join(repo, "LICENSE")))]
+    return sorted(entries), notes
 
 
 def _zip_time(epoch: int) -> tuple:
     return time.gmtime(max(epoch, ZIP_EPOCH_MIN))[:6]
 
 
-def _pyc(name: str, path: str, tmpdir: str) -> bytes:
+def _pyc(name: str, source: bytes, tmpdir: str) -> bytes:
     """Bytecode for one module, as an unchecked-hash .pyc (PEP 552: no mtime, so reproducible)."""
-    cfile = os.path.join(tmpdir, "m.pyc")
+    path, cfile = os.path.join(tmpdir, "m.py"), os.path.join(tmpdir, "m.pyc")
+    with open(path, "wb") as f:
+        f.write(source)
     py_compile.compile(path, cfile=cfile, dfile="/usr/bin/pass-agent/" + name, doraise=True,
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     return _read(cfile)
@@ -175,10 +211,10 @@ def build_zipapp(epoch: int, repo: str = REPO, compile_pyc: bool = False) -> tup
     files, notes = zipapp_sources(repo)
     stamp = _zip_time(epoch)
     buf = io.BytesIO()
-    entries = [(name, _read(path)) for name, path in files] + [("__main__.py", MAIN_PY.encode())]
+    entries = files + [("__main__.py", MAIN_PY.encode())]
     if compile_pyc:
         with tempfile.TemporaryDirectory() as tmpdir:
-            entries += [(name[:-3] + ".pyc", _pyc(name, path, tmpdir)) for name, path in files if name.endswith(".py")]
+            entries += [(name[:-3] + ".pyc", _pyc(name, data, tmpdir)) for name, data in files if name.endswith(".py")]
         notes.append("bytecode for Python %d.%d" % sys.version_info[:2])
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in sorted(entries):
@@ -205,47 +241,79 @@ def _profile(board_root: str, name: str) -> dict:
     return boards.load_profile(os.path.join(board_root, name, "board.toml"))
 
 
-def board_config(default_toml: str, board: str, console_port: str | None) -> str:
-    """The default configuration with `[device] board` set, and the board's console tty mentioned."""
-    text, n = re.subn(r'(?m)^board = "generic-linux"$', 'board = "%s"' % board, default_toml)
+PLAYER_GROUP = "pass-client"  # sysusers.d/pass-agent.conf creates it; pass-agent.socket's SocketGroup=
+
+
+def _sub_once(pattern: str, repl: str, text: str, what: str) -> str:
+    text, n = re.subn(pattern, repl, text)
     if n != 1:
-        raise BuildError('board/default-config/agent.toml must contain exactly one line board = "generic-linux" '
-                         "(found %d); restore it" % n)
-    if console_port:
-        text, n = re.subn(r'(?m)^port = ""$', '# This board\'s console tty: %s\nport = ""' % console_port, text)
-        if n != 1:
-            raise BuildError('board/default-config/agent.toml must contain exactly one line port = "" '
-                             "in [console] (found %d); restore it" % n)
+        raise BuildError("board/default-config/agent.toml must contain exactly one line %s (found %d); restore it"
+                         % (what, n))
     return text
 
 
-def board_dropin(board: str, profile: dict) -> tuple[str | None, str | None, str | None]:
-    """(service drop-in, tmpfiles.d lines, sysusers.d lines) this board needs, or None each."""
+def board_config(default_toml: str, board: str, console_port: str | None, console: bool = False) -> str:
+    """The shipped configuration: the default with `[device] board` set, the player group allowed on
+    the socket, and the board's console tty named (set as `[console] port` only when console is true)."""
+    text = _sub_once(r'(?m)^board = "generic-linux"$', 'board = "%s"' % board, default_toml,
+                     'board = "generic-linux"')
+    text = _sub_once(r'(?m)^allow_groups = \[\]$', 'allow_groups = ["%s"]' % PLAYER_GROUP, text, "allow_groups = []")
+    if console_port:
+        line = 'port = "%s"' % console_port if console else \
+            '# This board\'s console tty: %s (the overlay was built without --console)\nport = ""' % console_port
+        text = _sub_once(r'(?m)^port = ""$', line, text, 'port = "" in [console]')
+    return text
+
+
+def board_dropin(board: str, profile: dict, console: bool = False) -> dict[str, str]:
+    """The extra files this board needs, as {path in the image: text}: a drop-in, tmpfiles.d and
+    sysusers.d lines for a storage place outside /var/lib/pass-agent, and (only with console, i.e. when
+    the shipped config sets [console] port) a drop-in that opens the console tty and nothing else."""
     storage = profile.get("storage_dir")
-    console = profile.get("console_port")
-    unit, tmpfiles, sysusers = [], [], []
-    if storage and os.path.normpath(storage) != STATE_DIR:
-        unit += ["# The board keeps the credential store on persistent flash at %s." % storage,
-                 "ReadWritePaths=%s" % storage]
-        tmpfiles.append("d %s 0700 pass-agent pass-agent -" % storage)
-    if console and console.startswith("/dev/"):
-        unit += ["# The serial console ([console] port) needs its tty: PrivateDevices=yes would hide /dev,",
-                 "# so /dev stays visible and the device cgroup allows only this tty and the pseudo devices.",
-                 "PrivateDevices=no",
-                 "DevicePolicy=closed",
-                 "DeviceAllow=%s rw" % console,
-                 "SupplementaryGroups=dialout"]
-        sysusers.append("# The console tty %s belongs to group dialout (udev); the agent joins it." % console)
-        sysusers.append("m pass-agent dialout")
+    tty = profile.get("console_port")
     head = "# pass-agent: additions for board %s (generated by tools/build_overlay.py)\n" % board
-    return ((head + "[Service]\n" + "\n".join(unit) + "\n") if unit else None,
-            (head + "\n".join(tmpfiles) + "\n") if tmpfiles else None,
-            (head + "\n".join(sysusers) + "\n") if sysusers else None)
+    out: dict[str, str] = {}
+    if storage and os.path.normpath(storage) != STATE_DIR:
+        out["usr/lib/systemd/system/pass-agent.service.d/10-board.conf"] = head + "\n".join([
+            "[Unit]",
+            "RequiresMountsFor=%s" % storage,
+            "",
+            "[Service]",
+            "# The board keeps the credential store on persistent flash at %s" % storage,
+            "# (often its own partition: the unit waits for that mount).",
+            "ReadWritePaths=%s" % storage, ""])
+        out["usr/lib/tmpfiles.d/pass-agent-board.conf"] = head + "d %s 0700 pass-agent pass-agent -\n" % storage
+    if console:
+        if not tty or not tty.startswith("/dev/"):
+            raise BuildError("board %s names no console tty (/dev/...) in its profile ([console] port), so "
+                             "--console has nothing to open; build without --console or add it to the profile"
+                             % board)
+        out["usr/lib/systemd/system/pass-agent.service.d/20-console.conf"] = head + "\n".join([
+            "[Service]",
+            "# The serial console ([console] port = \"%s\" in agent.toml) needs its tty:" % tty,
+            "# PrivateDevices=yes would hide it, so /dev stays visible and the device cgroup allows only",
+            "# this tty and the pseudo devices. Remove this file when the console is turned off.",
+            "PrivateDevices=no",
+            "DevicePolicy=closed",
+            "DeviceAllow=%s rw" % tty,
+            "SupplementaryGroups=dialout", ""])
+        out["usr/lib/sysusers.d/pass-agent-console.conf"] = head + (
+            "# The console tty %s belongs to group dialout (udev); the agent joins it.\n"
+            "m pass-agent dialout\n" % tty)
+    return out
+
+
+def _licences(repo: str) -> dict[str, bytes]:
+    """Licence texts under the doc dir: ours and those of the vendored packages."""
+    _, licences, _ = vendored_files()
+    return dict([(LICENCE_DIR + "LICENSE", _read(os.path.join(repo, "LICENSE")))] +
+                [(LICENCE_DIR + name, data) for name, data in licences])
 
 
 def overlay_files(board: str, zipapp_bytes: bytes, notes: list[str], repo: str = REPO,
-                  board_root: str | None = None) -> dict[str, tuple[bytes, int]]:
-    """Path in the image (no leading /) -> (content, mode), for one board."""
+                  board_root: str | None = None, console: bool = False) -> dict[str, tuple[bytes, int]]:
+    """Path in the image (no leading /) -> (content, mode), for one board; console turns the serial
+    console on (the board's tty as [console] port, and the drop-in that opens it)."""
     board_root = board_root or os.path.join(repo, "board")
     profile = _profile(board_root, board)
     systemd = os.path.join(repo, "board", "systemd")
@@ -257,23 +325,22 @@ def overlay_files(board: str, zipapp_bytes: bytes, notes: list[str], repo: str =
         "usr/lib/tmpfiles.d/pass-agent.conf": (_read(os.path.join(systemd, "tmpfiles.d", "pass-agent.conf")), 0o644),
     }
     default = _read(os.path.join(repo, "board", "default-config", "agent.toml")).decode("utf-8")
-    files["etc/pass-agent/agent.toml"] = (board_config(default, board, profile.get("console_port")).encode(), 0o644)
-    unit, tmpfiles, sysusers = board_dropin(board, profile)
-    if unit:
-        files["usr/lib/systemd/system/pass-agent.service.d/10-board.conf"] = (unit.encode(), 0o644)
-    if tmpfiles:
-        files["usr/lib/tmpfiles.d/pass-agent-board.conf"] = (tmpfiles.encode(), 0o644)
-    if sysusers:
-        files["usr/lib/sysusers.d/pass-agent-board.conf"] = (sysusers.encode(), 0o644)
+    files["etc/pass-agent/agent.toml"] = (board_config(default, board, profile.get("console_port"), console).encode(),
+                                          0o644)
+    for path, text in board_dropin(board, profile, console).items():
+        files[path] = (text.encode(), 0o644)
     for name, path in _tree_files(os.path.join(board_root, board), ""):
         files["usr/share/pass-agent/board/%s/%s" % (board, name)] = (_read(path), 0o644)
     for doc in DOCS:
         path = os.path.join(repo, doc)
         if os.path.isfile(path):
             files["usr/share/doc/pass-agent/" + os.path.basename(doc)] = (_read(path), 0o644)
-    info = ["pass-agent %s for board %s" % (version(repo), board),
+    for path, data in _licences(repo).items():
+        files[path] = (data, 0o644)
+    info = ["pass-agent %s for board %s%s" % (version(repo), board, ", serial console on" if console else ""),
             "zipapp /usr/bin/pass-agent: %d bytes, sha256 %s" % (len(zipapp_bytes), hashlib.sha256(zipapp_bytes).hexdigest()),
             "vendored: " + "; ".join(notes),
+            "licences: pass-agent Apache-2.0 (LICENSE); vendored packages under third-party/",
             "the image must provide: python3 >= 3.9, python3-cryptography >= 3.4 (compiled, not vendored), "
             "systemd, a persistent writable storage dir, time sync", ""]
     files["usr/share/doc/pass-agent/BUILD-INFO"] = ("\n".join(info).encode(), 0o644)
@@ -322,9 +389,21 @@ def _write_atomic(target: str, data: bytes, mode: int) -> None:
     os.replace(tmp, target)
 
 
+def hash_file(tarballs: list[str], repo: str = REPO) -> str:
+    """Buildroot's .hash for the package: the licence files (paths inside the overlay) and the tarballs."""
+    lines = ["# pass-agent %s: Buildroot hash file (generated by tools/build_overlay.py)" % version(repo),
+             "# Licence files, inside the overlay"]
+    lines += ["sha256  %s  %s" % (hashlib.sha256(data).hexdigest(), path) for path, data in sorted(_licences(repo).items())]
+    lines.append("# Overlays built in this run")
+    for path in sorted(tarballs):
+        lines.append("sha256  %s  %s" % (hashlib.sha256(_read(path)).hexdigest(), os.path.basename(path)))
+    return "\n".join(lines) + "\n"
+
+
 def build(boards: list[str], out: str, epoch: int | None = None, repo: str = REPO,
-          board_root: str | None = None, echo=print, compile_pyc: bool = False) -> dict[str, str]:
-    """Build the zipapp and one overlay per board into out; returns {board: tarball path}."""
+          board_root: str | None = None, echo=print, compile_pyc: bool = False,
+          console: bool = False) -> dict[str, str]:
+    """Build the zipapp and one overlay per board into out, and pass-agent.hash; returns {board: tarball}."""
     epoch = source_epoch() if epoch is None else epoch
     ver = version(repo)
     os.makedirs(out, exist_ok=True)
@@ -335,9 +414,10 @@ def build(boards: list[str], out: str, epoch: int | None = None, repo: str = REP
     result = {}
     for board in boards:
         target = os.path.join(out, "pass-agent-%s-%s.tar.gz" % (ver, board))
-        size = write_tarball(overlay_files(board, app, notes, repo, board_root), target, epoch)
+        size = write_tarball(overlay_files(board, app, notes, repo, board_root, console), target, epoch)
         echo("overlay %-44s %8d bytes" % (os.path.basename(target), size))
         result[board] = target
+    _write_atomic(os.path.join(out, "pass-agent.hash"), hash_file(list(result.values()), repo).encode(), 0o644)
     return result
 
 
@@ -353,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true",
                    help="add bytecode for this Python version (use the image's Python version to build): "
                         "faster starts, larger zipapp")
+    p.add_argument("--console", action="store_true",
+                   help="turn the serial console on: [console] port = the board's tty, and a unit drop-in that "
+                        "opens that device (without it the unit keeps PrivateDevices=yes)")
     args = p.parse_args(argv)
     try:
         known = list_boards(args.board_dir)
@@ -363,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                        ", ".join(known) or "none"))
         if not boards:
             raise BuildError("no board profiles (board/<name>/board.toml) in %s" % args.board_dir)
-        build(boards, args.out, board_root=args.board_dir, compile_pyc=args.compile)
+        build(boards, args.out, board_root=args.board_dir, compile_pyc=args.compile, console=args.console)
     except BuildError as e:
         print("build_overlay: %s" % e, file=sys.stderr)
         return 2
