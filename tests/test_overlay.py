@@ -530,7 +530,7 @@ def _hash_lines(text: str) -> list[tuple[str, str]]:
 
 
 def test_buildroot_package_declares_licences_and_hashes_them(built):
-    mk = _text(os.path.join(BUILDROOT, "pass-agent.mk"))
+    mk = _text(os.path.join(BUILDROOT, "pass-agent.mk")).replace("\\\n", " ")  # join continued lines
     assert re.search(r"^PASS_AGENT_LICENSE = Apache-2.0, BSD-3-Clause \(pyserial\), MIT \(tomli\)$", mk, re.M)
     files = re.search(r"^PASS_AGENT_LICENSE_FILES = (.*)$", mk, re.M).group(1).split()
     assert sorted(files) == sorted(LICENCES)

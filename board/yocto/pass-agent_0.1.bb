@@ -7,11 +7,18 @@
 # machine or local.conf, and add "pass-agent" to IMAGE_INSTALL.
 #
 # Build the overlay with the same Python minor version as the image (and --compile) to ship bytecode
-# that the image's Python uses: starts are then faster. Any Python >= 3.9 runs it either way.
+# that the image's Python uses: starts are then faster. Any Python >= 3.9 runs it either way. Build it
+# with --console only if the product turns the serial console on (the unit then opens the board's tty).
 
 SUMMARY = "Adobe Pass device registration and token service for set-top boxes"
-LICENSE = "Apache-2.0"
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+# pass-agent is Apache-2.0; its zipapp vendors pyserial 3.5 (BSD-3-Clause) and tomli 2.0.1 (MIT).
+# The texts are in the overlay (${S}); tests/test_overlay.py checks these checksums against a build.
+LICENSE = "Apache-2.0 & BSD-3-Clause & MIT"
+LIC_FILES_CHKSUM = " \
+    file://usr/share/doc/pass-agent/LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57 \
+    file://usr/share/doc/pass-agent/third-party/pyserial/LICENSE.txt;md5=520e45e59fc2cf94aa53850f46b86436 \
+    file://usr/share/doc/pass-agent/third-party/tomli/LICENSE;md5=aaaaf0879d17df0110d1aa8c8c9f46f5 \
+"
 
 PASS_AGENT_VERSION = "0.1.0"
 PASS_AGENT_BOARD ??= "generic-linux"
@@ -41,6 +48,14 @@ do_compile[noexec] = "1"
 do_install() {
     # Copy the tree as the overlay lays it out; ownership root:root, modes as built.
     cp -R --no-dereference --preserve=mode ${S}/. ${D}/
+    # The overlay keeps its units in /usr/lib/systemd/system; they belong in ${systemd_system_unitdir}
+    # (the same place with usrmerge, /lib/systemd/system without), where systemd.bbclass looks.
+    if [ "${systemd_system_unitdir}" != "/usr/lib/systemd/system" ]; then
+        install -d ${D}${systemd_system_unitdir}
+        cp -R --no-dereference --preserve=mode ${D}/usr/lib/systemd/system/. ${D}${systemd_system_unitdir}/
+        rm -rf ${D}/usr/lib/systemd/system
+        rmdir --ignore-fail-on-non-empty ${D}/usr/lib/systemd
+    fi
     chown -R root:root ${D}
     # The software statement is provisioned per product, never in the recipe:
     # install /etc/pass-agent/software-statement.jwt (0640 root:pass-agent) from your own recipe.
@@ -57,8 +72,8 @@ FILES:${PN} += " \
 "
 CONFFILES:${PN} = "${sysconfdir}/pass-agent/agent.toml"
 
-# What the zipapp imports from the image. cryptography has a compiled core and is not vendored.
-# python3-tomli is needed only when the image's Python is older than 3.11 (tomllib).
+# What the zipapp imports from the image. cryptography has a compiled core and is not vendored;
+# pyserial and tomli (for Python < 3.11) are vendored in the zipapp.
 RDEPENDS:${PN} = " \
     python3-core \
     python3-cryptography \
