@@ -158,29 +158,110 @@ def _is_real_root(root: str) -> bool:
     return os.path.realpath(root or "/") == "/"
 
 
-def identify_for(device_cfg: dict, ip_lookup: Callable[[str], str | None] | None = None) -> dict:
+class Identity(dict):
+    """`agent.deviceinfo.identify`'s dict plus `board`, and `refresh_network()` to follow the network.
+
+    The service calls refresh_network() once before each upstream (DCR) request, never on the
+    token.get path: a box that moves from Wi-Fi to LAN, gets a new lease, or started before DHCP
+    sends a header that describes its connection as it is now. The check is cheap
+    (`deviceinfo.network_signature`: one listing, one operstate read per interface, the default
+    route); the header is rebuilt only when that changed. The device id, AP-Device-Identifier and
+    `board` are never touched after construction. Readers on other threads only read keys; a
+    rebuild replaces them with one dict.update (values replaced whole, never edited in place).
+    """
+
+    def __init__(self, result: dict, *, root: str, profile: dict, overrides: dict, application_id: str | None,
+                 ip_lookup: Callable[[str], str | None] | None, signature: str) -> None:
+        super().__init__(result)
+        self._args = {"root": root, "profile": profile, "overrides": overrides, "application_id": application_id,
+                      "ip_lookup": ip_lookup}
+        self._signature = signature
+        self.refreshes = 0  # rebuilds done (for status and tests)
+
+    def refresh_network(self) -> bool:
+        """Rebuild the header when the network changed; True when X-Device-Info changed. Never raises:
+        on any problem the last good header stays."""
+        from agent import log as agentlog
+
+        log = agentlog.get("deviceinfo")
+        try:
+            sig = deviceinfo.network_signature(self._args["root"], self._args["ip_lookup"])
+        except Exception as e:  # pragma: no cover - network_signature never raises on its own
+            log.debug("network check failed: %s", e)
+            return False
+        if sig == self._signature:
+            return False
+        self._signature = sig
+        try:
+            d = deviceinfo.describe(**self._args)
+        except Exception as e:
+            log.warning("the network changed but X-Device-Info could not be rebuilt (%s); the previous one is kept", e)
+            return False
+        self.refreshes += 1
+        old_fields, old, old_warnings = self["fields"], self["x_device_info"], self["warnings"]
+        warnings = d["warnings"] + [w for w in self.get("device_id_warnings", []) if w not in d["warnings"]]
+        self.update(fields=d["fields"], x_device_info=d["x_device_info"], sources=d["sources"], warnings=warnings,
+                    omitted=d["omitted"])
+        if d["x_device_info"] == old:
+            return False
+        f = d["fields"]
+        log.info("the network changed: X-Device-Info rebuilt (connectionType %s -> %s, connectionIp %s -> %s)",
+                 old_fields.get("connectionType"), f.get("connectionType"), old_fields.get("connectionIp", "not sent"),
+                 f.get("connectionIp", "not sent"))
+        for w in d["warnings"]:
+            if w not in old_warnings:
+                log.warning("device info: %s", w)
+        return True
+
+
+def identify_for(device_cfg: dict, ip_lookup: Callable[[str], str | None] | None = None) -> Identity:
     """identify() for a config `[device]` table: keys board, root, application_id, overrides.
 
-    The result is `agent.deviceinfo.identify`'s dict plus `board` (the profile dict). The real
-    interfaces' IPv4 is looked up only when root is the real `/`.
+    The result is an Identity: `agent.deviceinfo.identify`'s dict plus `board` (the profile dict).
+    The real interfaces' IPv4 is looked up only when root is the real `/`.
     """
     profile = load_profile(device_cfg.get("board") or DEFAULT_BOARD)
     root = device_cfg.get("root") or "/"
     if ip_lookup is None and _is_real_root(root):
         ip_lookup = interface_ipv4
-    result = deviceinfo.identify(root=root, profile=profile, overrides=device_cfg.get("overrides") or {},
+    overrides = dict(device_cfg.get("overrides") or {})
+    # the signature first: a change while identify() runs is then seen by the next refresh
+    signature = deviceinfo.network_signature(root, ip_lookup)
+    result = deviceinfo.identify(root=root, profile=profile, overrides=overrides,
                                  application_id=device_cfg.get("application_id"), ip_lookup=ip_lookup)
     result["board"] = profile
-    return result
+    return Identity(result, root=root, profile=profile, overrides=overrides,
+                    application_id=device_cfg.get("application_id"), ip_lookup=ip_lookup, signature=signature)
+
+
+class UnknownFieldsError(ValueError):
+    """Required X-Device-Info fields are `Unknown` (for `pass-agent check`); `fix` says how to set each."""
+
+    def __init__(self, detail: str, fix: str) -> None:
+        super().__init__(detail)
+        self.fix = fix
+
+
+def check_required(ident: dict) -> None:
+    """Raise UnknownFieldsError naming every required field left `Unknown` and how to set it."""
+    unknown = deviceinfo.unknown_required(ident["fields"])
+    if not unknown:
+        return
+    path = (ident.get("board") or {}).get("path") or "the board profile"
+    detail = ("required X-Device-Info fields left %r: %s; Adobe classifies the box as an unknown platform "
+              "(more restrictive rules, shorter authentication TTLs)" % (deviceinfo.FALLBACK, ", ".join(unknown)))
+    fix = "; ".join("%s: %s" % (f, deviceinfo.HOW_TO_SET[f].replace("the board profile", path)) for f in unknown)
+    raise UnknownFieldsError(detail, fix)
 
 
 def device_info_command(device_cfg: dict, decode: bool, explain: bool, out: TextIO,
-                        err: TextIO | None = None) -> int:
+                        err: TextIO | None = None, ip_lookup: Callable[[str], str | None] | None = None) -> int:
     """`pass-agent device-info [--decode] [--explain]`: 0 on success, 2 with a message on err
-    (default stderr) when the profile or the device information is invalid."""
+    (default stderr) when the profile or the device information is invalid. --explain marks every
+    required field left `Unknown` (`pass-agent check` fails on them)."""
     err = err or sys.stderr
     try:
-        r = identify_for(device_cfg)
+        r = identify_for(device_cfg, ip_lookup=ip_lookup)
     except (ConfigError, DeviceInfoError) as e:
         err.write("pass-agent device-info: %s\n" % e)
         return 2
@@ -193,9 +274,16 @@ def device_info_command(device_cfg: dict, decode: bool, explain: bool, out: Text
         out.write("\nboard: %s (%s)\nroot: %s\n" % (r["board"]["name"], r["board"]["path"], device_cfg.get("root") or "/"))
         out.write("fields:\n")
         width = max(len(k) for k in r["fields"])
+        unknown = deviceinfo.unknown_required(r["fields"])
         for key, value in r["fields"].items():
-            out.write("  %-*s = %-40s <- %s\n" % (width, key, json.dumps(value, ensure_ascii=False),
-                                                 r["sources"].get(key, "?")))
+            mark = ""
+            if key in unknown:
+                mark = ("   UNKNOWN: required; Adobe treats the box as an unknown platform. Set %s"
+                        % deviceinfo.HOW_TO_SET[key])
+            out.write("  %-*s = %-40s <- %s%s\n" % (width, key, json.dumps(value, ensure_ascii=False),
+                                                   r["sources"].get(key, "?"), mark))
+        for key, why in sorted(r.get("omitted", {}).items()):
+            out.write("  %-*s   (not sent: %s)\n" % (width, key, why))
         out.write("device id: %s <- %s\n" % (r["device_id"], r["device_id_source"]))
         out.write("warnings:%s\n" % ("" if r["warnings"] else " none"))
         for w in r["warnings"]:

@@ -66,7 +66,7 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
         try:
             results.append((name, True, fn(), ""))
         except (AgentError, OSError, ValueError, UnicodeError) as e:
-            results.append((name, False, str(e), hint))
+            results.append((name, False, str(e), getattr(e, "fix", None) or hint))
 
     a = cfg["adobe"]
     check("statement", lambda: check_statement(a["software_statement"]),
@@ -81,6 +81,7 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
 
     def identity() -> str:
         ident = boards.identify_for(cfg["device"])
+        boards.check_required(ident)  # a required field left Unknown: Adobe sees an unknown platform
         f = ident["fields"]
         w = ident.get("warnings") or []
         return "X-Device-Info: %s %s, %s %s, %s%s" % (f.get("manufacturer", "?"), f.get("model"), f.get("osName"),

@@ -31,6 +31,7 @@ except ImportError:
         from hashlib import sha256  # MicroPython and other builds
 
 _DIGITS = "0123456789"  # str.isdigit() also accepts digits int() refuses (superscripts)
+_HEX = "0123456789abcdefABCDEF"
 
 # The order fields are emitted in: the order of the Adobe reference table (section 4).
 FIELD_ORDER = (
@@ -284,12 +285,136 @@ def valid_ipv4(text):
     return True
 
 
-def valid_ip(text):
+def _parse_ipv6(text):
+    """Eight 16-bit groups of an IPv6 address in RFC 4291 text form, or None. No zone id (`%eth0`):
+    a zone names a link, and a link-scoped address is never the box's public one."""
+    if len(text) < 2 or len(text) > 45 or ":" not in text:
+        return None
+    tail = []
+    if "." in text:  # trailing dotted IPv4, e.g. ::ffff:192.0.2.1
+        i = text.rfind(":")
+        v4 = text[i + 1:]
+        if not valid_ipv4(v4):
+            return None
+        b = [int(x) for x in v4.split(".")]
+        tail = [(b[0] << 8) | b[1], (b[2] << 8) | b[3]]
+        text = text[:i + 1]
+        if not text.endswith("::"):
+            text = text[:-1]
+    if text.count("::") > 1:
+        return None
+    if "::" in text:
+        i = text.find("::")
+        head = text[:i].split(":") if i > 0 else []
+        rest = text[i + 2:].split(":") if i + 2 < len(text) else []
+        missing = 8 - len(tail) - len(head) - len(rest)
+        if missing < 1:
+            return None
+        groups = head + ["0"] * missing + rest
+    else:
+        groups = text.split(":")
+        if len(groups) + len(tail) != 8:
+            return None
+    out = []
+    for g in groups:
+        if not 1 <= len(g) <= 4 or any(c not in _HEX for c in g):
+            return None
+        out.append(int(g, 16))
+    return out + tail
+
+
+def parse_ip(text):
+    """("v4", [4 bytes]) or ("v6", [8 groups]) for an IPv4 or IPv6 address in text form, else None."""
+    if not isinstance(text, str):
+        return None
     if valid_ipv4(text):
-        return True
-    if not isinstance(text, str) or ":" not in text or len(text) > 45:
-        return False
-    return all(c in "0123456789abcdefABCDEF:." for c in text)
+        return "v4", [int(x) for x in text.split(".")]
+    groups = _parse_ipv6(text)
+    return None if groups is None else ("v6", groups)
+
+
+def valid_ip(text):
+    return parse_ip(text) is not None
+
+
+def _ipv4_class(b):
+    """Why an IPv4 address is not a box's public address (IANA IPv4 special-purpose registry), or None."""
+    a, n, c = b[0], b[1], b[2]
+    if a == 0:
+        return "'this network' (0.0.0.0/8, RFC 791)"
+    if a == 10 or (a == 172 and 16 <= n <= 31) or (a == 192 and n == 168):
+        return "private (RFC 1918)"
+    if a == 100 and 64 <= n <= 127:
+        return "shared address space, CGNAT (100.64.0.0/10, RFC 6598)"
+    if a == 127:
+        return "loopback (127.0.0.0/8)"
+    if a == 169 and n == 254:
+        return "link-local (169.254.0.0/16)"
+    if a == 192 and n == 0 and c == 0:
+        return "IETF protocol assignments (192.0.0.0/24, RFC 6890)"
+    if (a == 192 and n == 0 and c == 2) or (a == 198 and n == 51 and c == 100) or (a == 203 and n == 0 and c == 113):
+        return "documentation (TEST-NET, RFC 5737)"
+    if a == 192 and n == 88 and c == 99:
+        return "deprecated 6to4 relay anycast (192.88.99.0/24, RFC 7526)"
+    if a == 198 and n in (18, 19):
+        return "benchmarking (198.18.0.0/15, RFC 2544)"
+    if 224 <= a <= 239:
+        return "multicast (224.0.0.0/4)"
+    if a >= 240:
+        return "reserved (240.0.0.0/4, broadcast)"
+    return None
+
+
+def _ipv6_class(g):
+    """Why an IPv6 address is not a box's public address (IANA IPv6 special-purpose registry), or None."""
+    if g[:5] == [0, 0, 0, 0, 0] and g[5] == 0xFFFF:
+        return "IPv4-mapped (::ffff:0:0/96): write the IPv4 address itself"
+    if g == [0] * 8:
+        return "unspecified (::)"
+    if g == [0] * 7 + [1]:
+        return "loopback (::1)"
+    first = g[0]
+    if first & 0xFFC0 == 0xFE80:
+        return "link-local (fe80::/10)"
+    if first & 0xFE00 == 0xFC00:
+        return "unique local, ULA (fc00::/7, RFC 4193)"
+    if first & 0xFFC0 == 0xFEC0:
+        return "deprecated site-local (fec0::/10)"
+    if first & 0xFF00 == 0xFF00:
+        return "multicast (ff00::/8)"
+    if first == 0x64 and g[1] == 0xFF9B:
+        return "NAT64 translation prefix (64:ff9b::/96, RFC 6052/8215)"
+    if first == 0x100 and g[1:4] == [0, 0, 0]:
+        return "discard-only (100::/64, RFC 6666)"
+    if first & 0xE000 != 0x2000:
+        return "reserved (outside 2000::/3, the only global unicast block)"
+    if first == 0x2001 and g[1] == 0xDB8:
+        return "documentation (2001:db8::/32, RFC 3849)"
+    if first == 0x3FFF and g[1] < 0x1000:
+        return "documentation (3fff::/20, RFC 9637)"
+    if first == 0x2001 and g[1] < 0x200:
+        return "IETF protocol assignments (2001::/23: Teredo, benchmarking, ORCHID, anycast services)"
+    if first == 0x2002:
+        return "deprecated 6to4 (2002::/16, RFC 7526)"
+    return None
+
+
+def ip_class(text):
+    """None for a public unicast address a box may be seen with; else why it is not one ("private
+    (RFC 1918)", "loopback (::1)", "not an IPv4 or IPv6 address"...). Stricter than
+    `ipaddress.is_global`: what CPython calls non-global is never public here (tests check it), and
+    a few blocks CPython accepts but no subscriber line uses (multicast, 6to4, 2001::/23 anycast,
+    IPv4-mapped) are refused too: a missing connectionIp costs nothing, a wrong one misplaces the box."""
+    parsed = parse_ip(text)
+    if parsed is None:
+        return "not an IPv4 or IPv6 address"
+    if parsed[0] == "v4":
+        return _ipv4_class(parsed[1])
+    return _ipv6_class(parsed[1])
+
+
+def is_public_ip(text):
+    return ip_class(text) is None
 
 
 def parse_mac(text):
@@ -333,6 +458,58 @@ def parse_source(spec):
     if kind == "mac" and "/" in arg:
         raise ValueError("source %r: expected mac or mac:<interface name>" % spec)
     return kind, arg
+
+
+# ---------------------------------------------------------------- the default route
+
+_RTF_UP = 0x0001
+_RTF_REJECT = 0x0200
+
+
+def _hex(text):
+    if not text or any(c not in _HEX for c in text):
+        return None
+    return int(text, 16)
+
+
+def parse_route(text):
+    """Interface of the IPv4 default route (lowest metric) in /proc/net/route text, or None."""
+    best = None
+    for line in (text or "").split("\n")[1:]:
+        f = line.split()
+        if len(f) < 8 or f[1] != "00000000" or f[7] != "00000000":
+            continue
+        flags, metric = _hex(f[3]), (int(f[6]) if f[6] and all(c in _DIGITS for c in f[6]) else None)
+        if flags is None or metric is None or not flags & _RTF_UP or flags & _RTF_REJECT:
+            continue
+        if best is None or metric < best[0]:
+            best = (metric, f[0])
+    return None if best is None else best[1]
+
+
+def parse_ipv6_route(text):
+    """Interface of the IPv6 default route (lowest metric) in /proc/net/ipv6_route text, or None.
+    The kernel's unreachable default on `lo` (RTF_REJECT) is not a route out."""
+    best = None
+    for line in (text or "").split("\n"):
+        f = line.split()
+        if len(f) < 10 or f[0] != "0" * 32 or f[1] != "00" or f[9] == "lo":
+            continue
+        flags, metric = _hex(f[8]), _hex(f[5])
+        if flags is None or metric is None or not flags & _RTF_UP or flags & _RTF_REJECT:
+            continue
+        if best is None or metric < best[0]:
+            best = (metric, f[9])
+    return None if best is None else best[1]
+
+
+def default_route_interface(root):
+    """The interface the box's default route leaves through (IPv4 first, then IPv6), or None when
+    there is none yet (no DHCP lease) or /proc/net is not there (a fixture tree without it)."""
+    name = parse_route(read_text(root, "/proc/net/route", 65536, True))
+    if name is None:
+        name = parse_ipv6_route(read_text(root, "/proc/net/ipv6_route", 65536, True))
+    return name
 
 
 # ---------------------------------------------------------------- reading sources from a box
@@ -554,8 +731,18 @@ def check_field(field, value):
             raise _bad(field, value, "printable text without control characters")
     if field in ENUMS and value not in ENUMS[field]:
         raise _bad(field, value, "one of " + ", ".join(ENUMS[field]))
-    if field == "connectionIp" and not valid_ip(value):
-        raise _bad(field, value, "an IPv4 or IPv6 address")
+    if field == "connectionIp":
+        why = ip_class(value)
+        if why is not None and not valid_ip(value):
+            raise _bad(field, value, "an IPv4 or IPv6 address")
+        if why is not None:
+            # Adobe merges an explicit connectionIp over the address it sees on the connection: a LAN
+            # address would replace the box's public one and break home-based authentication.
+            raise DeviceInfoError(
+                "X-Device-Info field 'connectionIp': found %r, which is %s; only a public address may be "
+                "sent, because Adobe uses it instead of the address it sees on the connection" % (value, why),
+                hint="remove connectionIp from [device.overrides] (and the board profile [fields]): Adobe then "
+                     "takes the box's public address from the connection")
     return value
 
 
@@ -657,10 +844,20 @@ def os_name(release_id, id_like):
     return "Linux"
 
 
-def _network(box, ip_lookup, fields, sources, warnings):
+def _network(box, ip_lookup, fields, sources, warnings, omitted):
+    """connectionType from the interface that carries the default route (else the first one up, in
+    profile order); connectionIp only when that interface's address is public (reference section 4:
+    Adobe merges an explicit value over the address it sees, so a LAN address would replace it)."""
     nics = box.interfaces()
-    up = [n for n in nics if n["operstate"] == "up"]
-    nic = up[0] if up else None
+    route = default_route_interface(box.root)
+    nic, how = None, ""
+    for n in nics:
+        if n["name"] == route and n["operstate"] != "down":
+            nic, how = n, ", default route"
+            break
+    if nic is None:
+        up = [n for n in nics if n["operstate"] == "up"]
+        nic = up[0] if up else None
     if nic is None and nics:
         nic = nics[0]
         warnings.append("no network interface is up; connectionType taken from %s (%s)"
@@ -668,20 +865,45 @@ def _network(box, ip_lookup, fields, sources, warnings):
     if nic is None:
         fields["connectionType"] = FALLBACK
         sources["connectionType"] = "fallback"
-        warnings.append("no network interface found under /sys/class/net; connectionType is the fallback %r"
-                        % FALLBACK)
+        warnings.append("connectionType: no network interface found under /sys/class/net; using the fallback %r "
+                        "(name this box's interface in the board profile [network] interfaces or set "
+                        "connectionType in [device.overrides])" % FALLBACK)
         return
     fields["connectionType"] = "WiFi" if nic["wireless"] else "LAN"
-    sources["connectionType"] = nic["path"] + (" (wireless)" if nic["wireless"] else " (wired)")
-    if ip_lookup is not None and nic["operstate"] == "up":
+    sources["connectionType"] = nic["path"] + (" (wireless" if nic["wireless"] else " (wired") + how + ")"
+    if ip_lookup is not None and (nic["operstate"] == "up" or how):
         try:
             ip = ip_lookup(nic["name"])
         except Exception as e:  # an injected lookup must never stop the header from being built
             ip = None
             warnings.append("IPv4 lookup for %s failed: %s" % (nic["name"], e))
         if ip and valid_ipv4(ip):
-            fields["connectionIp"] = ip
-            sources["connectionIp"] = "IPv4 of " + nic["name"]
+            why = ip_class(ip)
+            if why is None:
+                fields["connectionIp"] = ip
+                sources["connectionIp"] = "IPv4 of " + nic["name"] + " (public)"
+            else:
+                omitted["connectionIp"] = ("%s has %s, which is %s: left out, Adobe takes the address from "
+                                           "the connection" % (nic["name"], ip, why))
+
+
+def network_signature(root, ip_lookup=None):
+    """A cheap fingerprint of everything connectionType/connectionIp depend on: the default route's
+    interface, each interface's operstate, and the address of each one that is up. One listing and
+    one small read per interface (plus two /proc/net reads); the header is rebuilt only when it changes."""
+    route = default_route_interface(root)
+    parts = ["route=" + (route or "")]
+    for name in list_dir(root, "/sys/class/net"):
+        if name == "lo":
+            continue
+        state = clean(read_text(root, "/sys/class/net/" + name + "/operstate")) or "?"
+        parts.append(name + "=" + state)
+        if ip_lookup is not None and (state == "up" or name == route):
+            try:
+                parts.append(str(ip_lookup(name)))
+            except Exception as e:
+                parts.append("error " + str(e))
+    return "\n".join(parts)
 
 
 def _display(box, connectors, fields, sources, warnings):
@@ -710,23 +932,30 @@ def _display(box, connectors, fields, sources, warnings):
         return
 
 
-def identify(root="/", profile=None, overrides=None, application_id=None, ip_lookup=None):
-    """Read the box below `root` and build everything the agent needs to describe it.
+def unknown_required(fields):
+    """Required fields whose value is the fallback `Unknown` (or missing): Adobe then classifies the
+    box as an unknown platform, with more restrictive rules such as shorter authentication TTLs."""
+    return [k for k in REQUIRED if k not in fields or (isinstance(fields[k], str) and fields[k].lower() == "unknown")]
 
-    Precedence per field: overrides, then the profile's static [fields], then the first source of
-    the field's chain that yields a usable value, then (required fields only) a fallback with a
-    warning. `ip_lookup(ifname)` returns the interface's IPv4 or None; None skips connectionIp.
-    """
-    overrides = overrides or {}
-    for key in overrides:  # a bad override is a configuration error: say so before reading anything
-        check_field(key, overrides[key])
-    p = _merge_profile(profile)
-    warnings = []
-    problems = []
-    box = _Box(root, p.get("network_interfaces"), problems)
+
+# How to give each required field a value (names the board profile key and the config table).
+HOW_TO_SET = {
+    "model": "[sources] model (a source that exists on this box) or [fields] model in the board profile, "
+             "or model in [device.overrides]",
+    "version": "[sources] version or [fields] version in the board profile, or version in [device.overrides]",
+    "osName": "[fields] osName in the board profile or osName in [device.overrides]",
+    "osVersion": "[sources] osVersion or [fields] osVersion in the board profile, or osVersion in "
+                 "[device.overrides]",
+    "connectionType": "[network] interfaces in the board profile (this box's interface names), or "
+                      "connectionType in [device.overrides]",
+}
+
+
+def _describe(box, p, overrides, application_id, ip_lookup):
+    """(fields, sources, warnings, omitted) for one box: everything except the device identity."""
+    warnings, omitted = [], {}
     fields, sources = {}, {}
     static = p.get("fields") or {}
-
     for key in static:
         fields[key] = static[key]
         sources[key] = "profile"
@@ -747,7 +976,7 @@ def identify(root="/", profile=None, overrides=None, application_id=None, ip_loo
     if "osFamily" not in fields and fields["osName"] in OS_FAMILY:
         fields["osFamily"] = OS_FAMILY[fields["osName"]]
         sources["osFamily"] = "derived from osName"
-    _network(box, ip_lookup, fields, sources, warnings)
+    _network(box, ip_lookup, fields, sources, warnings, omitted)
     _display(box, p.get("display_connectors"), fields, sources, warnings)
     if application_id:
         fields["applicationId"] = application_id
@@ -755,29 +984,80 @@ def identify(root="/", profile=None, overrides=None, application_id=None, ip_loo
     for key in overrides:
         fields[key] = overrides[key]
         sources[key] = "override"
+        if key in omitted:
+            del omitted[key]
     for field in REQUIRED:
         if field not in fields:
             fields[field] = FALLBACK
             sources[field] = "fallback"
             chain = p["sources"].get(field) or []
-            warnings.append("%s: no usable value from %s; using the fallback %r (set it in the board profile "
-                            "or [device.overrides])" % (field, ", ".join(chain) or "any source", FALLBACK))
+            warnings.append("%s: no usable value from %s; using the fallback %r"
+                            % (field, ", ".join(chain) or "any source", FALLBACK))
+    unknown = unknown_required(fields)
+    if unknown:
+        warnings.append("required X-Device-Info fields %s are %r: Adobe classifies the box as an unknown platform "
+                        "(more restrictive rules, shorter authentication TTLs); set %s; `pass-agent check` lists them"
+                        % (", ".join(unknown), FALLBACK, "; ".join(f + ": " + HOW_TO_SET[f] for f in unknown)))
+    return fields, sources, warnings, omitted
 
-    device_id, id_where = device_identity(box, p.get("identity") or DEFAULT_PROFILE["identity"])
-    header = encode(fields)
+
+def _ordered(fields):
     ordered = {}
     for key in FIELD_ORDER:
         if key in fields:
             ordered[key] = fields[key]
+    return ordered
+
+
+def describe(root="/", profile=None, overrides=None, application_id=None, ip_lookup=None):
+    """identify() without the device identity: the header part only, for a rebuild after the network
+    changed (the device id must never follow the network). Keys: fields, x_device_info, sources,
+    warnings, omitted."""
+    overrides = overrides or {}
+    for key in overrides:
+        check_field(key, overrides[key])
+    p = _merge_profile(profile)
+    problems = []
+    box = _Box(root, p.get("network_interfaces"), problems)
+    fields, sources, warnings, omitted = _describe(box, p, overrides, application_id, ip_lookup)
+    header = encode(fields)
+    for msg in problems:
+        if msg not in warnings:
+            warnings.append(msg)
+    return {"fields": _ordered(fields), "x_device_info": header, "sources": sources, "warnings": warnings,
+            "omitted": omitted}
+
+
+def identify(root="/", profile=None, overrides=None, application_id=None, ip_lookup=None):
+    """Read the box below `root` and build everything the agent needs to describe it.
+
+    Precedence per field: overrides, then the profile's static [fields], then the first source of
+    the field's chain that yields a usable value, then (required fields only) a fallback with a
+    warning. `ip_lookup(ifname)` returns the interface's IPv4 or None; None skips connectionIp, and
+    so does an address that is not public (`omitted` says why).
+    """
+    overrides = overrides or {}
+    for key in overrides:  # a bad override is a configuration error: say so before reading anything
+        check_field(key, overrides[key])
+    p = _merge_profile(profile)
+    problems = []
+    box = _Box(root, p.get("network_interfaces"), problems)
+    fields, sources, warnings, omitted = _describe(box, p, overrides, application_id, ip_lookup)
+    n = len(problems)
+    device_id, id_where = device_identity(box, p.get("identity") or DEFAULT_PROFILE["identity"])
+    header = encode(fields)
+    id_warnings = problems[n:]
     for msg in problems:
         if msg not in warnings:
             warnings.append(msg)
     return {
-        "fields": ordered,
+        "fields": _ordered(fields),
         "x_device_info": header,
         "ap_device_identifier": ap_device_identifier(device_id),
         "device_id": device_id,
         "device_id_source": id_where,
         "sources": sources,
         "warnings": warnings,
+        "device_id_warnings": id_warnings,  # kept as they are when the header is rebuilt
+        "omitted": omitted,
     }

@@ -21,7 +21,8 @@ from agent.errors import ConfigError, DeviceInfoError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
 BOARDS = ["generic-linux", "raspberrypi", "amlogic-s905x", "broadcom-rdk"]
-IPS = {"eno1": "192.168.10.5", "eth0": "192.168.1.20", "wlan0": "10.0.0.7"}
+# eth0 public (a routed line): sent; eno1/wlan0 behind NAT: never sent (Adobe takes it from the connection)
+IPS = {"eno1": "192.168.10.5", "eth0": "81.2.69.160", "wlan0": "10.0.0.7"}
 
 # What each board's fixture must yield (connectionIp through the injected lookup).
 EXPECTED = {
@@ -29,24 +30,24 @@ EXPECTED = {
         "primaryHardwareType": "SetTopBox", "model": "NUC8i3BEH", "version": "J72753-303",
         "manufacturer": "Intel(R) Client Systems", "osName": "Linux", "osFamily": "Linux", "osVersion": "12",
         "displayWidth": 1920, "displayHeight": 1080, "displayPpi": 93, "diagonalScreenSize": 23.8,
-        "connectionIp": "192.168.10.5", "connectionType": "LAN", "applicationId": "com.example.player",
+        "connectionType": "LAN", "applicationId": "com.example.player",
     },
     "raspberrypi": {
         "primaryHardwareType": "SetTopBox", "model": "Raspberry Pi 4 Model B Rev 1.1", "version": "c03111",
         "manufacturer": "Raspberry Pi Ltd", "osName": "Linux", "osFamily": "Linux", "osVersion": "12",
         "displayWidth": 1920, "displayHeight": 1080, "displayPpi": 40, "diagonalScreenSize": 54.6,
-        "connectionIp": "192.168.1.20", "connectionType": "LAN", "applicationId": "com.example.player",
+        "connectionIp": "81.2.69.160", "connectionType": "LAN", "applicationId": "com.example.player",
     },
     "amlogic-s905x": {
         "primaryHardwareType": "SetTopBox", "model": "Amlogic Meson GXL (S905X) P212 Development Board",
         "version": "gxl_p212_2g", "osName": "Linux", "osFamily": "Linux", "osVersion": "2023.02.9",
         "displayWidth": 3840, "displayHeight": 2160, "displayPpi": 68, "diagonalScreenSize": 64.5,
-        "connectionIp": "192.168.1.20", "connectionType": "LAN", "applicationId": "com.example.player",
+        "connectionIp": "81.2.69.160", "connectionType": "LAN", "applicationId": "com.example.player",
     },
     "broadcom-rdk": {
         "primaryHardwareType": "SetTopBox", "model": "STB7271A", "version": "brcm,bcm97271ipc",
         "osName": "Linux", "osFamily": "Linux", "osVersion": "7.2.1.0",
-        "connectionIp": "10.0.0.7", "connectionType": "WiFi", "applicationId": "com.example.player",
+        "connectionType": "WiFi", "applicationId": "com.example.player",
     },
 }
 DEVICE_IDS = {
@@ -263,3 +264,158 @@ def test_device_info_command_no_identity_exit_2(tmp_path):
 def test_identify_for_raises_device_info_error_on_bad_override():
     with pytest.raises(DeviceInfoError):
         boards.identify_for(cfg("generic-linux", overrides={"displayWidth": "wide"}))
+
+
+# ---------------------------------------------------------------- values that must never change
+
+# AP-Device-Identifier of each fixture as computed by baseline commit 805438f. Players send it to
+# REST API v2 and Adobe ties the user's authentication to it: a release that changes it logs every
+# user of that board out. Never edit these strings to make a test pass.
+PINNED_AP_DEVICE_IDENTIFIER = {
+    "generic-linux": "fingerprint KHCB8af3FdGpZWYofPSGg2euggPJjtw/9NTaRWaFyV0=",
+    "raspberrypi": "fingerprint kKoAFIwVdLzFnLAjHrbk+5MnW/x2aQ/Jb8ffuudpxfg=",
+    "amlogic-s905x": "fingerprint SqPIDBqLDm1mD7P5osLeQC3g34AKQ5swKCAWSX2Ji7w=",
+    "broadcom-rdk": "fingerprint jef/4pwkcDUA1PvdLfG2lJdb0HK0e0BuE78FW8o/PkA=",
+}
+# X-Device-Info of each fixture (no application_id, no address lookup), also as of 805438f. It may
+# change on purpose (a better value for a field); then update it in the same commit and say why.
+PINNED_X_DEVICE_INFO = {
+    "generic-linux": "eyJwcmltYXJ5SGFyZHdhcmVUeXBlIjoiU2V0VG9wQm94IiwibW9kZWwiOiJOVUM4aTNCRUgiLCJ2ZXJzaW9uIjoiSjcyNzUz"
+                     "LTMwMyIsIm1hbnVmYWN0dXJlciI6IkludGVsKFIpIENsaWVudCBTeXN0ZW1zIiwib3NOYW1lIjoiTGludXgiLCJvc0ZhbW"
+                     "lseSI6IkxpbnV4Iiwib3NWZXJzaW9uIjoiMTIiLCJkaXNwbGF5V2lkdGgiOjE5MjAsImRpc3BsYXlIZWlnaHQiOjEwODAs"
+                     "ImRpc3BsYXlQcGkiOjkzLCJkaWFnb25hbFNjcmVlblNpemUiOjIzLjgsImNvbm5lY3Rpb25UeXBlIjoiTEFOIn0=",
+    "raspberrypi": "eyJwcmltYXJ5SGFyZHdhcmVUeXBlIjoiU2V0VG9wQm94IiwibW9kZWwiOiJSYXNwYmVycnkgUGkgNCBNb2RlbCBCIFJldiAxLj"
+                   "EiLCJ2ZXJzaW9uIjoiYzAzMTExIiwibWFudWZhY3R1cmVyIjoiUmFzcGJlcnJ5IFBpIEx0ZCIsIm9zTmFtZSI6IkxpbnV4Iiwi"
+                   "b3NGYW1pbHkiOiJMaW51eCIsIm9zVmVyc2lvbiI6IjEyIiwiZGlzcGxheVdpZHRoIjoxOTIwLCJkaXNwbGF5SGVpZ2h0Ijox"
+                   "MDgwLCJkaXNwbGF5UHBpIjo0MCwiZGlhZ29uYWxTY3JlZW5TaXplIjo1NC42LCJjb25uZWN0aW9uVHlwZSI6IkxBTiJ9",
+    "amlogic-s905x": "eyJwcmltYXJ5SGFyZHdhcmVUeXBlIjoiU2V0VG9wQm94IiwibW9kZWwiOiJBbWxvZ2ljIE1lc29uIEdYTCAoUzkwNVgpIFAy"
+                     "MTIgRGV2ZWxvcG1lbnQgQm9hcmQiLCJ2ZXJzaW9uIjoiZ3hsX3AyMTJfMmciLCJvc05hbWUiOiJMaW51eCIsIm9zRmFtaWx5"
+                     "IjoiTGludXgiLCJvc1ZlcnNpb24iOiIyMDIzLjAyLjkiLCJkaXNwbGF5V2lkdGgiOjM4NDAsImRpc3BsYXlIZWlnaHQiOjIx"
+                     "NjAsImRpc3BsYXlQcGkiOjY4LCJkaWFnb25hbFNjcmVlblNpemUiOjY0LjUsImNvbm5lY3Rpb25UeXBlIjoiTEFOIn0=",
+    "broadcom-rdk": "eyJwcmltYXJ5SGFyZHdhcmVUeXBlIjoiU2V0VG9wQm94IiwibW9kZWwiOiJTVEI3MjcxQSIsInZlcnNpb24iOiJicmNtLGJjbT"
+                    "k3MjcxaXBjIiwib3NOYW1lIjoiTGludXgiLCJvc0ZhbWlseSI6IkxpbnV4Iiwib3NWZXJzaW9uIjoiNy4yLjEuMCIsImNvbm5l"
+                    "Y3Rpb25UeXBlIjoiV2lGaSJ9",
+}
+
+
+def test_every_shipped_board_is_pinned_and_has_a_fixture():
+    assert sorted(PINNED_AP_DEVICE_IDENTIFIER) == sorted(boards.list_boards()) == sorted(PINNED_X_DEVICE_INFO)
+    for board in boards.list_boards():
+        assert os.path.isdir(os.path.join(FIXTURES, board)), "board %s ships without a fixture tree" % board
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_ap_device_identifier_never_changes(board):
+    r = boards.identify_for(cfg(board, application_id=None))
+    assert r["ap_device_identifier"] == PINNED_AP_DEVICE_IDENTIFIER[board]
+    # ...whatever the network does: a different interface, an address, a refresh
+    r2 = boards.identify_for(cfg(board), ip_lookup=IPS.get)
+    r2.refresh_network()
+    assert r2["ap_device_identifier"] == PINNED_AP_DEVICE_IDENTIFIER[board]
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_x_device_info_is_pinned(board):
+    assert boards.identify_for(cfg(board, application_id=None))["x_device_info"] == PINNED_X_DEVICE_INFO[board]
+
+
+# ---------------------------------------------------------------- required fields left `Unknown`
+
+def unknown_required(fields: dict) -> list[str]:
+    """Independent of the code: Adobe's required fields (reference section 4) that are missing or Unknown."""
+    return [k for k in ("model", "version", "osName", "osVersion", "connectionType")
+            if str(fields.get(k, "Unknown")).strip().lower() in ("unknown", "")]
+
+
+@pytest.mark.parametrize("board", sorted(set(BOARDS) | set(boards.list_boards())))
+def test_shipped_board_fills_every_required_field_on_its_fixture(board):
+    """A board profile shipped here that leaves a required field `Unknown` on its own fixture fails."""
+    r = boards.identify_for(cfg(board, application_id=None))
+    assert unknown_required(r["fields"]) == [], r["sources"]
+    assert di.unknown_required(r["fields"]) == []
+    assert not any("unknown platform" in w for w in r["warnings"])
+
+
+def test_a_board_that_leaves_a_field_unknown_is_caught(tmp_path, monkeypatch):
+    # the test above can fail: a profile whose model source does not exist on the fixture
+    write_board(tmp_path, "raspberrypi", '[sources]\nmodel = ["dmi:product_name"]\nversion = ["cpuinfo:Nope"]\n'
+                '[identity]\nsources = ["cpuinfo:Serial"]\n')
+    monkeypatch.setenv(boards.ENV_BOARD_DIR, str(tmp_path))
+    r = boards.identify_for(cfg("raspberrypi"))
+    assert unknown_required(r["fields"]) == ["model", "version"]
+    assert di.unknown_required(r["fields"]) == ["model", "version"]
+    text = "\n".join(r["warnings"])
+    assert "model" in text and "version" in text and "unknown platform" in text
+
+
+def _no_network_root(tmp_path) -> str:
+    root = tmp_path / "bare"
+    shutil.copytree(os.path.join(FIXTURES, "raspberrypi"), root)
+    shutil.rmtree(root / "proc" / "device-tree")
+    (root / "proc" / "cpuinfo").write_text("Serial\t\t: 100000001234abcd\n")
+    shutil.rmtree(root / "sys" / "class" / "net")
+    return str(root)
+
+
+def test_explain_marks_unknown_required_fields(tmp_path):
+    out = io.StringIO()
+    assert boards.device_info_command(cfg("raspberrypi", _no_network_root(tmp_path)), True, True, out) == 0
+    text = out.getvalue()
+    marked = [ln for ln in text.splitlines() if "UNKNOWN" in ln]
+    assert len(marked) == 3, text
+    for field, fix in (("model", "[sources] model"), ("version", "[sources] version"),
+                       ("connectionType", "[network] interfaces")):
+        line = next(ln for ln in marked if ln.strip().startswith(field))
+        assert fix in line and "[device.overrides]" in line, line
+    assert "unknown platform" in text
+
+
+def test_explain_says_why_connection_ip_is_left_out():
+    out = io.StringIO()
+    dev = cfg("raspberrypi")
+    assert boards.device_info_command(dev, False, True, out, ip_lookup=lambda n: "192.168.1.20") == 0
+    assert "connectionIp" in out.getvalue() and "192.168.1.20" in out.getvalue() and "private" in out.getvalue()
+
+
+def _check_config(tmp_path, root: str, statement: str) -> str:
+    lines = ['[adobe]', 'software_statement = "%s"' % statement, '[device]', 'board = "raspberrypi"',
+             'root = "%s"' % root, '[storage]', 'dir = "%s"' % (tmp_path / "store"),
+             '[socket]', 'path = "%s"' % (tmp_path / "run" / "agent.sock")]
+    p = tmp_path / "agent.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+def test_check_fails_naming_each_unknown_field_and_how_to_set_it(tmp_path, statement_file):
+    from agent.check import check_command
+
+    out = io.StringIO()
+    rc = check_command(_check_config(tmp_path, _no_network_root(tmp_path), statement_file), out)
+    text = out.getvalue()
+    assert rc == 1, text
+    fails = [ln for ln in text.splitlines() if ln.startswith("fail")]
+    assert len(fails) == 1 and "device-info" in fails[0], text
+    for field in ("model", "version", "connectionType"):
+        assert field in fails[0]
+    assert "osVersion" not in fails[0] and "unknown platform" in fails[0]
+    fix = text.splitlines()[text.splitlines().index(fails[0]) + 1]
+    assert "fix:" in fix and "[device.overrides]" in fix and "board.toml" in fix
+
+
+def test_check_passes_on_a_complete_fixture(tmp_path, statement_file):
+    from agent.check import check_command
+
+    out = io.StringIO()
+    assert check_command(_check_config(tmp_path, os.path.join(FIXTURES, "raspberrypi"), statement_file), out) == 0
+
+
+def test_check_fails_on_a_private_connection_ip_override(tmp_path, statement_file):
+    from agent.check import check_command
+
+    path = _check_config(tmp_path, os.path.join(FIXTURES, "raspberrypi"), statement_file)
+    with open(path, "a") as f:
+        f.write('[device.overrides]\nconnectionIp = "10.0.0.7"\n')
+    out = io.StringIO()
+    assert check_command(path, out) == 1
+    fail = next(ln for ln in out.getvalue().splitlines() if ln.startswith("fail"))
+    assert "device-info" in fail and "connectionIp" in fail and "10.0.0.7" in fail and "private" in fail
