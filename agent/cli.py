@@ -28,12 +28,25 @@ def _socket_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
 
 
+def has_emulator() -> bool:
+    """Whether this build carries the emulator that `demo` and `emulator` need: a checkout or a
+    development install does, the box's zipapp does not (its --help must not offer them)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tools.emulator") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
+    emulator = has_emulator()
     parser = argparse.ArgumentParser(
         prog="pass-agent",
         description="Adobe Pass DCR agent for set-top boxes: registers the box, keeps a valid access token "
                     "and serves it to the player over a local Unix socket.",
-        epilog="Run 'pass-agent demo' to see the whole flow against the bundled Adobe Pass emulator.")
+        epilog="Run 'pass-agent demo' to see the whole flow against the bundled Adobe Pass emulator."
+        if emulator else None)
     parser.add_argument("--version", action="version", version="pass-agent " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -41,17 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(systemd Type=notify). SIGHUP reloads the configuration, SIGTERM stops.")
     _config_arg(p)
 
-    p = sub.add_parser("demo", help="the whole flow against the bundled emulator, on temporary paths",
-                       description="Start the Adobe Pass emulator (HTTPS) and the agent on temporary paths, "
-                                   "then show device info, registration, the first token (masked), a player "
-                                   "call and the serial console. Runs until Ctrl-C.")
-    p.add_argument("--once", action="store_true", help="exit after the sample player call")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    if emulator:  # not in the box's zipapp: list only the commands this build has
+        p = sub.add_parser("demo", help="the whole flow against the bundled emulator, on temporary paths",
+                           description="Start the Adobe Pass emulator (HTTPS) and the agent on temporary paths, "
+                                       "then show device info, registration, the first token (masked), a player "
+                                       "call and the serial console. Runs until Ctrl-C.")
+        p.add_argument("--once", action="store_true", help="exit after the sample player call")
+        p.add_argument("--keep", action="store_true", help="keep the temporary directory")
 
-    p = sub.add_parser("emulator", help="run the Adobe Pass emulator (see docs/EMULATOR.md)", add_help=False,
-                       description="Run the Adobe Pass emulator. All arguments are passed on; "
-                                   "'pass-agent emulator --help' lists them.")
-    p.add_argument("args", nargs=argparse.REMAINDER)
+        p = sub.add_parser("emulator", help="run the Adobe Pass emulator (see docs/EMULATOR.md)", add_help=False,
+                           description="Run the Adobe Pass emulator. All arguments are passed on; "
+                                       "'pass-agent emulator --help' lists them.")
+        p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("device-info", help="print the X-Device-Info header of this box",
                        description="Build X-Device-Info and AP-Device-Identifier from the box's identifiers.")
