@@ -5,6 +5,11 @@ lifecycle, signal handlers) hand work to it with `call_soon_threadsafe`, which w
 loop through a self-pipe. When nothing is scheduled the loop sleeps in `select()` with no
 timeout: an idle agent costs no CPU and no wake-ups.
 
+Time is `agent.clock.now()` (CLOCK_BOOTTIME: it counts suspend). Timers are also watched by a
+CLOCK_BOOTTIME alarm fd (`agent.clock.Alarm`) armed at the earliest timer, because the
+epoll timeout counts on CLOCK_MONOTONIC and would end late by the length of a suspend; after a
+resume the alarm makes every timer that fell due during the suspend run at once.
+
 Must never: block inside a callback on anything but a quick system call, spin or poll on a
 period, or let one failing callback stop the loop (failures are logged and the loop goes on).
 
@@ -19,8 +24,9 @@ import logging
 import os
 import select
 import selectors
-import time
 from typing import Callable
+
+from agent import clock as _clock
 
 _log = logging.getLogger("pass-agent.loop")
 
@@ -114,8 +120,9 @@ class _Selector:
 class Loop:
     """Readers, writers, timers and a thread-safe queue, multiplexed by one epoll/selector."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = _clock.now) -> None:
         self._sel = _Epoll() if hasattr(select, "epoll") else _Selector()
+        self._now = clock
         self._masks: dict[int, int] = {}  # fd -> registered event mask
         # epoll.poll(None) blocks like select(None): call it directly on Linux (one call less per wake-up).
         self._poll = self._sel._ep.poll if isinstance(self._sel, _Epoll) else self._sel.select
@@ -131,6 +138,13 @@ class Loop:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, _READ)
+        # A CLOCK_BOOTTIME alarm at the earliest timer (only when time is the agent's clock: an
+        # injected test clock has no kernel timer behind it).
+        self._alarm = _clock.Alarm() if clock is _clock.now else None
+        self._alarm_fd = self._alarm.fileno() if self._alarm is not None else None
+        self._armed: float | None = None
+        if self._alarm_fd is not None:
+            self._sel.register(self._alarm_fd, _READ)
 
     # -- file descriptors -------------------------------------------------------------------
 
@@ -168,12 +182,12 @@ class Loop:
     # -- time and other threads ------------------------------------------------------------
 
     def time(self) -> float:
-        """The loop's clock: monotonic seconds (immune to NTP jumps)."""
-        return time.monotonic()
+        """The loop's clock: agent.clock.now() (CLOCK_BOOTTIME: immune to NTP, counts suspend)."""
+        return self._now()
 
     def call_later(self, delay: float, cb: Callback) -> TimerHandle:
         """Run `cb` in the loop thread after `delay` seconds. Loop thread only."""
-        h = TimerHandle(time.monotonic() + max(0.0, delay), cb)
+        h = TimerHandle(self._now() + max(0.0, delay), cb)
         heapq.heappush(self._timers, h)
         return h
 
@@ -216,8 +230,15 @@ class Loop:
         while timers and timers[0].cancelled:
             heapq.heappop(timers)  # lazy deletion; an all-cancelled heap empties here
         if not timers:
+            if self._armed is not None:  # nothing left to wake for: no stale alarm either
+                self._armed = None
+                self._alarm.set(None)  # type: ignore[union-attr]
             return None  # idle is idle: sleep until an fd or another thread wakes us
-        return max(0.0, timers[0].when - time.monotonic())
+        when = timers[0].when
+        if self._alarm is not None and when != self._armed:
+            self._armed = when
+            self._alarm.set(when)  # ends the wait at `when` even if the box was suspended meanwhile
+        return _clock.wait_timeout(when, self._now(), self._alarm)
 
     def _run_once(self) -> None:
         try:
@@ -229,6 +250,10 @@ class Loop:
         for fd, mask in events:
             if fd == wake:
                 self._drain_wake()
+                continue
+            if fd == self._alarm_fd:
+                self._alarm.clear()  # type: ignore[union-attr]
+                self._armed = None  # re-armed for the next timer by _timeout()
                 continue
             if mask & rmask:
                 cb = readers.get(fd)
@@ -243,7 +268,7 @@ class Loop:
                     self._call(cb)
         timers = self._timers
         if timers:
-            now = time.monotonic()
+            now = self._now()
             while timers and (timers[0].cancelled or timers[0].when <= now):
                 h = heapq.heappop(timers)
                 if not h.cancelled:
@@ -285,5 +310,7 @@ class Loop:
         self._timers.clear()
         self._ready.clear()
         self._sel.close()
+        if self._alarm is not None:
+            self._alarm.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
