@@ -1,0 +1,58 @@
+"""tools/bench.py finishes without the optional `requests` (the bench extra) and says what it skipped.
+
+The shim benchmark runs for real with `requests` hidden (a package on PYTHONPATH whose import fails,
+whether or not requests is installed); its JSON is what `python -m tools.bench` summarises. The other
+sections are fixed figures in the shape their benchmarks write: only the summary is under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tools import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _shim_without_requests(tmp_path) -> dict:
+    hide = tmp_path / "hide" / "requests"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError('requests hidden by the test (no bench extra)')\n")
+    out = tmp_path / "shim.json"
+    env = dict(os.environ, PYTHONPATH=str(hide.parent) + os.pathsep + ROOT)
+    r = subprocess.run([sys.executable, "-m", "tools.bench_shim", "--runs", "1", "--posts", "3", "--json", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "`requests` is not installed" in r.stdout
+    with open(str(out)) as f:
+        return json.load(f)
+
+
+def _other_sections() -> dict:
+    return {"python": "3.x", "cpus": 2, "date": "today",
+            "socket": {"echo_p50_us": 20.0, "token_p50_us": 30.0, "throughput_rps": 20000.0},
+            "socket_real_daemon": {"echo_p50_us": 20.0, "token_p50_us": 30.0, "ratio_p50": 1.5,
+                                   "echo_p99_us": 40.0, "token_p99_us": 60.0},
+            "coldstart": {"bare_ready_ms": 20.0, "agent_ready_ms": 90.0, "ready_ratio": 4.5,
+                          "bare_pss_kb": 8000, "agent_pss_kb": 16000, "pss_delta_mb": 8.0},
+            "store": [{"store": s, "refresh": {"flash_bytes": b}} for s, b in
+                      (("naive", 8192), ("flash", 4096), ("runtime", 0))],
+            "upstream": {"floor_per_device_day": 4.0, "per_device_day": 5.0, "ratio": 1.25}}
+
+
+def test_bench_summary_without_requests_finishes_and_says_what_it_skipped(tmp_path):
+    shim = _shim_without_requests(tmp_path)
+    assert "requests" not in shim["imports"] and "requests" not in shim["latency_ms"]
+    res = dict(_other_sections(), shim=shim)
+    rows, skipped = bench.summary_rows(res)
+    table = bench.format_table(res, rows, skipped)
+    assert not [r for r in rows if r[1] == "requests"]  # nothing compared against an unmeasured baseline
+    by_name = {r[0]: r for r in rows}
+    assert by_name["shim import (ms)"][3] == shim["imports"]["agent.urequests + ssl"]["import_ms"]
+    assert by_name["shim POST latency (ms)"][3] == shim["latency_ms"]["agent.urequests"]
+    assert len(skipped) == 1 and "requests" in skipped[0] and "[bench]" in skipped[0]
+    assert table.splitlines()[-1] == "skipped: " + skipped[0]
+    assert "MISSED" not in table
