@@ -190,7 +190,7 @@ class Counting:
 
     def __init__(self, monkeypatch) -> None:
         self.calls: list[str] = []
-        for name in ("read_bytes", "list_dir", "_mode"):
+        for name in ("read_bytes", "list_dir", "_mode", "network_signature", "describe", "identify"):
             real = getattr(di, name)
             monkeypatch.setattr(di, name, self._wrap(name, real))
 
@@ -207,8 +207,10 @@ def test_refresh_network_rebuilds_only_when_the_network_changed(tmp_path, monkey
     before = dict(ident)
     count = Counting(monkeypatch)
     assert ident.refresh_network() is False
+    assert "describe" not in count.calls
     cheap = len(count.calls)
-    assert 0 < cheap <= 12, count.calls  # a listing and one operstate per interface, no more
+    # the signature, a listing, the two route files and one operstate per interface (each read is _mode + read)
+    assert count.calls.count("list_dir") == 1 and cheap <= 10, count.calls
     assert ident["x_device_info"] == before["x_device_info"]
     write(root, "/sys/class/net/eth0/operstate", "down\n")  # cable pulled, Wi-Fi associates
     write(root, "/sys/class/net/wlan0/operstate", "up\n")
@@ -301,6 +303,8 @@ def test_next_upstream_request_carries_the_new_connection_type(tmp_path, emu, mo
         assert len(sent) == n + 1 and sent[-1][0] == "token"
         assert header_fields(sent[-1][1])["connectionType"] == "WiFi"
         assert svc.identity()["fields"]["connectionType"] == "WiFi"
-        assert 0 < len(count.calls) <= 40  # one cheap check and one rebuild for that request
+        # that one request: one cheap check, one rebuild of the header (not of the identity)
+        assert count.calls.count("network_signature") == 1 and count.calls.count("describe") == 1
+        assert "identify" not in count.calls
     finally:
         svc.stop(5)
