@@ -13,11 +13,13 @@ initiative (only the lifecycle decides).
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from typing import Any, Callable
 
 from agent import __version__, config, dcr, lifecycle
+from agent import clock as clockmod
 from agent import log as agentlog
 from agent.deviceinfo import sha256
 from agent.errors import OPERATOR, AgentError, NotReady, StoreError, UpstreamError
@@ -55,11 +57,75 @@ def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
     return cfg["storage"]["dir"] or (identity_profile or {}).get("storage_dir") or config.STORAGE_DEFAULT_DIR
 
 
+class _WakingCondition(threading.Condition):
+    """A Condition whose notify() and notify_all() also wake the worker's select()."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        threading.Condition.__init__(self)
+        self._wake_worker = wake
+
+    def notify(self, n: int = 1) -> None:
+        threading.Condition.notify(self, n)
+        self._wake_worker()
+
+    def notify_all(self) -> None:
+        threading.Condition.notify_all(self)
+        self._wake_worker()
+
+
+class _WorkerSleeper:
+    """The worker's sleep: until a deadline on the service clock or a wake-up from another thread.
+
+    select() on a self-pipe and, when the service runs on agent.clock.now, a CLOCK_BOOTTIME alarm
+    that fires at the deadline even when the box was suspended meanwhile. With an injected clock
+    (tests) the plain timeout is all there is."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._alarm = clockmod.Alarm() if clock is clockmod.now else None
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._fds = [self._r] + ([self._alarm.fileno()] if self._alarm is not None and self._alarm.available else [])
+
+    def wake(self) -> None:
+        if self._w < 0:
+            return  # closed: the fd number may belong to someone else by now
+        try:
+            os.write(self._w, b"\0")
+        except OSError:  # pipe full: a wake-up is pending anyway
+            pass
+
+    def prepare(self) -> None:
+        """Forget wake-ups the caller has already acted on. Call with the state lock held."""
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except OSError:
+            pass
+
+    def sleep_until(self, deadline: float | None) -> None:
+        alarm = self._alarm
+        if alarm is not None:
+            alarm.set(deadline)
+        select.select(self._fds, [], [], clockmod.wait_timeout(deadline, self._clock(), alarm))
+        if alarm is not None:
+            alarm.clear()
+
+    def close(self) -> None:
+        fds, self._r, self._w = (self._r, self._w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        if self._alarm is not None:
+            self._alarm.close()
+
+
 class Service:
     """Thread-safe facade over lifecycle + store + identity. See docs/ARCHITECTURE.md."""
 
     def __init__(self, cfg: dict, *, identity: dict | None = None, store: Any = None, logbuf: agentlog.LogBuffer | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = clockmod.now, wall: Callable[[], float] = time.time,
                  send: Callable[..., tuple] | None = None) -> None:
         self.cfg = cfg
         self.version = __version__
@@ -74,7 +140,12 @@ class Service:
         self.store = store
         self.lc = lifecycle.Lifecycle(refresh_at=cfg["refresh"]["at"], jitter=cfg["refresh"]["jitter"],
                                       backoff_cap=cfg["refresh"]["backoff_cap"])
-        self._cond = threading.Condition()
+        # The worker sleeps in select() on a wake-up pipe and a CLOCK_BOOTTIME alarm (a Condition's
+        # timeout counts on CLOCK_MONOTONIC and would end late by a suspend's length); every
+        # notify on the condition also wakes the worker, so all existing notify_all() calls do.
+        self._sleeper = _WorkerSleeper(clock)
+        self._cond = _WakingCondition(self._sleeper.wake)
+        self._wait_deadlines: dict = {}  # wait_token callers' deadlines: the worker wakes them on time
         self._subs: list[Callable[[dict], None]] = []
         self._listeners: list[Callable[[], None]] = []  # told after every upstream outcome (systemd STATUS=)
         self._thread: threading.Thread | None = None
@@ -109,6 +180,8 @@ class Service:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self._sleeper.close()  # the worker is gone: its pipe and alarm fds with it
 
     def reload(self, cfg: dict) -> None:
         """Apply a new configuration's lifecycle-relevant parts (statement path, timeouts) in place."""
@@ -156,15 +229,34 @@ class Service:
                 req = self.lc.poll(now)
                 if req is None:
                     deadline = self.lc.next_deadline()
-                    timeout = None if deadline is None else max(0.0, deadline - now)
                     if self.lc.state == lifecycle.NEEDS_OPERATOR:
                         # Watch the statement file so a fix is picked up at once.
-                        timeout = 30.0 if timeout is None else min(timeout, 30.0)
-                    self._cond.wait(timeout)
-                    continue
-                statement, statement_hash = self._statement, self.lc.statement_hash
-                client = dict(self.lc.client) if self.lc.client else None
+                        deadline = now + 30.0 if deadline is None else min(deadline, now + 30.0)
+                    deadline = self._waiters_due(now, deadline)
+                    self._sleeper.prepare()  # under the lock: a notify from here on ends the sleep
+                else:
+                    statement, statement_hash = self._statement, self.lc.statement_hash
+                    client = dict(self.lc.client) if self.lc.client else None
+            if req is None:
+                self._sleeper.sleep_until(deadline)  # outside the lock; ends early after a resume
+                continue
             self._perform(req["op"], statement, statement_hash, client)
+
+    def _waiters_due(self, now: float, deadline: float | None) -> float | None:
+        """Wake wait_token callers whose deadline passed (their own Condition timeout counts on
+        CLOCK_MONOTONIC, so after a suspend it would end late) and include the next one in the
+        worker's deadline. Called with the lock held."""
+        waits = self._wait_deadlines
+        if not waits:
+            return deadline
+        if any(d <= now for d in waits.values()):
+            for key in [k for k, d in waits.items() if d <= now]:
+                del waits[key]
+            threading.Condition.notify_all(self._cond)  # the waiters only; the worker is awake
+        if waits:
+            first = min(waits.values())
+            deadline = first if deadline is None else min(deadline, first)
+        return deadline
 
     def _perform(self, op: str, statement: str | None, statement_hash: str | None, client: dict | None) -> None:
         a = self.cfg["adobe"]
@@ -270,16 +362,21 @@ class Service:
 
     def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
         deadline = self.clock() + timeout
+        key = object()
         with self._cond:
-            while True:
-                now = self.clock()
-                t = self.lc.token(now, min_ttl)
-                if t is not None:
-                    return self._token_view(t, now, self.wall())
-                self._cond.notify_all()
-                if now >= deadline or self._stopping:
-                    return None
-                self._cond.wait(deadline - now)
+            self._wait_deadlines[key] = deadline  # the worker wakes us at the deadline, suspend or not
+            try:
+                while True:
+                    now = self.clock()
+                    t = self.lc.token(now, min_ttl)
+                    if t is not None:
+                        return self._token_view(t, now, self.wall())
+                    self._cond.notify_all()
+                    if now >= deadline or self._stopping:
+                        return None
+                    self._cond.wait(deadline - now)
+            finally:
+                self._wait_deadlines.pop(key, None)
 
     def not_ready_error(self) -> AgentError:
         with self._cond:
