@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,3 +109,22 @@ def test_micropython_tests_run_under_the_readme_command_without_the_venv_on_path
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "skipped" not in r.stdout and "SKIPPED" not in r.stdout, r.stdout[-3000:]
+
+
+DOC_REF = re.compile(r"(?:\]\(|`)((?:[\w.-]+/)*[\w.-]+\.md)(?:#[\w-]*)?(?:\)|`)")
+
+
+def test_docs_and_agent_cite_only_files_that_are_in_the_repository():
+    # The docs once cited reference/adobe-pass-dcr.md, a file outside the repository (issue 15 item 17).
+    sources = ["README.md"] + ["docs/" + n for n in sorted(os.listdir(os.path.join(ROOT, "docs"))) if n.endswith(".md")]
+    sources += ["agent/" + n for n in sorted(os.listdir(os.path.join(ROOT, "agent"))) if n.endswith(".py")]
+    missing = []
+    for src in sources:
+        with open(os.path.join(ROOT, src), encoding="utf-8") as f:
+            text = f.read()
+        for ref in set(DOC_REF.findall(text)) | set(re.findall(r"[\w/-]*reference/[\w.-]+\.md", text)):
+            here = os.path.join(ROOT, os.path.dirname(src), ref)
+            if not (os.path.isfile(here) or os.path.isfile(os.path.join(ROOT, ref))):
+                missing.append("%s cites %s" % (src, ref))
+    assert missing == []
+    assert os.path.isfile(os.path.join(ROOT, "docs", "ADOBE.md"))
