@@ -108,3 +108,37 @@ def test_fixed_edid_zero_mm_side() -> None:
     body[66 - 8], body[67 - 8], body[68 - 8] = 0x58, 0, 0x20  # 600 x 0 mm
     r = di.parse_edid(edid_block(bytes(body)))
     assert r is None or (r["width_mm"] > 0 and r["height_mm"] > 0)
+
+
+route_fields = st.one_of(st.sampled_from(["00000000", "0" * 32, "00", "0003", "0001", "0201", "00200200", "lo",
+                                          "eth0", "wlan0", "-1", "\u0663", "ffffffff", "", "\x00"]),
+                         st.text(max_size=10))
+route_text = st.one_of(st.text(max_size=200),
+                       st.lists(st.lists(route_fields, max_size=12).map(" ".join), max_size=6).map("\n".join))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=route_text)
+def test_route_parsers_any_text(text: str) -> None:
+    for parse in (di.parse_route, di.parse_ipv6_route):
+        name = parse(text)
+        assert name is None or (isinstance(name, str) and name and not any(c.isspace() for c in name))
+    assert di.parse_ipv6_route(text) != "lo"
+    # a default route with metric 0 written as the kernel writes it wins whatever follows it
+    head = "Iface Destination Gateway Flags RefCnt Use Metric Mask\nwan0 00000000 0101A8C0 0003 0 0 0 00000000\n"
+    assert di.parse_route(head + text) == "wan0"
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.one_of(st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=50), st.text(max_size=50)))
+def test_ip_class_any_text(text: str) -> None:
+    why = di.ip_class(text)
+    assert why is None or (isinstance(why, str) and why)
+    if why is None:  # public: it is a well-formed address that check_field accepts
+        assert di.check_field("connectionIp", text) == text
+    else:
+        try:
+            di.check_field("connectionIp", text)
+            raise AssertionError("a non-public connectionIp was accepted: %r" % text)
+        except DeviceInfoError as e:
+            assert "connectionIp" in str(e) and e.hint

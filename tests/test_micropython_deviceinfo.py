@@ -133,3 +133,64 @@ def test_error_path_raises_device_info_error(tmp_path):
                      "(fix: super().__init__(message)); message: %s" % mp.get("message"))
     assert mp["error"] == "DeviceInfoError" and "osName" in mp["message"]
     assert mp == run_cpython(os.path.join(FIXTURES, "raspberrypi"), None, overrides={"osName": "Raspbian"})
+
+
+CLASSIFY = """
+import sys
+import json
+sys.path.insert(0, sys.argv[1])
+from agent import deviceinfo
+f = open(sys.argv[2])
+args = json.loads(f.read())
+f.close()
+out = {"class": [deviceinfo.ip_class(a) for a in args["addrs"]],
+       "route": [deviceinfo.parse_route(t) for t in args["routes"]],
+       "route6": [deviceinfo.parse_ipv6_route(t) for t in args["routes"]],
+       "sig": deviceinfo.network_signature(args["root"])}
+sys.stdout.write(json.dumps(out))
+"""
+
+
+@needs_mp
+def test_address_classifier_and_route_parsers_match_cpython(tmp_path):
+    from tests.test_deviceinfo_network import NON_PUBLIC_V4, NON_PUBLIC_V6, NOT_AN_ADDRESS, PUBLIC
+
+    addrs = [a for a, _ in NON_PUBLIC_V4 + NON_PUBLIC_V6] + PUBLIC + NOT_AN_ADDRESS
+    zero = "0" * 32
+    routes = ["Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+              "eth0\t00000000\t0101A8C0\t0003\t0\t0\t700\t00000000\n"
+              "wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\n",
+              "%s 00 %s 00 %s 00000400 1 0 00000003 wlan0\n" % (zero, zero, zero), "", "\x00\xff garbage"]
+    root = tmp_path / "root"
+    shutil.copytree(os.path.join(FIXTURES, "raspberrypi"), root)
+    (root / "proc/net").mkdir()
+    (root / "proc/net/route").write_text(routes[0])
+    runner = tmp_path / "classify.py"
+    runner.write_text(CLASSIFY)
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"addrs": addrs, "routes": routes, "root": str(root)}))
+    proc = subprocess.run([MICROPYTHON, str(runner), REPO, str(inputs)], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
+    mp = json.loads(proc.stdout.decode("utf-8"))
+    assert mp["class"] == [di.ip_class(a) for a in addrs]
+    assert mp["route"] == [di.parse_route(t) for t in routes] and mp["route"][0] == "wlan0"
+    assert mp["route6"] == [di.parse_ipv6_route(t) for t in routes] and mp["route6"][1] == "wlan0"
+    assert mp["sig"] == di.network_signature(str(root))
+
+
+@needs_mp
+def test_same_header_with_a_public_address_and_a_default_route(tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(os.path.join(FIXTURES, "raspberrypi"), root)
+    (root / "sys/class/net/wlan0/operstate").write_text("up\n")
+    (root / "proc/net").mkdir()
+    (root / "proc/net/route").write_text("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+                                         "wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\n")
+    profile = boards.load_profile("raspberrypi")
+    ips = {"eth0": "192.168.1.20", "wlan0": "81.2.69.160"}
+    mp = run_micropython(tmp_path, str(root), profile, ips=ips)
+    cp = run_cpython(str(root), profile, ips=ips)
+    assert "error" not in mp, mp
+    assert mp == cp
+    fields = di.decode(mp["x"])
+    assert fields["connectionType"] == "WiFi" and fields["connectionIp"] == "81.2.69.160"
