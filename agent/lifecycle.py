@@ -17,24 +17,73 @@ request. `poll` returns at most one request at a time (single-flight) and nothin
 flight, so a thousand callers wanting a token cause one upstream request.
 
 Transitions are the TRANSITIONS table, keyed by (state, event). The target SETTLE means "the
-resting state matching what is held": unregistered (no credentials), token_valid (a valid token)
-or registered (credentials, no valid token). An event with no entry for the current state is a
-bug and raises LifecycleError naming both. `pending_register` remembers that the next request
-must be a registration (a trigger arrived); it is cleared only when a registration succeeds.
+resting state matching what is held": needs_operator while the statement file is unusable,
+else unregistered (no credentials), token_valid (a valid token) or registered (credentials, no
+valid token). An event with no entry for the current state is a bug and raises LifecycleError
+naming both. `pending_register` remembers that the next request must be a registration (a
+trigger arrived); it is cleared only when a registration succeeds.
 
-Rules (reference: shared/reference/adobe-pass-dcr.md sections 1, 2, 6, 7)
+Rules (reference: docs/ADOBE.md sections 1, 2, 3, 5, 6, 7)
 - Register only with no credentials, after `invalid_client` from the token endpoint, when the
-  software statement changed, on a player's `application-registration`/management-403 report, or
-  when an operator forces it. Never on 429, 5xx, timeouts or network errors. One immediate
-  re-registration per trigger: if the fresh client is refused again, the next one backs off.
+  software statement names a different registered application, on a player's
+  `application-registration`/management-403 report, or when an operator forces it. Never on 429,
+  5xx, timeouts or network errors. One immediate re-registration per trigger: if the fresh client
+  is refused again, the next one backs off.
+- The statement's identity is its registered application: (`iss`, `sub`) of the JWT payload, read
+  without checking the signature (`statement_identity`; the agent has no Adobe key, and comparing
+  identities needs none). Adobe: "each download yields a different statement (new `iat`, new
+  `jti`) for the same registered application (`sub`) and does not invalidate earlier ones", and
+  new client credentials invalidate the users' authenticated profiles; so a re-downloaded
+  statement for the same application keeps the stored credentials (0 registrations) and is simply
+  the one used from then on, while one for another application triggers exactly one registration.
+  A new file of the same application still cuts a wait when a registration is pending or Adobe
+  refused the old statement (the operator may have installed the fix). A file that is missing, is
+  not a JWT or has no `sub` is an operator error (`statement_unreadable`, `statement_invalid`,
+  `statement_no_sub`): needs_operator, no registration, and stored credentials keep fetching
+  tokens on schedule (they do not need the statement).
+- Stores written before identities (only `statement_hash`, a SHA-256 of the file's bytes) are
+  upgraded without registering: same bytes as the file now -> its identity is adopted; different
+  bytes -> the identity is adopted too, and `load` returns a note saying so. Why not register:
+  the old agent re-registered on any byte change, so different bytes at upgrade time mean the file
+  was replaced together with the agent (a firmware update shipping a fresh download, the case this
+  rule exists for); registering would log every user of the fleet out. If the file really names
+  another application, the old credentials keep working (Adobe does not invalidate them), an
+  `invalid_client` still re-registers, and an operator can force a registration.
 - Token expiry = monotonic time + expires_in, where the shell passes the time the request was
   sent (not when the answer arrived), so the lifetime is never overstated. Refresh at
-  (`refresh_at` ± `jitter`) of the lifetime (absolute fractions: 0.8 ± 0.1 by default, uniform). The wall clock only translates to
-  and from persisted/epoch values, so wall-clock jumps (NTP on a box without RTC) change nothing.
+  (`refresh_at` ± `jitter`) of the lifetime (absolute fractions: 0.8 ± 0.1 by default, uniform),
+  but never sooner than `min_token_interval` (30 s) after the previous token was asked for: the
+  schedule is max(refresh point, last token request + 30 s). Adobe's budget is 1 request/s per
+  public address, shared by every app on the box and their REST API v2 calls, and "requesting a
+  token per call or polling too often is itself a documented cause of 429s": 30 s keeps the
+  agent's share at 1/30 of it whatever the lifetime (with 1 s tokens the old schedule asked every
+  0.8 s and was throttled). The same floor applies to callers' demands and player reports; not to
+  the first token of a new client (the old client's token may be dead). Tokens living less than
+  the interval leave gaps without a token: `on_token` returns a note saying so.
+- `token(now, min_ttl)` with a min_ttl at least the lifetime of Adobe's tokens (the last token's
+  expires_in) can never be satisfied: it raises `min_ttl_unsatisfiable` at once instead of
+  forcing a refresh every 30 s.
+- The wall clock only translates to and from persisted/epoch values, so wall-clock jumps (NTP on a
+  box without RTC) change nothing.
 - A valid token is always served; failures never discard it. A player's 401 report refreshes it
   once (only for the current token) but keeps serving it until a new one arrives.
+- A player's re-registration report counts only for the current token (a named token that is not
+  the current one is ignored; one re-registration per token), and is limited per peer uid (one per
+  `register_report_uid_interval`, 6 h) and overall (one per `register_report_interval`, 15 min,
+  and `register_report_daily`, 4, per 24 h): each one logs the box's users out, so a confused or
+  hostile local client must not be able to do it more than a few times a day. An actual
+  revocation needs one; an `invalid_client` from Adobe is never limited by these.
 - Configuration errors put the agent in needs_operator: retried after `operator_retry` (hourly),
   at once when the statement changes or an operator asks.
+- Undocumented answers from the DCR endpoints (agent.dcr marks them `undocumented`: a 401/403
+  without an OAuth body, an unknown OAuth code, a 2xx without `client_id`/`access_token`) are
+  retried like transient errors at first (a captive portal or a proxy restart passes), but
+  `undocumented_count` (3) of them in a row spanning at least `undocumented_span` (10 min) mean
+  nothing will change by itself: needs_operator (`upstream_undocumented`, the status and the
+  sanitised excerpt in the message, a hint) instead of polling every minute forever. Three
+  answers exclude a single odd one; ten minutes cover a captive-portal login or a proxy restart
+  (a box without a token has asked ~15 times by then). Any documented answer ends the streak;
+  network errors and timeouts are no answer and neither count nor end it.
 
 Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures every choice)
 - Transient errors (5xx, network, timeout, malformed answers): exponential with full jitter,
@@ -63,7 +112,11 @@ Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures eve
   `expiry_margin` (60 s) before it expires: boxes with a token leave Adobe to boxes without one
   after an outage or in a crowd, and still retry, ever more often, as expiry nears. Not after
   a re-registration (that token may belong to revoked credentials).
-- A Retry-After (seconds or HTTP date, converted by agent/dcr.py) is a floor on any delay.
+- A Retry-After (seconds or HTTP date, converted by agent/dcr.py) is a floor on any delay, but an
+  upstream-dictated wait is capped: a box holding a valid token retries no later than
+  `expiry_margin` before it expires, a box without one at least every `backoff_cap`. One 429 with
+  `Retry-After: 86400` (or a date in year 9999) must not silence a box for a day: the throttle
+  page's sample has no Retry-After at all, so a huge one is more likely a proxy's than Adobe's.
 - The failure counters reset when a token arrives; a statement change or an operator resets
   the transient counter (a new situation) but not the 429 streak (the address is as busy).
 - Demand from callers never shortens a backoff or an operator wait: that is how storms start.
@@ -71,6 +124,9 @@ Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures eve
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import random as _random
 from typing import Callable
@@ -84,10 +140,10 @@ FETCHING = "fetching"              # token request in flight and no valid token
 TOKEN_VALID = "token_valid"        # holds a valid token; next: refresh ahead of expiry
 REFRESHING = "refreshing"          # token request in flight while a valid token is held
 BACKING_OFF = "backing_off"        # last request failed transiently; retry at `due`
-NEEDS_OPERATOR = "needs_operator"  # configuration error; slow retry, or at once on statement change
+NEEDS_OPERATOR = "needs_operator"  # configuration error or unusable statement file; see the rules
 
 STATES = (UNREGISTERED, REGISTERING, REGISTERED, FETCHING, TOKEN_VALID, REFRESHING, BACKING_OFF, NEEDS_OPERATOR)
-SETTLE = "settle"  # pseudo-target: unregistered / token_valid / registered, from what is held
+SETTLE = "settle"  # pseudo-target: needs_operator / unregistered / token_valid / registered, from what is held
 
 # Events
 START_REGISTER = "start_register"  # poll: a registration starts
@@ -95,12 +151,14 @@ START_FETCH = "start_fetch"        # poll: a token request starts, no valid toke
 START_REFRESH = "start_refresh"    # poll: a token request starts while a valid token is held
 REGISTER_OK, TOKEN_OK = "register_ok", "token_ok"
 ERR_RETRY, ERR_REREGISTER, ERR_OPERATOR = "error_retry", "error_reregister", "error_operator"
-NEED_REGISTER = "need_register"    # statement changed, forced, player report
+NEED_REGISTER = "need_register"    # statement for another application, forced, player report
 NEED_TOKEN = "need_token"          # a caller wants a (fresher) token, or a player's 401 report
+STATEMENT_BAD = "statement_bad"    # the statement file became unusable (missing, not a JWT, no sub)
+STATEMENT_OK = "statement_ok"      # a usable statement file is back
 FORGET = "forget"                  # credentials wiped by an operator
 
 EVENTS = (START_REGISTER, START_FETCH, START_REFRESH, REGISTER_OK, TOKEN_OK, ERR_RETRY, ERR_REREGISTER,
-          ERR_OPERATOR, NEED_REGISTER, NEED_TOKEN, FORGET)
+          ERR_OPERATOR, NEED_REGISTER, NEED_TOKEN, STATEMENT_BAD, STATEMENT_OK, FORGET)
 
 _IDLE = (UNREGISTERED, REGISTERED, TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR)
 _IN_FLIGHT = (REGISTERING, FETCHING, REFRESHING)
@@ -109,6 +167,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {}
 for _s in _IDLE:
     TRANSITIONS[(_s, START_REGISTER)] = REGISTERING
     TRANSITIONS[(_s, NEED_TOKEN)] = _s            # only moves `due`
+    TRANSITIONS[(_s, STATEMENT_BAD)] = NEEDS_OPERATOR
 for _s in (UNREGISTERED, REGISTERED, TOKEN_VALID):
     TRANSITIONS[(_s, NEED_REGISTER)] = SETTLE     # sets pending_register; poll() starts the registration
 for _s in (BACKING_OFF, NEEDS_OPERATOR):
@@ -117,20 +176,53 @@ for _s in (REGISTERED, TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR):
     TRANSITIONS[(_s, START_FETCH)] = FETCHING     # token_valid: the token expired before the refresh ran
 for _s in (TOKEN_VALID, BACKING_OFF, NEEDS_OPERATOR):
     TRANSITIONS[(_s, START_REFRESH)] = REFRESHING
+TRANSITIONS[(NEEDS_OPERATOR, STATEMENT_OK)] = SETTLE  # only when the file was the only problem
 TRANSITIONS[(REGISTERING, REGISTER_OK)] = SETTLE  # token_valid when re-registering while holding a token
-TRANSITIONS[(FETCHING, TOKEN_OK)] = TOKEN_VALID
-TRANSITIONS[(REFRESHING, TOKEN_OK)] = TOKEN_VALID
+TRANSITIONS[(FETCHING, TOKEN_OK)] = SETTLE        # token_valid (needs_operator while the file is unusable)
+TRANSITIONS[(REFRESHING, TOKEN_OK)] = SETTLE
 for _s in _IN_FLIGHT:
     TRANSITIONS[(_s, ERR_RETRY)] = BACKING_OFF
     TRANSITIONS[(_s, ERR_OPERATOR)] = NEEDS_OPERATOR
     TRANSITIONS[(_s, NEED_REGISTER)] = _s         # remembered in pending_register
     TRANSITIONS[(_s, NEED_TOKEN)] = _s
+    TRANSITIONS[(_s, STATEMENT_BAD)] = _s         # remembered in statement_problem; the outcome settles
 for _s in (FETCHING, REFRESHING):
     TRANSITIONS[(_s, ERR_REREGISTER)] = SETTLE    # credentials dropped: unregistered, or token_valid if one is held
 for _s in STATES:
     TRANSITIONS[(_s, FORGET)] = UNREGISTERED
 
 THROTTLED = "throttled"  # agent.dcr's code for a 429
+_STATEMENT_HINT = ("download the statement again from the Adobe Pass TVE Dashboard and install it at "
+                   "[adobe] software_statement; the agent picks up the new file by itself")
+
+
+def _statement_error(path: str, what: str, code: str) -> AgentError:
+    return AgentError("the software statement %s %s" % (path, what), code=code, kind=OPERATOR, hint=_STATEMENT_HINT)
+
+
+def statement_identity(text: str, path: str) -> str:
+    """The registered application a software statement names: "iss|sub" of its JWT payload.
+
+    The signature is not checked (the agent has no Adobe key; comparing identities needs none).
+    Raises AgentError (kind operator, code statement_invalid or statement_no_sub) naming `path`.
+    The message never contains the statement itself.
+    """
+    parts = text.strip().split(".")
+    if len(parts) != 3:
+        raise _statement_error(path, "is not a JWT (expected three base64url parts separated by dots, found %d)"
+                               % len(parts), "statement_invalid")
+    try:
+        raw = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        payload = json.loads(raw.decode("utf-8"))
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
+        raise _statement_error(path, "is not a JWT (its payload is not base64url JSON)", "statement_invalid")
+    if not isinstance(payload, dict):
+        raise _statement_error(path, "is not a JWT (its payload is not a JSON object)", "statement_invalid")
+    sub, iss = payload.get("sub"), payload.get("iss")
+    if not isinstance(sub, str) or not sub:
+        raise _statement_error(path, "has no 'sub' claim (the registered application id Adobe's statements carry)",
+                               "statement_no_sub")
+    return "%s|%s" % (iss if isinstance(iss, str) else "", sub)
 
 
 def epoch_times(tok: dict, now: float, wall: float) -> tuple[float, float, int]:
@@ -159,7 +251,9 @@ class Lifecycle:
                  throttle_spread: float | None = 0.25, throttle_min: float = 3.0, token_spread: float = 0.0,
                  holder_yield: float = 0.5, expiry_margin: float = 60.0, outage_cap: float = 60.0,
                  operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
-                 register_report_interval: float = 900.0, min_ttl_refresh_interval: float = 30.0) -> None:
+                 register_report_interval: float = 900.0, register_report_uid_interval: float = 21600.0,
+                 register_report_daily: int = 4, min_token_interval: float = 30.0,
+                 undocumented_count: int = 3, undocumented_span: float = 600.0) -> None:
         self.refresh_at = refresh_at
         self.jitter = jitter
         self.random = random or _random.random
@@ -176,19 +270,30 @@ class Lifecycle:
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
         self.register_report_interval = register_report_interval
-        self.min_ttl_refresh_interval = min_ttl_refresh_interval
+        self.register_report_uid_interval = register_report_uid_interval
+        self.register_report_daily = register_report_daily
+        self.min_token_interval = min_token_interval
+        self.undocumented_count = undocumented_count
+        self.undocumented_span = undocumented_span
 
         self.state = UNREGISTERED
         self.due: float | None = 0.0
         self.client: dict | None = None           # credentials from Adobe
-        self.client_statement_hash: str | None = None
+        self.client_statement_app: str | None = None  # "iss|sub" the client was registered for
         self.registered_at: float | None = None   # wall
-        self.statement_hash: str | None = None    # hash of the statement on disk now
+        self.statement_app: str | None = None     # "iss|sub" of the statement on disk now (None: unusable)
+        self.statement_hash: str | None = None    # SHA-256 of the statement on disk now (status, old stores)
+        self.statement_problem: dict | None = None  # why the statement file is unusable (operator error)
         self.tok: dict | None = None              # token + monotonic received/expires/refresh times
+        self.token_asked: float | None = None     # monotonic send time of the last token issued...
+        self.token_asked_client: str | None = None  # ...and the client_id it was issued to
         self.attempts = 0                         # consecutive transient failures (not 429), for backoff
         self.throttled = 0                        # consecutive 429s, for the throttle window
         self.window = 0.0                         # last throttle window (s); spreads the token request too
         self.throttled_since = 0.0                # monotonic time of the first 429 of the current streak
+        self.undocumented = 0                     # consecutive undocumented answers...
+        self.undocumented_since = 0.0             # ...since this monotonic time
+        self.operator_wait = False                # `due` is an operator wait (not the refresh schedule)
         self.pending_register = False             # the next request must be a registration
         self.trigger_spent = False                # a registration succeeded for this trigger, no token since
         self.retrigger = False                    # a statement change/operator arrived during the request
@@ -197,6 +302,10 @@ class Lifecycle:
         self.last_error: dict | None = None
         self.last_report = {"refresh": -1e18, "reregister": -1e18}
         self.report_refresh_gen = -1              # token generation a 401 report already refreshed
+        self.report_register_gen = -1             # token generation a re-registration report already acted on
+        self.report_uids: dict = {}               # peer uid -> monotonic time of its last acted-on report
+        self.report_times: list[float] = []       # acted-on re-registration reports in the last 24 h
+        self.short_noted: int | None = None       # token lifetime already noted as shorter than the interval
         self.counters: dict[str, dict[str, int]] = {"register": {}, "token": {}}
         self.token_generation = 0
 
@@ -213,6 +322,8 @@ class Lifecycle:
         return new
 
     def _settled(self, now: float) -> str:
+        if self.statement_problem is not None:
+            return NEEDS_OPERATOR
         if self._has_token(now):
             return TOKEN_VALID
         return UNREGISTERED if self.client is None else REGISTERED
@@ -221,15 +332,33 @@ class Lifecycle:
         return self.tok is not None and now < self.tok["expires_mono"]
 
     # ----------------------------------------------------------------- start-up
-    def load(self, stored: dict | None, statement_hash: str | None, now: float, wall: float) -> None:
-        """Adopt the persisted state (or none) at start. Never triggers I/O by itself."""
-        self.statement_hash = statement_hash
+    def load(self, stored: dict | None, statement_app: str | None, statement_hash: str | None,
+             now: float, wall: float) -> list:
+        """Adopt the persisted state (or none) at start. Never triggers I/O by itself.
+
+        statement_app/statement_hash: identity and SHA-256 of the statement file now (app None:
+        unusable; call `statement_changed(None, ..., problem)` to say why). Returns effects for the
+        shell: ("note", text) to log, ("save", snapshot) when an old store was upgraded."""
+        self.statement_app, self.statement_hash = statement_app, statement_hash
         self.state, self.due = UNREGISTERED, now
         if not stored or not isinstance(stored.get("client"), dict):
-            return
+            return []
+        effects: list = []
         self.client = stored["client"]
-        self.client_statement_hash = stored.get("statement_hash")
         self.registered_at = stored.get("registered_at")
+        app = stored.get("statement_app")
+        if not isinstance(app, str) or not app:
+            # A store written before identities (see 'Rules'): adopt the current file's identity.
+            app = statement_app
+            old = stored.get("statement_hash")
+            if app is not None:
+                effects.append(("save", None))
+                if old and statement_hash and old != statement_hash:
+                    effects.append(("note", "the stored credentials predate statement identities and the statement "
+                                    "file changed since they were registered: adopted its application %s for them "
+                                    "without registering again (force a registration if the application really "
+                                    "changed)" % app))
+        self.client_statement_app = app
         t = stored.get("token")
         if isinstance(t, dict) and t.get("access_token") and t.get("expires_in"):
             expires_in = float(t["expires_in"])
@@ -244,18 +373,20 @@ class Lifecycle:
             if remaining > 0:
                 self._set_token(t, now, remaining, expires_in, now if refresh_now else None)
         self.state = self._settled(now)
-        if self.statement_hash and self.client_statement_hash and self.statement_hash != self.client_statement_hash:
+        if self.statement_app and self.client_statement_app and self.statement_app != self.client_statement_app:
             self.pending_register = True
             self.due = now
         elif self.state == REGISTERED:
             self.due = now
+        return [("save", self.snapshot(now, wall)) if k == "save" else (k, a) for k, a in effects]
 
     def _set_token(self, t: dict, now: float, remaining: float, lifetime: float, refresh_mono: float | None) -> None:
         received = now - (lifetime - remaining)
         if refresh_mono is None:
             f = self.refresh_at + self.jitter * (2.0 * self.random() - 1.0)
             f = min(max(f, 0.05), 0.98)
-            refresh_mono = max(received + lifetime * f, now)
+            # Never sooner than min_token_interval after this token was asked for (see 'Rules').
+            refresh_mono = max(received + lifetime * f, received + self.min_token_interval, now)
         self.tok = {
             "access_token": t["access_token"],
             "token_type": t.get("token_type") or "bearer",
@@ -264,6 +395,7 @@ class Lifecycle:
             "expires_mono": now + remaining,
             "refresh_mono": refresh_mono,
         }
+        self.token_asked, self.token_asked_client = received, (self.client or {}).get("client_id")
         self.token_generation += 1
         self.due = refresh_mono
 
@@ -273,6 +405,9 @@ class Lifecycle:
         if self.in_flight or self.due is None or now < self.due:
             return None
         if self.client is None or self.pending_register:
+            if self.statement_problem is not None:
+                self.due = None  # no usable statement to register with: statement_changed wakes it
+                return None
             self._fire(START_REGISTER, now)
             self.in_flight = "register"
             return {"op": "register"}
@@ -283,6 +418,14 @@ class Lifecycle:
     def next_deadline(self) -> float | None:
         """Monotonic time of the next scheduled request (None: nothing scheduled or in flight)."""
         return None if self.in_flight else self.due
+
+    def _earliest_token(self, now: float) -> float:
+        """When a token request for the current client may start: min_token_interval after the last
+        token was asked for, unless the client changed since (its first token is never delayed)."""
+        if (self.token_asked is None or self.client is None
+                or self.client.get("client_id") != self.token_asked_client):
+            return now
+        return max(now, self.token_asked + self.min_token_interval)
 
     def _count(self, endpoint: str, outcome: str) -> None:
         c = self.counters[endpoint]
@@ -297,20 +440,25 @@ class Lifecycle:
         self.due = now
         return True
 
-    def on_registered(self, client: dict, statement_hash: str | None, now: float, wall: float) -> list:
-        """A registration succeeded. Returns effects for the shell: [("save", snapshot)]."""
+    def _answered_ok(self) -> None:
+        self.undocumented = 0
+        self.operator_wait = False
+        self.last_error = self.statement_problem
+
+    def on_registered(self, client: dict, statement_app: str | None, now: float, wall: float) -> list:
+        """A registration succeeded with the statement naming `statement_app`. Effects: [("save", snapshot)]."""
         self._count("register", "ok")
         if self._drop_stale(now):
             return []
         self.in_flight = None
         self.client = client
-        self.client_statement_hash = statement_hash
+        self.client_statement_app = statement_app
         self.registered_at = wall
         self.retrigger = False
-        # The statement changed while this registration (with the old one) was in flight: again.
-        self.pending_register = bool(self.statement_hash and statement_hash and self.statement_hash != statement_hash)
+        # A statement for another application arrived while this registration was in flight: again.
+        self.pending_register = bool(self.statement_app and statement_app and self.statement_app != statement_app)
         self.trigger_spent = True
-        self.last_error = None
+        self._answered_ok()
         # Keep serving the old token (if any) until the new client's first token arrives. The token
         # is fetched at once, or, within a 429 streak, after token_spread x the streak's window (at
         # least Adobe's 1 s): a box half-way through goes first (see 'Backoff policy').
@@ -319,22 +467,29 @@ class Lifecycle:
         return [("save", self.snapshot(now, wall))]
 
     def on_token(self, token: dict, now: float, wall: float) -> list:
-        """A token arrived (parsed by dcr.parse_token). Effects: save and notify."""
+        """A token arrived (parsed by dcr.parse_token); `now` is when it was asked for.
+        Effects: save, notify, and a note when tokens live less than the minimum interval."""
         self._count("token", "ok")
         if self._drop_stale(now):
             return []
         self.in_flight = None
-        self._fire(TOKEN_OK, now)
         lifetime = float(token["expires_in"])
         self._set_token(token, now, lifetime, lifetime, None)
         self.tok["received_wall"] = wall
+        self._fire(TOKEN_OK, now)
         self.attempts = self.throttled = 0
         self.window = 0.0
         self.trigger_spent = False
-        self.last_error = None
+        self._answered_ok()
         if self.pending_register:  # a trigger arrived while the token request was in flight
             self.due = now
-        return [("save", self.snapshot(now, wall)), ("token_changed", None)]
+        effects: list = [("save", self.snapshot(now, wall)), ("token_changed", None)]
+        if lifetime * self.refresh_at < self.min_token_interval and self.short_noted != int(lifetime):
+            self.short_noted = int(lifetime)
+            effects.append(("note", "Adobe's access tokens live %d s: the agent asks for one at most every %d s "
+                            "(Adobe's throttle), so there are gaps without a valid token"
+                            % (int(lifetime), int(self.min_token_interval))))
+        return effects
 
     def _spread(self, window: float) -> float:
         return max(1.0, window * self.random())
@@ -374,8 +529,30 @@ class Lifecycle:
             left = t["expires_mono"] - now
             delay = max(delay, min(self.holder_yield * (1.0 + self.random()) * left, left - self.expiry_margin))
         if err.retry_after is not None:
-            delay = max(delay, float(err.retry_after))
+            # A floor, but capped (see 'Backoff policy'): before expiry with a token, backoff_cap without.
+            if t is not None and t["expires_mono"] - now > self.expiry_margin:
+                limit = max(1.0, t["expires_mono"] - self.expiry_margin - now)
+            else:
+                limit = self.backoff_cap
+            delay = max(delay, min(float(err.retry_after), limit))
         return now + delay
+
+    def _undocumented_streak(self, err: AgentError, now: float) -> bool:
+        """Count undocumented answers; True when the streak calls for an operator (see 'Rules')."""
+        if getattr(err, "undocumented", False) is True:
+            if self.undocumented == 0:
+                self.undocumented_since = now
+            self.undocumented += 1
+            return (self.undocumented >= self.undocumented_count
+                    and now - self.undocumented_since >= self.undocumented_span)
+        if getattr(err, "status", None) is not None:
+            self.undocumented = 0  # a documented answer ends the streak; no answer (network) does not
+        return False
+
+    def _operator_wait(self, now: float) -> None:
+        self.operator_wait = True
+        self.due = now if self.retrigger else now + self.operator_retry
+        self.retrigger = False
 
     def on_error(self, err: AgentError, now: float, wall: float) -> list:
         """A request failed. Decide: back off, re-register once, or wait for an operator."""
@@ -385,6 +562,23 @@ class Lifecycle:
             return []
         self.in_flight = None
         self.last_error = dict(err.to_dict(), endpoint=endpoint, at=wall)
+        if self._undocumented_streak(err, now):
+            self.throttled = 0
+            minutes = (now - self.undocumented_since) / 60.0
+            self.last_error = {
+                "code": "upstream_undocumented", "kind": OPERATOR, "status": getattr(err, "status", None),
+                "message": "Adobe Pass gave %d answers in a row over %.0f min that its documentation does not "
+                           "describe; the last: %s" % (self.undocumented, minutes, err.message),
+                "hint": "something between the box and Adobe (proxy, captive portal, firewall) or a change at Adobe "
+                        "answers instead of the DCR service: check [adobe] base_url and the network path; the agent "
+                        "retries hourly, or at once on `pass-agent refresh`",
+                "endpoint": endpoint, "at": wall}
+            self._fire(ERR_OPERATOR, now)
+            self._operator_wait(now)
+            t = self.tok
+            if t is not None and now < t["expires_mono"] - 2 * self.expiry_margin and self.due >= t["expires_mono"]:
+                self.due = t["expires_mono"] - self.expiry_margin  # one try before the held token expires
+            return []
         if err.kind == REREGISTER and endpoint == "token":
             self.pending_register = True
             if not self.trigger_spent:
@@ -399,8 +593,7 @@ class Lifecycle:
             self.throttled = 0  # Adobe answered: the 429 streak is over
             self._fire(ERR_OPERATOR, now)
             # The refusal may concern the statement replaced while the request was in flight.
-            self.due = now if self.retrigger else now + self.operator_retry
-            self.retrigger = False
+            self._operator_wait(now)
             return []
         self.retrigger = False
         self._fire(ERR_RETRY, now)
@@ -409,41 +602,48 @@ class Lifecycle:
         # A held token stays served; if the backoff ends after it expires, try once shortly before.
         # (Only once: from the last two minutes on, the plain backoff applies, so it cannot loop.)
         t = self.tok
-        if (err.retry_after is None and t is not None and now < t["expires_mono"] - 120.0
-                and self.due >= t["expires_mono"]):
+        if t is not None and now < t["expires_mono"] - 120.0 and self.due >= t["expires_mono"]:
             self.due = t["expires_mono"] - 60.0
         return []
 
     # ----------------------------------------------------------------- callers
     def token(self, now: float, min_ttl: float = 0.0) -> dict | None:
-        """The held token if it has more than min_ttl seconds left; else None and a fetch is scheduled."""
+        """The held token if it has more than min_ttl seconds left; else None and a fetch is scheduled.
+        Raises AgentError(min_ttl_unsatisfiable) when min_ttl is at least the lifetime of Adobe's tokens."""
         t = self.tok
         if t is not None and t["expires_mono"] - now > max(min_ttl, 0.0):
             return t
-        self.demand(now, refresh_allowed=t is None or t["expires_mono"] <= now
-                    or now - t["received_mono"] >= self.min_ttl_refresh_interval)
+        if t is not None and min_ttl >= t["expires_in"]:
+            raise AgentError("min_ttl %g s can never be satisfied: Adobe's access tokens live %d s "
+                             "(expires_in of the last token)" % (min_ttl, t["expires_in"]),
+                             code="min_ttl_unsatisfiable", kind=OPERATOR,
+                             hint="ask for a min_ttl below %d s, or none" % t["expires_in"])
+        self.demand(now)
         return None
 
-    def demand(self, now: float, refresh_allowed: bool = True) -> None:
-        """A caller wants a (fresher) token: move the due time to now unless a request is in flight,
-        the agent is backing off or waits for an operator (never shorten those)."""
-        if not refresh_allowed or self.in_flight or self.state in (BACKING_OFF, NEEDS_OPERATOR):
+    def demand(self, now: float) -> None:
+        """A caller wants a (fresher) token: move the due time to now (or to the end of the minimum
+        interval between token requests) unless a request is in flight, the agent is backing off or
+        waits for an operator (never shorten those)."""
+        if self.in_flight or self.state == BACKING_OFF or (self.state == NEEDS_OPERATOR and self.operator_wait):
             return
         self._fire(NEED_TOKEN, now)
-        if self.due is None or self.due > now:
-            self.due = now
+        when = now if self.client is None or self.pending_register else self._earliest_token(now)
+        if self.due is None or self.due > when:
+            self.due = when
 
-    def report(self, status: int, decision: str, access_token: str | None, now: float) -> dict:
+    def report(self, status: int, decision: str, access_token: str | None, now: float, uid: int | None = None) -> dict:
         """A player's protected-API error, already classified by dcr.classify_protected_error.
 
         refresh: one refresh per token, only when the reported token is the current one (or none was
-        given); rate-limited. reregister: one registration per `register_report_interval`. A report
-        never shortens a backoff or an operator wait."""
-        if decision == "refresh":
+        given); rate-limited. reregister: only for the current token, one per token, limited per peer
+        `uid` and overall (see 'Rules'). A report never shortens a backoff or an operator wait."""
+        if decision in ("refresh", "reregister"):
             if self.tok is None:
                 return {"decision": "ignored", "reason": "no token is held; one is being fetched"}
             if access_token and access_token != self.tok["access_token"]:
                 return {"decision": "ignored", "reason": "the reported token is not the current one"}
+        if decision == "refresh":
             if self.report_refresh_gen == self.token_generation:
                 return {"decision": "ignored", "reason": "a refresh for this token was already requested"}
             if now - self.last_report["refresh"] < self.refresh_report_interval:
@@ -452,20 +652,38 @@ class Lifecycle:
             self.report_refresh_gen = self.token_generation
             if not self.in_flight and self.state not in (BACKING_OFF, NEEDS_OPERATOR):
                 self._fire(NEED_TOKEN, now)
-                self.due = now
+                self.due = self._earliest_token(now)
             return {"decision": "refresh", "reason": "token rejected by a protected API"}
         if decision == "reregister":
+            if self.report_register_gen == self.token_generation or self.pending_register:
+                return {"decision": "ignored", "reason": "a re-registration for this token was already requested"}
+            last = self.report_uids.get(uid)
+            if last is not None and now - last < self.register_report_uid_interval:
+                return {"decision": "rate_limited", "reason": "uid %s already triggered a re-registration %d min ago"
+                        % ("unknown" if uid is None else uid, (now - last) // 60)}
             if now - self.last_report["reregister"] < self.register_report_interval:
                 return {"decision": "rate_limited", "reason": "a re-registration for a report happened recently"}
+            self.report_times = [x for x in self.report_times if now - x < 86400.0]
+            if len(self.report_times) >= self.register_report_daily:
+                return {"decision": "rate_limited",
+                        "reason": "%d re-registrations for reports in 24 h already" % len(self.report_times)}
             self.last_report["reregister"] = now
+            self.report_register_gen = self.token_generation
+            self.report_times.append(now)
+            if len(self.report_uids) >= 256:  # bounded: forget peers whose limit has run out, else the oldest
+                self.report_uids = {u: x for u, x in self.report_uids.items()
+                                    if now - x < self.register_report_uid_interval}
+                while len(self.report_uids) >= 256:
+                    del self.report_uids[min(self.report_uids, key=self.report_uids.__getitem__)]
+            self.report_uids[uid] = now
             self.need_register(now, shorten=False)
             return {"decision": "reregister", "reason": "the credentials were rejected by a protected API"}
         return {"decision": "ignored", "reason": "not about the agent's credentials"}
 
     def need_register(self, now: float, shorten: bool = True) -> None:
-        """A new registration trigger (statement changed, forced, reported). The old credentials and
-        token keep serving until the new ones arrive. `shorten`: may cut a backoff/operator wait
-        (statement change, operator) or not (player report)."""
+        """A new registration trigger (statement for another application, forced, reported). The old
+        credentials and token keep serving until the new ones arrive. `shorten`: may cut a
+        backoff/operator wait (statement change, operator) or not (player report)."""
         self.pending_register = True
         self.trigger_spent = False
         self._fire(NEED_REGISTER, now)
@@ -485,31 +703,65 @@ class Lifecycle:
         self.due = now
         return True
 
-    def statement_changed(self, statement_hash: str | None, now: float) -> bool:
-        """The statement file on disk now hashes to `statement_hash`. True if that triggers a register."""
-        old = self.statement_hash
-        self.statement_hash = statement_hash
-        if statement_hash is None or statement_hash == old:
+    def statement_changed(self, statement_app: str | None, statement_hash: str | None, now: float,
+                          problem: dict | None = None) -> bool:
+        """The statement file on disk now names `statement_app` ("iss|sub"; None: unusable, `problem`
+        says why) and hashes to `statement_hash`. True if that triggers a registration (it names an
+        application other than the one the current client was registered for)."""
+        if statement_app is None:
+            self.statement_app, self.statement_hash = None, statement_hash
+            self.statement_problem = dict(problem or {"code": "statement_invalid", "kind": OPERATOR,
+                                                      "message": "the software statement is unusable",
+                                                      "hint": _STATEMENT_HINT})
+            self.last_error = self.statement_problem
+            self._fire(STATEMENT_BAD, now)
+            if not self.in_flight and (self.client is None or self.pending_register):
+                self.operator_wait = True  # nothing to do until the file is fixed
+                self.due = None
             return False
-        if self.client is not None and statement_hash == self.client_statement_hash:
+        old_app = self.statement_app
+        same_file = statement_app == old_app and statement_hash == self.statement_hash
+        self.statement_app, self.statement_hash = statement_app, statement_hash
+        if self.statement_problem is not None:
+            self.statement_problem = None
+            if self.last_error is not None and self.last_error.get("code", "").startswith("statement_"):
+                self.last_error = None
+            if self.state == NEEDS_OPERATOR and not self.operator_wait:
+                self._fire(STATEMENT_OK, now)
+            if not self.in_flight and (self.client is None or self.pending_register):
+                same_file = False  # the registration it blocked can happen now
+        if same_file:
             return False
-        self.need_register(now)
-        return True
+        if (self.client is not None and self.client_statement_app is not None
+                and statement_app != self.client_statement_app) or \
+                (self.in_flight == "register" and old_app is not None and statement_app != old_app):
+            self.need_register(now)  # in flight: on_registered compares again
+            return True
+        # Same application, new file: no registration of its own, but a pending registration or an
+        # operator wait (Adobe refused the old statement) may be fixed by it: try at once.
+        if self.in_flight:
+            self.retrigger = True
+        elif self.client is None or self.pending_register or self.state == NEEDS_OPERATOR:
+            self.attempts = 0
+            self.operator_wait = False
+            self.due = now
+        return False
 
     def forget(self, now: float) -> None:
         """Credentials were wiped by an operator. The outcome of a request in flight will be ignored."""
         self._fire(FORGET, now)
         self.stale = self.in_flight is not None
         self.client = self.tok = None
-        self.client_statement_hash = self.registered_at = None
+        self.client_statement_app = self.registered_at = None
         self.pending_register = self.trigger_spent = False
-        self.attempts = self.throttled = 0
+        self.attempts = self.throttled = self.undocumented = 0
         self.window = 0.0
         self.due = now
 
     # ----------------------------------------------------------------- views
     def snapshot(self, now: float, wall: float) -> dict:
-        """What the store persists (wall-clock times, since monotonic time does not survive a reboot)."""
+        """What the store persists (wall-clock times, since monotonic time does not survive a reboot).
+        `statement_hash` (the file in use) stays for agents older than `statement_app`."""
         token = None
         if self.tok is not None:
             t = self.tok
@@ -517,7 +769,8 @@ class Lifecycle:
             token = {"access_token": t["access_token"], "token_type": t["token_type"],
                      "expires_in": t["expires_in"], "received_at": received_wall,
                      "expires_at": received_wall + t["expires_in"]}
-        return {"client": self.client, "statement_hash": self.client_statement_hash,
+        return {"client": self.client, "statement_app": self.client_statement_app,
+                "statement_hash": self.statement_hash if self.client is not None else None,
                 "registered_at": self.registered_at, "token": token}
 
     def view(self, now: float, wall: float) -> dict:
@@ -538,5 +791,6 @@ class Lifecycle:
             "pending_register": self.pending_register,
             "last_error": self.last_error,
             "backoff_attempts": self.attempts + self.throttled,
+            "statement_app": self.statement_app,
             "upstream": {k: dict(v) for k, v in self.counters.items()},
         }

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from agent import __version__, config, dcr, lifecycle
+from agent import __version__, config, dcr, fswatch, lifecycle
 from agent import clock as clockmod
 from agent import log as agentlog
 from agent.deviceinfo import sha256
@@ -36,8 +36,9 @@ STATE_WORDS = {
 }
 
 
-def read_statement(path: str) -> tuple[str, str]:
-    """The software statement (a JWT) and its SHA-256 hex; raises AgentError(kind operator)."""
+def read_statement(path: str) -> tuple[str, str, str]:
+    """The software statement (a JWT), its SHA-256 hex and the registered application it names
+    ("iss|sub", lifecycle.statement_identity); raises AgentError(kind operator) naming the file."""
     try:
         with open(path, "rb") as f:
             raw = f.read(65536)
@@ -46,11 +47,8 @@ def read_statement(path: str) -> tuple[str, str]:
                          code="statement_unreadable", kind=OPERATOR,
                          hint="install the statement from the Adobe Pass TVE Dashboard at [adobe] software_statement")
     text = raw.decode("utf-8", "replace").strip()
-    if text.count(".") != 2 or not text.startswith("eyJ"):
-        raise AgentError("the software statement %s is not a JWT (expected three base64url parts)" % path,
-                         code="statement_invalid", kind=OPERATOR,
-                         hint="download it again from the Adobe Pass TVE Dashboard")
-    return text, sha256(text.encode("utf-8")).hexdigest()
+    app = lifecycle.statement_identity(text, path)
+    return text, sha256(text.encode("utf-8")).hexdigest(), app
 
 
 def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
@@ -153,6 +151,7 @@ class Service:
         self._started_mono = clock()
         self._statement_sig: tuple | None = None
         self._statement: str | None = None
+        self._watch: fswatch.FileWatch | None = None
 
     # ------------------------------------------------------------------ life of the service
     def start(self) -> None:
@@ -165,16 +164,29 @@ class Service:
             agentlog.REDACTOR.add(stored["client"].get("client_secret"), kind="client_secret")
             if stored.get("token"):
                 agentlog.REDACTOR.add(stored["token"].get("access_token"), kind="access_token")
-        statement_hash = self._refresh_statement(force=True)
+        app, digest, problem = self._refresh_statement(force=True) or (None, None, None)
         with self._cond:
-            self.lc.load(stored, statement_hash, self.clock(), self.wall())
+            now = self.clock()
+            effects = self.lc.load(stored, app, digest, now, self.wall())
+            if problem is not None:
+                self.lc.statement_changed(None, digest, now, problem)
             if stored and stored.get("client"):
                 self.log.info("loaded stored credentials (client %s); state: %s",
                               (stored["client"].get("client_id") or "?")[:8] + "…", STATE_WORDS[self.lc.state])
+        self._apply(effects)
+        # A new statement file is noticed within moments, without a periodic wake-up (agent/fswatch.py).
+        self._watch = fswatch.FileWatch(self.cfg["adobe"]["software_statement"], self._statement_poke).start()
         self._thread = threading.Thread(target=self._run, name="lifecycle", daemon=True)
         self._thread.start()
 
+    def _statement_poke(self) -> None:
+        """From the file watch thread: the statement file may have changed; the worker re-checks it."""
+        with self._cond:
+            self._cond.notify_all()
+
     def stop(self, timeout: float = 1.0) -> None:
+        if self._watch is not None:
+            self._watch.stop(timeout)
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -192,30 +204,34 @@ class Service:
             self.lc.backoff_cap = cfg["refresh"]["backoff_cap"]
             self._statement_sig = None
             self._cond.notify_all()
+        if self._watch is not None:
+            self._watch.set_path(cfg["adobe"]["software_statement"])
 
     # ------------------------------------------------------------------ worker
-    def _refresh_statement(self, force: bool = False) -> str | None:
-        """Re-read the statement when its file changed (cheap stat otherwise). Returns its hash."""
+    def _refresh_statement(self, force: bool = False) -> tuple[str | None, str | None, dict | None] | None:
+        """Re-read the statement when its file changed (cheap stat otherwise). None: unchanged; else
+        (application "iss|sub", SHA-256, None), or (None, None, problem) when the file is unusable."""
         path = self.cfg["adobe"]["software_statement"]
         try:
             st = os.stat(path)
-            sig: tuple | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+            sig: tuple | None = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
         except OSError:
             sig = None
         if not force and sig == self._statement_sig:
-            return self.lc.statement_hash
+            return None
         self._statement_sig = sig
         try:
-            text, digest = read_statement(path)
+            text, digest, app = read_statement(path)
         except AgentError as e:
             self._statement = None
             self.log.error("%s", e)
-            return None
+            return None, None, dict(e.to_dict())
         agentlog.REDACTOR.add(text, kind="software_statement")
         if self._statement is not None and text != self._statement:
-            self.log.info("the software statement changed (new SHA-256 %s…)", digest[:12])
+            self.log.info("the software statement changed (new SHA-256 %s…, application %s)", digest[:12],
+                          app.split("|", 1)[1])
         self._statement = text
-        return digest
+        return app, digest, None
 
     def _run(self) -> None:
         while True:
@@ -223,9 +239,10 @@ class Service:
                 if self._stopping:
                     return
                 now = self.clock()
-                digest = self._refresh_statement()
-                if digest is not None and self.lc.statement_changed(digest, now):
-                    self.log.info("registering again because the software statement changed")
+                seen = self._refresh_statement()
+                if seen is not None and self.lc.statement_changed(seen[0], seen[1], now, seen[2]):
+                    self.log.info("registering again because the software statement names another "
+                                  "registered application")
                 req = self.lc.poll(now)
                 if req is None:
                     deadline = self.lc.next_deadline()
@@ -235,12 +252,12 @@ class Service:
                     deadline = self._waiters_due(now, deadline)
                     self._sleeper.prepare()  # under the lock: a notify from here on ends the sleep
                 else:
-                    statement, statement_hash = self._statement, self.lc.statement_hash
+                    statement, statement_app = self._statement, self.lc.statement_app
                     client = dict(self.lc.client) if self.lc.client else None
             if req is None:
                 self._sleeper.sleep_until(deadline)  # outside the lock; ends early after a resume
                 continue
-            self._perform(req["op"], statement, statement_hash, client)
+            self._perform(req["op"], statement, statement_app, client)
 
     def _waiters_due(self, now: float, deadline: float | None) -> float | None:
         """Wake wait_token callers whose deadline passed (their own Condition timeout counts on
@@ -258,7 +275,7 @@ class Service:
             deadline = first if deadline is None else min(deadline, first)
         return deadline
 
-    def _perform(self, op: str, statement: str | None, statement_hash: str | None, client: dict | None) -> None:
+    def _perform(self, op: str, statement: str | None, statement_app: str | None, client: dict | None) -> None:
         a = self.cfg["adobe"]
         refresh = getattr(self._identity, "refresh_network", None)
         if refresh is not None:  # once per upstream request (never on token.get): Wi-Fi/LAN, new lease
@@ -297,7 +314,7 @@ class Service:
                                  "waiting for an operator" if self.lc.state == lifecycle.NEEDS_OPERATOR else
                                  "next attempt in %.1f s" % max(0.0, (nxt or now) - now))
             elif op == "register":
-                effects = self.lc.on_registered(result, statement_hash, now, wall)
+                effects = self.lc.on_registered(result, statement_app, now, wall)
                 self.log.info("registered with Adobe Pass as client %s…", result["client_id"][:8])
             else:
                 effects = self.lc.on_token(result, min(sent_mono, now), min(sent_wall, wall))
@@ -319,7 +336,9 @@ class Service:
 
     def _apply(self, effects: list) -> None:
         for kind, arg in effects:
-            if kind == "save" and self.store is not None:
+            if kind == "note":
+                self.log.warning("%s", arg)
+            elif kind == "save" and self.store is not None:
                 try:
                     self.store.save(arg)
                 except StoreError as e:  # counted in store.stats["failures"]

@@ -15,6 +15,7 @@ from agent import lifecycle
 from agent.errors import OPERATOR, REREGISTER, RETRY, UpstreamError
 
 STATEMENT_HASH = "a" * 64
+APP = "auth.adobe.com|app-1"   # the registered application (iss|sub) the statement names
 
 
 def client(n: int = 1) -> dict:
@@ -27,13 +28,18 @@ def token(n: int = 1, expires_in: int = 21600, created_at: float | None = None) 
             "expires_in_assumed": False, "created_at": created_at, "id": "id-%d" % n}
 
 
-def err(code: str, kind: str = RETRY, retry_after: float | None = None, status: int | None = None) -> UpstreamError:
-    return UpstreamError("test error %s" % code, code=code, kind=kind, retry_after=retry_after, status=status)
+def err(code: str, kind: str = RETRY, retry_after: float | None = None, status: int | None = None,
+        undocumented: bool = False) -> UpstreamError:
+    e = UpstreamError("test error %s" % code, code=code, kind=kind, retry_after=retry_after, status=status)
+    if undocumented:  # how agent.dcr marks an answer Adobe's documentation does not describe
+        e.undocumented = True
+    return e
 
 
 THROTTLED = lambda retry_after=None: err("throttled", RETRY, retry_after, 429)  # noqa: E731
 SERVER_ERROR = lambda: err("server_error", RETRY, None, 503)  # noqa: E731
 INVALID_CLIENT = lambda: err("invalid_client", REREGISTER, None, 400)  # noqa: E731
+UNDOCUMENTED = lambda status=401: err("http_%d" % status, RETRY, None, status, True)  # noqa: E731
 OPERATOR_ERR = lambda code="invalid_software_statement": err(code, OPERATOR, None, 400)  # noqa: E731
 
 
@@ -48,7 +54,7 @@ def healthy(op: str, box: Box):
 class Box:
     def __init__(self, upstream: Callable[[str, Box], object] = healthy, seed: int = 1, ttl: int = 21600,
                  latency: float = 0.0, stored: dict | None = None, statement_hash: str | None = STATEMENT_HASH,
-                 **kw) -> None:
+                 app: str | None = APP, **kw) -> None:
         self.rng = random.Random(seed)
         self.lc = lifecycle.Lifecycle(random=self.rng.random, **kw)
         self.now = 1000.0            # monotonic: arbitrary origin
@@ -59,11 +65,19 @@ class Box:
         self.issued = 0
         self.requests: list[tuple[float, str, str]] = []
         self.saves: list[dict] = []
-        self.lc.load(stored, statement_hash, self.now, self.wall)
+        self.notes: list[str] = []
+        self.effects(self.lc.load(stored, app, statement_hash, self.now, self.wall))
 
     @property
     def wall(self) -> float:
         return self.now + self.wall_offset
+
+    def effects(self, effects: list) -> None:
+        for kind, arg in effects:
+            if kind == "save":
+                self.saves.append(arg)
+            elif kind == "note":
+                self.notes.append(arg)
 
     def step(self) -> bool:
         """Perform the request due now, if any. True if one was performed."""
@@ -78,14 +92,10 @@ class Box:
             self.lc.on_error(outcome, self.now, self.wall)
         elif op == "register":
             self.requests.append((self.now, op, "ok"))
-            for kind, arg in self.lc.on_registered(outcome, self.lc.statement_hash, self.now, self.wall):
-                if kind == "save":
-                    self.saves.append(arg)
+            self.effects(self.lc.on_registered(outcome, self.lc.statement_app, self.now, self.wall))
         else:
             self.requests.append((self.now, op, "ok"))
-            for kind, arg in self.lc.on_token(outcome, self.now, self.wall):
-                if kind == "save":
-                    self.saves.append(arg)
+            self.effects(self.lc.on_token(outcome, self.now, self.wall))
         return True
 
     def run_until(self, t: float, check: Callable[[Box], None] | None = None) -> None:

@@ -201,7 +201,7 @@ def test_revoked_statement_needs_an_operator_without_looping(rig_factory):
     assert rig.svc.token()["access_token"] == first["access_token"]  # still served while valid
     for _ in range(20):
         rig.svc.token()
-        rig.svc.token(min_ttl=10**6)
+        rig.svc.token(min_ttl=21599.9)  # longer than what is left: asks for a refresh
     time.sleep(1.5)
     assert len(rig.log()) == 4  # no loop: the next try is an hour away
     assert rig.svc.status()["next_request_in"] > 3000
@@ -213,7 +213,7 @@ def test_revoked_statement_needs_an_operator_without_looping(rig_factory):
 
 
 def test_5xx_and_hangs_keep_the_cached_token_served(rig_factory):
-    rig = rig_factory(token_ttl=10, refresh_at=0.2, jitter=0.0, timeout=1.0).start()
+    rig = rig_factory(token_ttl=10, refresh_at=0.2, jitter=0.0, timeout=1.0, min_token_interval=1.0).start()
     first = rig.svc.wait_token(30)
     rig.emu.add_fault("token", count=1, status=503, body="<html>down</html>", content_type="text/html")
     rig.emu.add_fault("token", count=1, hang=True)

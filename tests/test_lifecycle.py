@@ -10,6 +10,7 @@ import random
 
 import pytest
 from lifecycle_sim import (
+    APP,
     INVALID_CLIENT,
     OPERATOR_ERR,
     SERVER_ERROR,
@@ -35,7 +36,8 @@ def stored_state(box_wall: float, token_age: float | None = 0.0, expires_in: int
     if token_age is not None:
         tok = {"access_token": "stored-token", "token_type": "bearer", "expires_in": expires_in,
                "received_at": box_wall - token_age, "expires_at": box_wall - token_age + expires_in}
-    return {"client": client(99), "statement_hash": STATEMENT_HASH, "registered_at": box_wall - DAY, "token": tok}
+    return {"client": client(99), "statement_app": APP, "statement_hash": STATEMENT_HASH,
+            "registered_at": box_wall - DAY, "token": tok}
 
 
 def failing_token(make_error):
@@ -101,7 +103,7 @@ def test_fresh_box_registers_once_then_fetches_a_token():
     assert box.lc.state == lifecycle.TOKEN_VALID
     assert box.lc.token(box.now)["access_token"] == "token-000002"
     assert box.saves[-1]["client"]["client_id"] == "client-0001-0000-0000"
-    assert box.saves[-1]["statement_hash"] == STATEMENT_HASH
+    assert box.saves[-1]["statement_app"] == APP and box.saves[-1]["statement_hash"] == STATEMENT_HASH
 
 
 def test_stored_credentials_and_token_need_no_request_at_start():
@@ -193,24 +195,24 @@ def test_invalid_client_then_recovery_keeps_the_token_served_throughout():
     assert box.saves[-1]["client"]["client_id"] == "client-0003-0000-0000"
 
 
-def test_statement_change_registers_once_and_unchanged_hash_does_nothing():
+def test_statement_for_another_application_registers_once_and_the_same_one_does_nothing():
     box = Box()
     box.run_for(60)
     served = box.lc.token(box.now)["access_token"]
-    assert box.lc.statement_changed(STATEMENT_HASH, box.now) is False
-    assert box.lc.statement_changed("b" * 64, box.now) is True
+    assert box.lc.statement_changed(APP, STATEMENT_HASH, box.now) is False
+    assert box.lc.statement_changed("auth.adobe.com|app-2", "b" * 64, box.now) is True
     assert box.lc.token(box.now)["access_token"] == served  # still served while re-registering
-    assert box.lc.statement_changed("b" * 64, box.now) is False  # same new hash again: nothing more
+    assert box.lc.statement_changed("auth.adobe.com|app-2", "b" * 64, box.now) is False  # same file again
     box.run_for(60)
     assert [r[1] for r in box.requests] == ["register", "token", "register", "token"]
-    assert box.saves[-1]["statement_hash"] == "b" * 64
-    # Going back to a statement the current client was registered with is not a trigger.
+    assert box.saves[-1]["statement_app"] == "auth.adobe.com|app-2" and box.saves[-1]["statement_hash"] == "b" * 64
+    # Going back to a statement of the application the current client was registered for is not a trigger.
     box2 = Box(stored=stored_state(1.7e9 + 1000.0, token_age=0.0))
-    assert box2.lc.statement_changed(STATEMENT_HASH, box2.now) is False
+    assert box2.lc.statement_changed(APP, "c" * 64, box2.now) is False
 
 
-def test_statement_change_at_start_triggers_registration_while_serving_stored_token():
-    box = Box(stored=stored_state(1.7e9 + 1000.0, token_age=60.0), statement_hash="c" * 64)
+def test_statement_for_another_application_at_start_registers_while_serving_stored_token():
+    box = Box(stored=stored_state(1.7e9 + 1000.0, token_age=60.0), app="auth.adobe.com|app-3", statement_hash="c" * 64)
     assert box.lc.token(box.now)["access_token"] == "stored-token"
     box.run_for(60)
     assert [r[1] for r in box.requests] == ["register", "token"]
@@ -220,8 +222,8 @@ def test_statement_change_while_registering_with_the_old_one_registers_again():
     box = Box()
     req = box.lc.poll(box.now)
     assert req == {"op": "register"}
-    assert box.lc.statement_changed("d" * 64, box.now) is True  # in flight: remembered
-    box.lc.on_registered(client(1), STATEMENT_HASH, box.now, box.wall)  # registered with the old statement
+    assert box.lc.statement_changed("auth.adobe.com|app-4", "d" * 64, box.now) is True  # in flight: remembered
+    box.lc.on_registered(client(1), APP, box.now, box.wall)  # registered with the old statement
     assert box.lc.pending_register
     assert box.lc.poll(box.now) == {"op": "register"}
 
@@ -229,10 +231,10 @@ def test_statement_change_while_registering_with_the_old_one_registers_again():
 def test_statement_change_during_a_refused_registration_retries_at_once():
     box = Box()
     assert box.lc.poll(box.now) == {"op": "register"}  # with the old (revoked) statement
-    assert box.lc.statement_changed("f" * 64, box.now) is True
+    assert box.lc.statement_changed(APP, "f" * 64, box.now) is False  # same application: no new trigger...
     box.lc.on_error(OPERATOR_ERR("invalid_software_statement"), box.now + 0.2, box.wall)
     assert box.lc.state == lifecycle.NEEDS_OPERATOR
-    assert box.lc.poll(box.now + 0.2) == {"op": "register"}  # not an hour later
+    assert box.lc.poll(box.now + 0.2) == {"op": "register"}  # ...but the refusal may be fixed: not an hour later
 
 
 def test_forget_while_in_flight_ignores_the_outcome_and_registers_afresh():
@@ -317,7 +319,7 @@ def test_stored_token_with_wall_clock_behind_is_served_and_refreshed_at_once():
     # A box without RTC boots at 1970 before NTP: the stored token's age is unknown.
     box = Box(stored=stored_state(1.7e9, token_age=0.0))
     box.wall_offset = 0.0 - box.now  # wall = 1970
-    box.lc.load(stored_state(1.7e9, token_age=0.0), STATEMENT_HASH, box.now, box.wall)
+    box.lc.load(stored_state(1.7e9, token_age=0.0), APP, STATEMENT_HASH, box.now, box.wall)
     assert box.lc.token(box.now)["access_token"] == "stored-token"
     assert box.lc.poll(box.now) == {"op": "token"}
 
@@ -349,10 +351,10 @@ def test_a_thousand_callers_on_an_expired_token_cause_one_request():
 def test_min_ttl_demand_refreshes_early_but_not_in_a_loop():
     box = Box()
     box.run_for(1)
-    assert box.lc.token(box.now, min_ttl=30000) is None  # token too young to be refreshed for min_ttl
+    assert box.lc.token(box.now, min_ttl=21599.5) is None  # token too young to be refreshed for min_ttl
     assert box.lc.poll(box.now) is None
     box.now += 100
-    assert box.lc.token(box.now, min_ttl=30000) is None
+    assert box.lc.token(box.now, min_ttl=21599.5) is None
     assert box.lc.poll(box.now) == {"op": "token"}
 
 
@@ -475,8 +477,8 @@ def test_register_configuration_errors_need_an_operator_and_retry_hourly(code):
     times = [r[0] for r in box.requests]
     assert len(times) == 4  # at start, then hourly
     assert all(b - a == pytest.approx(3600.0) for a, b in zip(times, times[1:]))
-    assert box.lc.statement_changed("e" * 64, box.now) is True  # fixed by an operator: at once
-    assert box.lc.poll(box.now) == {"op": "register"}
+    assert box.lc.statement_changed(APP, "e" * 64, box.now) is False  # a new file, same application...
+    assert box.lc.poll(box.now) == {"op": "register"}  # ...fixed by an operator: tried at once
 
 
 @pytest.mark.parametrize("code", TOKEN_OPERATOR_CODES)
@@ -531,17 +533,22 @@ def test_player_reregister_reports_register_once_and_are_rate_limited():
     decision, _ = dcr.classify_protected_error(401, body)
     assert decision == "reregister"
     assert box.lc.report(401, decision, None, box.now)["decision"] == "reregister"
-    for i in range(100):
-        assert box.lc.report(401, decision, None, box.now + i)["decision"] == "rate_limited"
+    for i in range(100):  # the same token: already acted on
+        assert box.lc.report(401, decision, None, box.now + i)["decision"] == "ignored"
     box.run_for(600)
     assert [r[1] for r in box.requests] == ["register", "token", "register", "token"]
+    for i in range(100):  # the new token, within 15 min
+        assert box.lc.report(401, decision, None, box.now + i)["decision"] == "rate_limited"
     assert box.lc.report(403, dcr.classify_protected_error(403, b"", management=True)[0], None,
-                         box.now + 900)["decision"] == "reregister"
+                         box.now + 900)["decision"] == "rate_limited"  # the same (unknown) peer: 6 h
+    assert box.lc.report(403, dcr.classify_protected_error(403, b"", management=True)[0], None,
+                         box.now + 900, uid=1000)["decision"] == "reregister"  # another peer, 15 min later
 
 
 def test_player_report_does_not_shorten_a_backoff():
-    box = Box(upstream=failing_token(SERVER_ERROR))
-    box.run_for(3000)
+    box = Box(upstream=lambda op, b: SERVER_ERROR() if op == "token" and b.lc.tok else healthy(op, b), ttl=600)
+    box.run_for(550)
+    assert box.lc.state == lifecycle.BACKING_OFF
     due = box.lc.due
     box.lc.report(401, "reregister", None, box.now)
     assert box.lc.due == due and box.lc.pending_register
@@ -718,7 +725,7 @@ def test_a_token_with_less_than_the_long_cap_left_uses_the_outage_cap():
     # backoff_cap); the new client's token requests fail with 5xx. The box is about to lack a token,
     # so its retries must come within the outage cap, not up to 5 minutes after expiry.
     box = Box(upstream=failing_token(SERVER_ERROR), stored=stored_state(1000.0 + 1.7e9, token_age=21360.0),
-              statement_hash="b" * 64, backoff_cap=300.0, outage_cap=60.0)
+              app="auth.adobe.com|app-5", statement_hash="b" * 64, backoff_cap=300.0, outage_cap=60.0)
     assert box.lc.token(box.now) is not None and box.lc.pending_register
     box.run_for(1800)
     assert len(box.ops("register", "ok")) == 1

@@ -60,7 +60,9 @@ class AgentClient:
     def __init__(self, rnd: Callable[[], float], stored: dict | None, statement: str, now: float) -> None:
         self.lc = lifecycle.Lifecycle(random=rnd, **POLICY)
         self.statement = statement
-        self.lc.load(stored, statement, now, now + WALL0)
+        # A rolled-out statement is modelled as naming another registered application (identity
+        # = the statement's name), the case where the agent must register again.
+        self.lc.load(stored, statement, statement, now, now + WALL0)
 
     def poll(self, now: float) -> str | None:
         req = self.lc.poll(now)
@@ -80,7 +82,7 @@ class AgentClient:
 
     def statement_changed(self, statement: str, now: float) -> None:
         self.statement = statement
-        self.lc.statement_changed(statement, now)
+        self.lc.statement_changed(statement, statement, now)
 
     def token_expiry(self, now: float) -> float | None:
         t = self.lc.tok
@@ -88,7 +90,7 @@ class AgentClient:
 
     @property
     def client_statement(self) -> str | None:
-        return self.lc.client_statement_hash if self.lc.client else None
+        return self.lc.client_statement_app if self.lc.client else None
 
 
 class NaiveClient:
@@ -105,7 +107,7 @@ class NaiveClient:
         self.busy = False
         self.want_register = True
         if stored and stored.get("client"):
-            self.client, self.client_statement, self.want_register = stored["client"], stored["statement_hash"], False
+            self.client, self.client_statement, self.want_register = stored["client"], stored["statement_app"], False
             t = stored.get("token")
             if t:
                 age = now + WALL0 - t["received_at"]
@@ -157,7 +159,7 @@ def _holding(rng: random.Random) -> dict:
     # the shortest refresh interval (0.7 of the lifetime), so no refresh is already overdue at 0.
     age = rng.random() * 0.7 * TTL
     return {"client": {"client_id": "c-%d" % rng.getrandbits(48), "client_secret": "s"},
-            "statement_hash": OLD, "registered_at": WALL0 - 86400,
+            "statement_app": OLD, "statement_hash": OLD, "registered_at": WALL0 - 86400,
             "token": {"access_token": "t", "token_type": "bearer", "expires_in": TTL,
                       "received_at": WALL0 - age, "expires_at": WALL0 - age + TTL}}
 
