@@ -75,7 +75,8 @@ def test_startup_lines_then_serves_https_and_stops_on_sigterm(running, tmp_path)
     origin = base[: -len("/o")]
     status, _, body = request(origin, "POST", "/o/client/register",
                               json.dumps({"software_statement": statement_file.read_text()}),
-                              {"Content-Type": "application/json", "X-Device-Info": device_info()}, ca_file=ca)
+                              {"Content-Type": "application/json;charset=utf-8", "X-Device-Info": device_info()},
+                              ca_file=ca)
     assert status == 201
     reg = json.loads(body)
     q = urllib.parse.urlencode({"client_id": reg["client_id"], "client_secret": reg["client_secret"],
@@ -152,7 +153,7 @@ def test_mint_offline_and_online(running, tmp_path, capsys):
     for statement in (out.read_text(), online):
         status, _, body = request(base[:-2], "POST", "/o/client/register",
                                   json.dumps({"software_statement": statement}),
-                                  {"Content-Type": "application/json"}, ca_file=ca)
+                                  {"Content-Type": "application/json;charset=utf-8"}, ca_file=ca)
         assert status == 201, body
     assert cli.main(["mint"]) == 2
     assert cli.main(["mint", "--url", "http://127.0.0.1:9/o"]) == 1

@@ -100,14 +100,14 @@ def test_register_returns_201_with_every_documented_field(emu):
     assert emu.stats()["register"] == {"ok": 1, "error": 0, "codes": {}}
 
 
-def test_register_accepts_content_type_without_charset_and_allowed_redirect_uri(emu):
-    status, _, body = register(emu, headers={"Content-Type": "application/json"},
+def test_register_accepts_the_documented_content_type_and_allowed_redirect_uri(emu):
+    status, _, body = register(emu, headers={"Content-Type": "application/json; charset=UTF-8"},
                                redirect_uri="http://localhost/callback")
     assert status == 201 and body["redirect_uris"] == ["http://localhost/callback"]
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "",
-                                   "application/json;charset=latin-1"])
+                                   "application/json;charset=latin-1", "application/json"])
 def test_register_rejects_wrong_content_type(emu, ctype):
     status, hdrs, body = register(emu, headers={"Content-Type": ctype})
     assert (status, body) == (400, {"error": "invalid_request"})
@@ -277,22 +277,27 @@ def test_protected_configuration_with_a_valid_token(emu):
 
 
 def test_protected_errors_use_enhanced_error_codes(emu):
+    """Current pairing: a missing, invalid or expired token is a plain 401; an unknown client is an
+    Enhanced Error Code with application-registration. The 2023 pairing: every credential code."""
     cid, tok = access_token(emu)
-    cases = [
-        (None, "missing_access_token", "authentication"),
-        ("garbage", "invalid_access_token_signature", "authentication"),
-        (foreign_key_jwt({"sub": cid, "exp": time.time() + 99}), "invalid_access_token_signature", "authentication"),
-        (jwtutil.sign({"sub": cid, "exp": int(time.time()) - 5}, emu._service.key, "k"), "access_token_expired",
-         "authentication"),
-        (jwtutil.sign({"sub": "gone", "exp": int(time.time()) + 99}, emu._service.key, "k"),
-         "invalid_access_token_client_application", "application-registration"),
-    ]
-    for tok_, code, action in cases:
+    bad = [None, "garbage", foreign_key_jwt({"sub": cid, "exp": time.time() + 99}),
+           jwtutil.sign({"sub": cid, "exp": int(time.time()) - 5}, emu._service.key, "k")]
+    gone = jwtutil.sign({"sub": "gone", "exp": int(time.time()) + 99}, emu._service.key, "k")
+    for tok_ in bad:
+        status, _, data = call(emu, "GET", "/api/v2/REF/configuration", None,
+                               {"Authorization": "Bearer " + tok_} if tok_ else {})
+        assert (status, data) == (401, b"")
+    emu.configure(error_style="2023")
+    cases = list(zip(bad[1:] + [gone], ["invalid_access_token_signature"] * 2 + ["access_token_expired",
+                                                                                  "invalid_client_id"]))
+    emu.configure(error_style="current")
+    cases.append((gone, "invalid_access_token_client_application"))
+    for i, (tok_, code) in enumerate(cases):
+        emu.configure(error_style="2023" if i < 4 else "current")
         status, hdrs, body = configuration(emu, tok_)
         assert status == 401, code
         assert set(body) >= {"action", "status", "code", "message", "helpUrl", "trace"}
-        assert (body["code"], body["action"], body["status"]) == (code, action, 401)
-        assert "bearer" in hdrs["www-authenticate"].lower()
+        assert (body["code"], body["action"], body["status"]) == (code, "application-registration", 401)
     assert configuration(emu, tok)[0] == 200
 
 

@@ -178,6 +178,10 @@ def test_clock_skew_shifts_issued_times(emu):
     assert abs(tok["created_at"] - (time.time() - 30000) * 1000) < 120_000
     status, _, body = request(emu.origin, "GET", "/api/v2/R/configuration", None,
                               {"Authorization": "Bearer " + tok["access_token"]}, ca_file=emu.ca_file)
+    assert (status, body) == (401, b"")  # current pairing: an expired token is a plain 401
+    emu.configure(error_style="2023")
+    status, _, body = request(emu.origin, "GET", "/api/v2/R/configuration", None,
+                              {"Authorization": "Bearer " + tok["access_token"]}, ca_file=emu.ca_file)
     assert status == 401 and json.loads(body)["code"] == "access_token_expired"
 
 

@@ -104,12 +104,12 @@ def test_retry_after_modes(keydir):
         assert "retry-after" not in hit(emu)[1]
 
 
-def test_buckets_are_per_forwarded_client_only_when_trusted(keydir):
-    with Emulator(state_dir=keydir, tls=False, rate=0.001, burst=2) as emu:
+def test_buckets_are_per_forwarded_client_unless_ignored(keydir):
+    with Emulator(state_dir=keydir, tls=False, rate=0.001, burst=2, trust_forwarded_for=False) as emu:
         for _ in range(2):
             hit(emu, headers={"X-Forwarded-For": "10.0.0.1"})
-        assert hit(emu, headers={"X-Forwarded-For": "10.0.0.2"})[0] == 429  # untrusted: same peer bucket
-        emu.configure(trust_forwarded_for=True)
+        assert hit(emu, headers={"X-Forwarded-For": "10.0.0.2"})[0] == 429  # ignored: same peer bucket
+        emu.configure(trust_forwarded_for=True)  # Adobe's default: the first X-Forwarded-For entry
         for ip in ("10.0.0.1", "10.0.0.2"):
             assert [hit(emu, headers={"X-Forwarded-For": ip + ", 192.0.2.1"})[0] for _ in range(3)] == [400, 400, 429]
         per_ip = emu.stats()["per_client_ip"]

@@ -22,8 +22,21 @@ KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 # ----- throttle ------------------------------------------------------------------------------------
 
-def test_bucket_burst_then_one_per_second_then_recovery():
+def test_bucket_burst_then_one_per_second_then_one_time_burst_not_refilled():
     t = Throttle(rate=1.0, burst=10)
+    assert [t.take("a", 0.0)[0] for _ in range(10)] == [True] * 10
+    ok, wait = t.take("a", 0.0)
+    assert not ok and wait == pytest.approx(1.0)
+    assert not t.take("a", 0.5)[0]
+    assert t.take("a", 1.0)[0] and not t.take("a", 1.0)[0]
+    assert [t.take("a", 1.0 + s)[0] for s in range(1, 6)] == [True] * 5  # exactly 1/s
+    assert sum(t.take("a", 100.0)[0] for _ in range(20)) == 1  # idle: one request's worth, not the burst
+    assert t.take("b", 100.0)[0]  # other clients have their own bucket (and their own burst)
+    assert sum(t.take("b", 100.0)[0] for _ in range(20)) == 9
+
+
+def test_refilling_bucket_burst_then_one_per_second_then_recovery():
+    t = Throttle(rate=1.0, burst=10, refill_burst=True)
     assert [t.take("a", 0.0)[0] for _ in range(10)] == [True] * 10
     ok, wait = t.take("a", 0.0)
     assert not ok and wait == pytest.approx(1.0)
@@ -42,13 +55,15 @@ def test_retry_after_seconds_is_whole_and_never_short():
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=5), min_size=1, max_size=60),
-       st.floats(min_value=0.1, max_value=10), st.integers(min_value=1, max_value=15))
-def test_bucket_never_admits_more_than_burst_plus_rate_times_span(gaps, rate, burst):
-    t, now, admitted = Throttle(rate, burst), 0.0, 0
+       st.floats(min_value=0.1, max_value=10), st.integers(min_value=1, max_value=15), st.booleans())
+def test_bucket_never_admits_more_than_burst_plus_rate_times_span(gaps, rate, burst, refill):
+    t, classic = Throttle(rate, burst, refill_burst=refill), Throttle(rate, burst, refill_burst=True)
+    now, admitted, admitted_classic = 0.0, 0, 0
     for g in gaps:
         now += g
         admitted += t.take("x", now)[0]
-    assert admitted <= burst + rate * now + 1e-6
+        admitted_classic += classic.take("x", now)[0]
+        assert admitted <= burst + rate * now + 1e-6
 
 
 def test_throttle_rejects_nonsense_limits():
@@ -132,7 +147,8 @@ def test_service_core_answers_plain_dicts_with_virtual_time():
     svc = Service(KEY, rate=1.0, burst=2)
     statement = svc.mint_statement(None, 1_700_000_000.0)
     body = json.dumps({"software_statement": statement}).encode()
-    r = svc.handle(req("/o/client/register", body=body, headers={"content-type": "application/json"}))
+    r = svc.handle(req("/o/client/register", body=body,
+                       headers={"content-type": "application/json;charset=utf-8"}))
     assert r["status"] == 201 and r["endpoint"] == "register" and r["client_id"]
     assert svc.handle(req("/o/client/token", t=0.5))["status"] == 400
     assert svc.handle(req("/o/client/token", t=0.9))["status"] == 429

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from .faults import normalize
 from .service import Service
 
 ROUTES = [
     "GET    /_emulator/stats", "DELETE /_emulator/stats  (reset)",
+    "GET    /_emulator/requests[?endpoint=register|token|protected]  (request log, secrets masked)",
     "GET    /_emulator/faults", "POST   /_emulator/faults  {knobs} or [{knobs}, ...]", "DELETE /_emulator/faults",
     "POST   /_emulator/statements  {app_id?, approved?, redirect_uris?}",
     "POST   /_emulator/revoke  {client_id} | {statement, revoke_clients?} | {app_id, revoke_clients?}",
@@ -55,6 +57,12 @@ def handle(service: Service, req: dict[str, Any]) -> dict[str, Any]:
             return _json(200, {"routes": ROUTES})
         if route == ("GET", "/_emulator/stats"):
             return _json(200, service.stats())
+        if route == ("GET", "/_emulator/requests"):
+            query = dict(parse_qsl(req.get("query") or ""))
+            endpoint = query.get("endpoint")
+            if endpoint not in (None, "register", "token", "protected"):
+                raise ValueError("endpoint must be register, token or protected (got %r)" % endpoint)
+            return _json(200, {"requests": service.requests(endpoint)})
         if route in (("DELETE", "/_emulator/stats"), ("POST", "/_emulator/stats/reset")):
             service.reset_stats()
             return _json(200, {"reset": True})

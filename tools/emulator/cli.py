@@ -39,12 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy", action="store_true", help="older variants: token 200 OK, times in seconds")
     p.add_argument("--strict-device-info", action="store_true", help="reject bad X-Device-Info with 400 "
                    "invalid_request (default: record only)")
-    p.add_argument("--rate", type=float, default=1.0, help="throttle refill, requests per second (default 1)")
-    p.add_argument("--burst", type=int, default=10, help="throttle bucket size (default 10)")
+    p.add_argument("--rate", type=float, default=1.0, help="throttle: requests per second after the burst (default 1)")
+    p.add_argument("--burst", type=int, default=10, help="throttle: the one-time initial burst (default 10)")
+    p.add_argument("--refilling-burst", action="store_true", help="refill the burst when a client is idle (a "
+                   "classic token bucket; Adobe documents a one-time allowance)")
     p.add_argument("--no-throttle", action="store_true", help="turn throttling off")
     p.add_argument("--retry-after", choices=("none", "seconds", "date"), default="none",
                    help="Retry-After on 429: none (Adobe's sample), seconds or an HTTP date")
-    p.add_argument("--trust-forwarded-for", action="store_true", help="throttle by the first X-Forwarded-For entry")
+    p.add_argument("--ignore-forwarded-for", action="store_true", help="throttle per peer address, ignoring "
+                   "X-Forwarded-For (Adobe identifies clients by it; the default follows its first entry)")
+    p.add_argument("--trust-forwarded-for", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument("--register-content-type", choices=("strict", "exact", "relaxed"), default="strict",
+                   help="register's Content-Type check: strict (application/json with charset=utf-8, as Adobe "
+                   "requires), exact (those bytes only) or relaxed (any application/json)")
+    p.add_argument("--error-style", choices=("current", "2023"), default="current",
+                   help="protected-API errors: current (plain 401 for a bad or expired token) or 2023 "
+                   "(access_token_expired with action application-registration)")
+    p.add_argument("--error-form", choices=("top", "wrapped", "item"), default="top",
+                   help="where protected-API errors sit: top (the body), wrapped ({\"error\": ...}) or item "
+                   "(HTTP 200, on each item of a decisions answer)")
     p.add_argument("--redirect-uri-prefix", action="append", metavar="PREFIX",
                    help="allowed redirect_uri prefix (repeatable; default http://localhost)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
@@ -137,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         emu = Emulator(host=args.host, port=args.port, tls=not args.no_tls, state_dir=args.state_dir,
                        token_ttl=args.token_ttl, legacy=args.legacy, strict_device_info=args.strict_device_info,
                        rate=args.rate, burst=args.burst, retry_after=args.retry_after,
-                       trust_forwarded_for=args.trust_forwarded_for, throttle=not args.no_throttle,
-                       redirect_uri_prefixes=tuple(args.redirect_uri_prefix or ("http://localhost",)))
+                       trust_forwarded_for=not args.ignore_forwarded_for, throttle=not args.no_throttle,
+                       redirect_uri_prefixes=tuple(args.redirect_uri_prefix or ("http://localhost",)),
+                       burst_refill=args.refilling_burst, register_content_type=args.register_content_type,
+                       error_style=args.error_style, error_form=args.error_form)
     except ValueError as e:
         print("emulator: %s" % e, file=sys.stderr)
         return 2

@@ -73,3 +73,22 @@ def check(value: str | None) -> tuple[dict[str, Any] | None, list[str]]:
         if key not in KNOWN:
             problems.append("X-Device-Info has unknown field %s (did you mean one of Adobe's names?)" % _short(key))
     return obj, problems
+
+
+def effective(explicit: dict[str, Any] | None, extracted: dict[str, Any]) -> dict[str, Any]:
+    """What Adobe works with: "the Adobe Pass Authentication backend will merge explicitly set values
+    with extracted values implicitly" (register page; reference section 4). Explicit values win, so a
+    LAN `connectionIp` sent by a box replaces the public address the connection came from."""
+    merged = {k: v for k, v in extracted.items() if v is not None}
+    if isinstance(explicit, dict):
+        merged.update(explicit)
+    return merged
+
+
+def unknown_platform(obj: dict[str, Any] | None) -> bool:
+    """True when a required field is missing or `Unknown`: Adobe then treats the device as an
+    unknown, less trusted platform (reference section 4)."""
+    if not isinstance(obj, dict):
+        return True
+    return any(not isinstance(obj.get(k), str) or not obj[k].strip() or obj[k].strip().lower() == "unknown"
+               for k in REQUIRED)

@@ -16,7 +16,7 @@ ENDPOINTS = ("register", "token", "protected", "any")
 KNOBS: dict[str, type] = {
     "endpoint": str, "count": int, "status": int, "body": str, "content_type": str, "retry_after": str,
     "latency": float, "hang": bool, "reset": bool, "malformed_json": bool, "truncate": bool,
-    "chunked": bool, "clock_skew": float,
+    "chunked": bool, "clock_skew": float, "no_body": bool,
 }
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -64,6 +64,10 @@ def normalize(knobs: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("fault count must be >= 1, or -1 for every request until cleared (got %d)" % fault["count"])
     if "status" in fault and not 100 <= fault["status"] <= 599:
         raise ValueError("fault status must be an HTTP status 100..599 (got %d)" % fault["status"])
+    if fault.get("no_body") and "status" not in fault:
+        raise ValueError("fault knob 'no_body' needs a 'status' (e.g. {\"status\": 401, \"no_body\": true})")
+    if fault.get("no_body") and "body" in fault:
+        raise ValueError("fault knobs 'no_body' and 'body' contradict each other; give one")
     if fault.get("latency", 0) < 0:
         raise ValueError("fault latency must be >= 0 seconds (got %r)" % fault["latency"])
     effects = [k for k in KNOBS if k not in ("endpoint", "count") and k in fault]

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from . import admin, keys
@@ -55,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         emu: Emulator = self.server.emulator  # type: ignore[attr-defined]
-        t, now = time.monotonic(), time.time()
+        t, now = emu.clock(), time.time()
         split = urlsplit(self.path)
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self._simple(411, "send the request body with Content-Length, not chunked\n")
@@ -73,7 +73,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         req = {"method": self.command, "path": split.path or "/", "query": split.query,
                "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
-               "ip": self.client_address[0], "t": t, "now": now}
+               "header_list": list(self.headers.items()),  # as sent: order and case, for the request log
+               "ip": self.client_address[0], "port": self.client_address[1], "tls": self.server.ssl_ctx is not None,
+               "t": t, "now": now}
         with emu._lock:
             if endpoint_of(req["path"]) == "admin":
                 resp = admin.handle(emu._service, req)
@@ -82,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._deliver(resp, now)
         finally:
-            emu._log_request(req, resp, time.monotonic() - t)
+            emu._log_request(req, resp, emu.clock() - t)
 
     def _simple(self, status: int, text: str) -> None:
         data = text.encode()
@@ -199,9 +201,12 @@ class Emulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool = True, state_dir: str | None = None,
                  token_ttl: int = 21600, legacy: bool = False, strict_device_info: bool = False,
                  rate: float = 1.0, burst: int = 10, retry_after: str | None = None,
-                 trust_forwarded_for: bool = False, throttle: bool = True,
-                 redirect_uri_prefixes: tuple[str, ...] = ("http://localhost",)) -> None:
+                 trust_forwarded_for: bool = True, throttle: bool = True,
+                 redirect_uri_prefixes: tuple[str, ...] = ("http://localhost",), burst_refill: bool = False,
+                 register_content_type: str = "strict", error_style: str = "current", error_form: str = "top",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host, self.port, self.tls = host, port, tls
+        self.clock = clock  # arrival times for the throttle and the request log; tests may drive it
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="pass-emulator-")
         try:
@@ -209,7 +214,9 @@ class Emulator:
             self._service = Service(keys.load_or_create_signing_key(self.state_dir), token_ttl=token_ttl,
                                     legacy=legacy, strict_device_info=strict_device_info, rate=rate, burst=burst,
                                     retry_after=retry_after, trust_forwarded_for=trust_forwarded_for,
-                                    throttle=throttle, redirect_uri_prefixes=tuple(redirect_uri_prefixes))
+                                    throttle=throttle, redirect_uri_prefixes=tuple(redirect_uri_prefixes),
+                                    burst_refill=burst_refill, register_content_type=register_content_type,
+                                    error_style=error_style, error_form=error_form)
         except BaseException:
             if self._own_state_dir:  # a bad setting must not leave a temp dir with a key behind
                 shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -333,6 +340,11 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return self._service.stats()
+
+    def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """The request log (secrets masked), optionally for one endpoint: register, token or protected."""
+        with self._lock:
+            return self._service.requests(endpoint)
 
     def reset_stats(self) -> None:
         with self._lock:

@@ -11,8 +11,17 @@ Request order: classify the path; throttle (register, token, /api/*); take the n
 fault; then emulate the endpoint. Hang and reset faults fire before the request is processed (the
 service never saw it); malformed_json, truncate and chunked damage a response that was processed.
 
-Must never: put a client secret, access token or statement into a log line, a reason or an error
-body; or answer a throttled request with anything but the documented 429 HTML.
+Adobe's documented behaviour is the default, quirks included (docs/EMULATOR.md quotes the wording,
+reference/adobe-pass-dcr.md the sections): the one-time burst (section 6), the throttle keyed by
+X-Forwarded-For, the required register Content-Type (section 1), the current Enhanced Error Code
+pairing (section 5), explicit X-Device-Info values merged over extracted ones (section 4). Settings
+select the other documented variants (2023 pairing, wrapped and item-level errors, refilling burst).
+
+Every throttled request (register, token, /api/*) lands in the request log with its method, path,
+headers and body, secrets masked (`mask_secrets`), and the effective X-Device-Info.
+
+Must never: put a client secret, access token or statement into a log line, the request log, a
+reason or an error body; or answer a throttled request with anything but the documented 429 HTML.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import copy
 import email.utils
 import hmac
 import json
+import re
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl
@@ -35,6 +45,60 @@ DEFAULT_APP_ID = "pass-agent-dev-app"
 HELP_URL = ("https://experienceleague.adobe.com/en/docs/pass/authentication/integration-guide-programmers/"
             "standard-features/error-reporting/enhanced-error-codes")
 RETRY_AFTER_MODES = ("none", "seconds", "date")
+# Register Content-Type checks. strict: what Adobe's table requires ("It must be
+# application/json;charset=utf-8"), read as HTTP reads media types (case-insensitive, spaces allowed);
+# exact: those bytes and no others; relaxed: any application/json with an optional UTF-8 charset
+# (Adobe's own request sample sends plain `application/json`).
+CONTENT_TYPE_MODES = ("strict", "exact", "relaxed")
+REGISTER_CONTENT_TYPE = "application/json;charset=utf-8"
+# Protected-API error pairings (reference section 5). current: today's REST API v2 list, where only
+# invalid_access_token_* carry `application-registration` and an invalid or expired token is a plain
+# 401; 2023: the older page, which paired access_token_expired and invalid_access_token_signature
+# (and invalid_client_id) with `application-registration`.
+ERROR_STYLES = ("current", "2023")
+# Where an Enhanced Error Code sits: top (the whole body, Adobe's REST v2 sample), wrapped
+# ({"error": {...}}), item (HTTP 200, on each item of a decisions answer; elsewhere top).
+ERROR_FORMS = ("top", "wrapped", "item")
+# code -> (action, status, message): Adobe's Enhanced Error Codes lists, plus the 2023 codes the
+# reference names and two of the emulator's own (unknown_resource, method_not_allowed).
+EEC_CODES: dict[str, tuple[str, int, str]] = {
+    "invalid_access_token_service_provider": (
+        "application-registration", 401, "The access token is invalid due to invalid service provider."),
+    "invalid_access_token_client_application": (
+        "application-registration", 401, "The access token is invalid due to invalid client application."),
+    "access_token_expired": ("application-registration", 401, "The access token has expired."),
+    "invalid_access_token_signature": ("application-registration", 401, "The access token signature is invalid."),
+    "invalid_client_id": ("application-registration", 401, "The client identifier is invalid."),
+    "invalid_header_device_info": ("none", 400, "The device information header value is missing or invalid."),
+    "invalid_device_info": ("none", 400, "The device information is missing or invalid."),
+    "invalid_header_device_identifier": ("none", 400, "The device identifier header value is missing or invalid."),
+    "invalid_parameter_resources": ("none", 400, "The resources parameter value is missing or invalid."),
+    "authorization_denied_by_mvpd": (
+        "none", 403, "The MVPD has returned a \"Deny\" decision when requesting authorization for the specified "
+        "resource"),
+    "preauthorization_denied_by_mvpd": (
+        "none", 403, "The MVPD has returned a \"Deny\" decision when requesting pre-authorization for the "
+        "specified resource."),
+    "authenticated_profile_missing": (
+        "authentication", 403, "The authenticated profile associated with this request is missing."),
+    "network_received_error": (
+        "retry", 403, "There was a read error while retrieving the response from the associated partner service."),
+    "network_connection_timeout": (
+        "retry", 403, "There was a connection timeout with the associated partner service."),
+    "maximum_execution_time_exceeded": (
+        "retry", 403, "The request did not complete in the maximum allowed time."),
+    "internal_server_error": ("none", 500, "The request failed due to an internal server error."),
+    "unknown_resource": ("none", 404, "No such protected resource; the emulator serves GET "
+                         "/api/v2/{serviceProvider}/configuration and POST .../decisions/(pre)authorize/{mvpd}."),
+    "method_not_allowed": ("none", 405, "This resource does not accept that method."),
+}
+MASK = "[masked]"
+LOG_BODY_MAX = 8192  # characters of a request body kept in the request log
+_JSON_SECRET = re.compile(r'("(?:client_secret|access_token|software_statement|refresh_token)"\s*:\s*")'
+                          r'((?:[^"\\]|\\.)*)"')
+_FORM_SECRET = re.compile(r"(?i)((?:^|[&?])(?:client_secret|access_token|software_statement|refresh_token)=)"
+                          r"([^&]+)")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 REQUEST_LOG_SIZE = 10000
 PROBLEM_LOG_SIZE = 1000
 NBF_LEEWAY = 60.0  # seconds a statement's nbf may lie in the future (device and server clocks differ)
@@ -70,6 +134,23 @@ def _header_safe(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii").replace("\r", " ").replace("\n", " ")[:300]
 
 
+def mask_secrets(text: str) -> str:
+    """Hide secret values in a query string, form or JSON body; every other byte stays as sent, so a
+    test can compare the rest exactly. Also hides anything shaped like a JWT (statements, tokens)."""
+    text = _JSON_SECRET.sub(lambda m: m.group(1) + MASK + '"', text)
+    text = _FORM_SECRET.sub(lambda m: m.group(1) + MASK, text)
+    return _JWT.sub(MASK, text)
+
+
+def mask_header(name: str, value: str) -> str:
+    """Authorization keeps its scheme (`Bearer [masked]`); other headers hold no secret of the DCR flow,
+    but a stray JWT or secret parameter in any of them is masked too."""
+    if name.lower() in ("authorization", "proxy-authorization", "cookie"):
+        scheme, sep, rest = value.partition(" ")
+        return scheme + " " + MASK if sep and rest else MASK
+    return mask_secrets(value)
+
+
 class _Reject(Exception):
     """An emulated error answer; carries the response dict."""
 
@@ -87,14 +168,31 @@ def _oauth_error(status: int, error: str, reason: str, **extra: Any) -> _Reject:
     return _Reject(dict(status=status, headers=headers, body=body, code=error, reason=reason, **extra))
 
 
-def _eec_error(status: int, action: str, code: str, message: str, **extra: Any) -> _Reject:
-    obj = {"action": action, "status": status, "code": code, "message": message, "helpUrl": HELP_URL,
-           "trace": str(uuid.uuid4())}
-    headers = [("Content-Type", "application/json;charset=utf-8"), ("X-Emulator-Reason", _header_safe(message))]
-    if status == 401:
-        headers.append(("WWW-Authenticate", 'Bearer realm="adobe-pass"'))
-    return _Reject(dict(status=status, headers=headers, body=json.dumps(obj).encode(), code=code,
-                        reason=message, **extra))
+def eec_object(code: str, message: str | None = None) -> dict[str, Any]:
+    """One Enhanced Error Code object as Adobe documents it: action, status, code, message, helpUrl, trace."""
+    action, status, default = EEC_CODES[code]
+    return {"action": action, "status": status, "code": code, "message": message or default, "helpUrl": HELP_URL,
+            "trace": str(uuid.uuid4())}
+
+
+def _plain_401(reason: str, **extra: Any) -> _Reject:
+    """A 401 without a body: what the current REST API v2 answers for an invalid or expired access
+    token (reference sections 5 and 8: "get a new access token, then retry")."""
+    return _Reject(dict(status=401, headers=[("X-Emulator-Reason", _header_safe(reason))], body=b"",
+                        code="unauthorized", reason=reason, **extra))
+
+
+def _item(resource: str, sp: str, mvpd: str, error: dict[str, Any] | None, kind: str, now: float) -> dict[str, Any]:
+    """One entry of a decisions answer: authorized, or refused with an item-level `error`."""
+    item: dict[str, Any] = {"resource": resource, "serviceProvider": sp, "mvpd": mvpd, "source": "mvpd",
+                            "authorized": error is None}
+    if error is not None:
+        item["error"] = error
+    elif kind == "authorize":
+        ms = int(now * 1000)
+        item["token"] = {"issuedAt": ms, "notBefore": ms, "notAfter": ms + 600000,
+                         "serializedToken": jwtutil.b64url(("emulator:%s:%s" % (resource, uuid.uuid4())).encode())}
+    return item
 
 
 def _ok(status: int, obj: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -132,12 +230,15 @@ class Service:
 
     def __init__(self, signing_key: Any, *, token_ttl: int = 21600, legacy: bool = False,
                  strict_device_info: bool = False, rate: float = 1.0, burst: int = 10,
-                 retry_after: str | None = None, trust_forwarded_for: bool = False,
-                 throttle: bool = True, redirect_uri_prefixes: tuple[str, ...] = ("http://localhost",)) -> None:
+                 retry_after: str | None = None, trust_forwarded_for: bool = True,
+                 throttle: bool = True, redirect_uri_prefixes: tuple[str, ...] = ("http://localhost",),
+                 burst_refill: bool = False, register_content_type: str = "strict", error_style: str = "current",
+                 error_form: str = "top", item_errors: dict[str, Any] | None = None,
+                 invalid_service_providers: tuple[str, ...] = ()) -> None:
         self.key = signing_key
         self.public_key = signing_key.public_key()
         self.kid = jwtutil.key_id(signing_key)
-        self.throttle = Throttle(rate, burst, throttle)
+        self.throttle = Throttle(rate, burst, throttle, refill_burst=burst_refill)
         self.faults = FaultQueue()
         self.apps: dict[str, dict[str, Any]] = {DEFAULT_APP_ID: {"redirect_uris": None}}
         self.statements: dict[str, str] = {}  # fingerprint -> app id, for statements minted here
@@ -145,11 +246,16 @@ class Service:
         self.clients: dict[str, dict[str, Any]] = {}
         self.ca_pem: bytes | None = None
         self.token_ttl, self.legacy, self.strict_device_info = 21600, False, False
-        self.retry_after, self.trust_forwarded_for = "none", False
+        self.retry_after, self.trust_forwarded_for = "none", True
         self.redirect_uri_prefixes: list[str] = []
+        self.register_content_type, self.error_style, self.error_form = "strict", "current", "top"
+        self.item_errors: dict[str, Any] = {}
+        self.invalid_service_providers: list[str] = []
         self.configure(token_ttl=token_ttl, legacy=legacy, strict_device_info=strict_device_info,
                        retry_after=retry_after, trust_forwarded_for=trust_forwarded_for,
-                       redirect_uri_prefixes=list(redirect_uri_prefixes))
+                       redirect_uri_prefixes=list(redirect_uri_prefixes), register_content_type=register_content_type,
+                       error_style=error_style, error_form=error_form, item_errors=dict(item_errors or {}),
+                       invalid_service_providers=list(invalid_service_providers))
         self._stats = _new_stats()
 
     # ----- configuration and administration -------------------------------------------------------
@@ -157,8 +263,12 @@ class Service:
     def config(self) -> dict[str, Any]:
         return {"token_ttl": self.token_ttl, "legacy": self.legacy, "strict_device_info": self.strict_device_info,
                 "rate": self.throttle.rate, "burst": self.throttle.burst, "throttle": self.throttle.enabled,
+                "burst_refill": self.throttle.refill_burst,
                 "retry_after": self.retry_after, "trust_forwarded_for": self.trust_forwarded_for,
-                "redirect_uri_prefixes": list(self.redirect_uri_prefixes), "default_app_id": DEFAULT_APP_ID}
+                "redirect_uri_prefixes": list(self.redirect_uri_prefixes),
+                "register_content_type": self.register_content_type, "error_style": self.error_style,
+                "error_form": self.error_form, "item_errors": copy.deepcopy(self.item_errors),
+                "invalid_service_providers": list(self.invalid_service_providers), "default_app_id": DEFAULT_APP_ID}
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Apply runtime changes (all or nothing); ValueError names the first bad key."""
@@ -168,8 +278,27 @@ class Service:
         for key, value in changes.items():
             if key not in known:
                 raise ValueError("unknown setting %r; known settings: %s" % (key, ", ".join(sorted(known))))
-            if key in ("legacy", "strict_device_info", "throttle", "trust_forwarded_for") and not isinstance(value, bool):
+            if key in ("legacy", "strict_device_info", "throttle", "trust_forwarded_for", "burst_refill") \
+                    and not isinstance(value, bool):
                 raise ValueError("setting %r must be true or false, got %r" % (key, value))
+        for key, allowed in (("register_content_type", CONTENT_TYPE_MODES), ("error_style", ERROR_STYLES),
+                             ("error_form", ERROR_FORMS)):
+            if key in changes and changes[key] not in allowed:
+                raise ValueError("setting %r must be one of %s; got %r" % (key, ", ".join(allowed), changes[key]))
+        items = changes.get("item_errors", self.item_errors)
+        if not isinstance(items, dict) or not all(isinstance(k, str) for k in items):
+            raise ValueError("setting 'item_errors' must be an object {resource: code or error object}")
+        for resource, err in items.items():
+            if isinstance(err, str) and err in EEC_CODES:
+                continue
+            if isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("action"), str) \
+                    and isinstance(err.get("status"), int):
+                continue
+            raise ValueError("setting 'item_errors' for %r must be one of %s, or an object with action, status "
+                             "and code; got %r" % (resource, ", ".join(sorted(EEC_CODES)), err))
+        sps = changes.get("invalid_service_providers", self.invalid_service_providers)
+        if not isinstance(sps, list) or not all(isinstance(x, str) and x for x in sps):
+            raise ValueError("setting 'invalid_service_providers' must be a list of service provider ids")
         ttl = changes.get("token_ttl", self.token_ttl)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
             raise ValueError("setting 'token_ttl' must be a whole number of seconds >= 1, got %r" % (ttl,))
@@ -180,17 +309,22 @@ class Service:
         prefixes = changes.get("redirect_uri_prefixes", self.redirect_uri_prefixes)
         if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
             raise ValueError("setting 'redirect_uri_prefixes' must be a list of non-empty strings")
-        if any(k in changes for k in ("rate", "burst", "throttle")):
+        # A changed client key also changes what a bucket means: every bucket starts full again.
+        if any(k in changes for k in ("rate", "burst", "throttle", "burst_refill", "trust_forwarded_for")):
             rate, burst = changes.get("rate", self.throttle.rate), changes.get("burst", self.throttle.burst)
             if isinstance(rate, bool) or not isinstance(rate, (int, float)):
                 raise ValueError("setting 'rate' must be a number of requests per second, got %r" % (rate,))
             if isinstance(burst, bool) or not isinstance(burst, int):
                 raise ValueError("setting 'burst' must be a whole number of requests, got %r" % (burst,))
-            self.throttle.configure(rate, burst, changes.get("throttle"))
+            self.throttle.configure(rate, burst, changes.get("throttle"), changes.get("burst_refill"))
         self.token_ttl, self.retry_after, self.redirect_uri_prefixes = ttl, mode, list(prefixes)
         self.legacy = changes.get("legacy", self.legacy)
         self.strict_device_info = changes.get("strict_device_info", self.strict_device_info)
         self.trust_forwarded_for = changes.get("trust_forwarded_for", self.trust_forwarded_for)
+        self.register_content_type = changes.get("register_content_type", self.register_content_type)
+        self.error_style = changes.get("error_style", self.error_style)
+        self.error_form = changes.get("error_form", self.error_form)
+        self.item_errors, self.invalid_service_providers = copy.deepcopy(items), list(sps)
         return self.config()
 
     def mint_statement(self, app_id: str | None, now: float, approved: bool = True,
@@ -258,6 +392,10 @@ class Service:
         s["faults_pending"] = len(self.faults.list())
         return s
 
+    def requests(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """The request log (oldest first), optionally only one endpoint's requests."""
+        return [copy.deepcopy(r) for r in self._stats["requests"] if endpoint in (None, r["endpoint"])]
+
     def reset_stats(self) -> None:
         self._stats = _new_stats()
 
@@ -271,10 +409,19 @@ class Service:
                 return first
         return req["ip"]
 
+    def _effective_device_info(self, req: dict[str, Any], ip: str) -> None:
+        """Decode X-Device-Info once and merge it over what the connection shows (reference section 4)."""
+        explicit, problems = deviceinfo.check(req["headers"].get("x-device-info"))
+        extracted = {"connectionIp": ip, "connectionPort": req.get("port"), "connectionSecure": req.get("tls"),
+                     "userAgent": req["headers"].get("user-agent")}
+        req["device_info"] = (explicit, problems, deviceinfo.effective(explicit, extracted))
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         endpoint = endpoint_of(req["path"])
         ip = self.client_key(req)
         meta = {"endpoint": endpoint, "fault": None, "client_id": None}
+        if endpoint != "other":
+            self._effective_device_info(req, ip)
         if endpoint == "other":
             resp = dict(status=404, headers=[("Content-Type", "text/plain;charset=utf-8")],
                         body=b"Not Found: the emulator serves /o/client/register, /o/client/token, /api/v2/... "
@@ -305,7 +452,7 @@ class Service:
             except _Reject as r:
                 resp = r.resp
             counts = self._stats[endpoint]
-            if 200 <= resp["status"] < 300:
+            if 200 <= resp["status"] < 300 and resp.get("code") is None:  # item-level errors come with a 200
                 counts["ok"] += 1
             else:
                 counts["error"] += 1
@@ -322,9 +469,22 @@ class Service:
     def _record(self, req: dict[str, Any], ip: str, resp: dict[str, Any]) -> None:
         fault = resp.get("fault")
         kinds = "+".join(k for k in fault if k not in ("endpoint", "count", "id")) if fault else None
-        self._stats["requests"].append({"t": req["t"], "endpoint": resp["endpoint"], "status": resp["status"],
-                                        "ip": ip, "code": resp.get("code"), "fault": kinds,
-                                        "client_id": resp.get("client_id")})
+        header_list = req.get("header_list")
+        if header_list is None:  # sans-I/O callers pass only the lower-case dict
+            header_list = list(req["headers"].items())
+        body = req["body"].decode("utf-8", "backslashreplace")
+        _, _, effective = req.get("device_info") or (None, None, {})
+        ip_seen = effective.get("connectionIp")
+        self._stats["requests"].append({
+            "t": req["t"], "endpoint": resp["endpoint"], "status": resp["status"], "ip": ip, "code": resp.get("code"),
+            "fault": kinds, "client_id": resp.get("client_id"),
+            "method": req["method"], "path": req["path"], "query": mask_secrets(req.get("query") or ""),
+            "headers": [[name, mask_header(name, value)] for name, value in header_list],
+            "body": mask_secrets(body[:LOG_BODY_MAX]), "body_bytes": len(req["body"]),
+            "body_truncated": len(body) > LOG_BODY_MAX,
+            "connection_ip": ip_seen if isinstance(ip_seen, str) else None,
+            "connection_port": effective.get("connectionPort"),
+            "device_info": effective, "unknown_platform": deviceinfo.unknown_platform(effective)})
 
     def _throttled(self, wait: float, now: float, meta: dict[str, Any]) -> dict[str, Any]:
         headers = [("Content-Type", "text/html")]
@@ -338,6 +498,9 @@ class Service:
 
     def _fault_answer(self, fault: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         status = fault["status"]
+        if fault.get("no_body"):  # e.g. a bare 401/403 from a gateway in front of the DCR endpoints
+            return dict(status=status, headers=[], body=b"", code="fault_%d" % status,
+                        reason="injected status %d without a body" % status, **meta)
         body = fault.get("body")
         ctype = fault.get("content_type")
         if body is None:
@@ -355,20 +518,35 @@ class Service:
                     code="fault_%d" % status, reason="injected status %d" % status, **meta)
 
     def _device_info(self, req: dict[str, Any], ip: str, endpoint: str) -> list[str]:
-        _, problems = deviceinfo.check(req["headers"].get("x-device-info"))
+        if "device_info" not in req:
+            self._effective_device_info(req, ip)
+        _, problems, _ = req["device_info"]
         if problems:
             self._stats["device_info_problems"].append(
                 {"t": req["t"], "endpoint": endpoint, "ip": ip, "problems": problems})
         return problems
 
+    def _register_content_type_ok(self, value: str) -> bool:
+        if self.register_content_type == "exact":
+            return value == REGISTER_CONTENT_TYPE
+        mtype, params = _media_type(value)
+        charset = params.get("charset")
+        if mtype != "application/json":
+            return False
+        if self.register_content_type == "strict":
+            return charset is not None and charset.lower() == "utf-8"
+        return charset is None or charset.lower() in ("utf-8", "utf8")
+
     def _register(self, req: dict[str, Any], ip: str, now: float, skew: float,
                   meta: dict[str, Any]) -> dict[str, Any]:
         if req["method"] != "POST":
             raise _oauth_error(405, "invalid_request", "client/register accepts only POST", **meta)
-        mtype, params = _media_type(req["headers"].get("content-type", ""))
-        if mtype != "application/json" or params.get("charset", "utf-8").lower() not in ("utf-8", "utf8"):
-            raise _oauth_error(400, "invalid_request", "Content-Type is %r; send application/json;charset=utf-8"
-                               % req["headers"].get("content-type", ""), **meta)
+        ctype = req["headers"].get("content-type", "")
+        if not self._register_content_type_ok(ctype):
+            # Adobe documents only 400 invalid_request for this endpoint ("The request includes an
+            # unsupported parameter value" / "The request is malformed"), never 415.
+            raise _oauth_error(400, "invalid_request", "Content-Type is %r; Adobe requires %s (check: %s)"
+                               % (ctype[:80], REGISTER_CONTENT_TYPE, self.register_content_type), **meta)
         problems = self._device_info(req, ip, "register")
         if problems and self.strict_device_info:
             raise _oauth_error(400, "invalid_request", "strict mode: " + problems[0], **meta)
@@ -470,41 +648,99 @@ class Service:
                    {"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl,
                     "created_at": iat if self.legacy else int((now + skew) * 1000), "id": jti}, **meta)
 
+    def _eec(self, code: str, req: dict[str, Any], items: list[str] | None, message: str | None = None,
+             **meta: Any) -> _Reject:
+        """An Enhanced Error Code answer in the configured form (top, wrapped, or on every item)."""
+        obj = eec_object(code, message)
+        reason = "%s: %s" % (code, message or obj["message"])
+        headers = [("Content-Type", "application/json;charset=utf-8"), ("X-Emulator-Reason", _header_safe(reason))]
+        status, body = obj["status"], obj
+        if self.error_form == "wrapped":
+            body = {"error": obj}
+        elif self.error_form == "item" and items:
+            sp, mvpd, kind = _decision_path(req["path"]) or ("", "", "")
+            status = 200  # Adobe: the HTTP status may differ from the item's "status"
+            body = {"decisions": [_item(r, sp, mvpd, dict(obj), kind, req["now"]) for r in items]}
+        return _Reject(dict(status=status, headers=headers, body=json.dumps(body).encode(), code=code,
+                            reason=reason, **meta))
+
     def _protected(self, req: dict[str, Any], ip: str, now: float, skew: float,
                    meta: dict[str, Any]) -> dict[str, Any]:
+        decision = _decision_path(req["path"])
+        items = _resources(req["body"]) if decision else None
+        legacy_codes = self.error_style == "2023"
         problems = self._device_info(req, ip, "protected")
         if problems and self.strict_device_info:
-            raise _eec_error(400, "configuration", "invalid_device_info", "strict mode: " + problems[0], **meta)
+            raise self._eec("invalid_device_info" if legacy_codes else "invalid_header_device_info", req, items,
+                            "strict mode: " + problems[0], **meta)
         auth = req["headers"].get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise _eec_error(401, "authentication", "missing_access_token",
-                             "the Authorization: Bearer <access_token> header is missing or malformed", **meta)
+            raise _plain_401("the Authorization: Bearer <access_token> header is missing or malformed", **meta)
         try:
             claims = jwtutil.verify(token.strip(), self.public_key)
+            if not isinstance(claims.get("sub"), str) or not isinstance(claims.get("exp"), (int, float)):
+                raise jwtutil.JWTError("access token lacks sub or exp")
         except jwtutil.JWTError as e:
-            raise _eec_error(401, "authentication", "invalid_access_token_signature", "access token: %s" % e, **meta)
-        client_id = claims.get("sub")
-        if not isinstance(client_id, str) or not isinstance(claims.get("exp"), (int, float)):
-            raise _eec_error(401, "authentication", "invalid_access_token_signature",
-                             "access token lacks sub or exp", **meta)
+            if legacy_codes:
+                raise self._eec("invalid_access_token_signature", req, items, "access token: %s" % e, **meta)
+            raise _plain_401("access token: %s" % e, **meta)
+        client_id = claims["sub"]
         meta["client_id"] = client_id
         if claims["exp"] <= now:
-            raise _eec_error(401, "authentication", "access_token_expired",
-                             "the access token expired; get a new one from client/token", **meta)
+            if legacy_codes:
+                raise self._eec("access_token_expired", req, items, **meta)
+            raise _plain_401("the access token expired; get a new one from client/token", **meta)
         client = self.clients.get(client_id)
         if client is None or client["revoked"]:
-            raise _eec_error(401, "application-registration", "invalid_access_token_client_application",
-                             "the client application of this token is unknown or revoked; register again", **meta)
+            raise self._eec("invalid_client_id" if legacy_codes else "invalid_access_token_client_application",
+                            req, items, **meta)
+        parts = req["path"].split("/")  # ['', 'api', 'v2', sp, ...]
+        sp = parts[3] if len(parts) > 3 else ""
+        if sp in self.invalid_service_providers:
+            raise self._eec("invalid_access_token_service_provider", req, items, **meta)
         per = self._stats["per_client_id"].setdefault(client_id, {"token": 0, "protected": 0})
         per["protected"] += 1
-        parts = req["path"].split("/")  # ['', 'api', 'v2', sp, 'configuration']
         if len(parts) == 5 and parts[1:3] == ["api", "v2"] and parts[4] == "configuration" and parts[3]:
             if req["method"] != "GET":
-                raise _eec_error(405, "none", "method_not_allowed", "configuration accepts only GET", **meta)
-            sp = parts[3]
+                raise self._eec("method_not_allowed", req, None, "configuration accepts only GET", **meta)
             return _ok(200, {"serviceProvider": sp, "displayName": sp, "mvpds": [
                 {"id": "Cablevision", "displayName": "Optimum", "platformMappingId": "Cablevision"},
                 {"id": "Comcast_SSO", "displayName": "Xfinity", "platformMappingId": "Comcast_SSO"}]}, **meta)
-        raise _eec_error(404, "none", "unknown_resource", "no such protected resource; the emulator serves "
-                         "GET /api/v2/{serviceProvider}/configuration", **meta)
+        if decision is not None:
+            sp, mvpd, kind = decision
+            if req["method"] != "POST":
+                raise self._eec("method_not_allowed", req, None, "decisions accept only POST", **meta)
+            if not req["headers"].get("ap-device-identifier"):
+                raise self._eec("invalid_header_device_identifier", req, None, **meta)
+            if not items:
+                raise self._eec("invalid_parameter_resources", req, None, **meta)
+            decisions = []
+            for r in items:
+                err = self.item_errors.get(r)
+                if isinstance(err, str):
+                    err = eec_object(err)
+                decisions.append(_item(r, sp, mvpd, dict(err) if err else None, kind, now))
+            return _ok(200, {"decisions": decisions}, **meta)
+        raise self._eec("unknown_resource", req, None, **meta)
+
+
+def _decision_path(path: str) -> tuple[str, str, str] | None:
+    """(serviceProvider, mvpd, authorize|preauthorize) for /api/v2/{sp}/decisions/{kind}/{mvpd}."""
+    parts = path.split("/")
+    if len(parts) == 7 and parts[1:3] == ["api", "v2"] and parts[4] == "decisions" \
+            and parts[5] in ("authorize", "preauthorize") and parts[3] and parts[6]:
+        return parts[3], parts[6], parts[5]
+    return None
+
+
+def _resources(body: bytes) -> list[str] | None:
+    """The `resources` of a decisions request body, or None when it has none usable."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    res = obj.get("resources") if isinstance(obj, dict) else None
+    if not isinstance(res, list) or not res or not all(isinstance(r, str) and r for r in res):
+        return None
+    return res[:100]
