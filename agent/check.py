@@ -1,7 +1,9 @@
 """`pass-agent check`: validates the configuration, then the environment it needs, one line per check.
 
 Exit codes: 2 when the configuration itself is invalid, 1 when only an environment check fails,
-0 when everything passes. Must never: change anything on the box, or print a secret.
+0 when everything passes. With `--as-user USER` (root only) the environment checks run in a child
+process that has dropped to USER's uid, gid and groups, so file permissions are tested as the
+service sees them. Must never: change anything on the box, or print a secret.
 """
 
 from __future__ import annotations
@@ -39,6 +41,38 @@ def check_statement(path: str) -> str:
     if not payload.get("sub"):
         raise ValueError("JWT payload has no 'sub' (registered application id)")
     return "RS256 JWT for registered application %s, issuer %s" % (str(payload.get("sub"))[:40], payload.get("iss"))
+
+
+def _nearest(path: str) -> str:
+    probe = path
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    return probe
+
+
+class _Problem(ValueError):
+    def __init__(self, message: str, fix: str) -> None:
+        ValueError.__init__(self, message)
+        self.fix = fix
+
+
+def _agent_dir(path: str, what: str, key: str) -> str:
+    """A directory the store writes (storage, runtime token): safe (agent/safedir.py), writable, and
+    on a file system mounted read-write."""
+    from agent import safedir
+
+    bad = safedir.problem(path, what, key)
+    if bad is not None:
+        raise bad
+    probe = _nearest(path)
+    if os.path.isdir(probe) and os.statvfs(probe).f_flag & getattr(os, "ST_RDONLY", 1):
+        raise _Problem("%s %s is on a read-only file system: the agent starts and serves the stored credentials"
+                       " but cannot save new ones (degraded store)" % (what, path),
+                       "check the flash (dmesg), repair it (fsck) and remount it read-write")
+    return _dir_usable(path, what)
 
 
 def _dir_usable(path: str, what: str) -> str:
@@ -89,8 +123,12 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
                                                      (" (%d warnings: %s)" % (len(w), "; ".join(w))) if w else "")
 
     check("device-info", identity, "fix [device] root/board or add [device.overrides]")
-    check("storage", lambda: _dir_usable(storage_dir(cfg, profile), "storage dir"),
+    check("storage", lambda: _agent_dir(storage_dir(cfg, profile), "storage dir", "[storage] dir"),
           "create the directory or set [storage] dir to a persistent, writable path")
+    if cfg["storage"]["token_cache"] == "runtime":
+        check("runtime", lambda: _agent_dir(os.path.join(cfg["storage"]["runtime_dir"], "token"),
+                                            "runtime token dir", "[storage] runtime_dir"),
+              "set [storage] runtime_dir to a tmpfs directory the agent can write (systemd: RuntimeDirectory=)")
     check("socket", lambda: _dir_usable(os.path.dirname(cfg["socket"]["path"]), "socket dir"),
           "set [socket] path to a writable runtime directory such as /run/pass-agent/agent.sock")
 
@@ -112,7 +150,50 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
     return results
 
 
-def check_command(config_path: str | None, out: TextIO) -> int:
+def _as_user(user: str, fn: Callable[[], list]) -> list:
+    """fn() in a forked child running as `user` (uid, gid, supplementary groups); its JSON result."""
+    import json as _json
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise _Problem("no user %r on this system" % user, "pass the service's user (systemd: User=)")
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise _Problem("checking as user %s needs root (this is uid %d)" % (pw.pw_name, os.geteuid()),
+                       "run pass-agent check --as-user as root")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop to the user, run the checks, report, always _exit
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups(os.getgrouplist(pw.pw_name, pw.pw_gid))
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            data = _json.dumps(fn()).encode("utf-8")
+            while data:
+                data = data[os.write(w, data):]
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not chunks:
+        raise _Problem("the checks as user %s did not complete" % pw.pw_name, "run them as root to see why")
+    return [tuple(x) for x in _json.loads(b"".join(chunks))] + [("user", True, "checked as user %s (uid %d, gid %d)"
+                                                                % (pw.pw_name, pw.pw_uid, pw.pw_gid), "")]
+
+
+def check_command(config_path: str | None, out: TextIO, as_user: str | None = None) -> int:
     path = configmod.resolve_path(config_path)
     try:
         cfg = configmod.load(path)
@@ -123,7 +204,19 @@ def check_command(config_path: str | None, out: TextIO) -> int:
         return 2
     out.write("ok    config       %s\n" % path)
     failed = 0
-    for name, ok, detail, hint in run_checks(cfg):
+    if as_user:
+        # Everything run_checks imports lazily is imported now: the user may not read this Python's files.
+        import ssl  # noqa: F401
+
+        from agent import boards, deviceinfo, safedir, service  # noqa: F401
+
+        try:
+            results = _as_user(as_user, lambda: run_checks(cfg))
+        except _Problem as e:
+            results = [("user", False, str(e), e.fix)]
+    else:
+        results = run_checks(cfg)
+    for name, ok, detail, hint in results:
         out.write("%-5s %-12s %s\n" % ("ok" if ok else "fail", name, detail))
         if not ok:
             failed += 1

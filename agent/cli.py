@@ -1,7 +1,10 @@
 """The `pass-agent` command line: argument parsing and dispatch only.
 
-Exit codes: 0 success, 1 operational failure, 2 usage or configuration error. Every subcommand
-imports what it needs lazily so that `pass-agent token` stays fast and small on a box.
+Exit codes: 0 success, 1 operational failure, 2 usage or configuration error (also a Python older
+than 3.9 or a missing runtime package: one line, checked before anything else is imported);
+`status` exits 3 when the agent answers but holds no valid token. Every subcommand imports what it
+needs lazily so that `pass-agent token` stays fast and small on a box. This module must import on
+old Pythons (no 3.9+ syntax or imports at module level) so it can say which Python is needed.
 Must never: print a traceback for an expected failure, or a secret outside `token`/`headers`.
 """
 
@@ -14,6 +17,36 @@ from typing import Sequence
 from agent import __version__
 
 DEFAULT_SOCKET = "/run/pass-agent/agent.sock"
+MIN_PYTHON = (3, 9)
+# What each command imports beyond the standard library (tomli: only where tomllib is missing).
+_NEEDS_CONFIG = ("run", "check", "reset", "device-info", "demo")
+_NEEDS_CRYPTO = ("run", "check", "reset", "demo")
+
+
+def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info)) -> str | None:
+    """One line saying why this Python cannot run `command` (too old, a package missing), or None."""
+    here = "%s (%s)" % (".".join(str(v) for v in version[:3]), sys.executable)
+    if tuple(version[:2]) < MIN_PYTHON:
+        return "pass-agent needs Python %d.%d or newer; this is Python %s: run it with a newer Python" % (
+            MIN_PYTHON + (here,))
+    missing = []
+    if command in _NEEDS_CONFIG and tuple(version[:2]) < (3, 11):
+        try:
+            import tomli  # noqa: F401
+        except ImportError:
+            missing.append("tomli")
+    if command in _NEEDS_CRYPTO:
+        try:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: F401
+        except ImportError:
+            missing.append("cryptography")
+    if missing:
+        return ("pass-agent %s needs the Python package%s %s, which %s not installed for Python %s: install %s"
+                " (pip install %s, or add %s to the image)" % (
+                    command, "s" if len(missing) > 1 else "", " and ".join(missing),
+                    "are" if len(missing) > 1 else "is", here, "them" if len(missing) > 1 else "it",
+                    " ".join(missing), "them" if len(missing) > 1 else "it"))
+    return None
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -88,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Validate the configuration file and what it points to. Exit 2 when the "
                                    "configuration is invalid, 1 when an environment check fails.")
     _config_arg(p)
+    p.add_argument("--as-user", metavar="USER", help="run the environment checks as USER (the service's "
+                   "user; needs root) to test file permissions as the agent sees them")
 
     p = sub.add_parser("reset", help="wipe the stored client credentials (forces a new registration)",
                        description="Overwrite and remove the stored credentials. The next start registers "
@@ -132,8 +167,16 @@ def _forwarded(argv: list[str]) -> int | None:
     return console_hash_command(argv[1:], sys.stdin, sys.stdout)
 
 
+def _command_of(argv: list) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    problem = runtime_problem(_command_of(argv))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     try:
         rc = _forwarded(argv)
     except KeyboardInterrupt:
@@ -177,15 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.root:
                 dev["root"] = args.root
             return boards.device_info_command(dev, args.decode, args.explain, sys.stdout)
-        if cmd in ("token", "headers", "status"):
+        if cmd == "status":
+            from agent.statusview import status_command
+
+            return status_command(_socket_path(args), args.json, sys.stdout, sys.stderr)
+        if cmd in ("token", "headers"):
             from agent.client import client_command
 
-            kw = {} if cmd == "status" else {"min_ttl": args.min_ttl, "wait": args.wait}
-            return client_command(cmd, _socket_path(args), args.json, sys.stdout, **kw)
+            return client_command(cmd, _socket_path(args), args.json, sys.stdout, min_ttl=args.min_ttl,
+                                  wait=args.wait)
         if cmd == "check":
             from agent.check import check_command
 
-            return check_command(args.config, sys.stdout)
+            return check_command(args.config, sys.stdout, as_user=args.as_user)
         if cmd == "reset":
             from agent import boards
             from agent import config as configmod

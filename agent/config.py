@@ -2,7 +2,10 @@
 
 Every problem is reported with the file, the key, what was found and what was expected; all
 problems are collected before failing, so an integrator fixes a file in one pass. The result is a
-plain nested dict mirroring the TOML tables, with every default filled in.
+plain nested dict mirroring the TOML tables, with every default filled in. Validation covers every
+value the agent would otherwise reject later (the console password hash, pyserial for a console
+port), so `pass-agent check` passing means `run` gets past its configuration, and `run` fails
+before it touches the store, the socket or the network.
 
 Must never: start the agent with a partially valid configuration, or print a traceback for a bad file.
 """
@@ -10,6 +13,7 @@ Must never: start the agent with a partially valid configuration, or print a tra
 from __future__ import annotations
 
 import grp
+import importlib.util
 import ipaddress
 import math
 import os
@@ -220,7 +224,19 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
         except KeyError:
             problems.append("[socket] allow_groups: no group named %r on this system; create it (sysusers.d) or "
                             "use allow_gids" % name)
+    ph = cfg["console"]["password_hash"]
+    if isinstance(ph, str) and ph:
+        from agent import consolehash
+
+        try:
+            consolehash.parse(ph)
+        except ConfigError as e:  # its message never echoes the hash
+            problems.extend("[console] password_hash: " + p.split(": ", 1)[-1] for p in e.problems)
     if check_files:
+        port = cfg["console"]["port"]
+        if isinstance(port, str) and port and importlib.util.find_spec("serial") is None:
+            problems.append("[console] port: set to %r, but pyserial is not installed for this Python; install "
+                            "pyserial, or set port = \"\" to run without the console" % port)
         for table, key in _MUST_EXIST:
             p = cfg[table][key]
             if p and not os.path.isfile(p):

@@ -20,13 +20,14 @@ import stat
 PARENT_MODE = 0o755  # missing parents: traversable, so a socket or file below stays reachable
 
 
-class UnsafeDir(Exception):
-    """A directory the agent must not use. `message` names the path and what is wrong, `hint` the fix."""
+class UnsafeDir(ValueError):
+    """A directory the agent must not use. `message` names the path and what is wrong, `hint` (also
+    `fix`, as `pass-agent check` reads it) the command that fixes it."""
 
     def __init__(self, message: str, hint: str) -> None:
-        Exception.__init__(self, message)
+        ValueError.__init__(self, message)
         self.message = message
-        self.hint = hint
+        self.hint = self.fix = hint
 
 
 def problem(path: str, what: str, key: str, uid: int | None = None) -> UnsafeDir | None:
@@ -35,7 +36,7 @@ def problem(path: str, what: str, key: str, uid: int | None = None) -> UnsafeDir
     uid = os.geteuid() if uid is None else uid
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # missing (a file among the parents: ensure() says so)
         return None
     if stat.S_ISLNK(st.st_mode):
         try:

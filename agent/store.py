@@ -870,8 +870,12 @@ def reset_command(storage_dir: str, device_id: str, assume_yes: bool, inp, out, 
     if not present:
         out.write("nothing to reset: no credential store in %s\n" % storage_dir)
         return 0
-    store = Store(storage_dir, device_id or "unknown-device", token_cache="runtime", runtime_dir=rd,
-                  log=logging.getLogger("pass-agent.store.reset"))
+    # The command says everything itself on `out`: the store's own log lines would repeat it on stderr.
+    quiet = logging.getLogger("pass-agent.store.reset")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    store = Store(storage_dir, device_id or "unknown-device", token_cache="runtime", runtime_dir=rd, log=quiet)
     try:
         store.open()
     except StoreError as e:
@@ -885,8 +889,9 @@ def reset_command(storage_dir: str, device_id: str, assume_yes: bool, inp, out, 
                       " have to sign in again.\nType 'yes' to remove it: ")
             out.flush()
             answer = inp.readline()
-            if answer.strip().lower() not in ("y", "yes"):
-                out.write("\nreset cancelled: nothing was removed\n")
+            out.write("\n")
+            if answer.strip() != "yes":  # only the word asked for: "y" or a stray newline must not wipe
+                out.write("reset cancelled: nothing was removed (type yes to remove it)\n")
                 return 1
         try:
             store.wipe()

@@ -122,3 +122,35 @@ def test_allow_groups_resolve_and_unknown_group_is_reported(write_config, statem
                                    '["no-such-group-xyz"]\n' % statement_file))
     assert probs == ["[socket] allow_groups: no group named 'no-such-group-xyz' on this system; create it "
                      "(sysusers.d) or use allow_gids"]
+
+
+@pytest.mark.parametrize("value", ["not-a-hash", "scrypt$16384$8$1$c2FsdA$aGFzaA", "pbkdf2_sha256$10$c2FsdHNhbHQ=$"
+                                   "aGFzaGhhc2hoYXNoaGFzaA==", "scrypt$3$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA=="])
+def test_bad_console_password_hash_is_a_config_error(write_config, statement_file, value):
+    """`check` and `run` must agree: a hash the console would reject fails validation, before the agent
+    touches the store, the socket or the network."""
+    probs = _problems(write_config('[adobe]\nsoftware_statement = "%s"\n[console]\npassword_hash = "%s"\n'
+                                   % (statement_file, value)))
+    assert len(probs) == 1 and probs[0].startswith("[console] password_hash: ")
+    assert "pass-agent console-hash" in probs[0]
+    assert value not in probs[0]  # a hash is a secret too: never echoed
+
+
+def test_good_console_password_hash_passes(write_config, statement_file):
+    from agent.consolehash import hash_password
+
+    h = hash_password("pw", "pbkdf2_sha256")
+    cfg = config.load(write_config('[adobe]\nsoftware_statement = "%s"\n[console]\npassword_hash = "%s"\n'
+                                   % (statement_file, h)))
+    assert cfg["console"]["password_hash"] == h
+
+
+def test_console_port_without_pyserial_is_a_config_error(write_config, statement_file, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "serial" else real(name, *a))
+    probs = _problems(write_config('[adobe]\nsoftware_statement = "%s"\n[console]\nport = "/dev/ttyS0"\n'
+                                   % statement_file))
+    assert probs == ["[console] port: set to '/dev/ttyS0', but pyserial is not installed for this Python; "
+                     "install pyserial, or set port = \"\" to run without the console"]
