@@ -128,3 +128,14 @@ def test_docs_and_agent_cite_only_files_that_are_in_the_repository():
                 missing.append("%s cites %s" % (src, ref))
     assert missing == []
     assert os.path.isfile(os.path.join(ROOT, "docs", "ADOBE.md"))
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        ci = f.read().splitlines()
+    (command,) = re.findall(r"^\s*(python3 -m venv \.venv && .*\.venv/bin/python -m pytest)$", readme, re.M)
+    install, run = command.rsplit(" && ", 1)
+    assert any(line.startswith(install + " ||") for line in ci), install
+    assert run in [line.strip() for line in ci], run
