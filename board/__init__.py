@@ -1,1 +1,0 @@
-"""Board profiles: one folder per supported board (data only, no code)."""
