@@ -267,3 +267,42 @@ def test_read_only_store_without_a_lock_file_still_opens(tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [None, "empty", True]
     assert os.listdir(str(d)) == []
+
+
+@needs_ro_mount
+@pytest.mark.parametrize("had_lock", [True, False])
+def test_read_only_store_saves_again_once_remounted_read_write(tmp_path, had_lock):
+    d = str(tmp_path / "store")
+    if had_lock:
+        s = Store(d, "dev-A")
+        s.open()
+        s.load()
+        s.save(make_state(0))
+        s.close()
+    else:
+        os.mkdir(d, 0o700)
+    code = """
+        import json, subprocess, sys
+        sys.path.insert(0, %r)
+        from agent.store import Store
+        from agent.errors import StoreError
+        s = Store(%r, "dev-A")
+        s.open()
+        s.load()
+        try:
+            s.save(%r)
+            out = ["saved while read-only"]
+        except StoreError as e:
+            out = [e.code]
+        subprocess.run(["mount", "-o", "remount,bind,rw", %r], check=True)
+        out += [s.save(%r), s.problem, s.stats["read_only"]]
+        s.close()
+        print(json.dumps(out))
+    """ % (ROOT, d, make_state(1), d, make_state(1))
+    r = subprocess.run(_ro_script(d, code), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["store_read_only", True, None, False]
+    s = Store(d, "dev-A")
+    s.open()
+    assert s.load() == make_state(1)
+    s.close()
