@@ -1,5 +1,7 @@
 """Board profiles: load and validate `board/<name>/board.toml`, and run device identification for
-the config's `[device]` table (the daemon and `pass-agent device-info` call this).
+the config's `[device]` table (the daemon and `pass-agent device-info` call this). The result, an
+`Identity`, rebuilds its header when the network changed (the service asks once per upstream
+request), and `check_required` tells `pass-agent check` which required fields are left `Unknown`.
 
 A profile is returned as a plain JSON-able dict (the shape `agent.deviceinfo.identify` takes, so it
 can also be handed to MicroPython as JSON): name, description, path, fields, sources, identity,

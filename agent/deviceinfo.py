@@ -5,14 +5,18 @@ Job: read the box's identifiers (/proc/device-tree, /proc/cpuinfo, /sys/class/dm
 and turn them into (1) the `X-Device-Info` value, (2) a stable device id and the REST API V2
 `AP-Device-Identifier` derived from it. `encode`/`decode` validate every field against the restricted
 sets of the Adobe reference (docs/DEVICE-INFO.md lists fields, sources and fallback chains).
+`describe` rebuilds only the header and `network_signature` says cheaply when that is due (the
+network changed). `ip_class` decides which connectionIp may be sent: Adobe merges an explicit value
+over the address it sees, so only a public address ever is.
 
 Portable: runs unmodified under MicroPython. Only os, json, binascii, hashlib and math; no pathlib,
 dataclasses, typing, re, fcntl or socket (the caller injects `ip_lookup`); no `from __future__`,
 no dict ordering assumptions (MicroPython dicts are unordered: the header follows FIELD_ORDER).
 
 Must never: crash on a missing, empty, binary, huge or non-UTF-8 file (every read is bounded and
-falls back); emit invalid JSON or a value outside Adobe's restricted sets; let network state change
-the device id; look at the real machine when given another root.
+falls back); emit invalid JSON or a value outside Adobe's restricted sets; emit a private, loopback,
+link-local, CGNAT, ULA or other non-public connectionIp; let network state change the device id;
+look at the real machine when given another root.
 """
 
 import binascii
