@@ -1,4 +1,4 @@
-"""The emulator encodes Adobe's documented behaviour (reference/adobe-pass-dcr.md, issue 14 item 7),
+"""The emulator encodes Adobe's documented behaviour (docs/ADOBE.md, issue 14 item 7),
 each quirk over real HTTP(S), with the switches that select the documented variants:
 
 - throttle: the burst of 10 is a one-time allowance (section 6), buckets per client address or

@@ -12,7 +12,7 @@ fault; then emulate the endpoint. Hang and reset faults fire before the request 
 service never saw it); malformed_json, truncate and chunked damage a response that was processed.
 
 Adobe's documented behaviour is the default, quirks included (docs/EMULATOR.md quotes the wording,
-reference/adobe-pass-dcr.md the sections): the one-time burst (section 6), the throttle keyed by
+docs/ADOBE.md the sections): the one-time burst (section 6), the throttle keyed by
 X-Forwarded-For, the required register Content-Type (section 1), the current Enhanced Error Code
 pairing (section 5), explicit X-Device-Info values merged over extracted ones (section 4). Settings
 select the other documented variants (2023 pairing, wrapped and item-level errors, refilling burst).
