@@ -56,3 +56,9 @@ def test_bench_summary_without_requests_finishes_and_says_what_it_skipped(tmp_pa
     assert len(skipped) == 1 and "requests" in skipped[0] and "[bench]" in skipped[0]
     assert table.splitlines()[-1] == "skipped: " + skipped[0]
     assert "MISSED" not in table
+
+
+def test_upstream_calls_per_device_day_drive_the_real_lifecycle():
+    up = bench.upstream_per_device_day(days=2)
+    assert up["calls"]["register"] == 1 and up["calls"]["token"] >= 2 * up["floor_per_device_day"]
+    assert up["ratio"] <= 1.5

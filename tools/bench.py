@@ -46,7 +46,7 @@ def upstream_per_device_day(days: int = 10, ttl: int = 21600) -> dict:
     rng = random.Random(7)
     lc = Lifecycle(random=rng.random)
     now, wall = 0.0, 1.7e9
-    lc.load(None, "hash", now, wall)
+    lc.load(None, "app", "hash", now, wall)
     calls = {"register": 0, "token": 0}
     end = days * 86400.0
     while now < end:
@@ -57,7 +57,7 @@ def upstream_per_device_day(days: int = 10, ttl: int = 21600) -> dict:
             continue
         calls[req["op"]] += 1
         if req["op"] == "register":
-            lc.on_registered({"client_id": "c", "client_secret": "s"}, "hash", now, wall + now)
+            lc.on_registered({"client_id": "c", "client_secret": "s"}, "app", now, wall + now)
         else:
             lc.on_token({"access_token": "t%d" % calls["token"], "token_type": "bearer", "expires_in": ttl},
                         now, wall + now)
