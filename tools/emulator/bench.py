@@ -35,7 +35,8 @@ def round_trips(origin: str, ca_file: str | None, statement: str, n: int) -> flo
     t0 = time.monotonic()
     for _ in range(n):
         _, _, body = request(origin, "POST", "/o/client/register", json.dumps({"software_statement": statement}),
-                             {"Content-Type": "application/json", "X-Device-Info": device_info()}, ca_file=ca_file)
+                             {"Content-Type": "application/json;charset=utf-8", "X-Device-Info": device_info()},
+                             ca_file=ca_file)
         reg = json.loads(body)
         form = urllib.parse.urlencode({"client_id": reg["client_id"], "client_secret": reg["client_secret"],
                                        "grant_type": "client_credentials"})
