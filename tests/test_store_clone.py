@@ -44,9 +44,9 @@ def test_cloned_image_is_refused_and_box_b_registers_afresh(tmp_path):
     store_a.open()
     store_a.load()
     lc = Lifecycle(random=lambda: 0.5)
-    lc.load(None, "hash-1", now=0.0, wall=1700000000.0)
+    lc.load(None, "app-1", "hash-1", now=0.0, wall=1700000000.0)
     assert lc.poll(0.0) == {"op": "register"}
-    for kind, arg in lc.on_registered({"client_id": "client-A", "client_secret": "secret-A"}, "hash-1",
+    for kind, arg in lc.on_registered({"client_id": "client-A", "client_secret": "secret-A"}, "app-1",
                                       now=1.0, wall=1700000001.0):
         if kind == "save":
             store_a.save(arg)
@@ -71,10 +71,10 @@ def test_cloned_image_is_refused_and_box_b_registers_afresh(tmp_path):
     assert stored is None and store_b.problem == "foreign_device"
     assert _slots(dir_b) == foreign
     lc_b = Lifecycle(random=lambda: 0.5)
-    lc_b.load(stored, "hash-1", now=0.0, wall=1700100000.0)
+    lc_b.load(stored, "app-1", "hash-1", now=0.0, wall=1700100000.0)
     assert lc_b.poll(0.0) == {"op": "register"}  # a fresh registration, not a token request
     assert _slots(dir_b) == foreign  # still untouched until the new credentials are saved
-    for kind, arg in lc_b.on_registered({"client_id": "client-B", "client_secret": "secret-B"}, "hash-1",
+    for kind, arg in lc_b.on_registered({"client_id": "client-B", "client_secret": "secret-B"}, "app-1",
                                         now=1.0, wall=1700100001.0):
         if kind == "save":
             store_b.save(arg)
@@ -87,6 +87,6 @@ def test_cloned_image_is_refused_and_box_b_registers_afresh(tmp_path):
     # Box A, untouched, starts from its store with a valid token: no registration, no request yet.
     again = Store(os.path.join(root_a, STORE), id_a).load()
     lc_a = Lifecycle(random=lambda: 0.5)
-    lc_a.load(again, "hash-1", now=0.0, wall=1700000100.0)
+    lc_a.load(again, "app-1", "hash-1", now=0.0, wall=1700000100.0)
     assert again["client"]["client_id"] == "client-A"
     assert lc_a.poll(0.0) is None and lc_a.token(0.0)["access_token"] == "token-A"
