@@ -28,7 +28,7 @@ TARGETS = [
     "sys/class/net/eth0/address", "sys/class/net/eth0/operstate", "sys/class/net/eth0/type",
     "sys/class/net/eth0/addr_assign_type", "sys/class/net/wlan0/address", "sys/class/net/wlan0/uevent",
     "sys/class/net/eno1/address", "sys/class/drm/card0-HDMI-A-1/status", "sys/class/drm/card0-HDMI-A-1/modes",
-    "sys/class/drm/card0-HDMI-A-1/edid",
+    "sys/class/drm/card0-HDMI-A-1/edid", "proc/net/route", "proc/net/ipv6_route",
 ]
 
 garbage = st.one_of(
@@ -77,9 +77,10 @@ def test_garbage_never_crashes(board, plan):
         shutil.copytree(os.path.join(FIXTURES, board), root)
         for rel, content in plan.items():
             plant(root, rel, content)
+        assert isinstance(di.network_signature(root, lambda name: "81.2.69.160"), str)
         try:
             result = di.identify(root=root, profile=PROFILES[board], application_id="app",
-                                 ip_lookup=lambda name: "192.168.1.2")
+                                 ip_lookup=lambda name: "81.2.69.160")
         except DeviceInfoError as e:
             # only a missing identity may stop the builder; the message says what to do
             assert "no stable device identifier" in str(e) and e.hint
@@ -98,6 +99,8 @@ def test_parsers_accept_any_bytes(data):
     di.parse_mode(text)
     di.parse_mac(text)
     di.parse_edid(data)
+    di.parse_route(text)
+    di.parse_ipv6_route(text)
     di.parse_edid(b"\x00\xff\xff\xff\xff\xff\xff\x00" + data)
 
 
