@@ -8,7 +8,8 @@ editor: echo, backspace (BS and DEL), Ctrl-C, Ctrl-U, history on ESC[A/ESC[B (an
 completion of command names. CR, LF and CRLF each end one line, even when CR and LF arrive in two
 reads. A finished line is looked up in COMMANDS (name, one-line help, usage, handler).
 
-Modes: "line" (normal), "password" (after `unlock`: input masked, never in history), "confirm"
+Modes: "line" (normal), "password" (after `unlock`: nothing is echoed, not even a '*' per character,
+which would tell an onlooker the password's length; never in history), "confirm"
 (after `register`/`reset`: `yes` runs the action), "follow" (`log follow`: log lines stream through a
 bounded queue until Ctrl-C; the oldest are dropped and counted).
 
@@ -17,7 +18,8 @@ line, and every command ends with exactly one `OK` or `ERR <code> <message>` lin
 
 Production lock: with a password hash, only help, version and unlock run until unlocked. Wrong
 passwords push the next allowed attempt out exponentially on the injected clock (the core never
-sleeps); no input for `idle_lock` seconds locks it again.
+sleeps); no input for `idle_lock` seconds locks it again. The transport's clock is agent.clock.now
+(CLOCK_BOOTTIME), so time spent in suspend counts toward the idle lock.
 
 Must never: output an access token, client secret or password (tokens are shown masked, secret-like
 keys masked, every output line passes the log redactor as a second net); sleep or block; grow memory
@@ -39,6 +41,7 @@ import time
 from typing import Callable
 
 from agent import __version__, consolehash
+from agent import clock as clockmod
 from agent import log as agent_log
 from agent.errors import AgentError
 
@@ -320,7 +323,7 @@ class Console:
     call feed/poll/banner from a single thread."""
 
     def __init__(self, service, *, password_hash: str | None = None, dumb: bool = False,
-                 clock: Callable[[], float] = time.monotonic, idle_lock: float = 300.0,
+                 clock: Callable[[], float] = clockmod.now, idle_lock: float = 300.0,
                  prompt: str = "pass-agent> ") -> None:
         self.service = service
         self._hash = consolehash.parse(password_hash) if password_hash else None  # ConfigError if malformed
@@ -474,7 +477,7 @@ class Console:
         self._raw("\x07")
 
     def _redraw(self) -> None:
-        shown = "*" * len(self._buf) if self._mode == "password" else "".join(self._buf)
+        shown = "" if self._mode == "password" else "".join(self._buf)  # never the password's length
         self._raw("\r\x1b[K" + self._cur_prompt + shown)
 
     # --- input ------------------------------------------------------------------------------
@@ -505,7 +508,8 @@ class Console:
         elif ch in ("\x08", "\x7f"):
             if self._buf:
                 self._buf.pop()
-                self._raw("\b \b")
+                if self._mode != "password":  # nothing was echoed there: nothing to erase
+                    self._raw("\b \b")
         elif ch == "\x15":
             self._reset_line()
             self._redraw()
@@ -546,7 +550,8 @@ class Console:
             self._bell()
             return
         self._buf.append(ch)
-        self._raw("*" if self._mode == "password" else ch)
+        if self._mode != "password":  # a password echoes nothing: even '*'s would give away its length
+            self._raw(ch)
 
     def _reset_line(self) -> None:
         self._buf = []
