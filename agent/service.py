@@ -398,28 +398,50 @@ class Service:
                 self._wait_deadlines.pop(key, None)
 
     def not_ready_error(self) -> AgentError:
+        """Why `token()` gave nothing: needs an operator, a valid token too short for the min_ttl
+        asked, an expired one (short tokens wait for the minimum interval), or a failing upstream."""
         with self._cond:
             now = self.clock()
             err = self.lc.last_error
             due = self.lc.due
             state = self.lc.state
+            t = self.lc.tok
+            in_flight = self.lc.in_flight
+            interval = self.lc.min_token_interval
         retry_after = 1.0 if due is None else max(1.0, round(due - now, 1))
         if state == lifecycle.NEEDS_OPERATOR and err:
             return AgentError("the agent needs an operator: %s" % err.get("message"), code=err.get("code", "needs_operator"),
                               kind=OPERATOR, retry_after=retry_after, hint=err.get("hint"))
+        if in_flight:
+            nxt = "one is being fetched now"
+        elif err:
+            nxt = "the last attempt failed (%s); next attempt in %.0f s" % (err.get("code"), retry_after)
+        else:
+            nxt = "the next one is requested in %.0f s" % retry_after
+        if t is not None and t["expires_mono"] > now:
+            return NotReady("no token with the min_ttl asked for yet: the held token has %d s left; %s"
+                            % (int(t["expires_mono"] - now), nxt), retry_after=retry_after,
+                            hint=err.get("hint") if err else None)
+        if t is not None and not err and t["expires_in"] * self.lc.refresh_at < interval:
+            return NotReady("no valid token: Adobe's tokens live %d s and the agent asks for one at most every "
+                            "%d s (Adobe's throttle); %s" % (t["expires_in"], int(interval), nxt),
+                            retry_after=retry_after)
         if err:
-            return NotReady("no valid token yet: last attempt failed (%s); retrying" % err.get("code"),
-                            retry_after=retry_after, hint=err.get("hint"))
+            return NotReady("no valid token yet: %s" % nxt, retry_after=retry_after, hint=err.get("hint"))
+        if t is not None:
+            return NotReady("no valid token yet: the last one expired; %s" % nxt, retry_after=retry_after)
         return NotReady("no valid token yet: %s" % STATE_WORDS.get(state, state), retry_after=retry_after)
 
     def identity(self) -> dict:
         return self._identity
 
     def report_error(self, status: int, body: Any = None, access_token: str | None = None,
-                     management: bool = False) -> dict:
+                     management: bool = False, uid: int | None = None) -> dict:
+        """A player's protected-API error. `uid`: the reporting peer's uid (SO_PEERCRED), for the
+        per-peer limit on re-registrations; None (in-process callers) counts as one peer."""
         decision, reason = dcr.classify_protected_error(status, body, management=management)
         with self._cond:
-            result = self.lc.report(status, decision, access_token, self.clock())
+            result = self.lc.report(status, decision, access_token, self.clock(), uid)
             self._cond.notify_all()
         if result["decision"] in ("refresh", "reregister"):
             self.log.info("player reported HTTP %s (%s): %s", status, reason, result["decision"])

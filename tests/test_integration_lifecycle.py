@@ -247,3 +247,97 @@ def test_malformed_answers_are_retried(rig_factory, endpoint, knobs, code):
     assert counters.get(code) == 1 and counters["ok"] == 1
     assert rig.svc.lc.counters["register"]["ok"] == 1
     assert len(rig.log()) == 3
+
+
+# ----------------------------------------------------------------------------- statement rotation (issue 14.2)
+
+def test_a_re_downloaded_statement_of_the_same_application_keeps_the_credentials(rig_factory):
+    rig = rig_factory().start()
+    first = rig.svc.wait_token(30)
+    old_hash = rig.svc.status()["statement_sha256"]
+    old_statement = rig.statement
+    # A firmware update ships a fresh download (new iat/jti) of the same registered application.
+    rig.statement = rig.emu.write_statement(str(rig.statement_path))
+    assert rig.statement != old_statement
+    # Noticed without SIGHUP or reload (the file watch), and without registering again.
+    assert rig.wait(lambda: rig.svc.status()["statement_sha256"] not in (old_hash, None), timeout=15)
+    assert rig.outcomes() == [("register", 201), ("token", 201)]
+    assert len(rig.emu.clients()) == 1 and rig.svc.token()["access_token"] == first["access_token"]
+    assert rig.svc.status()["pending_register"] is False
+    # The new file is the one used from then on: with the old statement (and its client) revoked,
+    # the re-registration after invalid_client succeeds.
+    rig.emu.revoke_statement(old_statement)
+    rig.svc.request_refresh()
+    assert rig.wait(lambda: rig.svc.lc.token_generation >= 2 and rig.svc.lc.state == lifecycle.TOKEN_VALID)
+    assert rig.outcomes()[2:] == [("token", "invalid_client"), ("register", 201), ("token", 201)]
+
+
+def test_a_statement_for_another_application_registers_exactly_once(rig_factory):
+    rig = rig_factory().start()
+    rig.svc.wait_token(30)
+    rig.statement = rig.emu.write_statement(str(rig.statement_path), app_id="another-app")
+    assert rig.wait(lambda: rig.svc.lc.token_generation >= 2 and rig.svc.lc.state == lifecycle.TOKEN_VALID,
+                    timeout=15)
+    assert rig.outcomes() == [("register", 201), ("token", 201), ("register", 201), ("token", 201)]
+    status = rig.svc.status()
+    assert status["pending_register"] is False and status["next_request_in"] > 1000  # nothing more is due
+    assert status["statement_app"].endswith("|another-app")
+    assert rig.wait(lambda: (rig.store.load() or {}).get("statement_app", "").endswith("|another-app"))
+
+
+@pytest.mark.parametrize("content,code", [("hello, not a JWT\n", "statement_invalid"),
+                                          (None, "statement_no_sub")])
+def test_a_file_that_is_not_a_statement_needs_an_operator_and_the_credentials_keep_serving(rig_factory, content,
+                                                                                          code):
+    rig = rig_factory().start()
+    first = rig.svc.wait_token(30)
+    if content is None:  # a JWT without sub
+        payload = base64.urlsafe_b64encode(json.dumps({"iss": "auth.adobe.com", "iat": 1}).encode()).decode()
+        content = "eyJhbGciOiJSUzI1NiJ9.%s.c2ln" % payload.rstrip("=")
+    rig.statement_path.write_text(content)
+    assert rig.wait(lambda: rig.svc.lc.state == lifecycle.NEEDS_OPERATOR, timeout=15)
+    err = rig.svc.status()["last_error"]
+    assert err["code"] == code and str(rig.statement_path) in err["message"] and err["hint"]
+    assert rig.svc.token()["access_token"] == first["access_token"]  # still served
+    rig.svc.request_refresh()  # the stored credentials still work without a statement
+    assert rig.wait(lambda: rig.svc.lc.token_generation >= 2)
+    assert rig.outcomes() == [("register", 201), ("token", 201), ("token", 201)]  # no registration
+    # The operator installs a good file: back to normal, still no registration.
+    rig.statement = rig.emu.write_statement(str(rig.statement_path))
+    assert rig.wait(lambda: rig.svc.lc.state == lifecycle.TOKEN_VALID, timeout=15)
+    assert rig.svc.status()["last_error"] is None
+    assert [o for o in rig.outcomes() if o[0] == "register"] == [("register", 201)]
+
+
+# ----------------------------------------------------------------------------- undocumented answers (issue 14.5)
+
+def test_401_without_a_body_in_a_row_needs_an_operator_instead_of_polling(rig_factory):
+    # A shorter span than the default 10 min keeps the test short; the count (3) is the real one.
+    rig = rig_factory(undocumented_span=2.0)
+    rig.emu.add_fault("token", count=-1, status=401, body="", content_type="text/plain")
+    rig.start()
+    assert rig.wait(lambda: rig.svc.lc.state == lifecycle.NEEDS_OPERATOR, timeout=30)
+    err = rig.svc.status()["last_error"]
+    assert err["code"] == "upstream_undocumented" and err["kind"] == "operator"
+    assert "401" in err["message"] and err["hint"]
+    tokens = [r["status"] for r in rig.log() if r["endpoint"] == "token"]
+    assert 3 <= len(tokens) <= 6 and set(tokens) == {401}
+    assert rig.svc.status()["next_request_in"] > 3000  # hourly, not every minute
+    assert [o for o in rig.outcomes() if o[0] == "register"] == [("register", 201)]
+
+
+# ----------------------------------------------------------------------------- short tokens (issue 15.5)
+
+def test_one_second_tokens_are_asked_for_at_most_every_30_s(rig_factory):
+    rig = rig_factory(token_ttl=1).start()
+    assert rig.svc.wait_token(30) is not None
+    t0 = time.monotonic()
+    served = 0
+    while time.monotonic() - t0 < 6.0:  # a player asking all the time, for a bounded run of 6 s
+        served += 1 if rig.svc.wait_token(0.5) else 0
+    log = rig.log()
+    tokens = [r for r in log if r["endpoint"] == "token"]
+    assert len(tokens) == 1, [(r["endpoint"], r["status"], r["t"]) for r in log]  # the next one is due at 30 s
+    assert rig.emu.stats()["throttled"] == 0
+    err = rig.svc.not_ready_error()
+    assert "live 1 s" in err.message and "30 s" in err.message

@@ -112,3 +112,36 @@ def test_management_403_reregisters_but_a_plain_403_is_ignored(svc):
         time.sleep(0.05)
         deadline -= 1
     assert svc.calls[n].endswith("/client/register") and svc.calls[n + 1].endswith("/client/token")
+
+
+def test_min_ttl_longer_than_the_token_lifetime_answers_at_once_and_asks_nothing(svc):
+    from agent.errors import AgentError
+
+    svc.wait_token(5)
+    n = len(svc.calls)
+    for call in (lambda: svc.token(min_ttl=604800), lambda: svc.wait_token(30, min_ttl=3600)):
+        with pytest.raises(AgentError) as ei:
+            call()
+        assert ei.value.code == "min_ttl_unsatisfiable"
+        assert "3600 s" in ei.value.message and ei.value.hint
+    assert len(svc.calls) == n  # no refresh forced
+
+
+def test_not_ready_says_the_held_token_is_too_short_not_holding_a_valid_token(svc):
+    svc.wait_token(5)
+    n = len(svc.calls)
+    svc.clocks.mono += 20  # within the 30 s minimum interval: the refresh is scheduled, not started
+    assert svc.token(min_ttl=3590) is None
+    e = svc.not_ready_error()
+    assert e.code == "not_ready"
+    assert "holding a valid token" not in e.message
+    assert "has 3580 s left" in e.message and "requested in 10 s" in e.message
+    assert len(svc.calls) == n
+
+
+def test_report_error_takes_the_peer_uid_and_limits_reregistrations_per_uid(svc):
+    tok = svc.wait_token(5)["access_token"]
+    body = {"action": "application-registration", "code": "invalid_access_token_client_application"}
+    assert svc.report_error(401, body, access_token="not-the-current-one", uid=1000)["decision"] == "ignored"
+    assert svc.report_error(401, body, access_token=tok, uid=1000)["decision"] == "reregister"
+    assert svc.report_error(401, body)["decision"] in ("ignored", "rate_limited")  # default uid None works
