@@ -74,16 +74,24 @@ class UpstreamError(AgentError):
     """Adobe Pass (or the network to it) answered with an error.
 
     code: the OAuth error from Adobe (``invalid_client``, ``invalid_software_statement``...) or one
-    of ``throttled``, ``server_error``, ``network``, ``timeout``, ``malformed_response``.
+    of ``throttled``, ``server_error``, ``network``, ``timeout``, ``tls_verify``,
+    ``malformed_response``, ``redirected``, ``unknown_error``, ``http_<status>``.
     status: HTTP status, or None when no answer came.
+    undocumented: True when the answer is not one Adobe documents for the endpoint (a redirect, a
+    401/403 without an OAuth body, an unknown code, a 2xx without usable credentials or token):
+    retried, but a streak of them means something in the way needs an operator (agent/lifecycle.py).
     """
 
     code = "upstream_error"
     kind = RETRY
+    undocumented = False
 
-    def __init__(self, message, code=None, kind=None, retry_after=None, hint=None, status=None):
+    def __init__(self, message, code=None, kind=None, retry_after=None, hint=None, status=None,
+                 undocumented=None):
         AgentError.__init__(self, message, code, kind, retry_after, hint)
         self.status = status
+        if undocumented is not None:
+            self.undocumented = bool(undocumented)
 
     def to_dict(self):
         d = AgentError.to_dict(self)

@@ -3,16 +3,17 @@
 Mirrors micropython-lib `requests` (`request(method, url, data, json, headers, stream, auth,
 timeout, parse_headers)`, `get/post/...`, `Response.status_code/reason/headers/content/text/
 json()/close()`) and fixes its security defects: TLS certificates and host names are verified by
-default, bodies are bounded, redirects are limited and do not carry credentials to another origin,
-and `timeout` is one deadline covering connect, TLS, sending and the whole response, across
-redirects. docs/HTTP-SHIM.md lists every difference from micropython-lib and why.
+default, bodies are bounded, redirects are limited, never go from https to http, and never carry
+credentials or a request body to another origin (scheme, host, port), and `timeout` is one
+deadline covering connect, TLS, sending and the whole response, across redirects. docs/HTTP-SHIM.md lists every difference from micropython-lib and why.
 
 Portable: runs unmodified under CPython 3.9+ and MicroPython (unix port, mbedTLS `ssl`). Only
 `socket`, `errno`, `sys`, `time` at import; `ssl`, `json`, `binascii` when first needed.
 
 Errors: OSError for network problems (the errno of the cause; timeouts carry ETIMEDOUT, which is
 TimeoutError on CPython; refused certificates raise TLSVerifyError, an OSError), ValueError for
-protocol problems (malformed status line or headers, body over `max_body`, too many redirects).
+protocol problems (malformed status line or headers, body over `max_body`, too many redirects, a
+redirect the policy above refuses).
 Every message names the method, the URL (without its query string) and host:port, and says what
 to do.
 
@@ -54,7 +55,8 @@ MAX_LINE = 8192                  # longest status, header or chunk-size line acc
 MAX_HEADERS = 100                # most header (or trailer) lines accepted in one response
 _RECV = 4096 if _MICROPYTHON else 65536
 _REDIRECTS = (301, 302, 303, 307, 308)
-# Dropped when a redirect leaves the origin (scheme, host, port) of the previous request.
+# Dropped when a redirect leaves the origin (scheme, host, port) of the previous request, and not
+# restored if a later redirect comes back.
 _CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
 # Set by the shim from the request itself; a caller's copy would desynchronise the framing.
 _FRAMING_HEADERS = ("content-length", "transfer-encoding", "connection", "host")
@@ -785,7 +787,12 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             split_url(new_url)
         except (ValueError, TypeError) as e:
             raise ValueError("urequests: %s: unusable redirect Location (%s)" % (where, e))
-        if not _same_origin(url, new_url):
+        if split_url(url)[0] == "https" and split_url(new_url)[0] == "http":
+            raise ValueError("urequests: %s: refusing to follow a %d redirect from https to http (%s): the "
+                             "request would travel in clear text; use an https URL" % (where, status,
+                                                                                        _safe_url(new_url)))
+        same = _same_origin(url, new_url)
+        if not same:
             for name in list(hdrs):
                 if name.lower() in _CREDENTIAL_HEADERS:
                     del hdrs[name]
@@ -796,6 +803,10 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             for name in list(hdrs):
                 if name.lower() in ("content-type",):
                     del hdrs[name]
+        elif body and not same:
+            raise ValueError("urequests: %s: not following a %d redirect to another origin (%s): it would "
+                             "resend the request body there; send the request to that URL yourself if you "
+                             "trust it" % (where, status, _safe_url(new_url)))
         elif body is not None and not isinstance(body, bytes):
             raise ValueError("urequests: %s: redirect %d needs the request body again, but it was an "
                              "iterator; send bytes instead" % (where, status))

@@ -13,6 +13,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Hypothesis: no example database, so every run explores fresh examples and a failure found once
+# cannot replay silently from a local .hypothesis/ directory; failures print a reproduction blob, and
+# what they found is pinned in the test file (@example / test_fixed_*). docs/TESTING.md has the policy.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # the fuzz tests need it; the rest of the suite does not
+    _hypothesis_settings = None
+if _hypothesis_settings is not None:
+    _hypothesis_settings.register_profile("pass-agent", database=None, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "pass-agent"))
+
 
 def fake_statement(sub: str = "demo-app") -> str:
     """A well-formed (unsigned-looking) RS256 JWT, enough for config checks that parse but do not verify."""

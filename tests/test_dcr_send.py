@@ -120,3 +120,55 @@ def test_send_malformed_http_is_a_malformed_response(server_factory, reply):
         dcr.send(dcr.token_request(srv.base, "cid", "the-secret", "X"), timeout=5)
     assert (ei.value.code, ei.value.kind) == ("malformed_response", RETRY)
     assert "the-secret" not in str(ei.value)
+
+
+# -- redirects: the DCR requests never follow one (issue 15 item 2) ------------------------------
+
+
+class Trap:
+    """A listening socket nobody accepts on: after a synchronous client call returns, a connection the
+    client made is already in the backlog (the loopback handshake completes inside connect()), so a
+    non-blocking accept() tells for certain whether anything connected."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    def connections(self) -> int:
+        self.sock.setblocking(False)
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return n
+            conn.close()
+            n += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("which", ["register", "token"])
+def test_send_never_follows_a_redirect_and_no_byte_reaches_the_location(server_factory, status, which):
+    trap = Trap()
+    location = "http://localhost:%d/steal" % trap.port
+    srv = server_factory(b"HTTP/1.1 %d Moved\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n"
+                         % (status, location.encode()))
+    if which == "register":
+        req = dcr.register_request(srv.base, "eyJ.statement-never-elsewhere.sig", "X")
+    else:
+        req = dcr.token_request(srv.base, "cid", "the-secret-never-elsewhere", "X")
+    try:
+        got_status, headers, body = dcr.send(req, timeout=5)
+        assert trap.connections() == 0  # not one connection, so not one byte, reached the Location
+    finally:
+        trap.close()
+    assert got_status == status
+    assert srv.received.endswith(req["body"])  # the first origin got the request
+    with pytest.raises(UpstreamError) as ei:
+        (dcr.parse_register if which == "register" else dcr.parse_token)(got_status, headers, body)
+    assert ei.value.code == "redirected" and location in ei.value.message

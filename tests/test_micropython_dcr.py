@@ -67,6 +67,37 @@ out["classify"] = [dcr.classify_protected_error(401, b""),
                    dcr.classify_protected_error(401, b'{"action": "application-registration", "code": "x"}'),
                    dcr.classify_protected_error(403, b"", True), dcr.classify_protected_error(500, b"")]
 out["seconds"] = [dcr.to_seconds(v) for v in [1623071099, 1623071099123, 0, None, True]]
+# Hardening (issue 14 items 4-6, issue 15 items 2, 4, 10): same answers on both interpreters.
+more = [
+    ("token", 400, {}, b'{"error": "5ec2e7-client-secret-never-in-messages"}'),
+    ("token", 400, {}, b'{"error": "evil\\r\\nERROR \\u001b[2J \\u00e9"}'),
+    ("token", 403, {}, b"<html><title>Forbidden</title>\r\n\x1b[2J\xff</html>"),
+    ("register", 307, {"Location": "http://evil.example:81/x?client_secret=s"}, b""),
+    ("token", 201, {}, b'{"access_token": "abc\\r\\nX-Injected: 1", "expires_in": 60}'),
+    ("token", 201, {}, b'{"access_token": "abc", "expires_in": 0}'),
+    ("token", 201, {}, b'{"access_token": "abc", "expires_in": 1e400}'),
+    ("token", 201, {}, b'{"access_token": "Zm9v/YmFy+==", "expires_in": 0.5}'),
+    ("register", 201, {}, b'{"client_id": "a b", "client_secret": "s"}'),
+    ("token", 429, {"Date": "Sun, 06 Nov 1994 03:49:37 GMT", "Retry-After": "Sun, 06 Nov 1994 03:50:37 GMT"}, b""),
+]
+out["hardened"] = [err(dcr.parse_register if ep == "register" else dcr.parse_token, st, h, b, wall)
+                   for ep, st, h, b in more]
+out["undocumented"] = []
+for ep, st, h, b in more:
+    try:
+        (dcr.parse_register if ep == "register" else dcr.parse_token)(st, h, b, wall)
+    except UpstreamError as e:
+        out["undocumented"].append(e.undocumented)
+out["printable"] = [dcr.printable(t) for t in ["a\r\n b", "\x1b[2J", "\u00e9\u202e", b"\xff", "x" * 300,
+                                               "echo 5ec2e7-client-secret-never-in-messages"]]
+out["items"] = dcr.classify_protected_items({"decisions": [{"error": {"action": "retry", "code": "c"}},
+                                                           {"error": {"action": "application-registration",
+                                                                      "code": "access_token_expired"}}]})
+out["classify2"] = [dcr.classify_protected_error(401, {"action": "application-registration",
+                                                       "code": "access_token_expired"}),
+                    dcr.classify_protected_error(200, {"error": {"code": "invalid_access_token_client_application"}}),
+                    dcr.classify_protected_error(401, {"code": "x\n\x1b"})]
+out["bearer"] = [dcr.is_bearer_token(t) for t in ["abc", "a b", "=", "ab==", "a=b", "x" * 8193]]
 print(json.dumps(out))
 '''
 
@@ -90,5 +121,7 @@ def test_dcr_under_micropython_matches_cpython(tmp_path):
     mpy = _run([MICROPYTHON], tmp_path)
     assert cpy["parsed"][0][0] == "ok" and cpy["parsed"][3][1]["code"] == "invalid_software_statement"
     assert cpy["dates"][:3] == [784111777.0] * 3
+    assert cpy["hardened"][-1][1]["retry_after"] == 60.0  # from the Date header, not the local clock
+    assert cpy["undocumented"] == [True] * 8 + [False]  # the 0.5 s token parses (rounded up)
     for key in sorted(cpy):
         assert mpy[key] == cpy[key], key
