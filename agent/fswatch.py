@@ -72,8 +72,10 @@ class FileWatch:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._retarget = False
+        self._last: tuple | None = None
 
     def start(self) -> FileWatch:
+        self._last = _sig(self.path)  # taken here, not in the thread: a change right after start() counts
         self._thread = threading.Thread(target=self._run, name="statement-watch", daemon=True)
         self._thread.start()
         return self
@@ -82,6 +84,7 @@ class FileWatch:
         """Watch another file from now on (configuration reload)."""
         if path != self.path:
             self.path = path
+            self._last = _sig(path)
             self._retarget = True
             self._poke()
 
@@ -151,11 +154,12 @@ class FileWatch:
             pass
 
     def _poll_once(self) -> None:
-        before = _sig(self.path)
         r, _, _ = select.select([self._stop_r], [], [], self.fallback_interval)
         if r:
             self._drain_stop()
-        if not self._stopping and _sig(self.path) != before:
+        now = _sig(self.path)
+        if not self._stopping and now != self._last:
+            self._last = now
             self._notify()
 
     def _watch(self, fd: int, names: set) -> None:
