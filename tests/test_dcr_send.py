@@ -172,3 +172,42 @@ def test_send_never_follows_a_redirect_and_no_byte_reaches_the_location(server_f
     with pytest.raises(UpstreamError) as ei:
         (dcr.parse_register if which == "register" else dcr.parse_token)(got_status, headers, body)
     assert ei.value.code == "redirected" and location in ei.value.message
+
+
+# -- one network hint through the service's wrapping (issue 15 item 17) --------------------------
+
+
+def test_network_hint_appears_once_in_the_service_log_and_not_ready_error(tmp_path, caplog):
+    import logging
+
+    from agent import config as configmod
+    from agent.service import Service
+    from tests.conftest import fake_statement
+
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    port = trap.getsockname()[1]
+    trap.close()  # nothing listens there: connection refused
+    st = tmp_path / "statement.jwt"
+    st.write_text(fake_statement())
+    cfg = configmod.defaults()
+    cfg["adobe"]["software_statement"] = str(st)
+    cfg["adobe"]["base_url"] = "http://127.0.0.1:%d/o" % port
+    cfg["adobe"]["timeout"] = 5
+    identity = {"x_device_info": "eyJtb2RlbCI6IngifQ==", "ap_device_identifier": "fingerprint eA==",
+                "device_id": "serial:1", "fields": {"model": "x"}, "sources": {}, "warnings": []}
+    failed = threading.Event()
+    svc = Service(cfg, identity=identity)
+    svc.add_listener(failed.set)
+    with caplog.at_level(logging.WARNING):
+        svc.start()
+        try:
+            assert failed.wait(30)
+            err = svc.not_ready_error()
+        finally:
+            svc.stop()
+    lines = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert lines, caplog.text
+    for text in lines + [str(err)]:
+        assert text.lower().count("check the network") == 1, text
+        assert "then retry" not in text and "urequests:" not in text, text

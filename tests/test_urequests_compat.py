@@ -50,6 +50,8 @@ def env(tmp_path_factory):
     http = RawServer(routes)
     holder.append(http)
     routes["/redirect-other-host"] = send(response(302, headers={"Location": http.url("/echo", host="localhost")}))
+    routes["/temporary-other-origin"] = send(response(307, headers={"Location": http.url("/echo", host="localhost")}))
+    routes["/downgrade"] = send(response(302, headers={"Location": http.url("/echo")}))
     https = RawServer(routes, tls=pki.server_context("good"))
     wrong = RawServer(routes, tls=pki.server_context("wrong"))
     untrusted = RawServer(routes, tls=pki.server_context("untrusted"))
@@ -78,7 +80,7 @@ def _oks(lines: list[str]) -> set[str]:
 def test_compat_checks_pass_under_cpython(env):
     code, lines = _run(sys.executable, env)
     assert code == 0, "\n".join(lines)
-    assert len(_oks(lines)) == 21 and lines[-1] == "done 21/21"
+    assert len(_oks(lines)) == 23 and lines[-1] == "done 23/23"
 
 
 @pytest.mark.micropython
@@ -92,4 +94,4 @@ def test_compat_checks_pass_under_micropython(env):
     code, lines = _run(mp, env)
     assert code == 0, "\n".join(lines)
     cpython_code, cpython_lines = _run(sys.executable, env)
-    assert _oks(lines) == _oks(cpython_lines) and len(_oks(lines)) == 21
+    assert _oks(lines) == _oks(cpython_lines) and len(_oks(lines)) == 23

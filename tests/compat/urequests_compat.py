@@ -111,6 +111,17 @@ def t_307():
     expect(got["method"] == "POST" and got["body"] == "payload", "307 keeps method and body")
 
 
+def t_307_other_origin():
+    e = raises(ValueError, lambda: urequests.post(H + "/temporary-other-origin", data=b"payload", timeout=10))
+    expect("another origin" in str(e) and "payload" not in str(e), str(e))
+
+
+def t_https_to_http():
+    e = raises(ValueError, lambda: urequests.get("https://localhost:%d/downgrade" % HTTPS, timeout=10,
+                                                 ca_file=CA_FILE))
+    expect("https to http" in str(e), str(e))
+
+
 def t_loop():
     e = raises(ValueError, lambda: urequests.get(H + "/loop", timeout=10))
     expect("redirects" in str(e), str(e))
@@ -175,6 +186,7 @@ for _name, _fn in (("get", t_get), ("post_json", t_post_json), ("non_ascii", t_n
                    ("chunked", t_chunked), ("generator_body", t_generator_body), ("no_headers", t_no_headers),
                    ("relative_redirect", t_relative_redirect), ("cross_host_redirect", t_cross_host_redirect),
                    ("redirect_303", t_303), ("redirect_307", t_307), ("redirect_loop", t_loop),
+                   ("redirect_307_other_origin", t_307_other_origin), ("redirect_https_to_http", t_https_to_http),
                    ("malformed", t_malformed), ("oversize", t_oversize), ("slow_drip", t_slow_drip),
                    ("refused", t_refused), ("tls_good", t_tls_good), ("tls_wrong_host", t_tls_wrong_host),
                    ("tls_untrusted", t_tls_untrusted), ("tls_system_store", t_tls_system_store_refuses_test_ca),
