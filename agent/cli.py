@@ -62,12 +62,13 @@ def _socket_arg(p: argparse.ArgumentParser) -> None:
 
 
 def has_emulator() -> bool:
-    """Whether this build carries the emulator that `demo` and `emulator` need: a checkout or a
-    development install does, the box's zipapp does not (its --help must not offer them)."""
+    """Whether this build carries agent.emulator and agent.demo, which `demo` and `emulator` need: the
+    wheel and a checkout do, the box's zipapp leaves both out (its --help must not offer them). Looks
+    the modules up without importing them: only those two commands import the emulator."""
     import importlib.util
 
     try:
-        return importlib.util.find_spec("tools.emulator") is not None
+        return all(importlib.util.find_spec(m) is not None for m in ("agent.emulator", "agent.demo"))
     except (ImportError, ValueError):
         return False
 
@@ -136,9 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _not_available(what: str) -> int:
-    print("pass-agent: %s is not available in this build yet" % what, file=sys.stderr)
-    return 1
+def _emulator(argv: list[str]) -> int:
+    """`pass-agent emulator ARGS`: the emulator's own command line, when this build has it."""
+    if not has_emulator():
+        print("pass-agent: the emulator is not part of this build (the box's zipapp leaves it out); run it "
+              "where the pass-agent wheel is installed (pip install pass-agent) or from a source checkout",
+              file=sys.stderr)
+        return 1
+    from agent.emulator import cli as emucli
+
+    return emucli.main(argv)
 
 
 def _socket_path(args: argparse.Namespace) -> str:
@@ -157,11 +165,7 @@ def _forwarded(argv: list[str]) -> int | None:
     if not argv or argv[0] not in ("emulator", "console-hash"):
         return None
     if argv[0] == "emulator":
-        try:
-            from tools.emulator import cli as emucli
-        except ImportError:
-            return _not_available("the emulator (tools/emulator is not installed on this box)")
-        return emucli.main(argv[1:])
+        return _emulator(argv[1:])
     from agent.consolehash import console_hash_command
 
     return console_hash_command(argv[1:], sys.stdin, sys.stdout)
@@ -199,11 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return demo.main(once=args.once, keep=args.keep)
         if cmd == "emulator":
-            try:
-                from tools.emulator import cli as emucli
-            except ImportError:
-                return _not_available("the emulator (tools/emulator is not installed on this box)")
-            return emucli.main(list(args.args))
+            return _emulator(list(args.args))
         if cmd == "device-info":
             from agent import boards
             from agent import config as configmod

@@ -63,13 +63,7 @@ def _console_exchange(master: int, command: bytes, timeout: float = 5.0) -> str:
 def main(once: bool = False, keep: bool = False) -> int:
     from agent import boards, urequests
     from agent.client import Client
-
-    try:
-        from tools.emulator import Emulator
-    except ImportError:
-        print("pass-agent demo: the emulator (tools/emulator) is not installed; run the demo from a source "
-              "checkout (pip install -e .)", file=sys.stderr)
-        return 1
+    from agent.emulator import Emulator  # shipped beside this module; the box's zipapp leaves out both
 
     tmp = tempfile.mkdtemp(prefix="pass-agent-demo-")
     emu = None

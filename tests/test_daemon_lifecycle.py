@@ -14,7 +14,7 @@ import pytest
 from agent.client import Client
 from tests.agentproc import ROOT, AgentProc
 
-Emulator = pytest.importorskip("tools.emulator").Emulator
+Emulator = pytest.importorskip("agent.emulator").Emulator
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from tests.agentproc import AgentProc
 
-Emulator = pytest.importorskip("tools.emulator").Emulator
+Emulator = pytest.importorskip("agent.emulator").Emulator
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
 
 

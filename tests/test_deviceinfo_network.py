@@ -253,7 +253,7 @@ def test_refresh_network_survives_a_vanished_tree(tmp_path):
 
 @pytest.fixture
 def emu(tmp_path):
-    from tools.emulator.server import Emulator
+    from agent.emulator.server import Emulator
 
     e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
     e.start()

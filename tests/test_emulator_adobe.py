@@ -24,8 +24,8 @@ import urllib.parse
 import pytest
 
 from agent import dcr, urequests
-from tools.emulator import Emulator, cli
-from tools.emulator.client import admin, device_info, request
+from agent.emulator import Emulator, cli
+from agent.emulator.client import admin, device_info, request
 
 JSON_CT = "application/json;charset=utf-8"
 FORM_CT = "application/x-www-form-urlencoded"

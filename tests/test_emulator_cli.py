@@ -1,4 +1,4 @@
-"""`python -m tools.emulator` as a real process: start-up lines, signals, logging, options, mint."""
+"""`python -m agent.emulator` as a real process: start-up lines, signals, logging, options, mint."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import urllib.parse
 
 import pytest
 
-from tools.emulator import cli
-from tools.emulator.client import device_info, request
+from agent.emulator import cli
+from agent.emulator.client import device_info, request
 
 SAFETY = 60  # seconds before a stuck child is declared broken (a guard, not a speed assertion)
 
 
 def spawn(*args, cwd=None):
-    return subprocess.Popen([sys.executable, "-m", "tools.emulator", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "agent.emulator", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 

@@ -11,8 +11,8 @@ import urllib.parse
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tools.emulator import DEFAULT_APP_ID, Emulator, jwtutil
-from tools.emulator.client import admin, device_info, request
+from agent.emulator import DEFAULT_APP_ID, Emulator, jwtutil
+from agent.emulator.client import admin, device_info, request
 
 JSON_CT = "application/json;charset=utf-8"
 FORM_CT = "application/x-www-form-urlencoded"

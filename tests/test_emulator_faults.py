@@ -12,9 +12,9 @@ import urllib.parse
 
 import pytest
 
-from tools.emulator import Emulator
-from tools.emulator.client import admin, connection, device_info, request
-from tools.emulator.faults import FaultQueue, parse_spec
+from agent.emulator import Emulator
+from agent.emulator.client import admin, connection, device_info, request
+from agent.emulator.faults import FaultQueue, parse_spec
 
 JSON_CT = "application/json;charset=utf-8"
 

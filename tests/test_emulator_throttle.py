@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from tools.emulator import Emulator
-from tools.emulator.client import request
-from tools.emulator.throttle import Throttle
+from agent.emulator import Emulator
+from agent.emulator.client import request
+from agent.emulator.throttle import Throttle
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.emulator import deviceinfo, jwtutil
-from tools.emulator.client import GOOD_DEVICE_INFO, device_info
-from tools.emulator.server import mask_query
-from tools.emulator.service import Service
-from tools.emulator.throttle import Throttle
+from agent.emulator import deviceinfo, jwtutil
+from agent.emulator.client import GOOD_DEVICE_INFO, device_info
+from agent.emulator.server import mask_query
+from agent.emulator.service import Service
+from agent.emulator.throttle import Throttle
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 

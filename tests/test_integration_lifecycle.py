@@ -17,9 +17,9 @@ import time
 import pytest
 
 from agent import config, lifecycle
+from agent.emulator.server import Emulator
 from agent.service import Service
 from agent.store import Store
-from tools.emulator.server import Emulator
 
 DEVICE_INFO = {"primaryHardwareType": "SetTopBox", "model": "IT-Box", "version": "1.0", "manufacturer": "Test",
                "osName": "Linux", "osFamily": "Linux", "osVersion": "6.1", "connectionType": "LAN"}

@@ -210,7 +210,11 @@ def test_zipapp_contents(built):
         infos = zf.infolist()
     assert names == sorted(names) and "__main__.py" in names
     repo_agent = sorted("agent/" + n for n in os.listdir(os.path.join(ROOT, "agent")) if n.endswith(".py"))
-    assert [n for n in names if n.startswith("agent/") and n.count("/") == 1 and n.endswith(".py")] == repo_agent
+    assert "agent/demo.py" in repo_agent and os.path.isdir(os.path.join(ROOT, "agent", "emulator"))
+    # Every agent module but the demo; the emulator (agent/emulator/) and the demo on it stay off the box.
+    assert [n for n in names if n.startswith("agent/") and n.count("/") == 1 and n.endswith(".py")] == \
+        [n for n in repo_agent if n != "agent/demo.py"]
+    assert not [n for n in names if n.startswith("agent/emulator/")]
     assert "serial/serialposix.py" in names and "serial/urlhandler/protocol_loop.py" in names
     assert "serial/serialwin32.py" not in names
     assert not [n for n in names if n.endswith((".pyc", ".so")) or n.startswith(("tools/", "tests/"))]
@@ -280,7 +284,7 @@ def test_zipapp_device_info_matches_the_source_tree(built, board):
 # ---------------------------------------------------------------------------- run against the emulator
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    emulator = pytest.importorskip("tools.emulator")
+    emulator = pytest.importorskip("agent.emulator")
     e = emulator.Emulator(state_dir=str(tmp_path_factory.mktemp("emulator")), tls=True)
     e.start()
     yield e

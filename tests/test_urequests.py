@@ -515,9 +515,9 @@ def test_agent_package_imports_no_third_party_http_client():
 
 def test_emulator_register_and_token_over_tls():
     try:
-        from tools.emulator import Emulator  # built in parallel by another helper
+        from agent.emulator import Emulator  # built in parallel by another helper
     except ImportError:
-        pytest.skip("tools.emulator.Emulator is not importable yet (built by another helper)")
+        pytest.skip("agent.emulator.Emulator is not importable yet (built by another helper)")
     import base64
     info = base64.b64encode(json.dumps({"model": "STB-1", "version": "1.0", "osName": "Linux",
                                         "osVersion": "6.1", "connectionType": "LAN",

@@ -63,7 +63,7 @@ def _spawn_until_ready(cmd: list, tmp: str, env_extra: dict | None = None) -> tu
 def agent_against_emulator(prefix: str) -> tuple:
     """A temp dir, a running HTTPS emulator with a statement, and an agent config for it (warning logs)."""
     from agent import config as configmod
-    from tools.emulator import Emulator
+    from agent.emulator import Emulator
 
     tmp = tempfile.mkdtemp(prefix=prefix)
     emu = Emulator(state_dir=os.path.join(tmp, "emu"), tls=True).start()

@@ -3,7 +3,7 @@
 Measures (1) import time in fresh interpreters (median of N), (2) memory added by the import
 (RSS from /proc/self/status and PSS from /proc/self/smaps_rollup, each minus a bare-interpreter
 baseline measured the same way, median of N), and (3) median latency of a POST over plain HTTP to
-the local Adobe Pass emulator (tools.emulator.Emulator) or, if that is not importable, to a stdlib
+the local Adobe Pass emulator (agent.emulator.Emulator) or, if that is not importable, to a stdlib
 HTTP server. Both clients open a new connection per request, as the shim always does; a
 keep-alive `requests.Session` row is printed for reference. `requests` is imported lazily: it is
 a benchmark-only dependency (extra `bench`) and the run says so when it is missing.
@@ -86,7 +86,7 @@ class _Echo(BaseHTTPRequestHandler):
 def start_target():
     """(url, json body, headers, stop function, description)."""
     try:
-        from tools.emulator import Emulator
+        from agent.emulator import Emulator
     except ImportError:
         Emulator = None
     if Emulator is not None:

@@ -6,7 +6,8 @@
     python -m tools.build_overlay --board broadcom-rdk --console --out DIR   # with the serial console on
 
 Each `pass-agent-<version>-<board>.tar.gz` holds the agent as a single-file zipapp at
-/usr/bin/pass-agent (the `agent` package with pure-Python pyserial and tomli vendored in, taken from
+/usr/bin/pass-agent (the `agent` package without its emulator and demo, with pure-Python pyserial and
+tomli vendored in, taken from
 the pinned upstream wheels in board/vendor/, never from what this machine has installed), the systemd
 units, sysusers.d and tmpfiles.d files, the default configuration with `[device] board` set and the
 player group allowed, the board profile under /usr/share/pass-agent/board/<board>/, a board drop-in
@@ -90,6 +91,11 @@ from agent.cli import main  # noqa: E402
 
 sys.exit(main())
 '''
+
+# Parts of the agent package a box has no use for: the Adobe Pass emulator and the demo built on it
+# (the wheel ships them for laptops). agent/cli.py's has_emulator() then leaves `demo` and `emulator`
+# out of the zipapp's --help.
+NOT_ON_THE_BOX = ("agent/emulator/", "agent/demo.py")
 
 DOCS = ("README.md", "docs/IMAGE.md", "docs/ARCHITECTURE.md", "docs/PROTOCOL.md", "docs/OPERATIONS.md",
         "docs/SECURITY.md", "docs/DEVICE-INFO.md", "docs/ADOBE.md")
@@ -181,7 +187,8 @@ def vendored_files() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], 
 
 def zipapp_sources(repo: str = REPO) -> tuple[list[tuple[str, bytes]], list[str]]:
     """Entries of the zipapp as (archive name, bytes), and notes on what was vendored."""
-    entries = [(name, _read(path)) for name, path in _tree_files(os.path.join(repo, "agent"), "agent/")]
+    entries = [(name, _read(path)) for name, path in _tree_files(os.path.join(repo, "agent"), "agent/")
+               if not name.startswith(NOT_ON_THE_BOX)]
     vendored, licences, notes = vendored_files()
     entries += vendored + licences + [("LICENSE", _read(os.path.join(repo, "LICENSE")))]
     return sorted(entries), notes

@@ -46,8 +46,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from agent import config as configmod  # noqa: E402
-from tools.emulator import Emulator  # noqa: E402
-from tools.emulator.throttle import Throttle  # noqa: E402
+from agent.emulator import Emulator  # noqa: E402
+from agent.emulator.throttle import Throttle  # noqa: E402
 
 NOT_READY = -32001
 RATE, BURST = 1.0, 10  # Adobe's documented throttle, which the emulator enforces

@@ -1,4 +1,4 @@
-"""Command line of the emulator: `python -m tools.emulator [options]` and `... mint [options]`.
+"""Command line of the emulator: `python -m agent.emulator [options]` and `... mint [options]`.
 
 `main(argv)` returns an exit status (0 ok, 1 could not start, 2 bad usage) instead of exiting, so
 `pass-agent emulator` can forward to it. On start it prints, one per line and flushed, exactly:

@@ -1,4 +1,4 @@
-"""`python -m tools.emulator.bench`: start-up time of the emulator process and its request rate.
+"""`python -m agent.emulator.bench`: start-up time of the emulator process and its request rate.
 
 Measures what integrators and CI care about: wall time from exec to the `ready` line (cold state
 dir, then warm), and sequential register+token round trips per second over HTTPS and HTTP. Must
@@ -20,7 +20,7 @@ from .client import device_info, request
 
 def startup(state_dir: str, *extra: str) -> tuple[float, list[str], subprocess.Popen]:
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "tools.emulator", "--state-dir", state_dir, "--quiet", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "agent.emulator", "--state-dir", state_dir, "--quiet", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     buf = b""
     while b"ready\n" not in buf:
