@@ -170,3 +170,65 @@ def test_server_answers_normally(server: RawServer) -> None:
 def test_chunk_size_must_be_hex_digits(server: RawServer, size: bytes) -> None:
     r = fetch(server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n")
     assert isinstance(r, ValueError) and "chunk size" in str(r)
+
+
+# -- the redirect policy under fuzzed redirects (issue 15 item 2) --------------------------------
+# Two recording servers (tests/compat/urequests_servers.py): the origin, whose /start answers the
+# chosen redirect, and another port. Whatever the status, method, body, credentials and target,
+# a request that arrives at another origin (another port, or another host name on the same port)
+# carries no byte of the body and no credential; the call returns a Response or raises ValueError.
+
+SECRET_BODY = b"client_secret=fuzz-body-secret"
+SECRET_HEADERS = {"Authorization": "Bearer fuzz-auth-secret", "Cookie": "c=fuzz-cookie-secret",
+                  "Proxy-Authorization": "Basic fuzz-proxy-secret"}
+
+
+@pytest.fixture(scope="module")
+def origins():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "compat"))
+    from urequests_servers import RawServer as Recorder
+    from urequests_servers import response
+
+    state = {"status": 302, "location": "/end"}
+    a = Recorder({"/start": lambda req, s: s.sendall(response(state["status"],
+                                                              headers={"Location": state["location"]})),
+                  "*": lambda req, s: s.sendall(response(200, b"end"))})
+    b = Recorder({"*": lambda req, s: s.sendall(response(200, b"other"))})
+    yield a, b, state
+    a.close()
+    b.close()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(status=st.sampled_from([301, 302, 303, 307, 308]),
+       method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
+       body=st.sampled_from([None, b"", SECRET_BODY]),
+       creds=st.lists(st.sampled_from(sorted(SECRET_HEADERS)), unique=True),
+       target=st.sampled_from(["relative", "same", "other-port", "other-host", "other-host-port"]))
+def test_redirects_carry_no_body_or_credential_to_another_origin(origins, status, method, body, creds, target):
+    a, b, state = origins
+    a.requests.clear()
+    b.requests.clear()
+    state["status"] = status
+    state["location"] = {"relative": "/end?x=1", "same": a.url("/end"), "other-port": b.url("/end"),
+                         "other-host": a.url("/end", host="localhost"),
+                         "other-host-port": b.url("/end", host="localhost")}[target]
+    try:
+        r = urequests.request(method, a.url("/start"), data=body, headers={k: SECRET_HEADERS[k] for k in creds},
+                              timeout=10)
+        assert r.status_code == 200
+    except ValueError as e:
+        assert "another origin" in str(e) and target not in ("relative", "same"), str(e)
+        assert body and b"fuzz" not in str(e).encode()
+    origin_host = "127.0.0.1:%d" % a.port
+    elsewhere = [q for q in a.requests if q.host_seen != origin_host] + list(b.requests)
+    for q in elsewhere:
+        assert b"fuzz-" not in q.body and not any("fuzz-" in v for v in q.headers.values()), (q.method, q.headers)
+    if target in ("relative", "same"):
+        assert len(a.requests) == 2 and not b.requests
+        if status == 307 or status == 308 or (status in (301, 302) and method != "POST"):
+            assert a.requests[1].body == (body or b"") and a.requests[1].method == method
