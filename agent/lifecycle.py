@@ -730,6 +730,10 @@ class Lifecycle:
                 self._fire(STATEMENT_OK, now)
             if not self.in_flight and (self.client is None or self.pending_register):
                 same_file = False  # the registration it blocked can happen now
+        if self.client is not None and self.client_statement_app is None:
+            # Credentials from a store older than identities, loaded while the file was unusable:
+            # adopted now, as load() would have (see 'Rules').
+            self.client_statement_app = statement_app
         if same_file:
             return False
         if (self.client is not None and self.client_statement_app is not None

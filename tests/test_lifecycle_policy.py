@@ -378,3 +378,13 @@ def test_a_reregister_report_without_a_token_held_is_ignored():
     box.run_for(60)
     assert box.lc.tok is None
     assert box.lc.report(401, "reregister", None, box.now, uid=1)["decision"] == "ignored"
+
+
+def test_a_baseline_store_loaded_while_the_file_was_unusable_adopts_the_identity_once_it_is_fixed():
+    box = Box(stored=stored(WALL, statement_hash="0" * 64), app=None, statement_hash=None)
+    box.lc.statement_changed(None, None, box.now, {"code": "statement_unreadable", "kind": "operator",
+                                                    "message": "missing", "hint": "install it"})
+    assert box.lc.client_statement_app is None
+    assert box.lc.statement_changed(APP, STATEMENT_HASH, box.now) is False  # adopted, no registration
+    assert box.lc.client_statement_app == APP
+    assert box.lc.statement_changed(OTHER_APP, "b" * 64, box.now) is True  # and later changes do count
