@@ -27,9 +27,9 @@ import pwd
 import socket
 import stat
 import struct
-import time
 from typing import Any
 
+from agent import clock as _clock
 from agent import rpc
 from agent.errors import OPERATOR, RETRY, AgentError
 from agent.loop import Loop
@@ -42,7 +42,7 @@ LINGER_TIME = 2.0           # after a last error line, drain a peer's input this
 LINGER_BYTES = 1024 * 1024
 MAX_LINGER = 64
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
-_monotonic = time.monotonic
+_monotonic = _clock.now  # the loop's clock (CLOCK_BOOTTIME): idle time counts suspend too
 
 
 class ServerError(AgentError):
