@@ -11,6 +11,7 @@ or put a token, a client secret or a caller's params into an error message or a 
 
 from __future__ import annotations
 
+import inspect
 import json
 import json.scanner
 import logging
@@ -34,6 +35,7 @@ UPSTREAM = -32003       # Adobe Pass or the network failed; data.kind says retry
 TOO_LARGE = -32004      # a request line exceeded MAX_LINE; the connection is closed
 AGENT_ERROR = -32005    # another agent failure (store, device identity, configuration)
 BUSY = -32006           # connection cap reached; the connection is closed
+LIMIT = -32007          # too many parked waits (this connection's or the agent's); the connection stays open
 
 MAX_LINE = 64 * 1024    # bytes per request line, newline excluded
 MAX_WAIT = 300.0        # upper bound on a request's `wait` seconds
@@ -106,6 +108,7 @@ _CODE_NAMES = {
     INVALID_PARAMS: "invalid_params",
     INTERNAL_ERROR: "internal_error",
     TOO_LARGE: "too_large",
+    LIMIT: "too_many_waits",
 }
 
 
@@ -253,6 +256,8 @@ class Dispatcher:
         self._tok_res = b""
         self._hdr_key: tuple | None = None
         self._hdr_res = b""
+        self._peer_uid: int | None = None  # the uid of the peer whose line is being handled
+        self._report_takes_uid = _accepts_keyword(service.report_error, "uid")
         self._methods: dict[str, Callable[[Any, Any], Any]] = {
             "token.get": self._token_get,
             "headers.get": self._headers_get,
@@ -268,8 +273,13 @@ class Dispatcher:
     def methods(self) -> list[str]:
         return sorted(self._methods)
 
-    def handle_line(self, line: bytes) -> bytes | Action | None:
-        """One request line in, its answer out. Never raises: a bug answers internal_error."""
+    def handle_line(self, line: bytes, uid: int | None = None) -> bytes | Action | None:
+        """One request line in, its answer out. Never raises: a bug answers internal_error.
+
+        uid: the peer's uid (SO_PEERCRED), passed on with error reports so that the Service can
+        rate-limit what each local user may trigger.
+        """
+        self._peer_uid = uid
         try:
             return self._handle_line(line)
         except Exception as e:
@@ -464,9 +474,12 @@ class Dispatcher:
 
     def _error_report(self, req_id: Any, params: Any) -> dict:
         p = _params("error.report", params, _REPORT_PARAMS, required=("status",))
+        kw: dict = {}
         if p.get("management"):
-            return self.service.report_error(p["status"], p.get("body"), p.get("access_token"), management=True)
-        return self.service.report_error(p["status"], p.get("body"), p.get("access_token"))
+            kw["management"] = True
+        if self._report_takes_uid:
+            kw["uid"] = self._peer_uid
+        return self.service.report_error(p["status"], p.get("body"), p.get("access_token"), **kw)
 
     def _subscribe(self, req_id: Any, params: Any) -> Action:
         _params("token.subscribe", params, _NO_PARAMS)
@@ -484,6 +497,15 @@ class Dispatcher:
         _params("agent.health", params, _NO_PARAMS)
         h = self.service.health()
         return {"live": bool(h.get("live", True)), "ready": bool(h.get("ready"))}
+
+
+def _accepts_keyword(fn: Any, name: str) -> bool:
+    """Whether fn takes keyword `name` (or **kwargs): one look at its signature, not per call."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _valid_id(v: Any) -> bool:

@@ -7,8 +7,17 @@ peer by SO_PEERCRED, read newline-framed requests without blocking, answer them 
 (agent/loop.py); the Service is only ever asked quick, non-blocking questions.
 
 Must never: block the loop, let one client stall another (bounded input and output buffers,
-backpressure, idle and slow-reader timeouts, connection caps), remove a socket file that a live
+backpressure, idle and slow-reader timeouts, connection caps), let one connection make the
+agent hold unbounded memory (answers queued behind a parked wait count towards the output
+limits; parked waits are capped per connection and overall; a connection holds at most one
+subscription), keep anything of a connection after it is gone, remove a socket file that a live
 process listens on, serve a peer the ACL does not allow, or log a token or request params.
+
+Timers: the loop deletes a cancelled timer only when it reaches the front of its heap, so a
+timer per connection or per wait, cancelled when the peer leaves, would keep that peer's memory
+until the timer's deadline. The server therefore cancels nothing per connection: one sweep
+timer checks idleness for all connections, and parked waits' deadlines live in the server's own
+heap (`_Deadlines`), served by a few loop timers that are never cancelled.
 
 Lifecycle: `start()` and `close()` run in the loop thread (or before the loop runs / after it
 stopped); `set_acl()` too (the daemon calls it from its SIGHUP handler via the loop). `stats()`
@@ -21,13 +30,14 @@ import collections
 import errno
 import functools
 import grp
+import heapq
 import logging
 import os
 import pwd
 import socket
 import stat
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from agent import clock as _clock
 from agent import rpc
@@ -35,9 +45,15 @@ from agent.errors import OPERATOR, RETRY, AgentError
 from agent.loop import Loop
 
 RECV_SIZE = 65536
-OUT_HIGH = 256 * 1024       # stop reading a connection whose unread answers exceed this...
-OUT_LOW = 64 * 1024         # ...until they drain below this
-OUT_MAX = 4 * 1024 * 1024   # hard cap (notifications to a reader that never reads): close
+# Output limits count every answer the agent holds for a connection: those waiting for the kernel
+# (`out`) and those queued behind a parked wait (`queue`).
+OUT_HIGH = 64 * 1024        # stop reading a connection whose unsent answers exceed this...
+OUT_LOW = 16 * 1024         # ...until they drain below this
+OUT_MAX = 1024 * 1024       # hard cap (notifications to a reader that never reads): close
+MAX_WAITS_PER_CONN = 32     # parked waits one connection may hold; more answer LIMIT at once
+MAX_WAITS = 1024            # parked waits the agent holds for all connections together
+WAIT_GRAIN = 0.1            # a parked wait expires at most this late (see _Deadlines)
+BACKLOG = max(socket.SOMAXCONN, 4096)  # the kernel caps it at net.core.somaxconn
 LINGER_TIME = 2.0           # after a last error line, drain a peer's input this long before closing
 LINGER_BYTES = 1024 * 1024
 MAX_LINGER = 64
@@ -98,8 +114,8 @@ def peer_groups(pid: int, uid: int) -> frozenset[int]:
 
 class _Conn:
     __slots__ = (
-        "sock", "fd", "pid", "uid", "gid", "groups", "inbuf", "out", "queue", "waits", "subscribed",
-        "last", "timer", "eof", "closing", "paused", "writing", "closed",
+        "sock", "fd", "pid", "uid", "gid", "groups", "inbuf", "out", "queue", "qbytes", "waits", "subscribed",
+        "last", "eof", "closing", "paused", "writing", "closed",
     )
 
     def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, groups: frozenset) -> None:
@@ -109,10 +125,10 @@ class _Conn:
         self.inbuf = b""                # unparsed input (at most one partial line + held-back lines)
         self.out = bytearray()          # encoded answers not yet accepted by the kernel
         self.queue: collections.deque = collections.deque()  # answers behind a parked wait (order)
+        self.qbytes = 0                 # bytes of the answers in `queue` (answered waits included)
         self.waits: list = []           # parked _Wait objects
-        self.subscribed = False
+        self.subscribed = False         # a flag: a connection holds at most one subscription
         self.last = _monotonic()        # last read or write progress, for the idle timeout
-        self.timer: Any = None
         self.eof = False                # the peer shut down its write side
         self.closing = False            # close once `out` is flushed
         self.paused = False             # reading paused for backpressure
@@ -121,13 +137,67 @@ class _Conn:
 
 
 class _Wait:
-    __slots__ = ("conn", "act", "answer", "timer")
+    __slots__ = ("conn", "act", "answer", "done")
 
     def __init__(self, conn: _Conn, act: rpc.Action) -> None:
         self.conn = conn
         self.act = act
         self.answer: bytes | None = None
-        self.timer: Any = None
+        self.done = False               # answered, expired or dropped: its deadline no longer matters
+
+
+class _Deadlines:
+    """Parked waits' deadlines, served by a few loop timers that are never cancelled.
+
+    Each wait is an entry in this heap (rebuilt without the finished ones once they are the
+    majority). A loop timer is armed only when none of the armed ones falls within `grain` of the
+    earliest deadline, so armed timers are more than `grain` apart: at most MAX_WAIT / grain + 1
+    of them exist, whatever the peers do, and a wait is answered at most `grain` after its time.
+    """
+
+    def __init__(self, loop: Loop, on_due: Callable[[_Wait], None], grain: float) -> None:
+        self._loop = loop
+        self._on_due = on_due
+        self._grain = grain
+        self._heap: list = []          # (deadline, seq, wait)
+        self._armed: list = []         # heap of the times loop timers are set for
+        self._seq = 0
+        self._dead = 0                 # entries whose wait finished before its deadline
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, delay: float, w: _Wait) -> None:
+        when = self._loop.time() + delay
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, w))
+        self._arm(when)
+
+    def finished_early(self) -> None:
+        """One wait finished before its deadline (answered, or its peer left)."""
+        self._dead += 1
+        if self._dead > 64 and self._dead * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if not e[2].done]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _arm(self, when: float) -> None:
+        if self._armed and self._armed[0] <= when + self._grain:
+            return  # an armed timer fires in time; after it fires, the next earliest is armed
+        heapq.heappush(self._armed, when)
+        self._loop.call_later(max(0.0, when - self._loop.time()), self._fire)
+
+    def _fire(self) -> None:
+        heapq.heappop(self._armed)  # loop timers fire in time order: this was the earliest
+        now = self._loop.time()
+        while self._heap and self._heap[0][0] <= now:
+            w = heapq.heappop(self._heap)[2]
+            if w.done:
+                self._dead = max(0, self._dead - 1)
+            else:
+                self._on_due(w)  # may drop connections, which may rebuild self._heap
+        if self._heap:
+            self._arm(self._heap[0][0])
 
 
 class Server:
@@ -144,7 +214,10 @@ class Server:
         allow_gids: tuple = (),
         max_connections: int = 512,
         max_per_uid: int = 64,
+        max_waits: int = MAX_WAITS,
+        max_waits_per_conn: int = MAX_WAITS_PER_CONN,
         idle_timeout: float = 300.0,
+        backlog: int = BACKLOG,
         listen_fd: int | None = None,
         log: logging.Logger | None = None,
     ) -> None:
@@ -154,7 +227,10 @@ class Server:
         self.mode = mode
         self.max_connections = max_connections
         self.max_per_uid = max_per_uid
+        self.max_waits = max_waits
+        self.max_waits_per_conn = max_waits_per_conn
         self.idle_timeout = idle_timeout
+        self.backlog = backlog
         self.listen_fd = listen_fd
         self.log = log or logging.getLogger("pass-agent.server")
         self.dispatcher = rpc.Dispatcher(service)
@@ -167,11 +243,16 @@ class Server:
         self._per_uid: dict[int, int] = {}
         self._subscribers: set = set()
         self._accept_timer: Any = None
+        self._sweep_timer: Any = None     # the one idle-check timer, armed while connections exist
+        self._sweep_every = min(max(idle_timeout / 4.0, 0.05), 30.0)
+        self._waits = _Deadlines(loop, self._expire, WAIT_GRAIN)
+        self._nwaits = 0                  # parked waits of all connections
         self._denied_log: dict[int, int] = {}
         self._lingering: dict[int, Any] = {}  # fd -> finish(): sockets closing gracefully
         self._c = {
             "accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "closed_too_large": 0,
             "closed_slow": 0, "closed_by_peer": 0, "notifications": 0, "waits_answered": 0, "waits_expired": 0,
+            "waits_refused": 0,
         }
 
     # -- setup and teardown -----------------------------------------------------------------
@@ -213,6 +294,12 @@ class Server:
                 self.path = name if isinstance(name, str) else name.decode("utf-8", "replace")
         except OSError:
             pass
+        try:
+            # listen() again on a listening socket only raises its backlog: a .socket unit on an
+            # old systemd (Backlog= defaults to 128 there) must not make connect floods fail.
+            sock.listen(self.backlog)
+        except OSError:
+            pass
         return sock
 
     def _bind(self) -> socket.socket:
@@ -237,7 +324,7 @@ class Server:
         try:
             sock.bind(tmp)
             os.chmod(tmp, self.mode)
-            sock.listen(min(socket.SOMAXCONN, 1024))
+            sock.listen(self.backlog)
             os.rename(tmp, path)
             st = os.lstat(path)
         except OSError as e:
@@ -314,6 +401,9 @@ class Server:
         self.loop.remove_reader(self._sock.fileno())
         if self._accept_timer is not None:
             self._accept_timer.cancel()
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if self.listen_fd is not None:
             self._sock.detach()  # systemd owns the fd and the file
         else:
@@ -407,8 +497,7 @@ class Server:
         self._conns[conn.fd] = conn
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
-        if self.idle_timeout > 0:
-            conn.timer = self.loop.call_later(self.idle_timeout, lambda: self._on_idle(conn))
+        self._arm_sweep()
 
     def _deny(self, conn: _Conn, counted: bool) -> None:
         self._c["denied"] += 1
@@ -491,7 +580,7 @@ class Server:
             if len(data) > rpc.MAX_LINE + 1:
                 self._too_large(conn)
                 return
-            ans = self.dispatcher.handle_line(data[:-1])
+            ans = self.dispatcher.handle_line(data[:-1], conn.uid)
             if type(ans) is bytes:
                 try:
                     n = conn.sock.send(ans)
@@ -519,6 +608,7 @@ class Server:
         data = conn.inbuf
         start = 0
         handle = self.dispatcher.handle_line
+        uid = conn.uid
         out = conn.out
         while True:
             nl = data.find(b"\n", start)
@@ -527,19 +617,20 @@ class Server:
             if nl - start > rpc.MAX_LINE:
                 self._too_large(conn)
                 return
-            ans = handle(data[start:nl])
+            ans = handle(data[start:nl], uid)
             start = nl + 1
             if ans is not None:
                 if type(ans) is bytes:
                     if conn.queue:
                         conn.queue.append(ans)
+                        conn.qbytes += len(ans)
                     else:
                         out += ans
                 else:
                     self._action(conn, ans)
                     if conn.closed:
                         return
-            if len(out) > OUT_HIGH:
+            if len(out) + conn.qbytes > OUT_HIGH:  # answers behind a parked wait count too
                 self._pause(conn)
                 break
         rest = data[start:] if start else data
@@ -550,10 +641,23 @@ class Server:
 
     def _action(self, conn: _Conn, act: rpc.Action) -> None:
         if act.kind == "park":
+            refused = None
+            if len(conn.waits) >= self.max_waits_per_conn:
+                refused = ("this connection already holds %d parked waits (the per-connection limit); read their "
+                           "answers before parking more, or ask without wait" % len(conn.waits))
+            elif self._nwaits >= self.max_waits:
+                refused = ("the agent already holds %d parked waits for all clients (its limit); retry in a second"
+                           % self._nwaits)
+            if refused is not None:
+                self._c["waits_refused"] += 1
+                self._emit(conn, rpc.error_line(act.id, rpc.LIMIT, "%s: %s" % (act.method, refused),
+                                                rpc.error_data("too_many_waits", RETRY, 1.0)), flush=False)
+                return
             w = _Wait(conn, act)
-            w.timer = self.loop.call_later(act.wait, lambda: self._expire(w))
             conn.waits.append(w)
             conn.queue.append(w)
+            self._nwaits += 1
+            self._waits.add(act.wait, w)
             return
         conn.subscribed = act.kind == "subscribe"
         if conn.subscribed:
@@ -594,14 +698,15 @@ class Server:
     def _resume(self, conn: _Conn) -> None:
         conn.paused = False
         self._process(conn)
-        if conn.closed or conn.paused:
+        if conn.closed:
             return
-        if conn.eof:
-            self._on_eof(conn)
-        else:
-            self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
+        if not conn.paused:  # paused again: the held-back input filled the output again
+            if conn.eof:
+                self._on_eof(conn)
+            else:
+                self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
         if conn.out and not conn.writing and not conn.closed:
-            self._flush(conn)
+            self._flush(conn)  # also when paused again: those answers must still go out
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -610,14 +715,15 @@ class Server:
             return
         if conn.queue:
             conn.queue.append(line)
-            return
-        conn.out += line
-        if len(conn.out) > OUT_MAX:
+            conn.qbytes += len(line)
+        else:
+            conn.out += line
+        if len(conn.out) + conn.qbytes > OUT_MAX:
             self._c["closed_slow"] += 1
             self.log.warning("closing connection of pid %d uid %d: it does not read its answers", conn.pid, conn.uid)
             self._drop(conn)
             return
-        if flush and not conn.writing:
+        if flush and not conn.writing and conn.out:
             self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
@@ -642,9 +748,9 @@ class Server:
             conn.writing = False
             self.loop.remove_writer(conn.fd)
         if conn.closing and not conn.queue:
-            self._drop(conn, linger=not conn.eof)
-        elif conn.paused and not conn.closing:
-            self._resume(conn)
+            self._drop(conn, linger=None if conn.eof else True)
+        elif conn.paused and not conn.closing and conn.qbytes < OUT_LOW:
+            self._resume(conn)  # otherwise the answers behind a wait resume it when it is answered
 
     def _close_after_flush(self, conn: _Conn) -> None:
         conn.closing = True
@@ -652,7 +758,7 @@ class Server:
             self.loop.remove_reader(conn.fd)
             conn.paused = True  # no more reading
         if not conn.out and not conn.queue:
-            self._drop(conn, linger=not conn.eof)
+            self._drop(conn, linger=None if conn.eof else True)
         elif not conn.writing:
             self._flush(conn)
 
@@ -661,15 +767,14 @@ class Server:
         q = conn.queue
         while q:
             head = q[0]
-            if type(head) is bytes:
-                conn.out += head
-            elif head.answer is not None:
-                conn.out += head.answer
-            else:
+            data = head if type(head) is bytes else head.answer
+            if data is None:
                 break
             q.popleft()
+            conn.out += data
+            conn.qbytes -= len(data)
         if conn.closing and not q and not conn.out:
-            self._drop(conn, linger=not conn.eof)
+            self._drop(conn, linger=None if conn.eof else True)
             return
         if conn.out and not conn.writing:
             self._flush(conn)
@@ -693,58 +798,67 @@ class Server:
                 if ans is not None:
                     self._c["waits_answered"] += 1
                     self._answer(w, ans)
+                    self._waits.finished_early()
+                    if conn.closed:
+                        break
 
     def _expire(self, w: _Wait) -> None:
-        w.timer = None
-        if w.answer is None and not w.conn.closed:
-            self._c["waits_expired"] += 1
-            self._answer(w, self.dispatcher.resume(w.act, final=True) or b"")
+        # Called by _Deadlines for a wait that is not done (done waits are skipped there).
+        self._c["waits_expired"] += 1
+        self._answer(w, self.dispatcher.resume(w.act, final=True) or b"")
 
     def _answer(self, w: _Wait, ans: bytes) -> None:
-        if w.timer is not None:
-            w.timer.cancel()
-            w.timer = None
+        w.done = True
         w.answer = ans
         conn = w.conn
         conn.waits.remove(w)
+        conn.qbytes += len(ans)
+        self._nwaits -= 1
         self._release_queue(conn)
 
     # -- timeouts and teardown ------------------------------------------------------------------
 
-    def _on_idle(self, conn: _Conn) -> None:
-        conn.timer = None
-        if conn.closed:
+    def _arm_sweep(self) -> None:
+        if self._sweep_timer is None and self.idle_timeout > 0:
+            self._sweep_timer = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for idle_timeout (at most one sweep period late).
+
+        Not re-armed once no connection is left: an idle agent has no timer.
+        """
+        self._sweep_timer = None
+        if not self._conns:
             return
         now = _monotonic()
-        # A quiet subscriber or a parked wait is not idle, unless its answers are stuck unread.
-        exempt = (conn.subscribed or conn.waits) and not conn.out
-        due = conn.last + self.idle_timeout
-        if exempt or due > now:
-            conn.timer = self.loop.call_later(max(due - now, 1.0) if not exempt else self.idle_timeout,
-                                              lambda: self._on_idle(conn))
-            return
-        if conn.out:
-            self._c["closed_slow"] += 1
-        else:
-            self._c["closed_idle"] += 1
-        self._drop(conn)
+        for conn in list(self._conns.values()):
+            if conn.closed or now - conn.last < self.idle_timeout:
+                continue
+            if (conn.subscribed or conn.waits) and not conn.out:
+                continue  # a quiet subscriber or a parked wait is not idle, unless its answers sit unread
+            self._c["closed_slow" if conn.out else "closed_idle"] += 1
+            self._drop(conn)
+        self._arm_sweep()
 
     def _drop(self, conn: _Conn, linger: bool | None = None) -> None:
         """Forget a connection. linger=None closes the socket; False leaves it to the caller;
-        True closes it gracefully (see _goodbye)."""
+        True closes it gracefully (see _goodbye); a peer that shut down its side needs no lingering."""
         if conn.closed:
             return
         conn.closed = True
         self.loop.remove_reader(conn.fd)
         if conn.writing:
             self.loop.remove_writer(conn.fd)
-        if conn.timer is not None:
-            conn.timer.cancel()
         for w in conn.waits:
-            if w.timer is not None:
-                w.timer.cancel()
+            w.done = True
+            self._waits.finished_early()
+        self._nwaits -= len(conn.waits)
+        # Free everything now: nothing else may keep this connection's buffers alive.
         conn.waits = []
         conn.queue.clear()
+        conn.qbytes = 0
+        conn.out = bytearray()
+        conn.inbuf = b""
         self._subscribers.discard(conn)
         if self._conns.pop(conn.fd, None) is not None:
             n = self._per_uid.get(conn.uid, 1) - 1
@@ -769,7 +883,10 @@ class Server:
             connections=len(conns),
             per_uid={str(k): v for k, v in dict(self._per_uid).items()},
             subscribers=len(self._subscribers),
-            waiting=sum(len(c.waits) for c in conns),
+            waiting=self._nwaits,
+            queued_bytes=sum(c.qbytes for c in conns),
+            out_bytes=sum(len(c.out) for c in conns),
+            max_waits=self.max_waits,
             requests=self.dispatcher.requests,
             errors=self.dispatcher.errors,
             max_connections=self.max_connections,

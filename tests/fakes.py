@@ -32,6 +32,7 @@ class FakeService:
         self._subs: list[Callable[[dict], None]] = []
         self.error: AgentError = NotReady("no access token yet: registration is in progress", retry_after=2.0)
         self.reports: list[tuple] = []
+        self.report_uids: list = []  # the peer uid passed with each report (None: not passed)
         self.refresh_requests = 0
         self.token_calls: list[float] = []
         self.record_calls = False
@@ -92,8 +93,10 @@ class FakeService:
         return {"fields": {"model": "FakeBox", "osName": "Linux"}, "x_device_info": XDI,
                 "ap_device_identifier": APDI, "device_id": "fake-device-id", "sources": {}, "warnings": []}
 
-    def report_error(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None,
+                     uid: int | None = None) -> dict:
         self.reports.append((status, body, access_token))
+        self.report_uids.append(uid)
         if status == 401:
             return {"decision": "refresh", "reason": "401 from a protected API: getting a new access token"}
         return {"decision": "ignored", "reason": "status %d needs no action" % status}

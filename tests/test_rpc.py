@@ -244,3 +244,25 @@ def test_error_report_management_flag_is_validated_and_passed_on():
     out = json.loads(d.handle_line(b'{"jsonrpc":"2.0","id":2,"method":"error.report","params":{"status":403,'
                                    b'"management":"yes"}}'))
     assert out["error"]["code"] == _rpc.INVALID_PARAMS and "management" in out["error"]["message"]
+
+
+def test_error_report_passes_the_peers_uid(svc: FakeService) -> None:
+    d = rpc.Dispatcher(svc)
+    line = json.dumps(req("error.report", {"status": 401})).encode()
+    assert json.loads(d.handle_line(line, uid=1234))["result"]["decision"] == "refresh"
+    assert json.loads(d.handle_line(line))["result"]["decision"] == "refresh"  # no peer known
+    assert svc.report_uids == [1234, None]
+
+
+def test_error_report_works_with_a_service_without_the_uid_keyword() -> None:
+    seen = []
+
+    class Old(FakeService):
+        def report_error(self, status, body=None, access_token=None, management=False):
+            seen.append((status, management))
+            return {"decision": "ignored", "reason": "test"}
+
+    d = rpc.Dispatcher(Old())
+    line = json.dumps(req("error.report", {"status": 403, "management": True})).encode()
+    assert json.loads(d.handle_line(line, uid=1234))["result"]["decision"] == "ignored"
+    assert seen == [(403, True)]

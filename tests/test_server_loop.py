@@ -132,12 +132,16 @@ def test_close_refuses_while_running_and_after(loop: Loop) -> None:
 
 def test_server_leaves_no_timers_once_connections_are_gone(tmp_path) -> None:
     path = str(tmp_path / "agent.sock")
-    with ServerHarness(path, idle_timeout=300) as h:
+    with ServerHarness(path, idle_timeout=1.0) as h:
         assert h.call(h.loop._timeout) is None
-        s = connect(path)
-        s.sendall(request("token.get", {"wait": 50}))
-        assert LineReader(s).json()["result"]["access_token"]
-        assert h.call(lambda: len([t for t in h.loop._timers if not t.cancelled])) == 1  # the idle timer
-        s.close()
+        socks = [connect(path) for _ in range(5)]
+        for s in socks:
+            s.sendall(request("token.get", {"wait": 50}))
+            assert LineReader(s).json()["result"]["access_token"]
+        # One idle sweep for all connections, none per connection (no cancelled timers pile up).
+        assert h.call(lambda: len(h.loop._timers)) == 1
+        for s in socks:
+            s.close()
         assert wait_for(lambda: h.stats()["connections"] == 0)
-        assert h.call(h.loop._timeout) is None
+        # The sweep does not re-arm once no connection is left: the idle loop has no timeout.
+        assert wait_for(lambda: h.call(h.loop._timeout) is None)
