@@ -10,9 +10,8 @@ import time
 import pytest
 
 from agent.client import Client
+from agent.emulator import Emulator
 from tests.agentproc import AgentProc
-
-Emulator = pytest.importorskip("agent.emulator").Emulator
 
 
 @pytest.fixture

@@ -12,9 +12,8 @@ import time
 import pytest
 
 from agent.client import Client
+from agent.emulator import Emulator
 from tests.agentproc import ROOT, AgentProc
-
-Emulator = pytest.importorskip("agent.emulator").Emulator
 
 
 @pytest.fixture

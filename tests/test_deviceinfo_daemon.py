@@ -9,9 +9,9 @@ import signal
 
 import pytest
 
+from agent.emulator import Emulator
 from tests.agentproc import AgentProc
 
-Emulator = pytest.importorskip("agent.emulator").Emulator
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
 
 

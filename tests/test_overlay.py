@@ -29,6 +29,7 @@ import pytest
 from agent import __version__
 from agent import config as configmod
 from agent.client import Client
+from agent.emulator import Emulator
 from tools import build_overlay
 
 if sys.version_info >= (3, 11):
@@ -284,8 +285,7 @@ def test_zipapp_device_info_matches_the_source_tree(built, board):
 # ---------------------------------------------------------------------------- run against the emulator
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    emulator = pytest.importorskip("agent.emulator")
-    e = emulator.Emulator(state_dir=str(tmp_path_factory.mktemp("emulator")), tls=True)
+    e = Emulator(state_dir=str(tmp_path_factory.mktemp("emulator")), tls=True)
     e.start()
     yield e
     e.stop()

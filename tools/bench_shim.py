@@ -3,8 +3,8 @@
 Measures (1) import time in fresh interpreters (median of N), (2) memory added by the import
 (RSS from /proc/self/status and PSS from /proc/self/smaps_rollup, each minus a bare-interpreter
 baseline measured the same way, median of N), and (3) median latency of a POST over plain HTTP to
-the local Adobe Pass emulator (agent.emulator.Emulator) or, if that is not importable, to a stdlib
-HTTP server. Both clients open a new connection per request, as the shim always does; a
+the local Adobe Pass emulator (agent.emulator.Emulator, imported plainly: a broken emulator fails the
+run rather than quietly benchmarking another server). Both clients open a new connection per request, as the shim always does; a
 keep-alive `requests.Session` row is printed for reference. `requests` is imported lazily: it is
 a benchmark-only dependency (extra `bench`) and the run says so when it is missing.
 
@@ -21,9 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,45 +67,17 @@ def probe(modules: list[str], runs: int) -> dict[str, float | None]:
             "pss_kib": statistics.median(pss) if pss else None}
 
 
-class _Echo(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        reply = json.dumps({"client_id": "bench", "received": len(body)}).encode()
-        self.send_response(201)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def start_target():
     """(url, json body, headers, stop function, description)."""
-    try:
-        from agent.emulator import Emulator
-    except ImportError:
-        Emulator = None
-    if Emulator is not None:
-        logging.getLogger().setLevel(logging.WARNING)
-        emu = Emulator(tls=False, throttle=False).start()
-        logging.getLogger("pass-emulator").setLevel(logging.WARNING)
-        info = "eyJtb2RlbCI6IkJlbmNoIiwidmVyc2lvbiI6IjEiLCJvc05hbWUiOiJMaW51eCIsIm9zVmVyc2lvbiI6IjYiLCJjb25uZWN0aW9uVHlwZSI6IkxBTiJ9"
-        body = {"software_statement": emu.mint_statement()}
-        headers = {"Content-Type": "application/json;charset=utf-8", "X-Device-Info": info}
-        return emu.base_url + "/client/register", body, headers, emu.stop, "emulator POST /o/client/register"
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    from agent.emulator import Emulator
 
-    def stop() -> None:
-        srv.shutdown()
-        srv.server_close()
-
-    url = "http://127.0.0.1:%d/o/client/register" % srv.server_address[1]
-    return url, {"software_statement": "x" * 600}, {"Content-Type": "application/json"}, stop, \
-        "stdlib server POST (emulator not importable)"
+    logging.getLogger().setLevel(logging.WARNING)
+    emu = Emulator(tls=False, throttle=False).start()
+    logging.getLogger("pass-emulator").setLevel(logging.WARNING)
+    info = "eyJtb2RlbCI6IkJlbmNoIiwidmVyc2lvbiI6IjEiLCJvc05hbWUiOiJMaW51eCIsIm9zVmVyc2lvbiI6IjYiLCJjb25uZWN0aW9uVHlwZSI6IkxBTiJ9"
+    body = {"software_statement": emu.mint_statement()}
+    headers = {"Content-Type": "application/json;charset=utf-8", "X-Device-Info": info}
+    return emu.base_url + "/client/register", body, headers, emu.stop, "emulator POST /o/client/register"
 
 
 def latency(posts: int) -> tuple[dict[str, float], str]:
