@@ -4,6 +4,11 @@ Job: connect to the Unix socket, send JSON-RPC requests one line each, read the 
 (keeping `token.changed` notifications for `subscribe()`), and turn error answers back into
 `AgentError`s carrying the server's code, kind and retry_after.
 
+Connecting: a full listen backlog (EAGAIN: the agent is busy, e.g. under a connect flood) is
+retried with a short backoff until the timeout; a missing socket or one nobody listens on
+(ENOENT, ECONNREFUSED: the agent is not running, or still starting) is retried only for as long
+as the caller said it would wait (`connect_wait`, the commands' `--wait`), then reported.
+
 Must never: print or log a token except where the user asked for it (`pass-agent token` and
 `headers` print it, that is their job; `status` never does), or hide which socket it tried.
 """
@@ -11,6 +16,7 @@ Must never: print or log a token except where the user asked for it (`pass-agent
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import socket
 import sys
@@ -20,6 +26,9 @@ from typing import Any, Iterator, TextIO
 from agent.errors import OPERATOR, RETRY, AgentError
 
 DEFAULT_SOCKET = "/run/pass-agent/agent.sock"
+_sleep = time.sleep       # module-level: tests count the connect retries through it
+_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)   # the backlog is full: retry within the timeout
+_STARTING = (errno.ENOENT, errno.ECONNREFUSED)            # not (yet) running: retry within connect_wait
 _SECRET_KEYS = {"access_token", "client_secret", "secret", "software_statement", "authorization"}
 
 
@@ -36,43 +45,76 @@ class RpcCallError(AgentError):
         self.data = data
 
 
-class Client:
-    """One persistent connection to the agent. Not thread-safe: one Client per thread."""
+def connect_error(path: str, e: OSError, waited: float = 0.0) -> AgentError:
+    """The one place that turns a failed connect() into a message naming the socket and the fix."""
+    n = e.errno
+    after = " (waited %.1f s)" % waited if waited >= 0.05 else ""
+    if n == errno.ENOENT:
+        return AgentError("pass-agent is not running: no socket at %s%s" % (path, after), code="agent_unavailable",
+                          kind=RETRY, hint="start the agent (systemctl start pass-agent) or pass --socket with the "
+                          "right path; --wait S waits for an agent that is starting")
+    if n == errno.ECONNREFUSED:
+        return AgentError("pass-agent is not running: nothing listens on %s%s" % (path, after),
+                          code="agent_unavailable", kind=RETRY,
+                          hint="start the agent (systemctl start pass-agent); the socket file is a leftover")
+    if n in (errno.EACCES, errno.EPERM):
+        return AgentError("permission denied opening %s" % path, code="denied", kind=OPERATOR,
+                          hint="run as a user or group the agent allows (socket.allow_uids / socket.allow_gids)")
+    if n in _BUSY:
+        return AgentError("pass-agent at %s is busy: its queue of new connections stayed full%s" % (path, after),
+                          code="agent_unavailable", kind=RETRY,
+                          hint="retry in a second; keep one persistent connection instead of one per request")
+    if isinstance(e, socket.timeout):
+        return AgentError("pass-agent at %s did not accept the connection%s" % (path, after),
+                          code="timeout", kind=RETRY, hint="the agent may be overloaded or stopped; retry")
+    return AgentError("cannot connect to pass-agent at %s: %s" % (path, e.strerror or e), code="agent_unavailable",
+                      kind=RETRY, hint="check that the agent runs and that --socket names its socket")
 
-    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 5.0) -> None:
+
+def connect(path: str, timeout: float, connect_wait: float = 0.0) -> socket.socket:
+    """A connected socket; raises the connect_error() of the last attempt.
+
+    Busy (EAGAIN) is retried until `timeout`, not running (ENOENT, ECONNREFUSED) until
+    `connect_wait`, with a backoff from 2 ms to 50 ms.
+    """
+    start = time.monotonic()
+    delay = 0.002
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(timeout - (time.monotonic() - start), 0.001))
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as e:
+            sock.close()
+            if e.errno in _BUSY:
+                budget = max(timeout, connect_wait)
+            elif e.errno in _STARTING:
+                budget = connect_wait
+            else:
+                budget = 0.0
+            left = budget - (time.monotonic() - start)
+            if left <= 0:
+                raise connect_error(path, e, time.monotonic() - start)
+        _sleep(min(delay, left))
+        delay = min(delay * 2, 0.05)
+
+
+class Client:
+    """One persistent connection to the agent. Not thread-safe: one Client per thread.
+
+    timeout: seconds for connecting (a busy agent) and for each answer; connect_wait: seconds to
+    wait for an agent that is not running yet (no socket, or nothing listening on it).
+    """
+
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 5.0, connect_wait: float = 0.0) -> None:
         self.path = path
         self.timeout = timeout
         self._next_id = 1
         self._buf = b""
         self._notes: collections.deque[dict] = collections.deque()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = connect(path, timeout, connect_wait)
         self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(path)
-        except FileNotFoundError:
-            self._sock.close()
-            raise AgentError(
-                "pass-agent is not running: no socket at %s" % path, code="agent_unavailable", kind=RETRY,
-                hint="start the agent (systemctl start pass-agent) or pass --socket with the right path",
-            )
-        except ConnectionRefusedError:
-            self._sock.close()
-            raise AgentError(
-                "pass-agent is not running: nothing listens on %s" % path, code="agent_unavailable", kind=RETRY,
-                hint="start the agent (systemctl start pass-agent); the socket file is a leftover",
-            )
-        except PermissionError:
-            self._sock.close()
-            raise AgentError(
-                "permission denied opening %s" % path, code="denied", kind=OPERATOR,
-                hint="run as a user or group the agent allows (socket.allow_uids / socket.allow_gids)",
-            )
-        except OSError as e:
-            self._sock.close()
-            raise AgentError(
-                "cannot connect to pass-agent at %s: %s" % (path, e.strerror or e), code="agent_unavailable",
-                kind=RETRY, hint="check that the agent runs and that --socket names its socket",
-            )
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -243,8 +285,12 @@ def client_command(
     if name not in ("token", "headers", "status"):
         err.write("pass-agent: unknown client command %r (expected token, headers or status)\n" % name)
         return 2
+    started = time.monotonic()
     try:
-        with Client(socket_path) as c:
+        # --wait covers an agent that is still starting (no socket yet) as well as a first token.
+        with Client(socket_path, connect_wait=wait or 0.0) as c:
+            if wait:
+                wait = max(0.0, wait - (time.monotonic() - started))
             if name == "token":
                 res = c.token(min_ttl, wait)
             elif name == "headers":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -204,3 +206,90 @@ def test_c_client_waits_and_reports_errors(c_client: str, path: str) -> None:
                 p.wait()
     res = subprocess.run([c_client, "-s", path], capture_output=True, text=True, timeout=30)
     assert res.returncode == 3 and path in res.stderr
+
+
+# -- connecting under load and while the agent starts (issue 15 items 6 and 17) ---------------------
+
+
+def test_connect_flood_every_call_succeeds(path: str, monkeypatch) -> None:
+    """A full listen backlog (EAGAIN on connect) is retried within the timeout, not fatal."""
+    import agent.client as clientmod
+
+    retries = []
+    real_sleep = getattr(clientmod, "_sleep", time.sleep)
+
+    def counting_sleep(s: float) -> None:
+        retries.append(s)
+        real_sleep(s)
+
+    monkeypatch.setattr(clientmod, "_sleep", counting_sleep, raising=False)
+    n = 24
+    with ServerHarness(path, backlog=1) as h:
+        gate = threading.Event()
+        h.loop.call_soon_threadsafe(lambda: gate.wait(30))  # the loop stops accepting: the backlog fills
+        results: list = []
+
+        def one() -> None:
+            try:
+                with Client(path, timeout=20) as c:
+                    results.append(c.token()["access_token"])
+            except AgentError as e:
+                results.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        # Open the gate once most clients found the backlog full (or, before the fix, gave up).
+        assert wait_for(lambda: len(retries) >= n // 2 or len(results) >= n // 2, timeout=20)
+        gate.set()
+        for t in threads:
+            t.join(30)
+        failures = [r for r in results if not isinstance(r, str)]
+        assert not failures, "%d of %d clients failed: %s" % (len(failures), n, failures[0])
+        assert results == [TOKEN] * n
+        assert retries, "the backlog never filled: the test did not exercise the retry"
+
+
+def test_command_wait_covers_a_socket_that_appears_later(path: str) -> None:
+    """`pass-agent token --wait 2` while the agent is still starting: no socket yet, then one."""
+    started: list = []
+
+    def start_agent() -> None:
+        h = ServerHarness(path)
+        h.__enter__()
+        started.append(h)
+
+    timer = threading.Timer(0.5, start_agent)
+    timer.start()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        assert client_command("token", path, True, out, wait=2, err=err) == 0, err.getvalue()
+        assert json.loads(out.getvalue())["access_token"] == TOKEN
+    finally:
+        timer.join()
+        for h in started:
+            h.close()
+
+
+def test_without_wait_a_missing_socket_fails_at_once(tmp_path) -> None:
+    missing = str(tmp_path / "nope.sock")
+    err = io.StringIO()
+    assert client_command("token", missing, False, io.StringIO(), err=err) == 1
+    assert "no socket at " + missing in err.getvalue()
+    with pytest.raises(AgentError, match="no socket at " + missing):
+        Client(missing, timeout=5, connect_wait=0.3)  # waited, still nothing: the same clear error
+
+
+@pytest.mark.parametrize("err,code,kind,words", [
+    (errno.ENOENT, "agent_unavailable", "retry", "no socket at"),
+    (errno.ECONNREFUSED, "agent_unavailable", "retry", "nothing listens on"),
+    (errno.EACCES, "denied", "operator", "permission denied"),
+    (errno.EAGAIN, "agent_unavailable", "retry", "busy"),
+    (errno.ENOTSOCK, "agent_unavailable", "retry", "cannot connect"),
+])
+def test_connect_errors_share_one_handler(err: int, code: str, kind: str, words: str) -> None:
+    from agent.client import connect_error
+
+    e = connect_error("/run/x/agent.sock", OSError(err, os.strerror(err)))
+    assert (e.code, e.kind) == (code, kind) and words in str(e) and "/run/x/agent.sock" in str(e)
+    assert e.hint
