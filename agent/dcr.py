@@ -188,7 +188,9 @@ def printable(text, limit=EXCERPT_LENGTH, mask=True):
             _flush_run(run, mask, out)
             run = ""
         out.append(_escape(ch))
-    if run and not longer:  # a run cut by the window may be the start of a secret: dropped
+    # A short run cut by the window may be the start of a secret: dropped. A long one is masked
+    # (or kept when it is a plain name) like any other.
+    if run and (not longer or len(run) >= MASK_RUN):
         _flush_run(run, mask, out)
     result = "".join(out)
     if longer or len(result) > limit:
