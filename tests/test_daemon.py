@@ -322,3 +322,20 @@ def test_runtime_token_cache_leaves_the_player_its_socket(make_agent, emu, tmp_p
         assert agent.stop() == 0
     finally:
         shutil.rmtree(pub, ignore_errors=True)
+
+
+def test_the_daemon_never_imports_the_emulator(make_agent, emu):
+    # agent.emulator ships in the wheel for `demo` and `emulator` only (issue 15 item 14): a running
+    # `pass-agent run` that registered, fetched a token, served it and reloaded has not imported it.
+    agent = make_agent(emu)
+    agent.argv_prefix = ["env", "PYTHONPROFILEIMPORTTIME=1"]  # python -X importtime: every import, on stderr
+    agent.start()
+    _token(agent, wait=15)
+    agent.send(signal.SIGHUP)
+    agent.wait_notify("READY=1")
+    with Client(agent.socket_path, timeout=20) as c:
+        assert c.call("agent.status")
+    assert agent.stop() == 0
+    imported = {line.rsplit("|", 1)[1].strip() for line in agent.log().splitlines() if line.startswith("import time:")}
+    assert {"agent.daemon", "agent.service", "agent.server", "agent.dcr"} <= imported  # the profile is real
+    assert not [m for m in imported if m == "agent.emulator" or m.startswith(("agent.emulator.", "agent.demo"))]

@@ -438,6 +438,9 @@ def test_zipapp_help_lists_only_the_commands_it_has(built, board):
     assert "run" in listed and "token" in listed and "check" in listed
     # demo and emulator are not in the box build: neither listed nor suggested.
     assert "demo" not in listed and "emulator" not in listed and "demo" not in r.stdout
+    # Asked for anyway, the emulator is refused in one line that says where it is (not a traceback).
+    r = _run([app, "emulator", "--help"])
+    assert r.returncode == 1 and "not part of this build" in r.stderr and "Traceback" not in r.stderr, r.stderr
     for cmd in listed:  # every command it lists is really there
         r = _run([app, cmd, "--help"], input="")
         assert r.returncode == 0 and "not available" not in r.stderr, (cmd, r.stderr)

