@@ -137,13 +137,15 @@ class _Conn:
 
 
 class _Wait:
-    __slots__ = ("conn", "act", "answer", "done")
+    __slots__ = ("conn", "act", "answer", "done", "cost")
 
     def __init__(self, conn: _Conn, act: rpc.Action) -> None:
         self.conn = conn
         self.act = act
         self.answer: bytes | None = None
         self.done = False               # answered, expired or dropped: its deadline no longer matters
+        # Counted in conn.qbytes while parked: a request id can be a string of up to 64 KiB.
+        self.cost = 64 + (len(act.id) if type(act.id) is str else 0)
 
 
 class _Deadlines:
@@ -656,6 +658,7 @@ class Server:
             w = _Wait(conn, act)
             conn.waits.append(w)
             conn.queue.append(w)
+            conn.qbytes += w.cost
             self._nwaits += 1
             self._waits.add(act.wait, w)
             return
@@ -812,7 +815,7 @@ class Server:
         w.answer = ans
         conn = w.conn
         conn.waits.remove(w)
-        conn.qbytes += len(ans)
+        conn.qbytes += len(ans) - w.cost
         self._nwaits -= 1
         self._release_queue(conn)
 

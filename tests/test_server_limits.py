@@ -80,6 +80,35 @@ def test_answers_behind_a_parked_wait_count_towards_the_output_limit(tmp_path) -
         s.close()
 
 
+def test_parked_waits_with_huge_ids_count_towards_the_output_limit(tmp_path) -> None:
+    path = _path(tmp_path)
+    with ServerHarness(path, FakeService(token=None)) as h:
+        s = connect(path)
+        s.setblocking(False)
+        blob = b"".join(request("token.get", {"wait": 120}, "%02d" % i + "x" * 60000) for i in range(12))
+        sent = 0
+        while sent < len(blob):
+            try:
+                sent += s.send(blob[sent:])
+            except BlockingIOError:
+                if not select.select([], [s], [], 2.0)[1]:
+                    break  # the server stopped reading
+        st = h.stats()
+        # Each parked wait holds its 60 kB id: the server stops reading after the first ones.
+        assert st["waiting"] <= 2 and st["queued_bytes"] <= server.OUT_HIGH + 61000, st
+        h.service.set_token(TOKEN)
+        s.settimeout(30)
+        answers: list = []
+        reader = threading.Thread(target=lambda: answers.extend(_read_all(s)))
+        reader.start()
+        s.sendall(blob[sent:])
+        s.shutdown(socket.SHUT_WR)
+        reader.join(60)
+        assert [a["id"][:2] for a in answers] == ["%02d" % i for i in range(12)]
+        assert all(a["result"]["access_token"] == TOKEN for a in answers)
+        s.close()
+
+
 def test_parked_waits_per_connection_are_capped(tmp_path) -> None:
     path = _path(tmp_path)
     cap = server.MAX_WAITS_PER_CONN
