@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         _socket_arg(p)
         if name != "status":
             p.add_argument("--min-ttl", type=float, metavar="S", help="require at least S seconds of validity")
-            p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for a first token")
+            p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for the agent to start and for a first token")
 
     p = sub.add_parser("check", help="validate the configuration and the environment",
                        description="Validate the configuration file and what it points to. Exit 2 when the "
