@@ -50,6 +50,7 @@ def test_client_methods(h: ServerHarness, path: str) -> None:
         assert c.report(401, body={"x": 1}, access_token=TOKEN)["decision"] == "refresh"
         assert c.call("agent.health") == {"live": True, "ready": True}
     assert h.service.reports == [(401, {"x": 1}, TOKEN)]
+    assert h.service.report_uids == [os.getuid()]  # the server passes the peer's SO_PEERCRED uid on
 
 
 def test_client_raises_agent_errors_with_retry_advice(path: str) -> None:
