@@ -74,6 +74,10 @@ class Daemon:
             self._watchdog()
         self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s["path"],
                       cfg["device"]["board"], sdir, self.service.status_line())
+        from agent import clock
+
+        # Which clock schedules refreshes and timers, and what a suspend does to them (docs/ARCHITECTURE.md).
+        self.log.info("time: %s", clock.SOURCE)
         self._last_status = self.service.status_line()
         self.notifier.ready(self._last_status)
 
