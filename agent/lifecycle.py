@@ -3,7 +3,9 @@
 Read this header first. Everything that decides *when* the agent talks to Adobe lives in this file;
 nothing here does I/O. The shell (agent/service.py) asks `poll(now)` what to do, performs the
 request, and feeds the outcome back with `on_registered`, `on_token` or `on_error`. Time comes in
-as arguments: `now` is a monotonic clock in seconds, `wall` the wall clock (epoch seconds), and
+as arguments: `now` is a monotonic clock in seconds that counts suspend (the service passes
+CLOCK_BOOTTIME, agent/clock.py: a token that expires while the box is in standby is expired at
+resume, and what fell due is due at once), `wall` the wall clock (epoch seconds), and
 randomness comes from the injected `random` function, so tests and the fleet simulation
 (tools/fleetsim.py) run it in virtual time. Must never: do I/O, read a clock, or keep backoff
 state anywhere but in memory.
