@@ -51,6 +51,9 @@ def read_statement(path: str) -> tuple[str, str, str]:
     return text, sha256(text.encode("utf-8")).hexdigest(), app
 
 
+WAIT_SLICE = 1.0  # longest a wait_token caller sleeps without re-reading the clock (see wait_token)
+
+
 def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
     return cfg["storage"]["dir"] or (identity_profile or {}).get("storage_dir") or config.STORAGE_DEFAULT_DIR
 
@@ -143,7 +146,6 @@ class Service:
         # notify on the condition also wakes the worker, so all existing notify_all() calls do.
         self._sleeper = _WorkerSleeper(clock)
         self._cond = _WakingCondition(self._sleeper.wake)
-        self._wait_deadlines: dict = {}  # wait_token callers' deadlines: the worker wakes them on time
         self._subs: list[Callable[[dict], None]] = []
         self._listeners: list[Callable[[], None]] = []  # told after every upstream outcome (systemd STATUS=)
         self._thread: threading.Thread | None = None
@@ -249,7 +251,6 @@ class Service:
                     if self.lc.state == lifecycle.NEEDS_OPERATOR:
                         # Watch the statement file so a fix is picked up at once.
                         deadline = now + 30.0 if deadline is None else min(deadline, now + 30.0)
-                    deadline = self._waiters_due(now, deadline)
                     self._sleeper.prepare()  # under the lock: a notify from here on ends the sleep
                 else:
                     statement, statement_app = self._statement, self.lc.statement_app
@@ -258,22 +259,6 @@ class Service:
                 self._sleeper.sleep_until(deadline)  # outside the lock; ends early after a resume
                 continue
             self._perform(req["op"], statement, statement_app, client)
-
-    def _waiters_due(self, now: float, deadline: float | None) -> float | None:
-        """Wake wait_token callers whose deadline passed (their own Condition timeout counts on
-        CLOCK_MONOTONIC, so after a suspend it would end late) and include the next one in the
-        worker's deadline. Called with the lock held."""
-        waits = self._wait_deadlines
-        if not waits:
-            return deadline
-        if any(d <= now for d in waits.values()):
-            for key in [k for k, d in waits.items() if d <= now]:
-                del waits[key]
-            threading.Condition.notify_all(self._cond)  # the waiters only; the worker is awake
-        if waits:
-            first = min(waits.values())
-            deadline = first if deadline is None else min(deadline, first)
-        return deadline
 
     def _perform(self, op: str, statement: str | None, statement_app: str | None, client: dict | None) -> None:
         a = self.cfg["adobe"]
@@ -381,21 +366,19 @@ class Service:
 
     def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
         deadline = self.clock() + timeout
-        key = object()
+        # A Condition's timeout counts on CLOCK_MONOTONIC: across a suspend it would end late by the
+        # suspend's length. Waiting callers (threads that chose to block; the daemon never does) re-read
+        # the clock at least every WAIT_SLICE seconds instead, so the deadline holds within that.
         with self._cond:
-            self._wait_deadlines[key] = deadline  # the worker wakes us at the deadline, suspend or not
-            try:
-                while True:
-                    now = self.clock()
-                    t = self.lc.token(now, min_ttl)
-                    if t is not None:
-                        return self._token_view(t, now, self.wall())
-                    self._cond.notify_all()
-                    if now >= deadline or self._stopping:
-                        return None
-                    self._cond.wait(deadline - now)
-            finally:
-                self._wait_deadlines.pop(key, None)
+            while True:
+                now = self.clock()
+                t = self.lc.token(now, min_ttl)
+                if t is not None:
+                    return self._token_view(t, now, self.wall())
+                self._cond.notify_all()
+                if now >= deadline or self._stopping:
+                    return None
+                self._cond.wait(min(deadline - now, WAIT_SLICE))
 
     def not_ready_error(self) -> AgentError:
         """Why `token()` gave nothing: needs an operator, a valid token too short for the min_ttl

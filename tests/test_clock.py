@@ -123,7 +123,8 @@ def test_wait_token_deadline_counts_the_suspend(tmp_path, suspend):
     try:
         assert adobe.token_started.wait(LIMIT)
         waiter.start()
-        # A sleeping caller's Condition timeout counts on CLOCK_MONOTONIC; the worker wakes it at resume.
+        # A sleeping caller's Condition timeout counts on CLOCK_MONOTONIC: it re-reads the agent's clock
+        # at least every WAIT_SLICE, even while the worker is busy with a request that hangs upstream.
         suspend.night(boottime=3600, monotonic=0)
         waiter.join(LIMIT)
         assert not waiter.is_alive(), "wait_token(600) still waiting an hour after its deadline"
