@@ -33,9 +33,13 @@ Theory of operation (read this first)
   it does not, it runs without the lock, which is safe because nobody can write to that file
   system, and it takes the lock before its first write if the file system becomes writable again.
 
+- A failing migration is not damaged data: the slot's bytes are authentic and a fixed agent reads
+  them. When it hits the newest slot, load() and save() raise ``store_migration_failed`` (the
+  daemon does not start) instead of registering afresh and overwriting the only copy.
+
 Must never: write both slots in one save, rewrite unchanged bytes, retry an fsync on the same
-descriptor, change its in-memory state before a save succeeded, raise from load() on bad data, or
-put a secret (client secret, access token, key) in a log line or an exception message.
+descriptor, change its in-memory state before a save succeeded, raise from load() on bad data, report
+a failing migration as corrupt data, or put a secret (client secret, access token, key) in a log line or an exception message.
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ _HKDF_INFO = b"pass-agent store key v1"
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 
 # Which problem wins when no slot is valid, and which slot a save overwrites first (lowest rank).
-_RANK = {"empty": 0, "corrupt": 1, "unsupported_version": 2, "foreign_device": 3, "ok": 4}
+# (migration_failed: load() refuses to go on, see Store.load; ranked to be kept longest all the same.)
+_RANK = {"empty": 0, "corrupt": 1, "unsupported_version": 2, "foreign_device": 3, "migration_failed": 4,
+         "ok": 5}
 
 
 def gen_newer(a: int, b: int) -> bool:
@@ -138,7 +144,8 @@ def _result(status: str, detail: str, **kw: Any) -> dict:
 def unseal(blob: bytes, keys: Callable[[bytes], tuple[bytes, bytes]], kind: int) -> dict:
     """Classify and decrypt one slot file. Never raises on bad bytes.
 
-    Returns {"status": ok|empty|corrupt|foreign_device|unsupported_version, "detail", "generation",
+    Returns {"status": ok|empty|corrupt|foreign_device|unsupported_version|migration_failed, "detail",
+    "generation",
     "salt", "payload" (dict, migrated to FORMAT_VERSION), "version" (as stored)}.
     """
     if _erased(blob):
@@ -170,12 +177,20 @@ def unseal(blob: bytes, keys: Callable[[bytes], tuple[bytes, bytes]], kind: int)
         payload = json.loads(plain.decode("utf-8"))
         if not isinstance(payload, dict):
             raise ValueError("payload is not an object")
-        for v in range(version, FORMAT_VERSION):
-            payload = MIGRATIONS[v](payload)
     except InvalidTag:
         return _result("corrupt", "authentication tag mismatch (damaged ciphertext)", generation=gen)
-    except Exception as e:  # a bad payload or a failing migration: report, never crash the agent
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return _result("corrupt", "undecodable payload (%s)" % type(e).__name__, generation=gen)
+    # The bytes are authentic: from here on a failure is a bug in this agent's migration code, not
+    # damaged data. Reporting it as corrupt would register afresh and log every user out.
+    for v in range(version, FORMAT_VERSION):
+        try:
+            payload = MIGRATIONS[v](payload)
+            if not isinstance(payload, dict):
+                raise TypeError("migration returned %s, not a dict" % type(payload).__name__)
+        except Exception as e:  # any bug in a migration: report it as one, never crash load()
+            return _result("migration_failed", "the migration from format v%d to v%d failed (%s)"
+                           % (v, v + 1, type(e).__name__), generation=gen, version=version)
     return _result("ok", "generation %d" % gen, generation=gen, salt=salt, payload=payload,
                    version=version)
 
@@ -586,7 +601,9 @@ class Store:
         return unseal(blob, self._key, kind)
 
     def load(self) -> dict | None:
-        """The newest valid state, or None with self.problem saying why. Never raises on bad data."""
+        """The newest valid state, or None with self.problem saying why. Never raises on bad data;
+        raises StoreError store_migration_failed when a migration fails on the newest slot (a bug in
+        this agent, not bad data: see _refuse_failed_migration)."""
         res = {n: self._read(self.directory, n, KIND_SLOT) for n in SLOT_NAMES}
         self.slots = {n: {"status": r["status"], "detail": r["detail"], "generation": r["generation"]}
                       for n, r in res.items()}
@@ -602,6 +619,7 @@ class Store:
             if r["status"] == "ok" and (best is None or gen_newer(r["generation"], res[best]["generation"])):
                 best = n
         self._rt, self._rt_known = None, False
+        self._refuse_failed_migration(res, best)
         if best is None:
             self._cur = None
             self.state = None
@@ -634,6 +652,27 @@ class Store:
             state["token"] = None
         self.state = json.loads(canonical(state))
         return state
+
+    def _refuse_failed_migration(self, res: dict, best: str | None) -> None:
+        """A slot newer than the best valid one whose migration failed holds authentic credentials
+        this agent cannot read because of a bug in its own code. Going on would register afresh
+        (logging every user out) and later overwrite the only copy: refuse to load and to save
+        until an operator installs a fixed agent (or resets the store on purpose)."""
+        failed = [n for n in SLOT_NAMES if res[n]["status"] == "migration_failed"
+                  and (best is None or gen_newer(res[n]["generation"], res[best]["generation"]))]
+        if not failed:
+            return
+        n = failed[0]
+        self._cur, self.state, self._loaded = None, None, False  # save() loads again, and refuses again
+        self.problem = "migration_failed"
+        self.problem_detail = (
+            "the credential store slot %s (generation %d) holds credentials this agent version cannot"
+            " upgrade: %s; this is a bug in pass-agent, not damaged data, and the slot is kept untouched"
+            % (os.path.join(self.directory, n), res[n]["generation"], res[n]["detail"]))
+        raise StoreError(self.problem_detail, code="store_migration_failed", kind=OPERATOR,
+                         hint="install a pass-agent version that reads format v%d (or the previous one);"
+                              " 'pass-agent reset' discards the credentials instead, which registers"
+                              " afresh and logs the box's users out" % res[n]["version"])
 
     def _load_runtime_token(self, state: dict) -> dict | None:
         r = self._read(self.token_dir, TOKEN_NAME, KIND_TOKEN)
@@ -882,7 +921,10 @@ def reset_command(storage_dir: str, device_id: str, assume_yes: bool, inp, out, 
         out.write("reset failed: %s\n" % e)
         return 1
     try:
-        what = _describe(store, store.load())
+        try:
+            what = _describe(store, store.load())
+        except StoreError:  # store_migration_failed: unreadable by this version, still removable
+            what = _describe(store, None)
         out.write("The credential store in %s %s.\n" % (storage_dir, what))
         if not assume_yes:
             out.write("Removing it makes this box register again with Adobe Pass, and the viewer will"

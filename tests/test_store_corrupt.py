@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from agent import store as st
+from agent.errors import OPERATOR, StoreError
 from agent.store import SLOT_NAMES, Store
 
 A, B = SLOT_NAMES
@@ -252,3 +253,70 @@ def test_arbitrary_bytes_never_crash_load(two_slots, junk, keep_header):
     put(d, A, junk)
     assert reader.load() is None and reader.problem in ("corrupt", "empty")
     put(d, A, raw[A])
+
+
+def _v0_slot(d: str, name: str, gen: int, salt: bytes | None = None) -> bytes:
+    """A synthetic version-0 slot (flat layout) at generation gen; returns its bytes."""
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    salt = salt or os.urandom(16)
+    key, check = st.derive_key(DEV, salt)
+    v0 = {"client_id": "client-1", "client_secret": "secret-v0-abcdef", "registered": 1700000000}
+    blob = st.seal(key, check, salt, gen, st.canonical(v0), version=0)
+    put(d, name, blob)
+    return blob
+
+
+def _broken_migration(p: dict) -> dict:
+    return {"client": {"client_id": p["no_such_field"]}}  # a bug in our own code: KeyError
+
+
+def test_failing_migration_is_not_corrupt_and_the_slot_is_kept(tmp_path, monkeypatch):
+    """A migration that raises is a bug in this agent, not damaged data: load() refuses with
+    store_migration_failed (the daemon then does not start, so it never registers afresh and logs
+    nobody out), the slot is never overwritten, and a fixed migration reads it again."""
+    d = str(tmp_path / "s")
+    blob = _v0_slot(d, A, 4)
+    monkeypatch.setitem(st.MIGRATIONS, 0, _broken_migration)
+    s = Store(d, DEV)
+    s.open()
+    with pytest.raises(StoreError) as ei:
+        s.load()
+    e = ei.value
+    assert e.code == "store_migration_failed" and e.kind == OPERATOR
+    assert "KeyError" in str(e) and "secret-v0" not in str(e) and "reset" in (e.hint or "")
+    assert s.problem == "migration_failed" and s.slots[A]["status"] == "migration_failed"
+    with pytest.raises(StoreError) as ei:
+        s.save(make_state(1))  # refuse to overwrite: the slot holds the only copy of the credentials
+    assert ei.value.code == "store_migration_failed"
+    s.close()
+    assert open(os.path.join(d, A), "rb").read() == blob and not os.path.exists(os.path.join(d, B))
+    monkeypatch.setitem(st.MIGRATIONS, 0, lambda p: {"client": {"client_id": p["client_id"]}})
+    assert Store(d, DEV).load() == {"client": {"client_id": "client-1"}, "token": None}
+
+
+def test_failing_migration_of_an_older_slot_is_only_a_warning(two_slots, monkeypatch):
+    """The newest valid slot wins as always: an older slot whose migration fails holds nothing the
+    agent needs (the next save overwrites it); a newer one blocks the load."""
+    d, raw, reader, h = two_slots
+    salt = raw[A][16:32]
+    _v0_slot(d, A, 0, salt)  # generation 0 < 2 (slot-b)
+    monkeypatch.setitem(st.MIGRATIONS, 0, _broken_migration)
+    assert reader.load() == make_state(2) and reader.slots[A]["status"] == "migration_failed"
+    assert reader.problem is None and any("migration" in line for line in h.lines)
+    _v0_slot(d, A, 3, salt)  # generation 3 > 2: newer than the valid slot
+    with pytest.raises(StoreError) as ei:
+        reader.load()
+    assert ei.value.code == "store_migration_failed" and reader.problem == "migration_failed"
+
+
+def test_reset_removes_a_store_whose_migration_fails(tmp_path, monkeypatch):
+    """The operator's way out stays open: reset says what the store holds and removes it."""
+    import io
+
+    d = str(tmp_path / "s")
+    _v0_slot(d, A, 4)
+    monkeypatch.setitem(st.MIGRATIONS, 0, _broken_migration)
+    out = io.StringIO()
+    assert st.reset_command(d, DEV, True, io.StringIO(""), out, runtime_dir=str(tmp_path / "rt")) == 0
+    assert "no usable credentials (migration_failed)" in out.getvalue()
+    assert not os.path.exists(os.path.join(d, A))
