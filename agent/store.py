@@ -5,18 +5,18 @@ token) so that every power cut leaves the previous or the new state readable, a 
 to another box is useless there, and flash is written only when bytes change.
 
 Theory of operation (read this first)
-- Two slot files, ``slot-a.bin`` and ``slot-b.bin``. Each holds one complete state: a fixed 56-byte
-  header (magic, format version, kind, generation, salt, nonce, key check, ciphertext length, CRC32
-  of the header) followed by AES-256-GCM ciphertext of canonical JSON, with the header as
-  associated data. The header layout is frozen: versions change only the payload schema, and
-  ``MIGRATIONS`` upgrades an old payload one version at a time (a new header would need new magic).
+- Two slot files, ``slot-a.bin`` and ``slot-b.bin``. Each holds one complete state, sealed in the
+  format of agent/slotformat.py (56-byte header, AES-256-GCM of canonical JSON, payload migrations)
+  with a key from a key provider of agent/sealing.py. This module decides what to do with each
+  slot's status; it never parses or encrypts bytes itself.
 - A save writes only the slot that does not hold the current state: temp file, write, fsync(file),
   rename over the slot, fsync(dir). The current slot is never opened for writing, so a crash at any
   point leaves it readable. Load takes the valid slot with the newest generation; generations are
   u32 compared with serial-number arithmetic (RFC 1982), so the counter may wrap.
-- Key and key check = HKDF-SHA256(device_id, salt = random per-store salt kept in the header).
-  Another device derives another key check, so its slots are classified ``foreign_device`` (a cloned
-  image), not ``corrupt``; they are left alone until a new state is saved over them.
+- Key and key check come from the key provider, by default HKDF-SHA256(device_id, salt = random
+  per-store salt kept in the header) (agent/sealing.py). Another device derives another key check,
+  so its slots are classified ``foreign_device`` (a cloned image), not ``corrupt``; they are left
+  alone until a new state is saved over them.
 - token_cache: ``flash`` keeps the token in the slot; ``runtime`` keeps it in ``token/token.bin``
   under runtime_dir (tmpfs; same format, kind 2, bound to the client id); ``memory`` never writes it.
   A token refresh therefore rewrites one slot (flash) or no slot at all (runtime, memory). The token
@@ -32,14 +32,14 @@ Theory of operation (read this first)
   ``read_only``. It takes the lock through a read-only descriptor when the lock file exists; when
   it does not, it runs without the lock, which is safe because nobody can write to that file
   system, and it takes the lock before its first write if the file system becomes writable again.
-
 - A failing migration is not damaged data: the slot's bytes are authentic and a fixed agent reads
   them. When it hits the newest slot, load() and save() raise ``store_migration_failed`` (the
   daemon does not start) instead of registering afresh and overwriting the only copy.
 
 Must never: write both slots in one save, rewrite unchanged bytes, retry an fsync on the same
 descriptor, change its in-memory state before a save succeeded, raise from load() on bad data, report
-a failing migration as corrupt data, or put a secret (client secret, access token, key) in a log line or an exception message.
+a failing migration as corrupt data, or put a secret (client secret, access token, key) in a log line
+or an exception message.
 """
 
 from __future__ import annotations
@@ -50,33 +50,27 @@ import json
 import logging
 import os
 import stat
-import struct
-import zlib
-from typing import Any, Callable
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import Any
 
 from agent import log as agent_log
-from agent import safedir
+from agent import safedir, sealing
 from agent.errors import FATAL, OPERATOR, StoreError
+from agent.slotformat import (
+    FIRST_GENERATION,
+    FORMAT_VERSION,
+    GEN_MASK,
+    HEADER_SIZE,
+    KIND_SLOT,
+    KIND_TOKEN,
+    SALT_SIZE,
+    canonical,
+    gen_newer,
+    header_generation,
+    result,
+    seal,
+    unseal,
+)
 
-MAGIC = b"PAGS"
-FORMAT_VERSION = 1
-KIND_SLOT = 1
-KIND_TOKEN = 2
-# magic, version, kind, generation, salt, nonce, key check, ciphertext length; then CRC32 of these.
-_HEAD = struct.Struct(">4sHHI16s12s8sI")
-_CRC = struct.Struct(">I")
-HEADER_SIZE = _HEAD.size + _CRC.size
-TAG_SIZE = 16
-SALT_SIZE = 16
-NONCE_SIZE = 12
-GEN_MASK = 0xFFFFFFFF
-_GEN_HALF = 0x80000000
-FIRST_GENERATION = 1
 SLOT_NAMES = ("slot-a.bin", "slot-b.bin")
 TOKEN_NAME = "token.bin"
 RUNTIME_SUBDIR = "token"  # runtime_dir/token/token.bin: never the socket directory's mode
@@ -88,111 +82,11 @@ MAX_FILE_SIZE = 1 << 20  # a slot is a few hundred bytes; never read a runaway f
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 STORE_KEY = "[storage] dir"
 RUNTIME_KEY = "[storage] runtime_dir"
-_HKDF_INFO = b"pass-agent store key v1"
-
-# Payload upgrades: MIGRATIONS[v] turns a version-v payload dict into a version v+1 payload dict.
-# Load applies them in order up to FORMAT_VERSION; the next save rewrites the slot in the new version.
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 
 # Which problem wins when no slot is valid, and which slot a save overwrites first (lowest rank).
 # (migration_failed: load() refuses to go on, see Store.load; ranked to be kept longest all the same.)
 _RANK = {"empty": 0, "corrupt": 1, "unsupported_version": 2, "foreign_device": 3, "migration_failed": 4,
          "ok": 5}
-
-
-def gen_newer(a: int, b: int) -> bool:
-    """True when generation a is newer than b, modulo 2**32 (serial-number arithmetic)."""
-    d = (a - b) & GEN_MASK
-    return 0 < d < _GEN_HALF
-
-
-def derive_key(device_id: str, salt: bytes) -> tuple[bytes, bytes]:
-    """(AES-256 key, 8-byte key check) for this device and store salt."""
-    okm = HKDF(algorithm=hashes.SHA256(), length=40, salt=salt, info=_HKDF_INFO).derive(
-        device_id.encode("utf-8"))
-    return okm[:32], okm[32:]
-
-
-def seal(key: bytes, check: bytes, salt: bytes, generation: int, payload: bytes, *,
-         kind: int = KIND_SLOT, version: int = FORMAT_VERSION, nonce: bytes | None = None) -> bytes:
-    """One complete slot file: header + AES-GCM(payload) with the header as associated data."""
-    nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
-    head = _HEAD.pack(MAGIC, version, kind, generation & GEN_MASK, salt, nonce, check,
-                      len(payload) + TAG_SIZE)
-    header = head + _CRC.pack(zlib.crc32(head))
-    return header + AESGCM(key).encrypt(nonce, payload, header)
-
-
-def canonical(obj: Any) -> bytes:
-    """Deterministic JSON bytes: equal states give equal bytes, which is what skips unchanged saves."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def _erased(blob: bytes) -> bool:
-    # Missing, empty, or erased flash (all 0x00 or all 0xFF): nothing was ever stored there.
-    return not blob.strip(b"\x00") or not blob.strip(b"\xff")
-
-
-def _result(status: str, detail: str, **kw: Any) -> dict:
-    r = {"status": status, "detail": detail, "generation": None, "salt": None, "payload": None,
-         "version": None}
-    r.update(kw)
-    return r
-
-
-def unseal(blob: bytes, keys: Callable[[bytes], tuple[bytes, bytes]], kind: int) -> dict:
-    """Classify and decrypt one slot file. Never raises on bad bytes.
-
-    Returns {"status": ok|empty|corrupt|foreign_device|unsupported_version|migration_failed, "detail",
-    "generation",
-    "salt", "payload" (dict, migrated to FORMAT_VERSION), "version" (as stored)}.
-    """
-    if _erased(blob):
-        return _result("empty", "empty or erased (%d bytes)" % len(blob))
-    if len(blob) < HEADER_SIZE:
-        return _result("corrupt", "truncated header (%d of %d bytes)" % (len(blob), HEADER_SIZE))
-    head = blob[:_HEAD.size]
-    magic, version, fkind, gen, salt, nonce, check, length = _HEAD.unpack(head)
-    if magic != MAGIC:
-        return _result("corrupt", "not a pass-agent store file (bad magic)")
-    if _CRC.unpack(blob[_HEAD.size:HEADER_SIZE])[0] != zlib.crc32(head):
-        return _result("corrupt", "header checksum mismatch")
-    if fkind != kind:
-        return _result("corrupt", "wrong file kind %d (expected %d)" % (fkind, kind))
-    if length != len(blob) - HEADER_SIZE or length < TAG_SIZE:
-        return _result("corrupt", "length mismatch (header says %d ciphertext bytes, file has %d)"
-                       % (length, len(blob) - HEADER_SIZE), generation=gen)
-    if version > FORMAT_VERSION or (version < FORMAT_VERSION and any(
-            v not in MIGRATIONS for v in range(version, FORMAT_VERSION))):
-        return _result("unsupported_version", "format v%d, this agent reads v%d%s" % (
-            version, FORMAT_VERSION, "" if version > FORMAT_VERSION else " and has no migration from it"),
-            generation=gen, version=version)
-    key, want = keys(salt)
-    if check != want:
-        return _result("foreign_device", "key check mismatch: written with another device identifier",
-                       generation=gen, version=version)
-    try:
-        plain = AESGCM(key).decrypt(nonce, blob[HEADER_SIZE:], blob[:HEADER_SIZE])
-        payload = json.loads(plain.decode("utf-8"))
-        if not isinstance(payload, dict):
-            raise ValueError("payload is not an object")
-    except InvalidTag:
-        return _result("corrupt", "authentication tag mismatch (damaged ciphertext)", generation=gen)
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return _result("corrupt", "undecodable payload (%s)" % type(e).__name__, generation=gen)
-    # The bytes are authentic: from here on a failure is a bug in this agent's migration code, not
-    # damaged data. Reporting it as corrupt would register afresh and log every user out.
-    for v in range(version, FORMAT_VERSION):
-        try:
-            payload = MIGRATIONS[v](payload)
-            if not isinstance(payload, dict):
-                raise TypeError("migration returned %s, not a dict" % type(payload).__name__)
-        except Exception as e:  # any bug in a migration: report it as one, never crash load()
-            return _result("migration_failed", "the migration from format v%d to v%d failed (%s)"
-                           % (v, v + 1, type(e).__name__), generation=gen, version=version)
-    return _result("ok", "generation %d" % gen, generation=gen, salt=salt, payload=payload,
-                   version=version)
 
 
 class FsOps:
@@ -433,9 +327,9 @@ def _newest_last(fs: FsOps, directory: str) -> tuple[str, ...]:
             blob = fs.read(os.path.join(directory, n), HEADER_SIZE)
         except OSError:
             continue
-        if len(blob) >= HEADER_SIZE and blob[:4] == MAGIC and \
-                _CRC.unpack(blob[_HEAD.size:HEADER_SIZE])[0] == zlib.crc32(blob[:_HEAD.size]):
-            gens[n] = _HEAD.unpack(blob[:_HEAD.size])[3]
+        g = header_generation(blob)
+        if g is not None:
+            gens[n] = g
     a, b = SLOT_NAMES
     if a in gens and (b not in gens or gen_newer(gens[a], gens[b])):
         return (b, a)
@@ -446,7 +340,8 @@ class Store:
     """The credential store of one storage directory. See the module docstring."""
 
     def __init__(self, directory: str, device_id: str, *, token_cache: str = "flash",
-                 runtime_dir: str | None = None, fs: FsOps | None = None, log=None) -> None:
+                 runtime_dir: str | None = None, fs: FsOps | None = None, log=None,
+                 keys: sealing.KeyProvider | None = None) -> None:
         if token_cache not in TOKEN_CACHES:
             raise StoreError("storage.token_cache is %r; expected one of %s" % (token_cache, TOKEN_CACHES),
                              code="config_invalid", kind=OPERATOR)
@@ -459,8 +354,7 @@ class Store:
         self.token_dir = os.path.join(self.runtime_dir, RUNTIME_SUBDIR)
         self.fs = fs or FsOps()
         self.log = log or agent_log.get("store")
-        self._device_id = device_id
-        self._keys: dict[bytes, tuple[bytes, bytes]] = {}
+        self._key = keys or sealing.DeviceIdKeys(device_id)  # salt -> (key, key check)
         self._lock_fd: int | None = None
         self._loaded = False
         self._cur: dict | None = None      # {"slot", "gen", "payload" (bytes|None), "salt"}
@@ -582,22 +476,16 @@ class Store:
             self.log.warning("cannot clean temp files in %s: %s", directory, e.strerror)
 
     # -- reading ---------------------------------------------------------------------------
-    def _key(self, salt: bytes) -> tuple[bytes, bytes]:
-        k = self._keys.get(salt)
-        if k is None:
-            k = self._keys[salt] = derive_key(self._device_id, salt)
-        return k
-
     def _read(self, directory: str, name: str, kind: int) -> dict:
         path = os.path.join(directory, name)
         try:
             blob = self.fs.read(path)
         except FileNotFoundError:
-            return _result("empty", "missing")
+            return result("empty", "missing")
         except OSError as e:
-            return _result("corrupt", "unreadable (%s)" % (e.strerror or e))
+            return result("corrupt", "unreadable (%s)" % (e.strerror or e))
         if len(blob) > MAX_FILE_SIZE:
-            return _result("corrupt", "larger than %d bytes" % MAX_FILE_SIZE)
+            return result("corrupt", "larger than %d bytes" % MAX_FILE_SIZE)
         return unseal(blob, self._key, kind)
 
     def load(self) -> dict | None:

@@ -428,3 +428,23 @@ def test_benchmark_figures_hold(tmp_path):
     assert runtime["refresh"]["flash_bytes"] == 0 and runtime["refresh"]["ram_files"] == 1
     assert flash["skipped_unchanged"] == 3 and naive["skipped_unchanged"] == 0
     assert flash["unchanged"]["flash_bytes"] == 0
+
+
+def test_a_key_provider_replaces_the_device_id_derivation(paths):
+    """The seam for hardware keys: whatever provider sealed the slots must open them; the default
+    device-id provider sees them as another device's, never as damage."""
+    d, rd = paths
+    seen = []
+
+    def fixed_keys(salt: bytes) -> tuple:
+        seen.append(salt)
+        return b"k" * 32, b"c" * 8
+
+    s = opened(d, runtime_dir=rd, keys=fixed_keys)
+    s.load()
+    s.save(make_state())
+    s.close()
+    assert seen and all(len(x) == 16 for x in seen)
+    assert Store(d, "dev-A", keys=fixed_keys).load() == make_state()
+    other = Store(d, "dev-A")
+    assert other.load() is None and other.problem == "foreign_device"

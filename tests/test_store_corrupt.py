@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
+from agent import slotformat as sf
 from agent import store as st
 from agent.errors import OPERATOR, StoreError
+from agent.sealing import derive_key
 from agent.store import SLOT_NAMES, Store
 
 A, B = SLOT_NAMES
@@ -138,9 +140,9 @@ def test_swapped_slots_still_give_the_newest_and_saving_keeps_it(two_slots):
 def test_header_is_authenticated(two_slots):
     """A rolled-forward generation with a recomputed CRC (an attacker or a bad tool) is refused."""
     d, raw, reader, _ = two_slots
-    head = bytearray(raw[A][:st._HEAD.size])
+    head = bytearray(raw[A][:sf._HEAD.size])
     struct.pack_into(">I", head, 8, 99)  # generation field
-    forged = bytes(head) + struct.pack(">I", zlib.crc32(bytes(head))) + raw[A][st.HEADER_SIZE:]
+    forged = bytes(head) + struct.pack(">I", zlib.crc32(bytes(head))) + raw[A][sf.HEADER_SIZE:]
     put(d, A, forged)
     assert reader.load() == make_state(2)
     assert reader.slots[A]["status"] == "corrupt" and "tag" in reader.slots[A]["detail"]
@@ -178,11 +180,11 @@ def test_corrupt_runtime_token_only_loses_the_token(tmp_path):
 
 
 def test_generation_comparison_wraps():
-    assert st.gen_newer(1, 0) and not st.gen_newer(0, 1)
-    assert st.gen_newer(0, 0xFFFFFFFF) and not st.gen_newer(0xFFFFFFFF, 0)
-    assert st.gen_newer(5, 0xFFFFFFF0)
-    assert not st.gen_newer(7, 7)
-    assert st.gen_newer(0x7FFFFFFF, 0) and not st.gen_newer(0x80000000, 0)
+    assert sf.gen_newer(1, 0) and not sf.gen_newer(0, 1)
+    assert sf.gen_newer(0, 0xFFFFFFFF) and not sf.gen_newer(0xFFFFFFFF, 0)
+    assert sf.gen_newer(5, 0xFFFFFFF0)
+    assert not sf.gen_newer(7, 7)
+    assert sf.gen_newer(0x7FFFFFFF, 0) and not sf.gen_newer(0x80000000, 0)
 
 
 def test_generation_wrap_end_to_end(tmp_path, monkeypatch):
@@ -204,8 +206,8 @@ def test_generation_wrap_end_to_end(tmp_path, monkeypatch):
 def test_newer_format_is_unsupported_but_kept(two_slots):
     d, raw, reader, _ = two_slots
     salt = raw[A][16:32]
-    key, check = st.derive_key(DEV, salt)
-    future = st.seal(key, check, salt, 3, st.canonical(make_state(9)), version=st.FORMAT_VERSION + 1)
+    key, check = derive_key(DEV, salt)
+    future = sf.seal(key, check, salt, 3, sf.canonical(make_state(9)), version=sf.FORMAT_VERSION + 1)
     put(d, B, future)
     assert reader.load() == make_state(1) and reader.slots[B]["status"] == "unsupported_version"
     put(d, A, future)
@@ -219,10 +221,10 @@ def test_v0_slot_is_migrated(tmp_path, monkeypatch):
     d = str(tmp_path / "s")
     os.makedirs(d, mode=0o700)
     salt = os.urandom(16)
-    key, check = st.derive_key(DEV, salt)
+    key, check = derive_key(DEV, salt)
     v0 = {"client_id": "client-1", "client_secret": "secret-0", "statement_hash": "cd" * 32,
           "registered": 1700000000}
-    put(d, A, st.seal(key, check, salt, 4, st.canonical(v0), version=0))
+    put(d, A, sf.seal(key, check, salt, 4, sf.canonical(v0), version=0))
     r = Store(d, DEV)
     assert r.load() is None and r.problem == "unsupported_version"  # no migration: refused, kept
 
@@ -230,7 +232,7 @@ def test_v0_slot_is_migrated(tmp_path, monkeypatch):
         return {"client": {"client_id": p["client_id"], "client_secret": p["client_secret"]},
                 "statement_hash": p["statement_hash"], "registered_at": p["registered"], "token": None}
 
-    monkeypatch.setitem(st.MIGRATIONS, 0, v0_to_v1)
+    monkeypatch.setitem(sf.MIGRATIONS, 0, v0_to_v1)
     s = Store(d, DEV)
     s.open()
     state = s.load()
@@ -238,7 +240,7 @@ def test_v0_slot_is_migrated(tmp_path, monkeypatch):
     assert s.save(state) is True  # same state, but the slot must be rewritten in the current format
     assert s.save(state) is False
     s.close()
-    monkeypatch.delitem(st.MIGRATIONS, 0)
+    monkeypatch.delitem(sf.MIGRATIONS, 0)
     r = Store(d, DEV)
     assert r.load() == state and r.slots[B]["generation"] == 5
 
@@ -247,7 +249,7 @@ def test_v0_slot_is_migrated(tmp_path, monkeypatch):
 @given(junk=hs.binary(max_size=600), keep_header=hs.booleans())
 def test_arbitrary_bytes_never_crash_load(two_slots, junk, keep_header):
     d, raw, reader, _ = two_slots
-    blob = raw[B][:st.HEADER_SIZE] + junk if keep_header else junk
+    blob = raw[B][:sf.HEADER_SIZE] + junk if keep_header else junk
     put(d, B, blob)
     assert reader.load() == make_state(1)
     put(d, A, junk)
@@ -259,9 +261,9 @@ def _v0_slot(d: str, name: str, gen: int, salt: bytes | None = None) -> bytes:
     """A synthetic version-0 slot (flat layout) at generation gen; returns its bytes."""
     os.makedirs(d, mode=0o700, exist_ok=True)
     salt = salt or os.urandom(16)
-    key, check = st.derive_key(DEV, salt)
+    key, check = derive_key(DEV, salt)
     v0 = {"client_id": "client-1", "client_secret": "secret-v0-abcdef", "registered": 1700000000}
-    blob = st.seal(key, check, salt, gen, st.canonical(v0), version=0)
+    blob = sf.seal(key, check, salt, gen, sf.canonical(v0), version=0)
     put(d, name, blob)
     return blob
 
@@ -276,7 +278,7 @@ def test_failing_migration_is_not_corrupt_and_the_slot_is_kept(tmp_path, monkeyp
     nobody out), the slot is never overwritten, and a fixed migration reads it again."""
     d = str(tmp_path / "s")
     blob = _v0_slot(d, A, 4)
-    monkeypatch.setitem(st.MIGRATIONS, 0, _broken_migration)
+    monkeypatch.setitem(sf.MIGRATIONS, 0, _broken_migration)
     s = Store(d, DEV)
     s.open()
     with pytest.raises(StoreError) as ei:
@@ -290,7 +292,7 @@ def test_failing_migration_is_not_corrupt_and_the_slot_is_kept(tmp_path, monkeyp
     assert ei.value.code == "store_migration_failed"
     s.close()
     assert open(os.path.join(d, A), "rb").read() == blob and not os.path.exists(os.path.join(d, B))
-    monkeypatch.setitem(st.MIGRATIONS, 0, lambda p: {"client": {"client_id": p["client_id"]}})
+    monkeypatch.setitem(sf.MIGRATIONS, 0, lambda p: {"client": {"client_id": p["client_id"]}})
     assert Store(d, DEV).load() == {"client": {"client_id": "client-1"}, "token": None}
 
 
@@ -300,7 +302,7 @@ def test_failing_migration_of_an_older_slot_is_only_a_warning(two_slots, monkeyp
     d, raw, reader, h = two_slots
     salt = raw[A][16:32]
     _v0_slot(d, A, 0, salt)  # generation 0 < 2 (slot-b)
-    monkeypatch.setitem(st.MIGRATIONS, 0, _broken_migration)
+    monkeypatch.setitem(sf.MIGRATIONS, 0, _broken_migration)
     assert reader.load() == make_state(2) and reader.slots[A]["status"] == "migration_failed"
     assert reader.problem is None and any("migration" in line for line in h.lines)
     _v0_slot(d, A, 3, salt)  # generation 3 > 2: newer than the valid slot
@@ -315,7 +317,7 @@ def test_reset_removes_a_store_whose_migration_fails(tmp_path, monkeypatch):
 
     d = str(tmp_path / "s")
     _v0_slot(d, A, 4)
-    monkeypatch.setitem(st.MIGRATIONS, 0, _broken_migration)
+    monkeypatch.setitem(sf.MIGRATIONS, 0, _broken_migration)
     out = io.StringIO()
     assert st.reset_command(d, DEV, True, io.StringIO(""), out, runtime_dir=str(tmp_path / "rt")) == 0
     assert "no usable credentials (migration_failed)" in out.getvalue()
