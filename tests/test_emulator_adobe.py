@@ -252,6 +252,7 @@ def test_wrapped_error_form(emu):
 
 
 def test_item_level_errors_in_a_200_answer(emu):
+    emu.configure(require_profile=False)  # no MVPD login here (tests/test_emulator_restv2.py logs in)
     cid, secret = credentials(emu)
     tok = token_for(emu, cid, secret)
     path = "/api/v2/REF/decisions/authorize/Cablevision"

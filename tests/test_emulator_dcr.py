@@ -271,7 +271,7 @@ def test_token_ttl_and_legacy_variants(keydir):
 def test_protected_configuration_with_a_valid_token(emu):
     cid, tok = access_token(emu)
     status, _, body = configuration(emu, tok, sp="NBC")
-    assert status == 200 and body["serviceProvider"] == "NBC" and body["mvpds"]
+    assert status == 200 and body["requestor"]["id"] == "NBC" and body["requestor"]["mvpds"]
     assert emu.stats()["protected"]["ok"] == 1
     assert emu.stats()["per_client_id"][cid]["protected"] == 1
 

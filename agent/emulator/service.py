@@ -36,14 +36,13 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
-from . import deviceinfo, jwtutil
+from . import deviceinfo, jwtutil, restv2
+from .eec import check_item_errors, eec_object
 from .faults import FaultQueue
 from .throttle import Throttle
 
 ISSUER = "auth.adobe.com"
 DEFAULT_APP_ID = "pass-agent-dev-app"
-HELP_URL = ("https://experienceleague.adobe.com/en/docs/pass/authentication/integration-guide-programmers/"
-            "standard-features/error-reporting/enhanced-error-codes")
 RETRY_AFTER_MODES = ("none", "seconds", "date")
 # Register Content-Type checks. strict: what Adobe's table requires ("It must be
 # application/json;charset=utf-8"), read as HTTP reads media types (case-insensitive, spaces allowed);
@@ -59,39 +58,6 @@ ERROR_STYLES = ("current", "2023")
 # Where an Enhanced Error Code sits: top (the whole body, Adobe's REST v2 sample), wrapped
 # ({"error": {...}}), item (HTTP 200, on each item of a decisions answer; elsewhere top).
 ERROR_FORMS = ("top", "wrapped", "item")
-# code -> (action, status, message): Adobe's Enhanced Error Codes lists, plus the 2023 codes the
-# reference names and two of the emulator's own (unknown_resource, method_not_allowed).
-EEC_CODES: dict[str, tuple[str, int, str]] = {
-    "invalid_access_token_service_provider": (
-        "application-registration", 401, "The access token is invalid due to invalid service provider."),
-    "invalid_access_token_client_application": (
-        "application-registration", 401, "The access token is invalid due to invalid client application."),
-    "access_token_expired": ("application-registration", 401, "The access token has expired."),
-    "invalid_access_token_signature": ("application-registration", 401, "The access token signature is invalid."),
-    "invalid_client_id": ("application-registration", 401, "The client identifier is invalid."),
-    "invalid_header_device_info": ("none", 400, "The device information header value is missing or invalid."),
-    "invalid_device_info": ("none", 400, "The device information is missing or invalid."),
-    "invalid_header_device_identifier": ("none", 400, "The device identifier header value is missing or invalid."),
-    "invalid_parameter_resources": ("none", 400, "The resources parameter value is missing or invalid."),
-    "authorization_denied_by_mvpd": (
-        "none", 403, "The MVPD has returned a \"Deny\" decision when requesting authorization for the specified "
-        "resource"),
-    "preauthorization_denied_by_mvpd": (
-        "none", 403, "The MVPD has returned a \"Deny\" decision when requesting pre-authorization for the "
-        "specified resource."),
-    "authenticated_profile_missing": (
-        "authentication", 403, "The authenticated profile associated with this request is missing."),
-    "network_received_error": (
-        "retry", 403, "There was a read error while retrieving the response from the associated partner service."),
-    "network_connection_timeout": (
-        "retry", 403, "There was a connection timeout with the associated partner service."),
-    "maximum_execution_time_exceeded": (
-        "retry", 403, "The request did not complete in the maximum allowed time."),
-    "internal_server_error": ("none", 500, "The request failed due to an internal server error."),
-    "unknown_resource": ("none", 404, "No such protected resource; the emulator serves GET "
-                         "/api/v2/{serviceProvider}/configuration and POST .../decisions/(pre)authorize/{mvpd}."),
-    "method_not_allowed": ("none", 405, "This resource does not accept that method."),
-}
 MASK = "[masked]"
 LOG_BODY_MAX = 8192  # characters of a request body kept in the request log
 _JSON_SECRET = re.compile(r'("(?:client_secret|access_token|software_statement|refresh_token)"\s*:\s*")'
@@ -118,6 +84,8 @@ def endpoint_of(path: str) -> str:
         return "protected"
     if path == "/_emulator" or path.startswith("/_emulator/"):
         return "admin"
+    if path.startswith("/adobe-services/"):
+        return "mvpd"  # the emulated MVPD login page the authenticate page redirects to
     return "other"
 
 
@@ -168,31 +136,11 @@ def _oauth_error(status: int, error: str, reason: str, **extra: Any) -> _Reject:
     return _Reject(dict(status=status, headers=headers, body=body, code=error, reason=reason, **extra))
 
 
-def eec_object(code: str, message: str | None = None) -> dict[str, Any]:
-    """One Enhanced Error Code object as Adobe documents it: action, status, code, message, helpUrl, trace."""
-    action, status, default = EEC_CODES[code]
-    return {"action": action, "status": status, "code": code, "message": message or default, "helpUrl": HELP_URL,
-            "trace": str(uuid.uuid4())}
-
-
 def _plain_401(reason: str, **extra: Any) -> _Reject:
     """A 401 without a body: what the current REST API v2 answers for an invalid or expired access
     token (reference sections 5 and 8: "get a new access token, then retry")."""
     return _Reject(dict(status=401, headers=[("X-Emulator-Reason", _header_safe(reason))], body=b"",
                         code="unauthorized", reason=reason, **extra))
-
-
-def _item(resource: str, sp: str, mvpd: str, error: dict[str, Any] | None, kind: str, now: float) -> dict[str, Any]:
-    """One entry of a decisions answer: authorized, or refused with an item-level `error`."""
-    item: dict[str, Any] = {"resource": resource, "serviceProvider": sp, "mvpd": mvpd, "source": "mvpd",
-                            "authorized": error is None}
-    if error is not None:
-        item["error"] = error
-    elif kind == "authorize":
-        ms = int(now * 1000)
-        item["token"] = {"issuedAt": ms, "notBefore": ms, "notAfter": ms + 600000,
-                         "serializedToken": jwtutil.b64url(("emulator:%s:%s" % (resource, uuid.uuid4())).encode())}
-    return item
 
 
 def _ok(status: int, obj: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -218,6 +166,7 @@ def _new_stats() -> dict[str, Any]:
         "throttled": 0,
         "faults_served": 0,
         "other": 0,
+        "mvpd": 0,
         "device_info_problems": collections.deque(maxlen=PROBLEM_LOG_SIZE),
         "per_client_ip": {},
         "per_client_id": {},
@@ -251,6 +200,7 @@ class Service:
         self.register_content_type, self.error_style, self.error_form = "strict", "current", "top"
         self.item_errors: dict[str, Any] = {}
         self.invalid_service_providers: list[str] = []
+        self.rest = restv2.RestV2()  # REST API v2 sessions and profiles; its settings join config()
         self.configure(token_ttl=token_ttl, legacy=legacy, strict_device_info=strict_device_info,
                        retry_after=retry_after, trust_forwarded_for=trust_forwarded_for,
                        redirect_uri_prefixes=list(redirect_uri_prefixes), register_content_type=register_content_type,
@@ -268,7 +218,8 @@ class Service:
                 "redirect_uri_prefixes": list(self.redirect_uri_prefixes),
                 "register_content_type": self.register_content_type, "error_style": self.error_style,
                 "error_form": self.error_form, "item_errors": copy.deepcopy(self.item_errors),
-                "invalid_service_providers": list(self.invalid_service_providers), "default_app_id": DEFAULT_APP_ID}
+                "invalid_service_providers": list(self.invalid_service_providers), "default_app_id": DEFAULT_APP_ID,
+                **self.rest.config()}
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Apply runtime changes (all or nothing); ValueError names the first bad key."""
@@ -286,16 +237,8 @@ class Service:
             if key in changes and changes[key] not in allowed:
                 raise ValueError("setting %r must be one of %s; got %r" % (key, ", ".join(allowed), changes[key]))
         items = changes.get("item_errors", self.item_errors)
-        if not isinstance(items, dict) or not all(isinstance(k, str) for k in items):
-            raise ValueError("setting 'item_errors' must be an object {resource: code or error object}")
-        for resource, err in items.items():
-            if isinstance(err, str) and err in EEC_CODES:
-                continue
-            if isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("action"), str) \
-                    and isinstance(err.get("status"), int):
-                continue
-            raise ValueError("setting 'item_errors' for %r must be one of %s, or an object with action, status "
-                             "and code; got %r" % (resource, ", ".join(sorted(EEC_CODES)), err))
+        check_item_errors(items)
+        self.rest.validate(changes)
         sps = changes.get("invalid_service_providers", self.invalid_service_providers)
         if not isinstance(sps, list) or not all(isinstance(x, str) and x for x in sps):
             raise ValueError("setting 'invalid_service_providers' must be a list of service provider ids")
@@ -325,6 +268,7 @@ class Service:
         self.error_style = changes.get("error_style", self.error_style)
         self.error_form = changes.get("error_form", self.error_form)
         self.item_errors, self.invalid_service_providers = copy.deepcopy(items), list(sps)
+        self.rest.apply(changes)
         return self.config()
 
     def mint_statement(self, app_id: str | None, now: float, approved: bool = True,
@@ -419,7 +363,11 @@ class Service:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         endpoint = endpoint_of(req["path"])
         ip = self.client_key(req)
-        meta = {"endpoint": endpoint, "fault": None, "client_id": None}
+        meta = {"endpoint": endpoint, "fault": None, "client_id": None,
+                "call": restv2.call_name(req["path"], req["method"]) if endpoint == "protected" else None}
+        if endpoint == "mvpd":  # the MVPD's page, not Adobe's API: neither throttled nor in the request log
+            self._stats["mvpd"] += 1
+            return self.rest.mvpd_page(req, meta)
         if endpoint != "other":
             self._effective_device_info(req, ip)
         if endpoint == "other":
@@ -452,7 +400,8 @@ class Service:
             except _Reject as r:
                 resp = r.resp
             counts = self._stats[endpoint]
-            if 200 <= resp["status"] < 300 and resp.get("code") is None:  # item-level errors come with a 200
+            # Item-level errors come with a 200; the authenticate page's redirect (302) is a success.
+            if 200 <= resp["status"] < 400 and resp.get("code") is None:
                 counts["ok"] += 1
             else:
                 counts["error"] += 1
@@ -476,7 +425,8 @@ class Service:
         _, _, effective = req.get("device_info") or (None, None, {})
         ip_seen = effective.get("connectionIp")
         self._stats["requests"].append({
-            "t": req["t"], "endpoint": resp["endpoint"], "status": resp["status"], "ip": ip, "code": resp.get("code"),
+            "t": req["t"], "endpoint": resp["endpoint"], "call": resp.get("call"), "status": resp["status"], "ip": ip,
+            "code": resp.get("code"),
             "fault": kinds, "client_id": resp.get("client_id"),
             "method": req["method"], "path": req["path"], "query": mask_secrets(req.get("query") or ""),
             "headers": [[name, mask_header(name, value)] for name, value in header_list],
@@ -658,16 +608,20 @@ class Service:
         if self.error_form == "wrapped":
             body = {"error": obj}
         elif self.error_form == "item" and items:
-            sp, mvpd, kind = _decision_path(req["path"]) or ("", "", "")
+            r = restv2.route(req["path"])
+            sp, mvpd = (r[1]["sp"], r[1].get("mvpd", "")) if r else ("", "")
             status = 200  # Adobe: the HTTP status may differ from the item's "status"
-            body = {"decisions": [_item(r, sp, mvpd, dict(obj), kind, req["now"]) for r in items]}
+            body = {"decisions": [{"resource": res, "serviceProvider": sp, "mvpd": mvpd, "source": "mvpd",
+                                   "authorized": False, "error": dict(obj)} for res in items]}
         return _Reject(dict(status=status, headers=headers, body=json.dumps(body).encode(), code=code,
                             reason=reason, **meta))
 
     def _protected(self, req: dict[str, Any], ip: str, now: float, skew: float,
                    meta: dict[str, Any]) -> dict[str, Any]:
-        decision = _decision_path(req["path"])
-        items = _resources(req["body"]) if decision else None
+        r = restv2.route(req["path"])
+        if r is not None and r[0] == "authenticate":  # opened by the second-screen browser: no headers
+            return self.rest.authenticate_page(req, r[1], meta)
+        items = restv2.resources(req["body"]) if r is not None and r[0].startswith("decisions.") else None
         legacy_codes = self.error_style == "2023"
         problems = self._device_info(req, ip, "protected")
         if problems and self.strict_device_info:
@@ -701,46 +655,14 @@ class Service:
             raise self._eec("invalid_access_token_service_provider", req, items, **meta)
         per = self._stats["per_client_id"].setdefault(client_id, {"token": 0, "protected": 0})
         per["protected"] += 1
-        if len(parts) == 5 and parts[1:3] == ["api", "v2"] and parts[4] == "configuration" and parts[3]:
-            if req["method"] != "GET":
-                raise self._eec("method_not_allowed", req, None, "configuration accepts only GET", **meta)
-            return _ok(200, {"serviceProvider": sp, "displayName": sp, "mvpds": [
-                {"id": "Cablevision", "displayName": "Optimum", "platformMappingId": "Cablevision"},
-                {"id": "Comcast_SSO", "displayName": "Xfinity", "platformMappingId": "Comcast_SSO"}]}, **meta)
-        if decision is not None:
-            sp, mvpd, kind = decision
-            if req["method"] != "POST":
-                raise self._eec("method_not_allowed", req, None, "decisions accept only POST", **meta)
-            if not req["headers"].get("ap-device-identifier"):
-                raise self._eec("invalid_header_device_identifier", req, None, **meta)
-            if not items:
-                raise self._eec("invalid_parameter_resources", req, None, **meta)
-            decisions = []
-            for r in items:
-                err = self.item_errors.get(r)
-                if isinstance(err, str):
-                    err = eec_object(err)
-                decisions.append(_item(r, sp, mvpd, dict(err) if err else None, kind, now))
-            return _ok(200, {"decisions": decisions}, **meta)
-        raise self._eec("unknown_resource", req, None, **meta)
+        if r is None:
+            raise self._eec("unknown_resource", req, None, **meta)
 
+        def eec(code: str, items: list[str] | None = None, message: str | None = None,
+                allow: str | None = None) -> _Reject:
+            rej = self._eec(code, req, items, message, **meta)
+            if allow:
+                rej.resp["headers"].append(("Allow", allow))
+            return rej
 
-def _decision_path(path: str) -> tuple[str, str, str] | None:
-    """(serviceProvider, mvpd, authorize|preauthorize) for /api/v2/{sp}/decisions/{kind}/{mvpd}."""
-    parts = path.split("/")
-    if len(parts) == 7 and parts[1:3] == ["api", "v2"] and parts[4] == "decisions" \
-            and parts[5] in ("authorize", "preauthorize") and parts[3] and parts[6]:
-        return parts[3], parts[6], parts[5]
-    return None
-
-
-def _resources(body: bytes) -> list[str] | None:
-    """The `resources` of a decisions request body, or None when it has none usable."""
-    try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    res = obj.get("resources") if isinstance(obj, dict) else None
-    if not isinstance(res, list) or not res or not all(isinstance(r, str) and r for r in res):
-        return None
-    return res[:100]
+        return self.rest.handle(req, r[0], r[1], client_id, eec, self.item_errors, meta)
