@@ -19,11 +19,14 @@ import os
 import socket
 import struct
 import sys
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import agent
 from agent import deviceinfo
 from agent.errors import ConfigError, DeviceInfoError
+
+if TYPE_CHECKING:
+    from agent.config import DeviceConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -216,24 +219,24 @@ class Identity(dict):
         return True
 
 
-def identify_for(device_cfg: dict, ip_lookup: Callable[[str], str | None] | None = None) -> Identity:
-    """identify() for a config `[device]` table: keys board, root, application_id, overrides.
+def identify_for(device_cfg: DeviceConfig, ip_lookup: Callable[[str], str | None] | None = None) -> Identity:
+    """identify() for the configuration's `[device]` table (board, root, application_id, overrides).
 
     The result is an Identity: `agent.deviceinfo.identify`'s dict plus `board` (the profile dict).
     The real interfaces' IPv4 is looked up only when root is the real `/`.
     """
-    profile = load_profile(device_cfg.get("board") or DEFAULT_BOARD)
-    root = device_cfg.get("root") or "/"
+    profile = load_profile(device_cfg.board or DEFAULT_BOARD)
+    root = device_cfg.root or "/"
     if ip_lookup is None and _is_real_root(root):
         ip_lookup = interface_ipv4
-    overrides = dict(device_cfg.get("overrides") or {})
+    overrides = dict(device_cfg.overrides or {})
     # the signature first: a change while identify() runs is then seen by the next refresh
     signature = deviceinfo.network_signature(root, ip_lookup)
     result = deviceinfo.identify(root=root, profile=profile, overrides=overrides,
-                                 application_id=device_cfg.get("application_id"), ip_lookup=ip_lookup)
+                                 application_id=device_cfg.application_id, ip_lookup=ip_lookup)
     result["board"] = profile
     return Identity(result, root=root, profile=profile, overrides=overrides,
-                    application_id=device_cfg.get("application_id"), ip_lookup=ip_lookup, signature=signature)
+                    application_id=device_cfg.application_id, ip_lookup=ip_lookup, signature=signature)
 
 
 class UnknownFieldsError(ValueError):
@@ -256,7 +259,7 @@ def check_required(ident: dict) -> None:
     raise UnknownFieldsError(detail, fix)
 
 
-def device_info_command(device_cfg: dict, decode: bool, explain: bool, out: TextIO,
+def device_info_command(device_cfg: DeviceConfig, decode: bool, explain: bool, out: TextIO,
                         err: TextIO | None = None, ip_lookup: Callable[[str], str | None] | None = None) -> int:
     """`pass-agent device-info [--decode] [--explain]`: 0 on success, 2 with a message on err
     (default stderr) when the profile or the device information is invalid. --explain marks every
@@ -273,7 +276,7 @@ def device_info_command(device_cfg: dict, decode: bool, explain: bool, out: Text
         out.write("X-Device-Info: %s\n" % r["x_device_info"])
     out.write("AP-Device-Identifier: %s\n" % r["ap_device_identifier"])
     if explain:
-        out.write("\nboard: %s (%s)\nroot: %s\n" % (r["board"]["name"], r["board"]["path"], device_cfg.get("root") or "/"))
+        out.write("\nboard: %s (%s)\nroot: %s\n" % (r["board"]["name"], r["board"]["path"], device_cfg.root or "/"))
         out.write("fields:\n")
         width = max(len(k) for k in r["fields"])
         unknown = deviceinfo.unknown_required(r["fields"])

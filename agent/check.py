@@ -12,10 +12,13 @@ import base64
 import json
 import os
 import time
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from agent import config as configmod
 from agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 # 2024-01-01: a wall clock before this is certainly wrong (no RTC, NTP not synced yet).
 PLAUSIBLE_EPOCH = 1704067200
@@ -89,7 +92,7 @@ def _dir_usable(path: str, what: str) -> str:
     return "%s %s is usable%s" % (what, path, "" if probe == path else " (will be created)")
 
 
-def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
+def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
     """(name, ok, detail, fix hint) for every environment check."""
     from agent import boards
     from agent.service import storage_dir
@@ -102,19 +105,18 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
         except (AgentError, OSError, ValueError, UnicodeError) as e:
             results.append((name, False, str(e), getattr(e, "fix", None) or hint))
 
-    a = cfg["adobe"]
-    check("statement", lambda: check_statement(a["software_statement"]),
+    check("statement", lambda: check_statement(cfg.adobe.software_statement),
           "download the software statement from the Adobe Pass TVE Dashboard to [adobe] software_statement")
     profile: dict = {}
 
     def board() -> str:
-        profile.update(boards.load_profile(cfg["device"]["board"]))
-        return "board profile %r loaded" % cfg["device"]["board"]
+        profile.update(boards.load_profile(cfg.device.board))
+        return "board profile %r loaded" % cfg.device.board
 
     check("board", board, "set [device] board to one of: " + ", ".join(boards.list_boards()))
 
     def identity() -> str:
-        ident = boards.identify_for(cfg["device"])
+        ident = boards.identify_for(cfg.device)
         boards.check_required(ident)  # a required field left Unknown: Adobe sees an unknown platform
         f = ident["fields"]
         w = ident.get("warnings") or []
@@ -125,11 +127,11 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
     check("device-info", identity, "fix [device] root/board or add [device.overrides]")
     check("storage", lambda: _agent_dir(storage_dir(cfg, profile), "storage dir", "[storage] dir"),
           "create the directory or set [storage] dir to a persistent, writable path")
-    if cfg["storage"]["token_cache"] == "runtime":
-        check("runtime", lambda: _agent_dir(os.path.join(cfg["storage"]["runtime_dir"], "token"),
+    if cfg.storage.token_cache == "runtime":
+        check("runtime", lambda: _agent_dir(os.path.join(cfg.storage.runtime_dir, "token"),
                                             "runtime token dir", "[storage] runtime_dir"),
               "set [storage] runtime_dir to a tmpfs directory the agent can write (systemd: RuntimeDirectory=)")
-    check("socket", lambda: _dir_usable(os.path.dirname(cfg["socket"]["path"]), "socket dir"),
+    check("socket", lambda: _dir_usable(os.path.dirname(cfg.socket.path), "socket dir"),
           "set [socket] path to a writable runtime directory such as /run/pass-agent/agent.sock")
 
     def clock() -> str:
@@ -139,12 +141,13 @@ def run_checks(cfg: dict) -> list[tuple[str, bool, str, str]]:
         return "wall clock %s UTC" % time.strftime("%Y-%m-%d %H:%M", time.gmtime(now))
 
     check("clock", clock, "enable NTP (systemd-timesyncd) and order the agent After=time-sync.target")
-    if a["ca_file"]:
+    ca_file = cfg.adobe.ca_file
+    if ca_file:
         def ca() -> str:
             import ssl
 
-            ssl.create_default_context(cafile=a["ca_file"])
-            return "CA file %s loads" % a["ca_file"]
+            ssl.create_default_context(cafile=ca_file)
+            return "CA file %s loads" % ca_file
 
         check("ca_file", ca, "set [adobe] ca_file to a PEM bundle, or remove it to use the system CAs")
     return results

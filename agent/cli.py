@@ -150,14 +150,22 @@ def _emulator(argv: list[str]) -> int:
 
 
 def _socket_path(args: argparse.Namespace) -> str:
+    """--socket, else the configuration's [socket] path. Raises ConfigError when the configuration is
+    invalid or a file named by --config or $PASS_AGENT_CONFIG is missing: guessing another socket would
+    hide the mistake (issue 21). Only with no file at the default path (nobody wrote one: a laptop, a
+    box whose agent runs with the defaults) is DEFAULT_SOCKET used, without reading any TOML."""
     if args.socket:
         return args.socket
+    import os
+
+    from agent.config import DEFAULT_PATH, ENV_VAR
+
+    path = args.config or os.environ.get(ENV_VAR) or DEFAULT_PATH
+    if path == DEFAULT_PATH and not args.config and not os.path.lexists(path):
+        return DEFAULT_SOCKET
     from agent import config as configmod
 
-    try:
-        return configmod.load(args.config, check_files=False)["socket"]["path"]
-    except Exception:
-        return DEFAULT_SOCKET
+    return configmod.load(path, check_files=False).socket.path
 
 
 def _forwarded(argv: list[str]) -> int | None:
@@ -205,30 +213,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd == "emulator":
             return _emulator(list(args.args))
         if cmd == "device-info":
+            import dataclasses
+
             from agent import boards
             from agent import config as configmod
             from agent.errors import ConfigError
 
             try:
-                dev = dict(configmod.load(args.config, check_files=False)["device"]) if args.config else \
-                    dict(configmod.defaults()["device"])
+                dev = configmod.load(args.config, check_files=False).device if args.config else \
+                    configmod.defaults().device
             except ConfigError as e:
                 print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
                 return 2
             if args.board:
-                dev["board"] = args.board
+                dev = dataclasses.replace(dev, board=args.board)
             if args.root:
-                dev["root"] = args.root
+                dev = dataclasses.replace(dev, root=args.root)
             return boards.device_info_command(dev, args.decode, args.explain, sys.stdout)
+        if cmd in ("status", "token", "headers"):
+            from agent.errors import ConfigError
+
+            try:
+                sock = _socket_path(args)
+            except ConfigError as e:
+                print("pass-agent: invalid configuration (pass --socket PATH to use a socket without it):\n%s" % e,
+                      file=sys.stderr)
+                return 2
         if cmd == "status":
             from agent.statusview import status_command
 
-            return status_command(_socket_path(args), args.json, sys.stdout, sys.stderr)
+            return status_command(sock, args.json, sys.stdout, sys.stderr)
         if cmd in ("token", "headers"):
             from agent.client import client_command
 
-            return client_command(cmd, _socket_path(args), args.json, sys.stdout, min_ttl=args.min_ttl,
-                                  wait=args.wait)
+            return client_command(cmd, sock, args.json, sys.stdout, min_ttl=args.min_ttl, wait=args.wait)
         if cmd == "check":
             from agent.check import check_command
 
@@ -245,9 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as e:
                 print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
                 return 2
-            ident = boards.identify_for(cfg["device"])
+            ident = boards.identify_for(cfg.device)
             return reset_command(storage_dir(cfg, ident["board"]), ident["device_id"], args.yes, sys.stdin, sys.stdout,
-                                runtime_dir=cfg["storage"]["runtime_dir"])
+                                runtime_dir=cfg.storage.runtime_dir)
         if cmd == "console-hash":
             from agent.consolehash import console_hash_command
 

@@ -2,31 +2,38 @@
 
 Every problem is reported with the file, the key, what was found and what was expected; all
 problems are collected before failing, so an integrator fixes a file in one pass. The result is a
-plain nested dict mirroring the TOML tables, with every default filled in. Validation covers every
+typed, read-only `Config` (frozen dataclasses, one per TOML table: `cfg.adobe.software_statement`),
+with every default filled in, so a misspelt key is an AttributeError the type checker and the first
+test see, not a KeyError on a box. `SCHEMA` (checker and default per key) is what validation
+runs; the dataclasses mirror it field for field, and tests/test_config_typed.py fails when the two
+disagree on a name, a type or a default. Validation covers every
 value the agent would otherwise reject later (the console password hash, pyserial for a console
 port), so `pass-agent check` passing means `run` gets past its configuration, and `run` fails
 before it touches the store, the socket or the network.
 
-Must never: start the agent with a partially valid configuration, or print a traceback for a bad file.
+Multi-application (issue 16) will add an array of tables (`[[app]]`): each element becomes one more
+frozen dataclass (AppConfig) validated by the same per-key checkers (`_section`), held by Config as a
+tuple; today's single-application file maps to one AppConfig named "default".
+
+Must never: start the agent with a partially valid configuration, print a traceback for a bad
+file, or hand out a configuration object that can be changed in place (reload builds a new one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import importlib.util
 import ipaddress
 import math
 import os
 import sys
-from typing import Any, Callable
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.9/3.10 only
-    import tomli as tomllib
 
 DEFAULT_PATH = "/etc/pass-agent/agent.toml"
 ENV_VAR = "PASS_AGENT_CONFIG"
@@ -36,10 +43,21 @@ PRODUCTION_BASE_URL = "https://sp.auth.adobe.com/o"
 Check = Callable[[Any], "tuple[bool, Any, str]"]
 
 
+def _produces(kind: Any) -> Callable[[Check], Check]:
+    """Record the Python type a checker's normalised value has (the dataclass field's type)."""
+    def mark(check: Check) -> Check:
+        check.produces = kind  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+@_produces(str)
 def _str(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, str), v, "a string"
 
 
+@_produces(Optional[str])
 def _opt_str(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, str), (v or None), "a string (empty for none)"
 
@@ -54,21 +72,25 @@ def _finite(v: Any) -> bool:
         return False
 
 
+@_produces(float)
 def _pos_number(v: Any) -> tuple[bool, Any, str]:
     ok = _finite(v) and v > 0
     return ok, float(v) if ok else v, "a positive, finite number"
 
 
+@_produces(int)
 def _pos_int(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
     return ok, v, "a positive integer"
 
 
+@_produces(bool)
 def _bool(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, bool), v, "true or false"
 
 
 def _fraction(lo: float, hi: float) -> Check:
+    @_produces(float)
     def check(v: Any) -> tuple[bool, Any, str]:
         ok = _finite(v) and lo <= v <= hi
         return ok, float(v) if ok else v, "a number from %g to %g" % (lo, hi)
@@ -77,30 +99,39 @@ def _fraction(lo: float, hi: float) -> Check:
 
 
 def _choice(*choices: str) -> Check:
+    @_produces(str)
     def check(v: Any) -> tuple[bool, Any, str]:
         return v in choices, v, "one of " + ", ".join('"%s"' % c for c in choices)
 
     return check
 
 
+@_produces(int)
 def _mode(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0o777
     return ok, v, "a file mode as an integer, e.g. 0o660 (TOML octal)"
 
 
+@_produces(Tuple[int, ...])
 def _int_list(v: Any) -> tuple[bool, Any, str]:
-    ok = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
-    return ok, v, "a list of non-negative integers, e.g. [1000, 1001]"
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    return ok, tuple(v) if ok else v, "a list of non-negative integers, e.g. [1000, 1001]"
 
 
+@_produces(Tuple[str, ...])
 def _str_list(v: Any) -> tuple[bool, Any, str]:
-    ok = isinstance(v, list) and all(isinstance(x, str) and x for x in v)
-    return ok, v, "a list of group names, e.g. [\"pass-client\"]"
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v)
+    return ok, tuple(v) if ok else v, "a list of group names, e.g. [\"pass-client\"]"
 
 
+OverrideValue = Union[str, int, float, bool]
+
+
+@_produces(Mapping[str, OverrideValue])
 def _overrides(v: Any) -> tuple[bool, Any, str]:
-    ok = isinstance(v, dict) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
-    return ok, v, "a table of X-Device-Info fields with string, number or boolean values"
+    ok = isinstance(v, Mapping) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
+    return ok, types.MappingProxyType(dict(v)) if ok else v, \
+        "a table of X-Device-Info fields with string, number or boolean values"
 
 
 # (table, key) -> (checker, default). None as default means "not set" (board or built-in decides).
@@ -126,9 +157,9 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     "socket": {
         "path": (_str, "/run/pass-agent/agent.sock"),
         "mode": (_mode, 0o660),
-        "allow_uids": (_int_list, []),
-        "allow_gids": (_int_list, []),
-        "allow_groups": (_str_list, []),
+        "allow_uids": (_int_list, ()),
+        "allow_gids": (_int_list, ()),
+        "allow_groups": (_str_list, ()),
         "max_connections": (_pos_int, 512),
         "max_per_uid": (_pos_int, 64),
         "idle_timeout": (_pos_number, 300.0),
@@ -155,11 +186,159 @@ _MUST_EXIST = {("adobe", "software_statement"), ("adobe", "ca_file")}
 STORAGE_DEFAULT_DIR = "/var/lib/pass-agent"
 
 
-def defaults() -> dict:
-    cfg = {t: {k: (dict(d) if isinstance(d, dict) else list(d) if isinstance(d, list) else d)
-               for k, (_, d) in keys.items()} for t, keys in SCHEMA.items()}
-    cfg["_path"] = None
-    return cfg
+# -- the typed, read-only configuration ----------------------------------------------------------
+# One frozen dataclass per SCHEMA table, fields in SCHEMA order with the same defaults and the type
+# each key's checker produces (tests/test_config_typed.py keeps them in step). Lists are tuples and
+# [device.overrides] a read-only mapping, so nothing reachable from a Config can be changed in place.
+
+
+def _empty_overrides() -> Mapping[str, OverrideValue]:
+    return types.MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class AdobeConfig:
+    """[adobe]: where Adobe Pass is and which registered application this box is."""
+
+    base_url: str = PRODUCTION_BASE_URL
+    software_statement: str = "/etc/pass-agent/software-statement.jwt"
+    redirect_uri: Optional[str] = None
+    ca_file: Optional[str] = None
+    timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """[device]: how this box describes itself in X-Device-Info (agent/boards.py)."""
+
+    board: str = "generic-linux"
+    root: str = "/"
+    application_id: Optional[str] = None
+    overrides: Mapping[str, OverrideValue] = field(default_factory=_empty_overrides)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """[storage]: where credentials live (None dir: the board profile's, else STORAGE_DEFAULT_DIR)."""
+
+    dir: Optional[str] = None
+    token_cache: str = "flash"
+    runtime_dir: str = "/run/pass-agent"
+
+
+@dataclass(frozen=True)
+class SocketConfig:
+    """[socket]: the local API's socket and who may connect."""
+
+    path: str = "/run/pass-agent/agent.sock"
+    mode: int = 0o660
+    allow_uids: Tuple[int, ...] = ()
+    allow_gids: Tuple[int, ...] = ()
+    allow_groups: Tuple[str, ...] = ()
+    max_connections: int = 512
+    max_per_uid: int = 64
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """[console]: the serial console ("" port: off)."""
+
+    port: str = ""
+    baudrate: int = 115200
+    password_hash: str = ""
+    dumb: bool = False
+    idle_lock: float = 300.0
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """[refresh]: when to refresh the token, as fractions of its lifetime, and the backoff cap."""
+
+    at: float = 0.8
+    jitter: float = 0.1
+    backoff_cap: float = 300.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]"""
+
+    level: str = "info"
+
+
+# TOML table -> its dataclass; the root's fields are these tables plus `path`.
+SECTIONS: dict[str, type] = {"adobe": AdobeConfig, "device": DeviceConfig, "storage": StorageConfig,
+                             "socket": SocketConfig, "console": ConsoleConfig, "refresh": RefreshConfig,
+                             "log": LogConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration. Build it with load(), validate(), defaults() or local();
+    derive a changed copy with replace() (tests, tools); never change one in place."""
+
+    adobe: AdobeConfig = field(default_factory=AdobeConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    socket: SocketConfig = field(default_factory=SocketConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: Optional[str] = None  # the file it was read from; None when built in code
+
+    def replace(self, *, path: Any = dataclasses.MISSING, **tables: Mapping[str, Any]) -> Config:
+        """A copy with keys of some tables changed: cfg.replace(adobe={"timeout": 5.0}). An unknown table
+        or key raises TypeError at once. Values are frozen (lists to tuples) but not validated: this is
+        for code that builds configurations (tests, tools), the file goes through validate()."""
+        changes: dict[str, Any] = {}
+        for table, values in tables.items():
+            if table not in SECTIONS:
+                raise TypeError("unknown configuration table [%s]; expected one of %s" % (table, ", ".join(SECTIONS)))
+            changes[table] = dataclasses.replace(getattr(self, table), **{k: _freeze(v) for k, v in values.items()})
+        if path is not dataclasses.MISSING:
+            changes["path"] = path
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The tables as plain nested dicts and lists (TOML and JSON shaped); `path` left out."""
+        return {table: {f.name: _thaw(getattr(getattr(self, table), f.name))
+                        for f in dataclasses.fields(getattr(self, table))} for table in SECTIONS}
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(v)
+    if isinstance(v, dict):
+        return types.MappingProxyType(dict(v))
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, Mapping):
+        return dict(v)
+    return v
+
+
+def _section(table: str, values: Mapping[str, Any]) -> Any:
+    """One table's dataclass from its complete, normalised values (the multi-app [[app]] elements reuse it)."""
+    return SECTIONS[table](**{k: _freeze(v) for k, v in values.items()})
+
+
+def _build(cfg: Mapping[str, Mapping[str, Any]], path: str | None) -> Config:
+    return Config(path=path, **{table: _section(table, cfg[table]) for table in SECTIONS})
+
+
+def _default_tables() -> dict:
+    return {t: {k: (dict(d) if isinstance(d, dict) else list(d) if isinstance(d, list) else d)
+                for k, (_, d) in keys.items()} for t, keys in SCHEMA.items()}
+
+
+def defaults() -> Config:
+    """Every key at its SCHEMA default (no file read, nothing checked)."""
+    return _build(_default_tables(), None)
 
 
 def _describe(v: Any) -> str:
@@ -178,17 +357,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def validate(data: dict, path: str | None = None, check_files: bool = True) -> dict:
+def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool = True) -> Config:
     """Merge `data` (parsed TOML) over the defaults; raise ConfigError listing every problem."""
     problems: list[str] = []
-    cfg = defaults()
-    cfg["_path"] = path
+    cfg = _default_tables()
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     for table, value in data.items():
         if table not in SCHEMA:
             problems.append("unknown table [%r]; expected one of %s" % (table, ", ".join("[%s]" % t for t in SCHEMA)))
             continue
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             problems.append("[%s] must be a table, found %s" % (table, _describe(value)))
             continue
         for key, v in value.items():
@@ -218,7 +396,7 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
         elif parts.scheme == "http" and not _is_loopback(host):
             problems.append("[adobe] base_url: found %r; plain http:// is allowed only for loopback hosts "
                             "(localhost, 127.0.0.1, ::1), use https://" % url)
-    for name in cfg["socket"]["allow_groups"] if isinstance(cfg["socket"]["allow_groups"], list) else []:
+    for name in cfg["socket"]["allow_groups"]:  # a checked tuple (a wrong type stayed the default)
         try:
             grp.getgrnam(name)
         except KeyError:
@@ -245,13 +423,13 @@ def validate(data: dict, path: str | None = None, check_files: bool = True) -> d
                 problems.append("[%s] %s: file %s is not readable by this user" % (table, key, p))
     if problems:
         raise ConfigError(problems, path)
-    return cfg
+    return _build(cfg, path)
 
 
-def allowed_gids(cfg: dict) -> list[int]:
+def allowed_gids(cfg: Config) -> list[int]:
     """`allow_gids` plus the gids of `allow_groups` (names resolved now: sysusers may assign them at boot)."""
-    gids = list(cfg["socket"]["allow_gids"])
-    for name in cfg["socket"]["allow_groups"]:
+    gids = list(cfg.socket.allow_gids)
+    for name in cfg.socket.allow_groups:
         try:
             gids.append(grp.getgrnam(name).gr_gid)
         except KeyError:
@@ -263,9 +441,24 @@ def resolve_path(cli_path: str | None) -> str:
     return cli_path or os.environ.get(ENV_VAR) or DEFAULT_PATH
 
 
-def load(path: str | None = None, check_files: bool = True) -> dict:
+def _toml() -> Any:
+    """tomllib, or tomli before 3.11; imported here so that `agent.config` (its types, paths and
+    defaults) imports on a box whose client-only Python lacks tomli."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.9/3.10 only
+        import tomli as tomllib
+    return tomllib
+
+
+def load(path: str | None = None, check_files: bool = True) -> Config:
     """Read and validate the config file (`--config`, else $PASS_AGENT_CONFIG, else the default path)."""
     path = resolve_path(path)
+    try:
+        tomllib = _toml()
+    except ImportError:
+        raise ConfigError(["cannot be read: Python %d.%d has no tomllib and the package tomli is not installed; "
+                           "install tomli" % sys.version_info[:2]], path)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -289,35 +482,29 @@ def load(path: str | None = None, check_files: bool = True) -> dict:
 SECRET_KEYS = {("console", "password_hash")}
 
 
-def view(cfg: dict) -> dict:
-    """The effective configuration for display: secrets masked, internal keys dropped."""
-    out: dict = {}
-    for table, keys in cfg.items():
-        if table.startswith("_"):
-            continue
-        out[table] = {}
-        for k, v in keys.items():
-            if (table, k) in SECRET_KEYS and v:
-                v = "<set, hidden>"
-            out[table][k] = v
+def view(cfg: Config) -> dict:
+    """The effective configuration for display: secrets masked, plain dicts and lists (as JSON)."""
+    out = cfg.to_dict()
+    for table, key in SECRET_KEYS:
+        if out[table][key]:
+            out[table][key] = "<set, hidden>"
     return out
 
 
-def local(base_dir: str, base_url: str, statement: str, ca_file: str | None = None, **tables: dict) -> dict:
+def local(base_dir: str, base_url: str, statement: str, ca_file: str | None = None,
+          **tables: Mapping[str, Any]) -> Config:
     """A complete config with every path under `base_dir` (demo, tests, benchmarks, a developer's laptop).
 
     `tables` update tables by name, e.g. local(..., log={"level": "debug"}).
     """
-    cfg = defaults()
-    cfg["adobe"].update(base_url=base_url, software_statement=statement, ca_file=ca_file, timeout=5.0)
-    cfg["storage"].update(dir=os.path.join(base_dir, "store"), runtime_dir=os.path.join(base_dir, "run"))
-    cfg["socket"].update(path=os.path.join(base_dir, "agent.sock"), mode=0o600)
-    for table, values in tables.items():
-        cfg[table].update(values)
-    return cfg
+    cfg = defaults().replace(
+        adobe={"base_url": base_url, "software_statement": statement, "ca_file": ca_file, "timeout": 5.0},
+        storage={"dir": os.path.join(base_dir, "store"), "runtime_dir": os.path.join(base_dir, "run")},
+        socket={"path": os.path.join(base_dir, "agent.sock"), "mode": 0o600})
+    return cfg.replace(**tables)
 
 
-def write(cfg: dict, path: str) -> str:
+def write(cfg: Config, path: str) -> str:
     """Write `cfg` as TOML to `path` (0600: it may name a console password hash); returns the path."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -325,8 +512,10 @@ def write(cfg: dict, path: str) -> str:
     return path
 
 
-def to_toml(cfg: dict) -> str:
-    """Render a config dict as TOML (used by demo and tests to write config files)."""
+def to_toml(cfg: Config | Mapping[str, Any]) -> str:
+    """Render a Config (or a dict of tables, e.g. a test's deliberately broken file) as TOML."""
+    if isinstance(cfg, Config):
+        cfg = cfg.to_dict()
     lines: list[str] = []
 
     def val(v: Any) -> str:

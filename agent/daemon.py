@@ -26,11 +26,11 @@ PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
 class Daemon:
-    def __init__(self, cfg: dict, *, notifier: Notifier | None = None) -> None:
+    def __init__(self, cfg: configmod.Config, *, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
         self.logbuf = agentlog.LogBuffer(1000)
-        self.log = agentlog.setup(cfg["log"]["level"], self.logbuf)
+        self.log = agentlog.setup(cfg.log.level, self.logbuf)
         self.loop: Any = None
         self.server: Any = None
         self.console: Any = None
@@ -46,22 +46,22 @@ class Daemon:
         from agent.store import Store
 
         cfg = self.cfg
-        identity = boards.identify_for(cfg["device"])
+        identity = boards.identify_for(cfg.device)
         profile = identity["board"]  # identify_for loaded it: do not parse the board file twice at start
         for w in identity.get("warnings", []):
             self.log.warning("device info: %s", w)
         sdir = storage_dir(cfg, profile)
-        self.store = Store(sdir, identity["device_id"], token_cache=cfg["storage"]["token_cache"],
-                           runtime_dir=cfg["storage"]["runtime_dir"], log=agentlog.get("store"))
+        self.store = Store(sdir, identity["device_id"], token_cache=cfg.storage.token_cache,
+                           runtime_dir=cfg.storage.runtime_dir, log=agentlog.get("store"))
         self.store.open()
         self.service = Service(cfg, identity=identity, store=self.store, logbuf=self.logbuf)
         self.loop = Loop()
         fds = listen_fds_from_env()
-        s = cfg["socket"]
-        self.server = Server(self.service, self.loop, s["path"], mode=s["mode"], allow_uids=s["allow_uids"],
-                             allow_gids=configmod.allowed_gids(cfg), max_connections=s["max_connections"],
-                             max_per_uid=s["max_per_uid"],
-                             idle_timeout=s["idle_timeout"], listen_fd=fds[0] if fds else None,
+        s = cfg.socket
+        self.server = Server(self.service, self.loop, s.path, mode=s.mode, allow_uids=s.allow_uids,
+                             allow_gids=configmod.allowed_gids(cfg), max_connections=s.max_connections,
+                             max_per_uid=s.max_per_uid,
+                             idle_timeout=s.idle_timeout, listen_fd=fds[0] if fds else None,
                              log=agentlog.get("server"))
         self.server.start()
         self.service.add_listener(lambda: self.loop.call_soon_threadsafe(self._update_status))
@@ -72,8 +72,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.loop.call_soon_threadsafe(self.reload))
         if self.notifier.watchdog_interval:
             self._watchdog()
-        self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s["path"],
-                      cfg["device"]["board"], sdir, self.service.status_line())
+        self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s.path,
+                      cfg.device.board, sdir, self.service.status_line())
         from agent import clock
 
         # Which clock schedules refreshes and timers, and what a suspend does to them (docs/ARCHITECTURE.md).
@@ -81,19 +81,18 @@ class Daemon:
         self._last_status = self.service.status_line()
         self.notifier.ready(self._last_status)
 
-    def _start_console(self, cfg: dict) -> None:
-        c = cfg["console"]
+    def _start_console(self, cfg: configmod.Config) -> None:
+        c = cfg.console
         if self.console is not None:
-            self.console.reconfigure(c["port"], c["baudrate"], c["password_hash"] or None, c["dumb"],
-                                     idle_lock=c["idle_lock"])
+            self.console.reconfigure(c.port, c.baudrate, c.password_hash or None, c.dumb, idle_lock=c.idle_lock)
             return
-        if not c["port"]:
+        if not c.port:
             return
         from agent.serialconsole import SerialConsole
 
-        self.console = SerialConsole(self.service, c["port"], baudrate=c["baudrate"],
-                                     password_hash=c["password_hash"] or None, dumb=c["dumb"],
-                                     idle_lock=c["idle_lock"], log=agentlog.get("console"))
+        self.console = SerialConsole(self.service, c.port, baudrate=c.baudrate,
+                                     password_hash=c.password_hash or None, dumb=c.dumb,
+                                     idle_lock=c.idle_lock, log=agentlog.get("console"))
         self.console.start()
 
     def _watchdog(self) -> None:
@@ -109,7 +108,7 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply log level, allow-lists, console, refresh tuning.
         A bad new configuration is reported and not applied."""
-        path = self.cfg.get("_path")
+        path = self.cfg.path
         self.notifier.reloading()
         try:
             new = configmod.load(path)
@@ -118,11 +117,11 @@ class Daemon:
             self.notifier.ready("reload rejected: invalid configuration; " + self.service.status_line())
             return
         # [adobe] and [refresh] apply through service.reload; identity and store are built once at start.
-        restart = [t for t in ("device", "storage") if new[t] != self.cfg[t]]
+        restart = [t for t in ("device", "storage") if getattr(new, t) != getattr(self.cfg, t)]
         self.log.info("configuration reloaded from %s%s", path,
                       "; changes in [%s] need a restart to take effect" % "], [".join(restart) if restart else "")
-        agentlog.setup(new["log"]["level"], self.logbuf)
-        self.server.set_acl(new["socket"]["allow_uids"], configmod.allowed_gids(new))
+        agentlog.setup(new.log.level, self.logbuf)
+        self.server.set_acl(new.socket.allow_uids, configmod.allowed_gids(new))
         try:
             self._start_console(new)
         except Exception as e:  # a console problem must not stop the token service

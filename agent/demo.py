@@ -86,8 +86,8 @@ def main(once: bool = False, keep: bool = False) -> int:
         cfg = configmod.load(cfg_path)
         print("    agent configuration %s" % cfg_path)
 
-        _step(2, "This box's X-Device-Info (board %s)" % cfg["device"]["board"])
-        ident = boards.identify_for(cfg["device"])
+        _step(2, "This box's X-Device-Info (board %s)" % cfg.device.board)
+        ident = boards.identify_for(cfg.device)
         print("    " + json.dumps(ident["fields"], indent=2).replace("\n", "\n    "))
         print("    X-Device-Info: %s" % ident["x_device_info"])
         print("    AP-Device-Identifier: %s" % ident["ap_device_identifier"])
@@ -103,7 +103,7 @@ def main(once: bool = False, keep: bool = False) -> int:
         threading.Thread(target=_relay, args=(agent_proc.stderr, "    agent | ", log_lines), daemon=True).start()
 
         _step(4, "The player asks for a token over the socket (token.get, wait up to 15 s)")
-        sock = cfg["socket"]["path"]
+        sock = cfg.socket.path
         deadline = time.monotonic() + 15
         while not os.path.exists(sock) and time.monotonic() < deadline and agent_proc.poll() is None:
             time.sleep(0.05)

@@ -16,13 +16,14 @@ import os
 import select
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 from agent import __version__, config, dcr, fswatch, lifecycle
 from agent import clock as clockmod
 from agent import log as agentlog
 from agent.deviceinfo import sha256
-from agent.errors import OPERATOR, AgentError, NotReady, StoreError, UpstreamError
+from agent.errors import OPERATOR, AgentError, NotReady, StoreError
 
 STATE_WORDS = {
     lifecycle.UNREGISTERED: "not registered yet",
@@ -54,8 +55,35 @@ def read_statement(path: str) -> tuple[str, str, str]:
 WAIT_SLICE = 1.0  # longest a wait_token caller sleeps without re-reading the clock (see wait_token)
 
 
-def storage_dir(cfg: dict, identity_profile: dict | None = None) -> str:
-    return cfg["storage"]["dir"] or (identity_profile or {}).get("storage_dir") or config.STORAGE_DEFAULT_DIR
+def internal_error(op: str, exc: BaseException) -> tuple[AgentError, str]:
+    """A bug in the agent's own code during `op`, as the error the lifecycle and the status see and
+    the traceback to log once.
+
+    Kind operator, code `internal_error`: the lifecycle puts the agent in needs_operator and retries
+    after its operator wait (hourly), or at once when an operator asks (console `refresh`) or the
+    statement changes. Not an upstream error: backing off and retrying every minute forever hid bugs
+    as "Adobe is failing" and, with a bug fleet-wide, sent Adobe a request per box per minute for
+    nothing. Hourly still recovers a box from a bug that does not repeat. Everything user-visible is
+    redacted (the exception text can quote a secret); the traceback's frames are the agent's own
+    source lines, its last line the exception, and the log formatter redacts the record again.
+    """
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = ("%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno)) if tb else "?"
+    what = agentlog.REDACTOR.redact(agentlog.escape_controls(str(exc)))[:200]
+    err = AgentError("internal error during the %s request at %s: %s: %s (a bug in pass-agent, not a problem "
+                     "at Adobe or in the configuration)" % (op, where, type(exc).__name__, what),
+                     code="internal_error", kind=OPERATOR,
+                     hint="report it with the traceback from the agent log (journalctl -u pass-agent); the agent "
+                          "retries hourly, or at once on the console's `refresh`")
+    lines = ["Traceback (most recent call last):"]
+    for frame in traceback.format_list(tb):  # "  File ..., line N, in f\n    source\n"
+        lines.extend(agentlog.escape_controls(line) for line in frame.rstrip("\n").split("\n"))
+    lines.append("%s: %s" % (type(exc).__name__, what))
+    return err, agentlog.REDACTOR.redact("\n".join(lines))
+
+
+def storage_dir(cfg: config.Config, identity_profile: dict | None = None) -> str:
+    return cfg.storage.dir or (identity_profile or {}).get("storage_dir") or config.STORAGE_DEFAULT_DIR
 
 
 class _WakingCondition(threading.Condition):
@@ -125,7 +153,7 @@ class _WorkerSleeper:
 class Service:
     """Thread-safe facade over lifecycle + store + identity. See docs/ARCHITECTURE.md."""
 
-    def __init__(self, cfg: dict, *, identity: dict | None = None, store: Any = None, logbuf: agentlog.LogBuffer | None = None,
+    def __init__(self, cfg: config.Config, *, identity: dict | None = None, store: Any = None, logbuf: agentlog.LogBuffer | None = None,
                  clock: Callable[[], float] = clockmod.now, wall: Callable[[], float] = time.time,
                  send: Callable[..., tuple] | None = None) -> None:
         self.cfg = cfg
@@ -136,11 +164,11 @@ class Service:
         self._send = send or dcr.send
         if identity is None:
             from agent import boards
-            identity = boards.identify_for(cfg["device"])
+            identity = boards.identify_for(cfg.device)
         self._identity = identity
         self.store = store
-        self.lc = lifecycle.Lifecycle(refresh_at=cfg["refresh"]["at"], jitter=cfg["refresh"]["jitter"],
-                                      backoff_cap=cfg["refresh"]["backoff_cap"])
+        self.lc = lifecycle.Lifecycle(refresh_at=cfg.refresh.at, jitter=cfg.refresh.jitter,
+                                      backoff_cap=cfg.refresh.backoff_cap)
         # The worker sleeps in select() on a wake-up pipe and a CLOCK_BOOTTIME alarm (a Condition's
         # timeout counts on CLOCK_MONOTONIC and would end late by a suspend's length); every
         # notify on the condition also wakes the worker, so all existing notify_all() calls do.
@@ -177,7 +205,7 @@ class Service:
                               (stored["client"].get("client_id") or "?")[:8] + "…", STATE_WORDS[self.lc.state])
         self._apply(effects)
         # A new statement file is noticed within moments, without a periodic wake-up (agent/fswatch.py).
-        self._watch = fswatch.FileWatch(self.cfg["adobe"]["software_statement"], self._statement_poke).start()
+        self._watch = fswatch.FileWatch(self.cfg.adobe.software_statement, self._statement_poke).start()
         self._thread = threading.Thread(target=self._run, name="lifecycle", daemon=True)
         self._thread.start()
 
@@ -197,23 +225,23 @@ class Service:
         if self._thread is None or not self._thread.is_alive():
             self._sleeper.close()  # the worker is gone: its pipe and alarm fds with it
 
-    def reload(self, cfg: dict) -> None:
+    def reload(self, cfg: config.Config) -> None:
         """Apply a new configuration's lifecycle-relevant parts (statement path, timeouts) in place."""
         with self._cond:
             self.cfg = cfg
-            self.lc.refresh_at = cfg["refresh"]["at"]
-            self.lc.jitter = cfg["refresh"]["jitter"]
-            self.lc.backoff_cap = cfg["refresh"]["backoff_cap"]
+            self.lc.refresh_at = cfg.refresh.at
+            self.lc.jitter = cfg.refresh.jitter
+            self.lc.backoff_cap = cfg.refresh.backoff_cap
             self._statement_sig = None
             self._cond.notify_all()
         if self._watch is not None:
-            self._watch.set_path(cfg["adobe"]["software_statement"])
+            self._watch.set_path(cfg.adobe.software_statement)
 
     # ------------------------------------------------------------------ worker
     def _refresh_statement(self, force: bool = False) -> tuple[str | None, str | None, dict | None] | None:
         """Re-read the statement when its file changed (cheap stat otherwise). None: unchanged; else
         (application "iss|sub", SHA-256, None), or (None, None, problem) when the file is unusable."""
-        path = self.cfg["adobe"]["software_statement"]
+        path = self.cfg.adobe.software_statement
         try:
             st = os.stat(path)
             sig: tuple | None = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
@@ -261,43 +289,47 @@ class Service:
             self._perform(req["op"], statement, statement_app, client)
 
     def _perform(self, op: str, statement: str | None, statement_app: str | None, client: dict | None) -> None:
-        a = self.cfg["adobe"]
-        refresh = getattr(self._identity, "refresh_network", None)
-        if refresh is not None:  # once per upstream request (never on token.get): Wi-Fi/LAN, new lease
-            refresh()
-        xdi = self._identity["x_device_info"]
+        a = self.cfg.adobe
         result: Any = None
         error: AgentError | None = None
+        trace: str | None = None
         # The token's lifetime counts from when we asked, not when the answer arrived: never overstate it.
         sent_mono, sent_wall = self.clock(), self.wall()
         try:
+            refresh = getattr(self._identity, "refresh_network", None)
+            if refresh is not None:  # once per upstream request (never on token.get): Wi-Fi/LAN, new lease
+                refresh()
+            xdi = self._identity["x_device_info"]
             if op == "register":
                 if statement is None:
-                    raise AgentError("no usable software statement at %s" % a["software_statement"],
+                    raise AgentError("no usable software statement at %s" % a.software_statement,
                                      code="statement_unreadable", kind=OPERATOR,
                                      hint="install the statement from the Adobe Pass TVE Dashboard")
-                req = dcr.register_request(a["base_url"], statement, xdi, a["redirect_uri"])
+                req = dcr.register_request(a.base_url, statement, xdi, a.redirect_uri)
                 parse, secret = dcr.parse_register, "client_secret"
             else:
                 assert client is not None
-                req = dcr.token_request(a["base_url"], client["client_id"], client["client_secret"], xdi)
+                req = dcr.token_request(a.base_url, client["client_id"], client["client_secret"], xdi)
                 parse, secret = dcr.parse_token, "access_token"
-            status, headers, body = self._send(req, timeout=a["timeout"], ca_file=a["ca_file"], wall_now=self.wall())
+            status, headers, body = self._send(req, timeout=a.timeout, ca_file=a.ca_file, wall_now=self.wall())
             result = parse(status, headers, body, self.wall())
             agentlog.REDACTOR.add(result[secret], kind=secret)
         except AgentError as e:
             error = e
-        except Exception as e:  # a bug must not kill the worker: report it and back off
-            error = UpstreamError("unexpected failure during %s: %s: %s" % (op, type(e).__name__, e),
-                                  code="internal_error")
+        except Exception as e:  # a bug in the agent: must not kill the worker, must not pass for Adobe's fault
+            error, trace = internal_error(op, e)
         with self._cond:
             now, wall = self.clock(), self.wall()
             if error is not None:
                 effects = self.lc.on_error(error, now, wall)
                 nxt = self.lc.next_deadline()
-                self.log.warning("%s failed: %s; %s", op, error,
-                                 "waiting for an operator" if self.lc.state == lifecycle.NEEDS_OPERATOR else
-                                 "next attempt in %.1f s" % max(0.0, (nxt or now) - now))
+                then = ("waiting for an operator, next attempt in %.0f s" % max(0.0, (nxt or now) - now)
+                        if self.lc.state == lifecycle.NEEDS_OPERATOR else
+                        "next attempt in %.1f s" % max(0.0, (nxt or now) - now))
+                if trace is None:
+                    self.log.warning("%s failed: %s; %s", op, error, then)
+                else:  # one record: the message, then the traceback on continuation lines (redacted)
+                    self.log.error("%s; %s\n%s" % (error, then, trace))
             elif op == "register":
                 effects = self.lc.on_registered(result, statement_app, now, wall)
                 self.log.info("registered with Adobe Pass as client %s…", result["client_id"][:8])
@@ -440,7 +472,7 @@ class Service:
         v["store"] = dict(getattr(self.store, "stats", {}) or {})
         v["store"]["problem"] = getattr(self.store, "problem", None)
         v["statement_sha256"] = (self.lc.statement_hash or "")[:16] or None
-        v["base_url"] = self.cfg["adobe"]["base_url"]
+        v["base_url"] = self.cfg.adobe.base_url
         return v
 
     def status_line(self) -> str:

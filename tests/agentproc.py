@@ -32,11 +32,11 @@ class AgentProc:
                               emu.ca_file if emu else None, adobe={"timeout": 3.0}, log={"level": "debug"})
         for key, value in overrides.items():
             table, k = key.split("__", 1)
-            cfg[table][k] = value
+            cfg = cfg.replace(**{table: {k: value}})
         self.cfg = cfg
         self.config_path = os.path.join(self.tmp, "agent.toml")
         self.write_config()
-        self.socket_path = cfg["socket"]["path"]
+        self.socket_path = cfg.socket.path
         self.proc: subprocess.Popen | None = None
         self.notify_sock: socket.socket | None = None
         self.notifications: list[str] = []

@@ -84,8 +84,7 @@ class Adobe:
 def make_service(tmp_path, send) -> Service:
     st = tmp_path / "statement.jwt"
     st.write_text(fake_statement())
-    cfg = configmod.defaults()
-    cfg["adobe"]["software_statement"] = str(st)
+    cfg = configmod.defaults().replace(adobe={"software_statement": str(st)})
     return Service(cfg, identity=IDENTITY, send=send)  # the default clock: agent.clock.now
 
 

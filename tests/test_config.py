@@ -18,12 +18,12 @@ def _problems(path):
 
 def test_defaults_are_documented_values(write_config, statement_file):
     cfg = config.load(write_config('[adobe]\nsoftware_statement = "%s"\n' % statement_file))
-    assert cfg["adobe"]["base_url"] == "https://sp.auth.adobe.com/o"
-    assert cfg["refresh"]["at"] == 0.8 and cfg["refresh"]["jitter"] == 0.1
-    assert cfg["socket"]["mode"] == 0o660
-    assert cfg["storage"]["token_cache"] == "flash"
-    assert cfg["device"]["root"] == "/"
-    assert cfg["console"]["port"] == ""
+    assert cfg.adobe.base_url == "https://sp.auth.adobe.com/o"
+    assert cfg.refresh.at == 0.8 and cfg.refresh.jitter == 0.1
+    assert cfg.socket.mode == 0o660
+    assert cfg.storage.token_cache == "flash"
+    assert cfg.device.root == "/"
+    assert cfg.console.port == ""
 
 
 def test_unknown_key_and_table(write_config, statement_file):
@@ -67,7 +67,7 @@ def test_http_only_on_loopback(write_config, statement_file):
                     ("ftp://x/o", False), ("https://sp-prequal.auth.adobe.com/o", True)):
         path = write_config('[adobe]\nsoftware_statement = "%s"\nbase_url = "%s"\n' % (statement_file, url))
         if ok:
-            assert config.load(path)["adobe"]["base_url"] == url
+            assert config.load(path).adobe.base_url == url
         else:
             assert any("base_url" in p for p in _problems(path)), url
 
@@ -80,32 +80,30 @@ def test_not_toml_and_missing_file(write_config, tmp_path):
 def test_env_override(write_config, statement_file, monkeypatch):
     path = write_config('[adobe]\nsoftware_statement = "%s"\n[log]\nlevel = "debug"\n' % statement_file)
     monkeypatch.setenv("PASS_AGENT_CONFIG", path)
-    assert config.load(None)["log"]["level"] == "debug"
+    assert config.load(None).log.level == "debug"
     assert config.resolve_path("/explicit.toml") == "/explicit.toml"
 
 
 def test_relative_paths_resolve_against_the_config_dir(write_config, tmp_path, statement_file):
     path = write_config('[adobe]\nsoftware_statement = "statement.jwt"\n[storage]\ndir = "store"\n')
     cfg = config.load(path)
-    assert cfg["adobe"]["software_statement"] == statement_file
-    assert cfg["storage"]["dir"] == str(tmp_path / "store")
+    assert cfg.adobe.software_statement == statement_file
+    assert cfg.storage.dir == str(tmp_path / "store")
 
 
 def test_to_toml_round_trip(tmp_path, statement_file):
-    cfg = config.defaults()
-    cfg["adobe"]["software_statement"] = statement_file
-    cfg["device"]["overrides"] = {"model": "X1", "displayWidth": 1920}
-    cfg["socket"]["allow_gids"] = [5, 6]
+    cfg = config.defaults().replace(adobe={"software_statement": statement_file},
+                                    device={"overrides": {"model": "X1", "displayWidth": 1920}},
+                                    socket={"allow_gids": [5, 6]})
     p = tmp_path / "rt.toml"
     p.write_text(config.to_toml(cfg))
     back = config.load(str(p))
     for table in config.SCHEMA:
-        assert back[table] == cfg[table], table
+        assert getattr(back, table) == getattr(cfg, table), table
 
 
 def test_view_masks_the_console_password_hash(statement_file):
-    cfg = config.defaults()
-    cfg["console"]["password_hash"] = "scrypt$16384$8$1$c2FsdA$aGFzaA"
+    cfg = config.defaults().replace(console={"password_hash": "scrypt$16384$8$1$c2FsdA$aGFzaA"})
     v = config.view(cfg)
     assert v["console"]["password_hash"] == "<set, hidden>"
     assert "_path" not in v
@@ -142,7 +140,7 @@ def test_good_console_password_hash_passes(write_config, statement_file):
     h = hash_password("pw", "pbkdf2_sha256")
     cfg = config.load(write_config('[adobe]\nsoftware_statement = "%s"\n[console]\npassword_hash = "%s"\n'
                                    % (statement_file, h)))
-    assert cfg["console"]["password_hash"] == h
+    assert cfg.console.password_hash == h
 
 
 def test_console_port_without_pyserial_is_a_config_error(write_config, statement_file, monkeypatch):

@@ -74,8 +74,7 @@ def test_sighup_reload_good_and_bad_config_keeps_token_and_connection(make_agent
         first = c.token(wait=15)
         agent.seen_secrets.add(first["access_token"])
         # A good new config: log level and allow-list change.
-        agent.cfg["log"]["level"] = "warning"
-        agent.cfg["socket"]["allow_uids"] = [4242]
+        agent.cfg = agent.cfg.replace(log={"level": "warning"}, socket={"allow_uids": [4242]})
         agent.write_config()
         agent.send(signal.SIGHUP)
         agent.wait_notify("RELOADING=1")
@@ -261,7 +260,7 @@ def test_read_only_store_starts_and_serves_the_stored_token(make_agent, emu):
     agent.start()
     first = _token(agent, wait=15)
     assert agent.stop() == 0
-    store_dir = agent.cfg["storage"]["dir"]
+    store_dir = agent.cfg.storage.dir
     before = _files(store_dir)
     agent.argv_prefix = _ro_prefix(store_dir)  # the eMMC came back read-only after errors
     agent.start()  # before the fix: exit 1, "cannot open the store lock file ... Read-only file system"
@@ -283,7 +282,7 @@ def test_read_only_store_fetches_tokens_in_memory_with_the_stored_credentials(ma
     agent.wait_notify("STATUS=backing off")  # after the registration was saved
     assert agent.stop() == 0
     emu.clear_faults()
-    store_dir = agent.cfg["storage"]["dir"]
+    store_dir = agent.cfg.storage.dir
     before = _files(store_dir)
     agent.argv_prefix = _ro_prefix(store_dir)
     agent.start()

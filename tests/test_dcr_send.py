@@ -190,10 +190,8 @@ def test_network_hint_appears_once_in_the_service_log_and_not_ready_error(tmp_pa
     trap.close()  # nothing listens there: connection refused
     st = tmp_path / "statement.jwt"
     st.write_text(fake_statement())
-    cfg = configmod.defaults()
-    cfg["adobe"]["software_statement"] = str(st)
-    cfg["adobe"]["base_url"] = "http://127.0.0.1:%d/o" % port
-    cfg["adobe"]["timeout"] = 5
+    cfg = configmod.defaults().replace(adobe={"software_statement": str(st), "base_url": "http://127.0.0.1:%d/o" % port,
+                                              "timeout": 5.0})
     identity = {"x_device_info": "eyJtb2RlbCI6IngifQ==", "ap_device_identifier": "fingerprint eA==",
                 "device_id": "serial:1", "fields": {"model": "x"}, "sources": {}, "warnings": []}
     failed = threading.Event()

@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from agent import boards
+from agent import boards, config
 from agent import deviceinfo as di
 from agent.errors import ConfigError, DeviceInfoError
 
@@ -64,8 +64,8 @@ FREE_TEXT = ("model", "version", "manufacturer", "vendor", "osVersion", "connect
 
 
 def cfg(board, root=None, **kw):
-    return dict({"board": board, "root": root or os.path.join(FIXTURES, board),
-                 "application_id": "com.example.player", "overrides": {}}, **kw)
+    return config.DeviceConfig(**dict({"board": board, "root": root or os.path.join(FIXTURES, board),
+                                       "application_id": "com.example.player"}, **kw))
 
 
 def check_allowed(fields):

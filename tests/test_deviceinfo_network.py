@@ -203,7 +203,7 @@ class Counting:
 
 def test_refresh_network_rebuilds_only_when_the_network_changed(tmp_path, monkeypatch):
     root = copy_fixture(tmp_path)
-    ident = boards.identify_for({"board": "raspberrypi", "root": root, "overrides": {}})
+    ident = boards.identify_for(config.DeviceConfig(board="raspberrypi", root=root))
     before = dict(ident)
     count = Counting(monkeypatch)
     assert ident.refresh_network() is False
@@ -228,7 +228,7 @@ def test_agent_started_before_dhcp_gets_its_address_later(tmp_path):
     root = copy_fixture(tmp_path)
     addr = {"eth0": None}
     write(root, "/sys/class/net/eth0/operstate", "down\n")
-    ident = boards.identify_for({"board": "raspberrypi", "root": root, "overrides": {}},
+    ident = boards.identify_for(config.DeviceConfig(board="raspberrypi", root=root),
                                 ip_lookup=lambda name: addr.get(name))
     assert "connectionIp" not in ident["fields"]
     assert any("no network interface is up" in w for w in ident["warnings"])
@@ -243,7 +243,7 @@ def test_agent_started_before_dhcp_gets_its_address_later(tmp_path):
 
 def test_refresh_network_survives_a_vanished_tree(tmp_path):
     root = copy_fixture(tmp_path)
-    ident = boards.identify_for({"board": "raspberrypi", "root": root, "overrides": {}})
+    ident = boards.identify_for(config.DeviceConfig(board="raspberrypi", root=root))
     shutil.rmtree(root)  # every file gone, even the identity sources: never raises, identity kept
     assert ident.refresh_network() is True
     assert di.decode(ident["x_device_info"])["connectionType"] == "Unknown"
@@ -268,8 +268,7 @@ def test_next_upstream_request_carries_the_new_connection_type(tmp_path, emu, mo
     root = copy_fixture(tmp_path)
     statement = str(tmp_path / "statement.jwt")
     emu.write_statement(statement)
-    cfg = config.local(str(tmp_path), emu.base_url, statement, emu.ca_file)
-    cfg["device"].update(board="raspberrypi", root=root)
+    cfg = config.local(str(tmp_path), emu.base_url, statement, emu.ca_file, device={"board": "raspberrypi", "root": root})
     sent: list[tuple[str, str]] = []
     answered = threading.Event()
 
@@ -280,7 +279,7 @@ def test_next_upstream_request_carries_the_new_connection_type(tmp_path, emu, mo
         finally:
             answered.set()
 
-    ident = boards.identify_for(cfg["device"])
+    ident = boards.identify_for(cfg.device)
     svc = Service(cfg, identity=ident, send=send)
     svc.start()
     try:

@@ -45,9 +45,10 @@ def check_error(e: ConfigError, path: str | None) -> None:
         assert all(line.startswith(path + ": ") for line in str(e).split("\n"))
 
 
-def check_config(cfg: dict) -> None:
+def check_config(cfg: config.Config) -> None:
+    tables = cfg.to_dict()
     for table, keys in config.SCHEMA.items():
-        assert set(cfg[table]) == set(keys)
+        assert set(tables[table]) == set(keys)
 
 
 @settings(max_examples=200, deadline=None)
@@ -93,7 +94,7 @@ def test_load_any_bytes(content: bytes) -> None:
             check_error(e, path)
         else:
             check_config(cfg)
-            assert cfg["_path"] == path
+            assert cfg.path == path
 
 
 def test_load_special_paths(tmp_path) -> None:

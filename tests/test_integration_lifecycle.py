@@ -51,11 +51,10 @@ class Rig:
         self.emu = Emulator(tls=True, state_dir=str(tmp_path / "emu"), token_ttl=token_ttl).start()
         self.statement_path = tmp_path / "statement.jwt"
         self.statement = self.emu.write_statement(str(self.statement_path))
-        cfg = config.defaults()
-        cfg["adobe"].update(base_url=self.emu.base_url, ca_file=self.emu.ca_file,
-                            software_statement=str(self.statement_path), timeout=timeout)
-        cfg["refresh"].update(at=refresh_at, jitter=jitter)
-        cfg["storage"]["dir"] = str(tmp_path / "store")
+        cfg = config.defaults().replace(
+            adobe={"base_url": self.emu.base_url, "ca_file": self.emu.ca_file,
+                   "software_statement": str(self.statement_path), "timeout": timeout},
+            refresh={"at": refresh_at, "jitter": jitter}, storage={"dir": str(tmp_path / "store")})
         self.cfg = cfg
         self.store = Store(str(tmp_path / "store"), IDENTITY["device_id"], runtime_dir=str(tmp_path / "run"))
         self.store.open()

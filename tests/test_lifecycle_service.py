@@ -44,9 +44,7 @@ class FakeAdobe:
 def make_service(tmp_path, send, clock):
     statement = tmp_path / "statement.jwt"
     statement.write_text(STATEMENT)
-    cfg = config.defaults()
-    cfg["adobe"]["software_statement"] = str(statement)
-    cfg["adobe"]["base_url"] = "http://127.0.0.1:9/o"
+    cfg = config.defaults().replace(adobe={"software_statement": str(statement), "base_url": "http://127.0.0.1:9/o"})
     return Service(cfg, identity=IDENTITY, store=None, send=send, clock=lambda: clock[0], wall=lambda: 1.7e9 + clock[0])
 
 

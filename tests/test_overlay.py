@@ -126,12 +126,11 @@ def test_overlay_config_names_its_board_allows_the_player_group_and_is_otherwise
     # This machine has no pass-client group (sysusers creates it on the box): validate the rest.
     data["socket"]["allow_groups"] = []
     cfg = configmod.validate(data, path, check_files=False)
-    assert cfg["device"]["board"] == board
-    expected = configmod.defaults()
-    expected["device"]["board"] = board
+    assert cfg.device.board == board
+    expected = configmod.defaults().replace(device={"board": board})
     for table in configmod.SCHEMA:
-        assert cfg[table] == expected[table], table
-    assert cfg["console"]["port"] == ""  # the console is off unless the overlay was built with --console
+        assert getattr(cfg, table) == getattr(expected, table), table
+    assert cfg.console.port == ""  # the console is off unless the overlay was built with --console
 
 
 def _dropins(root: str) -> str:

@@ -30,8 +30,7 @@ class Clocks:
 def svc(tmp_path):
     st = tmp_path / "statement.jwt"
     st.write_text(fake_statement())
-    cfg = configmod.defaults()
-    cfg["adobe"]["software_statement"] = str(st)
+    cfg = configmod.defaults().replace(adobe={"software_statement": str(st)})
     clocks = Clocks()
     calls = []
     done = threading.Event()

@@ -51,7 +51,7 @@ def _lines(path: str) -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def default_cfg() -> dict:
+def default_cfg() -> configmod.Config:
     with open(DEFAULT_CONFIG, "rb") as f:
         return configmod.validate(tomllib.load(f), DEFAULT_CONFIG, check_files=False)
 
@@ -90,8 +90,8 @@ def test_service_is_hardened():
 
 def test_socket_unit_matches_the_default_config(default_cfg):
     sock = _unit("pass-agent.socket")["Socket"]
-    assert sock["ListenStream"] == default_cfg["socket"]["path"] == "/run/pass-agent/agent.sock"
-    assert int(sock["SocketMode"], 8) == default_cfg["socket"]["mode"] == 0o660
+    assert sock["ListenStream"] == default_cfg.socket.path == "/run/pass-agent/agent.sock"
+    assert int(sock["SocketMode"], 8) == default_cfg.socket.mode == 0o660
     assert sock["SocketUser"] == "pass-agent" and sock["SocketGroup"] == "pass-client"
     assert sock["Service"] == "pass-agent.service"
     assert _unit("pass-agent.socket")["Install"]["WantedBy"] == "sockets.target"
@@ -101,7 +101,7 @@ def test_directories_agree_between_units_tmpfiles_and_config(default_cfg):
     s = _unit("pass-agent.service")["Service"]
     runtime = "/run/" + s["RuntimeDirectory"]
     state = "/var/lib/" + s["StateDirectory"]
-    assert runtime == default_cfg["storage"]["runtime_dir"] == os.path.dirname(default_cfg["socket"]["path"])
+    assert runtime == default_cfg.storage.runtime_dir == os.path.dirname(default_cfg.socket.path)
     assert state == configmod.STORAGE_DEFAULT_DIR
     tmp = {line[1]: line for line in _lines(os.path.join(SYSTEMD, "tmpfiles.d", "pass-agent.conf"))}
     # tmpfiles creates the runtime dir with the service's owner and mode before the socket binds in it,
@@ -128,7 +128,7 @@ def test_default_config_lists_every_key_with_its_default(default_cfg):
             assert key in data.get(table, {}), "[%s] %s missing from the default config" % (table, key)
     expected = configmod.defaults()
     for table in configmod.SCHEMA:
-        assert default_cfg[table] == expected[table], table
+        assert getattr(default_cfg, table) == getattr(expected, table), table
 
 
 def test_default_config_comments_every_key():

@@ -80,12 +80,12 @@ def real_daemon_latency(n: int) -> dict:
     _, agent = _spawn_until_ready([sys.executable, "-m", "agent", "run", "--config", cfg_path], tmp)
     saved = os.sched_getaffinity(0)
     try:
-        with Client(cfg["socket"]["path"], timeout=20) as c:
+        with Client(cfg.socket.path, timeout=20) as c:
             c.token(wait=15)
         os.sched_setaffinity(agent.pid, {0})
         os.sched_setaffinity(0, {0})
         echo_us = bs._roundtrips(echo_path, n, 2000)
-        tok_us = bs._roundtrips(cfg["socket"]["path"], n, 2000)
+        tok_us = bs._roundtrips(cfg.socket.path, n, 2000)
     finally:
         os.sched_setaffinity(0, saved)
         agent.terminate()

@@ -92,7 +92,7 @@ def main(argv: list | None = None) -> dict:
     from agent.client import Client
 
     _, p = _spawn_until_ready(agent_cmd, tmp)
-    with Client(cfg["socket"]["path"], timeout=20) as c:
+    with Client(cfg.socket.path, timeout=20) as c:
         c.token(wait=15)
     p.terminate()
     p.wait()
@@ -111,7 +111,7 @@ def main(argv: list | None = None) -> dict:
         dt, p = _spawn_until_ready(agent_cmd, tmp)
         agent_t.append(dt)
         if i == args.runs - 1:
-            with Client(cfg["socket"]["path"]) as c:
+            with Client(cfg.socket.path) as c:
                 assert c.health()["ready"], "the agent is not ready from its stored token"
             time.sleep(1.0)
             agent_mem = _mem(p.pid)

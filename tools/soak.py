@@ -339,16 +339,15 @@ def upstream_report(log: list[dict], windows: list[dict]) -> dict:
 
 def write_config(tmp: str, emu: Emulator, statement: str, ttl: int, backoff_cap: float) -> tuple[str, str]:
     """Write the agent's config file; returns (socket path, config path)."""
-    cfg = configmod.defaults()
-    cfg["adobe"].update(base_url=emu.base_url, software_statement=statement, ca_file=emu.ca_file, timeout=3.0)
-    cfg["storage"].update(dir=os.path.join(tmp, "store"), runtime_dir=os.path.join(tmp, "run"))
-    cfg["socket"].update(path=os.path.join(tmp, "agent.sock"), mode=0o600, idle_timeout=60.0)
-    cfg["refresh"]["backoff_cap"] = backoff_cap
-    cfg["log"]["level"] = "info"
+    cfg = configmod.defaults().replace(
+        adobe={"base_url": emu.base_url, "software_statement": statement, "ca_file": emu.ca_file, "timeout": 3.0},
+        storage={"dir": os.path.join(tmp, "store"), "runtime_dir": os.path.join(tmp, "run")},
+        socket={"path": os.path.join(tmp, "agent.sock"), "mode": 0o600, "idle_timeout": 60.0},
+        refresh={"backoff_cap": backoff_cap}, log={"level": "info"})
     path = os.path.join(tmp, "agent.toml")
     with open(path, "w") as f:
         f.write(configmod.to_toml(cfg))
-    return cfg["socket"]["path"], path
+    return cfg.socket.path, path
 
 
 def wait_socket(path: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
