@@ -731,3 +731,29 @@ def test_a_token_with_less_than_the_long_cap_left_uses_the_outage_cap():
     assert len(box.ops("register", "ok")) == 1
     gaps = box.gaps()[1:]
     assert len(gaps) > 30 and max(gaps) <= 60.0 + 1e-9
+
+
+# ----------------------------------------------------------------------------- suspend (issue 14 item 1)
+# The service passes CLOCK_BOOTTIME as `now` (agent/clock.py), so a night in standby is a jump of `now`
+# with no poll in between. The lifecycle must judge the token by that clock on the first call after
+# resume: never serve what expired in standby, and ask for the overdue request at once.
+
+def test_a_night_in_standby_past_expiry_serves_nothing_and_fetches_at_once():
+    box = Box()
+    box.run_until(box.now + 60.0)
+    assert box.lc.token(box.now) is not None and len(box.ops("token")) == 1
+    box.now += 9 * 3600.0           # suspended for 9 h: the 6 h token expired during standby
+    assert box.lc.token(box.now) is None
+    assert box.lc.view(box.now, box.wall)["token"] is None
+    assert box.lc.poll(box.now) == {"op": "token"}   # no waiting for a deadline computed before the night
+
+
+def test_a_short_standby_past_the_refresh_point_refreshes_at_once_and_keeps_serving():
+    box = Box()
+    box.run_until(box.now + 60.0)
+    t = box.lc.tok
+    box.now = t["refresh_mono"] + 10.0   # woke after the refresh point, before expiry
+    assert box.lc.token(box.now)["access_token"] == t["access_token"]
+    assert box.lc.next_deadline() <= box.now
+    assert box.lc.poll(box.now) == {"op": "token"}
+    assert box.lc.token(box.now)["access_token"] == t["access_token"]  # served while the refresh runs
