@@ -1,7 +1,7 @@
 """A small fake of agent.service.Service for the console tests, plus a settable clock.
 
-It follows the lead's facade (token, not_ready_error, identity, status, config_view, logs...) and
-records the actions it was asked for. Its token and client secret are distinctive strings the
+It implements the service facade (agent/facade.py, checked by tests/test_facade.py) and records
+the actions it was asked for. Its token and client secret are distinctive strings the
 tests search every console output for.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from typing import Any, Callable
 
-from agent.errors import NotReady, UpstreamError
+from agent.errors import AgentError, NotReady, UpstreamError
 from agent.log import LogBuffer
 
 # Both are secrets: no console output may ever contain them.
@@ -53,7 +54,7 @@ class FakeService:
         return {"access_token": self._token, "token_type": "bearer", "expires_at": 1700021600.0,
                 "expires_in": 21000, "refresh_at": 1700010800.0}
 
-    def not_ready_error(self):
+    def not_ready_error(self) -> AgentError:
         return self.error
 
     def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
@@ -66,7 +67,8 @@ class FakeService:
                 "sources": {"model": "/proc/device-tree/model", "osVersion": "/proc/sys/kernel/osrelease"},
                 "warnings": ["displayWidth unknown on this board"]}
 
-    def report_error(self, status: int, body=None, access_token: str | None = None) -> dict:
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None,
+                     management: bool = False, uid: int | None = None) -> dict:
         return {"decision": "ignored", "reason": "fake"}
 
     def status(self) -> dict:
@@ -86,10 +88,10 @@ class FakeService:
     def health(self) -> dict:
         return {"live": True, "ready": self._token is not None}
 
-    def subscribe(self, callback) -> None:
+    def subscribe(self, callback: Callable[[dict], None]) -> None:
         pass
 
-    def unsubscribe(self, callback) -> None:
+    def unsubscribe(self, callback: Callable[[dict], None]) -> None:
         pass
 
     def request_refresh(self) -> None:

@@ -1,7 +1,7 @@
 """Test doubles and harness for the socket server tests.
 
-FakeService implements the Service facade (agent/service.py) with settable state; it is a fake
-only because the lifecycle is not what these tests exercise. `ServerHarness` runs a real Loop in
+FakeService implements the service facade (agent/facade.py, checked by tests/test_facade.py) with
+settable state; it is a fake only because the lifecycle is not what these tests exercise. `ServerHarness` runs a real Loop in
 a real thread with a real Server on a real Unix socket.
 """
 
@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from agent.errors import AgentError, NotReady
+from agent.log import LogBuffer
 from agent.loop import Loop
 from agent.server import Server
 
@@ -31,8 +32,10 @@ class FakeService:
         self._lock = threading.Lock()
         self._subs: list[Callable[[dict], None]] = []
         self.error: AgentError = NotReady("no access token yet: registration is in progress", retry_after=2.0)
+        self.logs = LogBuffer(100)
         self.reports: list[tuple] = []
         self.report_uids: list = []  # the peer uid passed with each report (None: not passed)
+        self.report_management: list[bool] = []
         self.refresh_requests = 0
         self.token_calls: list[float] = []
         self.record_calls = False
@@ -94,9 +97,10 @@ class FakeService:
                 "ap_device_identifier": APDI, "device_id": "fake-device-id", "sources": {}, "warnings": []}
 
     def report_error(self, status: int, body: Any = None, access_token: str | None = None,
-                     uid: int | None = None) -> dict:
+                     management: bool = False, uid: int | None = None) -> dict:
         self.reports.append((status, body, access_token))
         self.report_uids.append(uid)
+        self.report_management.append(management)
         if status == 401:
             return {"decision": "refresh", "reason": "401 from a protected API: getting a new access token"}
         return {"decision": "ignored", "reason": "status %d needs no action" % status}
@@ -108,6 +112,9 @@ class FakeService:
                 "token": None if tok is None else {"expires_at": tok["expires_at"], "refresh_at": tok["refresh_at"],
                                                     "expires_in": int(tok["expires_at"] - time.time())},
                 "last_error": None, "upstream": {"requests": 2}, "store": {"writes": 1}}
+
+    def status_line(self) -> str:
+        return "holding a valid token" if self._tok else "registering with Adobe Pass, no valid token"
 
     def health(self) -> dict:
         return {"live": True, "ready": self._tok is not None}

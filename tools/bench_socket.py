@@ -25,17 +25,23 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, Callable
+
+from agent.errors import AgentError, NotReady
+from agent.log import LogBuffer
 
 TOKEN = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9." + "x" * 600 + ".signature-" + "y" * 330  # ~1 KB like Adobe's
 REQUEST = b'{"jsonrpc":"2.0","id":1,"method":"token.get"}\n'
 
 
 class CachedService:
-    """The Service's hot path as the real one does it: a lock, a cached dict, seconds left computed."""
+    """The Service's hot path as the real one does it: a lock, a cached dict, seconds left computed.
+    The rest of the service facade (agent/facade.py, checked by tests/test_facade.py) answers plainly."""
 
     version = "bench"
 
     def __init__(self) -> None:
+        self.logs = LogBuffer(10)
         self._lock = threading.Lock()
         now = time.time()
         self._tok = {"access_token": TOKEN, "token_type": "bearer", "expires_at": now + 21600.0,
@@ -50,15 +56,46 @@ class CachedService:
         t["expires_in"] = int(left)
         return t
 
+    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+        return self.token(min_ttl)
+
+    def not_ready_error(self) -> AgentError:
+        return NotReady("no token with that min_ttl in the benchmark", retry_after=1.0)
+
     def identity(self) -> dict:
         return {"x_device_info": "eyJtb2RlbCI6ImJlbmNoIn0=", "ap_device_identifier": "fingerprint YmVuY2g=",
                 "fields": {}}
 
-    def subscribe(self, cb) -> None:
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None,
+                     management: bool = False, uid: int | None = None) -> dict:
+        return {"decision": "ignored", "reason": "benchmark"}
+
+    def status(self) -> dict:
+        return {"state": "token_valid", "version": self.version, "token": None, "last_error": None}
+
+    def status_line(self) -> str:
+        return "holding a valid token"
+
+    def health(self) -> dict:
+        return {"live": True, "ready": True}
+
+    def subscribe(self, callback: Callable[[dict], None]) -> None:
         pass
 
-    def unsubscribe(self, cb) -> None:
+    def unsubscribe(self, callback: Callable[[dict], None]) -> None:
         pass
+
+    def request_refresh(self) -> None:
+        pass
+
+    def force_register(self) -> None:
+        pass
+
+    def reset_credentials(self) -> None:
+        pass
+
+    def config_view(self) -> dict:
+        return {}
 
 
 def _pin(cpu: int | None) -> None:

@@ -1,7 +1,7 @@
-"""Minimal stand-ins for agent.service.Service for the rpc and console harnesses.
+"""A stand-in for agent.service.Service for the rpc and console harnesses.
 
-Only what the fuzzed front ends call; fakes because the lifecycle is not what these harnesses
-exercise. The token and secret are distinctive so a harness can check that no answer carries them
+It implements the service facade (agent/facade.py, checked by tests/test_facade.py); a fake because
+the lifecycle is not what these harnesses exercise. The token and secret are distinctive so a harness can check that no answer carries them
 where it should not. Must never: block, sleep or do I/O.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from agent import dcr
-from agent.errors import NotReady
+from agent.errors import AgentError, NotReady
 from agent.log import LogBuffer
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmdXp6In0.ZnV6ei1zaWduYXR1cmUtbmV2ZXItbGVhaw"
@@ -32,15 +32,19 @@ class FakeService:
         return {"access_token": TOKEN, "token_type": "bearer", "expires_at": 1700021600.0, "expires_in": 21000,
                 "refresh_at": 1700010800.0}
 
-    def not_ready_error(self) -> NotReady:
+    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+        return self.token(min_ttl)  # never blocks: a harness must not sleep
+
+    def not_ready_error(self) -> AgentError:
         return NotReady("no access token yet: registration is in progress", retry_after=2.0, hint="wait")
 
     def identity(self) -> dict:
         return {"fields": {"model": "FuzzBox", "osName": "Linux"}, "x_device_info": "eyJtb2RlbCI6IkZ1enoifQ==",
                 "ap_device_identifier": "fingerprint ZnV6eg==", "device_id": "fuzz", "sources": {}, "warnings": []}
 
-    def report_error(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
-        decision, reason = dcr.classify_protected_error(status, body)  # the real classifier
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None,
+                     management: bool = False, uid: int | None = None) -> dict:
+        decision, reason = dcr.classify_protected_error(status, body, management=management)  # the real one
         return {"decision": decision, "reason": reason}
 
     def status(self) -> dict:

@@ -1,0 +1,81 @@
+"""The service facade: the one definition of what front ends may call on the agent's service.
+
+The socket server (agent/server.py, agent/rpc.py), the consoles (agent/console.py,
+agent/serialconsole.py) and the demo use only these members of `agent.service.Service`; every
+stand-in for it (tests/fakes.py, tests/console_fakes.py, tools/fuzz/fakes.py, tools/bench_socket.py)
+implements exactly this. tests/test_facade.py compares the signature of every member (parameter
+names, kinds, defaults and annotations) of the real Service and of each stand-in with this
+Protocol, so a stand-in that drifts from the real thing fails a test instead of passing tests the
+real Service would fail. `runtime_checkable` is deliberately not used: isinstance() checks only that
+the names exist, not the signatures.
+
+Every method returns at once and never waits on the network, except `wait_token` (for threads
+that may block; the daemon's loop never calls it). The owner-side operations (start, stop, reload,
+add_listener) are not part of the facade: only agent/daemon.py, which builds the Service, calls them.
+
+Must never: import anything beyond the standard library and agent.errors/agent.log (front ends
+import it on the hot path), or describe a method the real Service does not have.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from agent.errors import AgentError
+from agent.log import LogBuffer
+
+
+class ServiceFacade(Protocol):
+    """What a front end may use. Dicts are the JSON-shaped answers documented in docs/PROTOCOL.md."""
+
+    version: str  # the agent's version, for status displays
+    logs: LogBuffer  # the redacted log ring buffer (console `log`, live log follow)
+
+    def token(self, min_ttl: float = 0) -> dict | None:
+        """The held token with more than `min_ttl` s left, or None (a fetch is then scheduled); raises
+        AgentError(min_ttl_unsatisfiable) when no token Adobe issues can satisfy min_ttl."""
+
+    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+        """Like token(), blocking up to `timeout` s (only threads that may block)."""
+
+    def not_ready_error(self) -> AgentError:
+        """Why token() gave nothing: needs an operator, backing off, fetching... with retry_after."""
+
+    def identity(self) -> dict:
+        """The box's identity: fields, x_device_info, ap_device_identifier, device_id, sources, warnings."""
+
+    def report_error(self, status: int, body: Any = None, access_token: str | None = None,
+                     management: bool = False, uid: int | None = None) -> dict:
+        """A player's protected-API error; `uid` is the reporting peer's (None: in-process caller)."""
+
+    def status(self) -> dict:
+        """A secret-free status (agent.status)."""
+
+    def status_line(self) -> str:
+        """One line for systemd STATUS= and the console banner."""
+
+    def health(self) -> dict:
+        """{"live": bool, "ready": bool} (agent.health)."""
+
+    def subscribe(self, callback: Callable[[dict], None]) -> None:
+        """Call `callback(event)` from the worker thread on every token change (token.changed)."""
+
+    def unsubscribe(self, callback: Callable[[dict], None]) -> None:
+        """Stop calling `callback`; unknown callbacks are ignored."""
+
+    def request_refresh(self) -> None:
+        """An operator asks for a new token now (also cuts an operator wait)."""
+
+    def force_register(self) -> None:
+        """An operator asks for a new registration."""
+
+    def reset_credentials(self) -> None:
+        """An operator wipes the stored credentials; the agent registers afresh."""
+
+    def config_view(self) -> dict:
+        """The effective configuration for display, secrets masked (agent.config.view)."""
+
+
+# The facade's members, in the order above: what every implementation must have (tests, docs).
+ATTRIBUTES: tuple[str, ...] = tuple(ServiceFacade.__annotations__)
+METHODS: tuple[str, ...] = tuple(n for n, v in vars(ServiceFacade).items() if not n.startswith("_") and callable(v))
