@@ -44,6 +44,7 @@ from agent import __version__, consolehash
 from agent import clock as clockmod
 from agent import log as agent_log
 from agent.errors import AgentError
+from agent.facade import ServiceFacade
 
 CRLF = "\r\n"
 MAX_LINE = 256          # characters per input line; longer lines are refused, never stored
@@ -322,7 +323,7 @@ class Console:
     """One console session over one byte stream. Not thread-safe except the log-follow queue:
     call feed/poll/banner from a single thread."""
 
-    def __init__(self, service, *, password_hash: str | None = None, dumb: bool = False,
+    def __init__(self, service: ServiceFacade, *, password_hash: str | None = None, dumb: bool = False,
                  clock: Callable[[], float] = clockmod.now, idle_lock: float = 300.0,
                  prompt: str = "pass-agent> ") -> None:
         self.service = service

@@ -42,6 +42,7 @@ from typing import Any, Callable
 from agent import clock as _clock
 from agent import rpc
 from agent.errors import OPERATOR, RETRY, AgentError
+from agent.facade import ServiceFacade
 from agent.loop import Loop
 
 RECV_SIZE = 65536
@@ -207,7 +208,7 @@ class Server:
 
     def __init__(
         self,
-        service: Any,
+        service: ServiceFacade,
         loop: Loop,
         path: str,
         *,
