@@ -14,15 +14,14 @@ machine's interfaces when identifying a fixture root.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable
 
 import agent
-from agent import deviceinfo
+from agent import devfields, devfiles, deviceinfo
 from agent.errors import ConfigError, DeviceInfoError
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ _SIOCGIFADDR = 0x8915
 _LIST = "a list of strings"
 _SCHEMA: dict[str, dict[str, str]] = {
     "board": {"name": "a string", "description": "a string"},
-    "fields": {},  # X-Device-Info field names, checked by agent.deviceinfo.check_field
+    "fields": {},  # X-Device-Info field names, checked by agent.devfields.check_field
     "sources": {f: _LIST for f in deviceinfo.SOURCE_FIELDS},
     "identity": {"sources": _LIST},
     "network": {"interfaces": _LIST},
@@ -119,13 +118,13 @@ def _validate(data: dict, problems: list[str]) -> dict:
                 problems.append("[%s] %s: found %r, expected %s" % (table, key, value, keys[key]))
     for key, value in t["fields"].items():
         try:
-            deviceinfo.check_field(key, value)
+            devfields.check_field(key, value)
         except DeviceInfoError as e:
             problems.append("[fields] %s: %s" % (key, e.message))
     for table, key in [("sources", f) for f in t["sources"]] + [("identity", "sources")]:
         for spec in t[table].get(key, []) if _strings(t[table].get(key, [])) else []:
             try:
-                deviceinfo.parse_source(spec)
+                devfiles.parse_source(spec)
             except ValueError as e:
                 problems.append("[%s] %s: %s" % (table, key, e))
     storage = t["storage"].get("dir", "/var/lib/pass-agent")
@@ -249,48 +248,11 @@ class UnknownFieldsError(ValueError):
 
 def check_required(ident: dict) -> None:
     """Raise UnknownFieldsError naming every required field left `Unknown` and how to set it."""
-    unknown = deviceinfo.unknown_required(ident["fields"])
+    unknown = devfields.unknown_required(ident["fields"])
     if not unknown:
         return
     path = (ident.get("board") or {}).get("path") or "the board profile"
     detail = ("required X-Device-Info fields left %r: %s; Adobe classifies the box as an unknown platform "
-              "(more restrictive rules, shorter authentication TTLs)" % (deviceinfo.FALLBACK, ", ".join(unknown)))
-    fix = "; ".join("%s: %s" % (f, deviceinfo.HOW_TO_SET[f].replace("the board profile", path)) for f in unknown)
+              "(more restrictive rules, shorter authentication TTLs)" % (devfields.FALLBACK, ", ".join(unknown)))
+    fix = "; ".join("%s: %s" % (f, devfields.HOW_TO_SET[f].replace("the board profile", path)) for f in unknown)
     raise UnknownFieldsError(detail, fix)
-
-
-def device_info_command(device_cfg: DeviceConfig, decode: bool, explain: bool, out: TextIO,
-                        err: TextIO | None = None, ip_lookup: Callable[[str], str | None] | None = None) -> int:
-    """`pass-agent device-info [--decode] [--explain]`: 0 on success, 2 with a message on err
-    (default stderr) when the profile or the device information is invalid. --explain marks every
-    required field left `Unknown` (`pass-agent check` fails on them)."""
-    err = err or sys.stderr
-    try:
-        r = identify_for(device_cfg, ip_lookup=ip_lookup)
-    except (ConfigError, DeviceInfoError) as e:
-        err.write("pass-agent device-info: %s\n" % e)
-        return 2
-    if decode:
-        out.write(json.dumps(r["fields"], indent=2, ensure_ascii=False) + "\n")
-    else:
-        out.write("X-Device-Info: %s\n" % r["x_device_info"])
-    out.write("AP-Device-Identifier: %s\n" % r["ap_device_identifier"])
-    if explain:
-        out.write("\nboard: %s (%s)\nroot: %s\n" % (r["board"]["name"], r["board"]["path"], device_cfg.root or "/"))
-        out.write("fields:\n")
-        width = max(len(k) for k in r["fields"])
-        unknown = deviceinfo.unknown_required(r["fields"])
-        for key, value in r["fields"].items():
-            mark = ""
-            if key in unknown:
-                mark = ("   UNKNOWN: required; Adobe treats the box as an unknown platform. Set %s"
-                        % deviceinfo.HOW_TO_SET[key])
-            out.write("  %-*s = %-40s <- %s%s\n" % (width, key, json.dumps(value, ensure_ascii=False),
-                                                   r["sources"].get(key, "?"), mark))
-        for key, why in sorted(r.get("omitted", {}).items()):
-            out.write("  %-*s   (not sent: %s)\n" % (width, key, why))
-        out.write("device id: %s <- %s\n" % (r["device_id"], r["device_id_source"]))
-        out.write("warnings:%s\n" % ("" if r["warnings"] else " none"))
-        for w in r["warnings"]:
-            out.write("  - %s\n" % w)
-    return 0

@@ -1,9 +1,9 @@
-"""`pass-agent check`: validates the configuration, then the environment it needs, one line per check.
+"""The checks behind `pass-agent check` (agent/commands.py prints them): the environment a valid
+configuration needs, one result per check.
 
-Exit codes: 2 when the configuration itself is invalid, 1 when only an environment check fails,
-0 when everything passes. With `--as-user USER` (root only) the environment checks run in a child
-process that has dropped to USER's uid, gid and groups, so file permissions are tested as the
-service sees them. Must never: change anything on the box, or print a secret.
+With `--as-user USER` (root only) the environment checks run in a child process that has dropped to
+USER's uid, gid and groups, so file permissions are tested as the service sees them. Must never:
+change anything on the box, or print a secret.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import base64
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, Callable
 
-from agent import config as configmod
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -196,33 +195,18 @@ def _as_user(user: str, fn: Callable[[], list]) -> list:
                                                                 % (pw.pw_name, pw.pw_uid, pw.pw_gid), "")]
 
 
-def check_command(config_path: str | None, out: TextIO, as_user: str | None = None) -> int:
-    path = configmod.resolve_path(config_path)
+def run(cfg: Config, as_user: str | None = None) -> list:
+    """Every environment check of a valid configuration, as (name, ok, detail, fix) tuples; with
+    as_user (root only), run in a child process that has dropped to that user."""
+    if not as_user:
+        return run_checks(cfg)
+    # Everything run_checks imports lazily is imported now: the user may not read this Python's files.
+    import ssl  # noqa: F401
+
+    from agent import boards, deviceinfo, safedir, service  # noqa: F401
+
     try:
-        cfg = configmod.load(path)
-    except ConfigError as e:
-        for p in e.problems:
-            out.write("fail  config       %s: %s\n" % (path, p))
-        out.write("the configuration is invalid: fix the lines above (README.md, Configuration)\n")
-        return 2
-    out.write("ok    config       %s\n" % path)
-    failed = 0
-    if as_user:
-        # Everything run_checks imports lazily is imported now: the user may not read this Python's files.
-        import ssl  # noqa: F401
+        return _as_user(as_user, lambda: run_checks(cfg))
+    except _Problem as e:
+        return [("user", False, str(e), e.fix)]
 
-        from agent import boards, deviceinfo, safedir, service  # noqa: F401
-
-        try:
-            results = _as_user(as_user, lambda: run_checks(cfg))
-        except _Problem as e:
-            results = [("user", False, str(e), e.fix)]
-    else:
-        results = run_checks(cfg)
-    for name, ok, detail, hint in results:
-        out.write("%-5s %-12s %s\n" % ("ok" if ok else "fail", name, detail))
-        if not ok:
-            failed += 1
-            out.write("      %-12s fix: %s\n" % ("", hint))
-    out.write("all checks passed\n" if not failed else "%d check(s) failed\n" % failed)
-    return 1 if failed else 0

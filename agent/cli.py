@@ -1,4 +1,5 @@
-"""The `pass-agent` command line: argument parsing and dispatch only.
+"""The `pass-agent` command line: argument parsing, and dispatch through the COMMANDS table to
+agent/commands.py (which holds every subcommand).
 
 Exit codes: 0 success, 1 operational failure, 2 usage or configuration error (also a Python older
 than 3.9 or a missing runtime package: one line, checked before anything else is imported);
@@ -21,6 +22,12 @@ MIN_PYTHON = (3, 9)
 # What each command imports beyond the standard library (tomli: only where tomllib is missing).
 _NEEDS_CONFIG = ("run", "check", "reset", "device-info", "demo")
 _NEEDS_CRYPTO = ("run", "check", "reset", "demo")
+# Subcommand -> the agent.commands function that runs it (parsed arguments in, exit code out).
+COMMANDS = {"run": "run", "demo": "demo", "emulator": "emulator", "device-info": "device_info",
+            "token": "client", "headers": "client", "status": "status", "check": "check", "reset": "reset",
+            "console-hash": "console_hash"}
+# Subcommands that talk to the agent: their socket path is resolved here (--socket, else the config's).
+_SOCKET_COMMANDS = ("token", "headers", "status")
 
 
 def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info)) -> str | None:
@@ -137,18 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _emulator(argv: list[str]) -> int:
-    """`pass-agent emulator ARGS`: the emulator's own command line, when this build has it."""
-    if not has_emulator():
-        print("pass-agent: the emulator is not part of this build (the box's zipapp leaves it out); run it "
-              "where the pass-agent wheel is installed (pip install pass-agent) or from a source checkout",
-              file=sys.stderr)
-        return 1
-    from agent.emulator import cli as emucli
-
-    return emucli.main(argv)
-
-
 def _socket_path(args: argparse.Namespace) -> str:
     """--socket, else the configuration's [socket] path. Raises ConfigError when the configuration is
     invalid or a file named by --config or $PASS_AGENT_CONFIG is missing: guessing another socket would
@@ -172,11 +167,11 @@ def _forwarded(argv: list[str]) -> int | None:
     """`emulator` and `console-hash` own their arguments: hand them over before argparse sees them."""
     if not argv or argv[0] not in ("emulator", "console-hash"):
         return None
-    if argv[0] == "emulator":
-        return _emulator(argv[1:])
-    from agent.consolehash import console_hash_command
+    from agent import commands
 
-    return console_hash_command(argv[1:], sys.stdin, sys.stdout)
+    if argv[0] == "emulator":
+        return commands.emulator_command(argv[1:])
+    return commands.console_hash_command(argv[1:], sys.stdin, sys.stdout)
 
 
 def _command_of(argv: list) -> str | None:
@@ -201,81 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         parser.print_help()
         return 2
+    from agent import commands
+    from agent.errors import ConfigError
+
     try:
-        if cmd == "run":
-            from agent import daemon
-
-            return daemon.run(args.config)
-        if cmd == "demo":
-            from agent import demo
-
-            return demo.main(once=args.once, keep=args.keep)
-        if cmd == "emulator":
-            return _emulator(list(args.args))
-        if cmd == "device-info":
-            import dataclasses
-
-            from agent import boards
-            from agent import config as configmod
-            from agent.errors import ConfigError
-
-            try:
-                dev = configmod.load(args.config, check_files=False).device if args.config else \
-                    configmod.defaults().device
-            except ConfigError as e:
-                print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
-                return 2
-            if args.board:
-                dev = dataclasses.replace(dev, board=args.board)
-            if args.root:
-                dev = dataclasses.replace(dev, root=args.root)
-            return boards.device_info_command(dev, args.decode, args.explain, sys.stdout)
-        if cmd in ("status", "token", "headers"):
-            from agent.errors import ConfigError
-
-            try:
-                sock = _socket_path(args)
-            except ConfigError as e:
-                print("pass-agent: invalid configuration (pass --socket PATH to use a socket without it):\n%s" % e,
-                      file=sys.stderr)
-                return 2
-        if cmd == "status":
-            from agent.statusview import status_command
-
-            return status_command(sock, args.json, sys.stdout, sys.stderr)
-        if cmd in ("token", "headers"):
-            from agent.client import client_command
-
-            return client_command(cmd, sock, args.json, sys.stdout, min_ttl=args.min_ttl, wait=args.wait)
-        if cmd == "check":
-            from agent.check import check_command
-
-            return check_command(args.config, sys.stdout, as_user=args.as_user)
-        if cmd == "reset":
-            from agent import boards
-            from agent import config as configmod
-            from agent.errors import ConfigError
-            from agent.service import storage_dir
-            from agent.store import reset_command
-
-            try:
-                cfg = configmod.load(args.config, check_files=False)
-            except ConfigError as e:
-                print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
-                return 2
-            ident = boards.identify_for(cfg.device)
-            return reset_command(storage_dir(cfg, ident["board"]), ident["device_id"], args.yes, sys.stdin, sys.stdout,
-                                runtime_dir=cfg.storage.runtime_dir)
-        if cmd == "console-hash":
-            from agent.consolehash import console_hash_command
-
-            return console_hash_command(list(args.args), sys.stdin, sys.stdout)
+        if cmd in _SOCKET_COMMANDS:
+            args.socket = _socket_path(args)
+        return getattr(commands, COMMANDS[cmd])(args)
+    except ConfigError as e:  # every command that reads the configuration: one message, exit 2
+        print("pass-agent: invalid configuration%s:\n%s" % (
+            " (pass --socket PATH to use a socket without it)" if cmd in _SOCKET_COMMANDS else "", e),
+            file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 1
-    parser.print_help()
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

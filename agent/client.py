@@ -1,4 +1,5 @@
-"""A small blocking client for the agent's socket, and the `pass-agent token|headers|status` commands.
+"""A small blocking client for the agent's socket (the `pass-agent token|headers|status` commands are
+in agent/commands.py).
 
 Job: connect to the Unix socket, send JSON-RPC requests one line each, read the matching answer
 (keeping `token.changed` notifications for `subscribe()`), and turn error answers back into
@@ -19,9 +20,8 @@ import collections
 import errno
 import json
 import socket
-import sys
 import time
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator
 
 from agent.errors import OPERATOR, RETRY, AgentError
 
@@ -229,17 +229,6 @@ class Client:
                 raise RpcCallError(str(err.get("message")), int(err.get("code", 0)), err.get("data"))
 
 
-# -- the CLI commands ----------------------------------------------------------------------------
-
-
-def _when(epoch: Any) -> str:
-    if not isinstance(epoch, (int, float)):
-        return "-"
-    left = epoch - time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-    return "%s (in %ds)" % (stamp, left) if left >= 0 else "%s (%ds ago)" % (stamp, -left)
-
-
 def scrub(obj: Any) -> Any:
     """A copy of `obj` without secret-named keys: status output must never carry a secret."""
     if isinstance(obj, dict):
@@ -247,72 +236,3 @@ def scrub(obj: Any) -> Any:
     if isinstance(obj, list):
         return [scrub(v) for v in obj]
     return obj
-
-
-def _print_status(st: dict, out: TextIO) -> None:
-    tok = st.get("token") or {}
-    rows = [
-        ("state", "%s (%s)" % (st.get("state"), st["state_text"]) if st.get("state_text") else st.get("state")),
-        ("version", st.get("version")),
-        ("uptime", "%ds" % st["uptime"] if isinstance(st.get("uptime"), (int, float)) else "-"),
-        ("registered at", _when(st.get("registered_at"))),
-        ("client id", st.get("client_id_hint") or "-"),
-        ("token expires", _when(tok.get("expires_at")) if tok else "no token"),
-        ("token refresh", _when(tok.get("refresh_at")) if tok else "-"),
-    ]
-    err = st.get("last_error")
-    if err:
-        rows.append(("last error", "%s [%s]: %s" % (err.get("code"), err.get("kind"), err.get("message"))))
-    for group in ("upstream", "store"):
-        d = st.get(group)
-        if isinstance(d, dict) and d:
-            rows.append((group, ", ".join("%s=%s" % kv for kv in sorted(d.items()))))
-    for k, v in rows:
-        out.write("%-14s %s\n" % (k + ":", "-" if v is None else v))
-
-
-def client_command(
-    name: str,
-    socket_path: str,
-    as_json: bool,
-    out: TextIO,
-    min_ttl: float | None = None,
-    wait: float | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """`pass-agent token|headers|status`: print the answer; 0 on success, 1 on any failure."""
-    err = err or sys.stderr
-    if name not in ("token", "headers", "status"):
-        err.write("pass-agent: unknown client command %r (expected token, headers or status)\n" % name)
-        return 2
-    started = time.monotonic()
-    try:
-        # --wait covers an agent that is still starting (no socket yet) as well as a first token.
-        with Client(socket_path, connect_wait=wait or 0.0) as c:
-            if wait:
-                wait = max(0.0, wait - (time.monotonic() - started))
-            if name == "token":
-                res = c.token(min_ttl, wait)
-            elif name == "headers":
-                res = c.headers(min_ttl, wait)
-            else:
-                res = scrub(c.status())
-    except AgentError as e:
-        extra = ""
-        if e.retry_after is not None:
-            extra = "; retry in %gs" % e.retry_after
-        err.write("pass-agent %s: %s [%s, %s%s]\n" % (name, e, e.code, e.kind, extra))
-        return 1
-    if as_json:
-        out.write(json.dumps(res, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    elif name == "token":
-        out.write("access_token: %s\n" % res.get("access_token"))
-        out.write("token_type:   %s\n" % res.get("token_type"))
-        out.write("expires_at:   %s\n" % _when(res.get("expires_at")))
-        out.write("refresh_at:   %s\n" % _when(res.get("refresh_at")))
-    elif name == "headers":
-        for k, v in (res.get("headers") or {}).items():
-            out.write("%s: %s\n" % (k, v))  # ready for curl -H
-    else:
-        _print_status(res, out)
-    return 0

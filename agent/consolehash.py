@@ -14,15 +14,11 @@ ConfigError naming `console.password_hash`).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import getpass
 import hashlib
 import hmac
 import os
-import sys
-from typing import IO
 
 from agent.errors import ConfigError
 
@@ -116,40 +112,3 @@ def verify(pw: str, h: str | dict) -> bool:
     except (ValueError, MemoryError):
         return False
     return hmac.compare_digest(dk, d["hash"])
-
-
-def console_hash_command(argv: list[str], inp: IO[str] | None = None, out: IO[str] | None = None) -> int:
-    """`pass-agent console-hash [--stdin] [--scheme S]`: print a hash line for console.password_hash.
-
-    argv: the arguments after `console-hash`. Interactive: asks twice without echo (getpass).
-    With --stdin: reads one line from `inp` (for scripts and image builds). Exit 0 ok, 1 mismatch, 2 usage.
-    """
-    inp = inp if inp is not None else sys.stdin
-    out = out if out is not None else sys.stdout
-    ap = argparse.ArgumentParser(prog="pass-agent console-hash",
-                                 description="Print a salted hash to put in console.password_hash.")
-    ap.add_argument("--stdin", action="store_true", help="read the password from one line of standard input")
-    ap.add_argument("--scheme", choices=("scrypt", "pbkdf2_sha256"), default="scrypt")
-    try:
-        args = ap.parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    if args.stdin:
-        line = inp.readline()
-        pw = line[:-1] if line.endswith("\n") else line
-        pw = pw[:-1] if pw.endswith("\r") else pw
-    else:
-        if not (hasattr(inp, "isatty") and inp.isatty()):
-            print("console-hash: standard input is not a terminal; pass --stdin to read the password "
-                  "from it", file=sys.stderr)
-            return 2
-        pw = getpass.getpass("New console password: ")
-        if getpass.getpass("Repeat it: ") != pw:
-            print("console-hash: the two passwords differ; nothing printed, run it again", file=sys.stderr)
-            return 1
-    if not pw:
-        print("console-hash: empty password; choose a non-empty one", file=sys.stderr)
-        return 2
-    out.write(hash_password(pw, args.scheme) + "\n")
-    out.flush()
-    return 0

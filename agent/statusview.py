@@ -1,5 +1,5 @@
-"""`pass-agent status`: the agent's `agent.status` answer as readable lines, and an exit code that
-says whether the agent holds a valid token.
+"""`pass-agent status`'s view: the agent's `agent.status` answer as readable lines, and the exit code
+that says whether the agent holds a valid token (agent/commands.py runs the command).
 
 Exit codes: 0 a valid token is held, 3 the agent answers but holds no valid token (registering,
 backing off, waiting for an operator), 1 the agent cannot be asked (not running, no permission).
@@ -9,9 +9,8 @@ Must never: print a secret (the answer is scrubbed of secret-named keys first) o
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any, TextIO
+from typing import Any
 
 EXIT_TOKEN, EXIT_UNAVAILABLE, EXIT_NO_TOKEN = 0, 1, 3
 
@@ -122,25 +121,3 @@ def lines(st: dict, now: float | None = None) -> list[tuple[str, str]]:
 
 def has_token(st: dict) -> bool:
     return isinstance(st.get("token"), dict) and bool(st["token"])
-
-
-def status_command(socket_path: str, as_json: bool, out: TextIO, err: TextIO) -> int:
-    from agent.client import Client, scrub
-    from agent.errors import AgentError
-
-    try:
-        with Client(socket_path) as c:
-            st = scrub(c.status())
-    except AgentError as e:
-        extra = "; retry in %gs" % e.retry_after if e.retry_after is not None else ""
-        err.write("pass-agent status: %s [%s, %s%s]\n" % (e, e.code, e.kind, extra))
-        return EXIT_UNAVAILABLE
-    if not isinstance(st, dict):
-        err.write("pass-agent status: the agent at %s answered something that is not a status\n" % socket_path)
-        return EXIT_UNAVAILABLE
-    if as_json:
-        out.write(json.dumps(st, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    else:
-        for label, text in lines(st):
-            out.write("%-13s %s\n" % (label + ":", text))
-    return EXIT_TOKEN if has_token(st) else EXIT_NO_TOKEN

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from agent import rpc
-from agent.client import Client, RpcCallError, client_command
+from agent.client import Client, RpcCallError
+from agent.commands import client_command
 from agent.errors import AgentError, UpstreamError
 
 try:

@@ -16,7 +16,8 @@ import time
 import pytest
 
 from agent import consolehash
-from agent.consolehash import console_hash_command, hash_password, parse, verify
+from agent.commands import console_hash_command
+from agent.consolehash import hash_password, parse, verify
 from agent.errors import ConfigError
 
 
@@ -108,7 +109,7 @@ def _read_until(fd: int, pattern: bytes, buf: bytearray, limit: float = 60.0) ->
 
 def _spawn_on_pty():
     master, slave = os.openpty()
-    code = "import sys; from agent.consolehash import console_hash_command; sys.exit(console_hash_command([]))"
+    code = "import sys; from agent.commands import console_hash_command; sys.exit(console_hash_command([]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
         start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))

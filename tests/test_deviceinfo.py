@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+from agent import devfields, devfiles
 from agent import deviceinfo as di
 from agent.errors import DeviceInfoError
 
@@ -40,7 +41,7 @@ def test_encode_is_padded_standard_base64_of_compact_json_in_reference_order():
     fields = {"connectionType": "WiFi", "model": "Box+/?", "osVersion": "1", "osName": "Linux",
               "version": "2", "primaryHardwareType": "SetTopBox", "displayWidth": 1920,
               "diagonalScreenSize": 54.6, "connectionSecure": True}
-    value = di.encode(fields)
+    value = devfields.encode(fields)
     raw = base64.b64decode(value, validate=True)
     assert "\n" not in value and len(value) % 4 == 0
     assert raw == (b'{"primaryHardwareType":"SetTopBox","model":"Box+/?","version":"2","osName":"Linux",'
@@ -50,7 +51,7 @@ def test_encode_is_padded_standard_base64_of_compact_json_in_reference_order():
 
 
 def test_encode_keeps_non_ascii_as_utf8_and_escapes_quotes():
-    value = di.encode(dict(MINIMAL, manufacturer='Société "Générale" \\ 東芝'))
+    value = devfields.encode(dict(MINIMAL, manufacturer='Société "Générale" \\ 東芝'))
     raw = base64.b64decode(value)
     assert 'Société \\"Générale\\" \\\\ 東芝'.encode() in raw
     assert json.loads(raw.decode("utf-8"))["manufacturer"] == 'Société "Générale" \\ 東芝'
@@ -58,9 +59,9 @@ def test_encode_keeps_non_ascii_as_utf8_and_escapes_quotes():
 
 def test_decode_round_trips_and_orders_fields():
     fields = dict(MINIMAL, osFamily="Linux", applicationId="app", displayPpi=40)
-    out = di.decode(di.encode(fields))
+    out = devfields.decode(devfields.encode(fields))
     assert out == fields
-    assert list(out) == [k for k in di.FIELD_ORDER if k in fields]
+    assert list(out) == [k for k in devfields.FIELD_ORDER if k in fields]
 
 
 @pytest.mark.parametrize("field,value", [
@@ -75,17 +76,17 @@ def test_decode_round_trips_and_orders_fields():
 ])
 def test_encode_refuses_bad_values_naming_the_field(field, value):
     with pytest.raises(DeviceInfoError) as e:
-        di.encode(dict(MINIMAL, **{field: value}))
+        devfields.encode(dict(MINIMAL, **{field: value}))
     assert repr(field) in str(e.value)
     assert e.value.code == "device_info_invalid"
 
 
-@pytest.mark.parametrize("missing", di.REQUIRED)
+@pytest.mark.parametrize("missing", devfields.REQUIRED)
 def test_encode_refuses_missing_required_field(missing):
     fields = dict(MINIMAL)
     del fields[missing]
     with pytest.raises(DeviceInfoError, match=missing):
-        di.encode(fields)
+        devfields.encode(fields)
 
 
 @pytest.mark.parametrize("value", [
@@ -98,27 +99,27 @@ def test_encode_refuses_missing_required_field(missing):
 ])
 def test_decode_rejects_invalid_values(value):
     with pytest.raises(DeviceInfoError):
-        di.decode(value)
+        devfields.decode(value)
 
 
 # ---------------------------------------------------------------- parsers
 
 def test_parse_cpuinfo_reads_tab_separated_keys_and_keeps_first():
     text = "processor\t: 0\nCPU revision\t: 3\n\nprocessor\t: 1\nHardware\t: BCM2711\nRevision\t: c03111\n"
-    info = di.parse_cpuinfo(text)
+    info = devfiles.parse_cpuinfo(text)
     assert info["Hardware"] == "BCM2711" and info["Revision"] == "c03111"
     assert info["processor"] == "0" and info["CPU revision"] == "3"
 
 
 def test_parse_keyvalue_handles_quotes_and_colon_form():
     text = 'NAME="Debian GNU/Linux"\nVERSION_ID="12"\nX=\'single\'\nimagename:IMG_1\nVERSION=7.2\nID=debian\n'
-    assert di.parse_keyvalue(text, "NAME") == "Debian GNU/Linux"
-    assert di.parse_keyvalue(text, "VERSION_ID") == "12"
-    assert di.parse_keyvalue(text, "VERSION") == "7.2"  # not confused by VERSION_ID
-    assert di.parse_keyvalue(text, "X") == "single"
-    assert di.parse_keyvalue(text, "imagename") == "IMG_1"
-    assert di.parse_keyvalue(text, "ID") == "debian"
-    assert di.parse_keyvalue(text, "MISSING") is None
+    assert devfiles.parse_keyvalue(text, "NAME") == "Debian GNU/Linux"
+    assert devfiles.parse_keyvalue(text, "VERSION_ID") == "12"
+    assert devfiles.parse_keyvalue(text, "VERSION") == "7.2"  # not confused by VERSION_ID
+    assert devfiles.parse_keyvalue(text, "X") == "single"
+    assert devfiles.parse_keyvalue(text, "imagename") == "IMG_1"
+    assert devfiles.parse_keyvalue(text, "ID") == "debian"
+    assert devfiles.parse_keyvalue(text, "MISSING") is None
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -126,28 +127,28 @@ def test_parse_keyvalue_handles_quotes_and_colon_form():
     ("garbage", None), ("x1080", None), ("99999x1", None), (None, None),
 ])
 def test_parse_mode(text, expected):
-    assert di.parse_mode(text) == expected
+    assert devfiles.parse_mode(text) == expected
 
 
 def test_parse_edid_reads_fixture_sizes_and_checks_checksum():
     with open(os.path.join(FIXTURES, "raspberrypi/sys/class/drm/card0-HDMI-A-1/edid"), "rb") as f:
         edid = f.read()
     assert len(edid) == 128
-    assert di.parse_edid(edid) == {"width_mm": 1210, "height_mm": 680}
+    assert devfiles.parse_edid(edid) == {"width_mm": 1210, "height_mm": 680}
     broken = bytearray(edid)
     broken[30] ^= 0xFF  # checksum no longer adds up
-    assert di.parse_edid(bytes(broken)) is None
-    assert di.parse_edid(edid[:100]) is None
-    assert di.parse_edid(b"\x00" * 128) is None
+    assert devfiles.parse_edid(bytes(broken)) is None
+    assert devfiles.parse_edid(edid[:100]) is None
+    assert devfiles.parse_edid(b"\x00" * 128) is None
 
 
 def test_parse_edid_falls_back_to_cm_when_descriptor_disagrees():
     with open(os.path.join(FIXTURES, "generic-linux/sys/class/drm/card0-HDMI-A-1/edid"), "rb") as f:
         edid = bytearray(f.read())
-    assert di.parse_edid(bytes(edid)) == {"width_mm": 527, "height_mm": 296}  # descriptor's mm
+    assert devfiles.parse_edid(bytes(edid)) == {"width_mm": 527, "height_mm": 296}  # descriptor's mm
     edid[54 + 14] &= 0x0F  # descriptor width loses its high nibble: 15 mm, far from 53 cm in byte 21
     edid[127] = (-sum(edid[:127])) % 256  # keep the checksum valid
-    assert di.parse_edid(bytes(edid)) == {"width_mm": 530, "height_mm": 300}
+    assert devfiles.parse_edid(bytes(edid)) == {"width_mm": 530, "height_mm": 300}
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -156,24 +157,24 @@ def test_parse_edid_falls_back_to_cm_when_descriptor_disagrees():
     ("01:00:5e:00:00:01", None), ("dc:a6:32:12:34", None), ("zz:a6:32:12:34:56", None),
 ])
 def test_parse_mac(text, expected):
-    assert di.parse_mac(text) == expected
+    assert devfiles.parse_mac(text) == expected
 
 
 @pytest.mark.parametrize("spec", ["", "bogus:x", "dmi", "dmi:../../etc/passwd", "file:relative",
                                   "keyvalue:/etc/x", "machine-id:x", "device-tree:a/b", 7])
 def test_parse_source_rejects_bad_specs(spec):
     with pytest.raises(ValueError):
-        di.parse_source(spec)
+        devfiles.parse_source(spec)
 
 
 def test_clean_and_junk():
-    assert di.clean("Raspberry Pi 4\x00") == "Raspberry Pi 4"
-    assert di.clean("  a\t b  \n second") == "a b"
-    assert di.clean("To be filled by O.E.M.") is None
-    assert di.clean("0000000000000000") is None
-    assert di.clean("00000000-0000-0000-0000-000000000000") is None
-    assert di.clean("x" * 500) is None
-    assert di.to_text(b"ab\xffcd") == "abcd"
+    assert devfiles.clean("Raspberry Pi 4\x00") == "Raspberry Pi 4"
+    assert devfiles.clean("  a\t b  \n second") == "a b"
+    assert devfiles.clean("To be filled by O.E.M.") is None
+    assert devfiles.clean("0000000000000000") is None
+    assert devfiles.clean("00000000-0000-0000-0000-000000000000") is None
+    assert devfiles.clean("x" * 500) is None
+    assert devfiles.to_text(b"ab\xffcd") == "abcd"
 
 
 # ---------------------------------------------------------------- identify on a tree
@@ -182,8 +183,8 @@ def test_identify_result_shape(pi_root):
     r = di.identify(root=pi_root)
     assert set(r) == {"fields", "x_device_info", "ap_device_identifier", "device_id", "device_id_source",
                       "sources", "warnings", "device_id_warnings", "omitted"}
-    assert di.decode(r["x_device_info"]) == r["fields"]
-    assert list(r["fields"]) == [k for k in di.FIELD_ORDER if k in r["fields"]]
+    assert devfields.decode(r["x_device_info"]) == r["fields"]
+    assert list(r["fields"]) == [k for k in devfields.FIELD_ORDER if k in r["fields"]]
     assert set(r["sources"]) == set(r["fields"])
 
 
@@ -199,7 +200,7 @@ def test_overrides_win_over_profile_and_sources(pi_root):
     r = di.identify(root=pi_root, profile=profile, application_id="app-from-config",
                     overrides={"model": "Operator Box 2", "manufacturer": "Operator", "applicationId": "over",
                                "primaryHardwareType": "MediaPlayer", "connectionSecure": True})
-    f = di.decode(r["x_device_info"])
+    f = devfields.decode(r["x_device_info"])
     assert f["model"] == "Operator Box 2" and f["manufacturer"] == "Operator"
     assert f["applicationId"] == "over" and f["primaryHardwareType"] == "MediaPlayer"
     assert f["connectionSecure"] is True
@@ -413,4 +414,4 @@ def test_default_root_reads_this_machine_without_crashing():
     except DeviceInfoError as e:
         assert "no stable device identifier" in str(e)
     else:
-        assert di.decode(r["x_device_info"]) == r["fields"]
+        assert devfields.decode(r["x_device_info"]) == r["fields"]

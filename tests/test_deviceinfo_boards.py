@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from agent import boards, config
+from agent import boards, commands, config, devfields
 from agent import deviceinfo as di
 from agent.errors import ConfigError, DeviceInfoError
 
@@ -152,7 +152,7 @@ def test_broadcom_identity_survives_wifi_to_ethernet_switch(tmp_path):
 def test_overrides_from_config_win(tmp_path):
     r = boards.identify_for(cfg("amlogic-s905x", overrides={"manufacturer": "Acme TV", "vendor": "Acme Telecom",
                                                             "model": "Acme 4K"}))
-    f = di.decode(r["x_device_info"])
+    f = devfields.decode(r["x_device_info"])
     assert (f["manufacturer"], f["vendor"], f["model"]) == ("Acme TV", "Acme Telecom", "Acme 4K")
 
 
@@ -225,17 +225,17 @@ def test_unknown_board_lists_known_ones():
 
 def test_device_info_command_plain():
     out = io.StringIO()
-    assert boards.device_info_command(cfg("raspberrypi"), False, False, out) == 0
+    assert commands.device_info_command(cfg("raspberrypi"), False, False, out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("X-Device-Info: ") and lines[1].startswith("AP-Device-Identifier: fingerprint ")
     value = lines[0].split(": ", 1)[1]
-    assert di.decode(value)["model"] == "Raspberry Pi 4 Model B Rev 1.1"
+    assert devfields.decode(value)["model"] == "Raspberry Pi 4 Model B Rev 1.1"
 
 
 def test_device_info_command_decode_and_explain():
     out = io.StringIO()
-    assert boards.device_info_command(cfg("broadcom-rdk"), True, True, out) == 0
+    assert commands.device_info_command(cfg("broadcom-rdk"), True, True, out) == 0
     text = out.getvalue()
     decoded = json.loads(text[:text.index("\n}") + 2])
     assert decoded["model"] == "STB7271A" and decoded["connectionType"] == "WiFi"
@@ -247,17 +247,17 @@ def test_device_info_command_decode_and_explain():
 
 def test_device_info_command_errors_exit_2():
     out, err = io.StringIO(), io.StringIO()
-    assert boards.device_info_command(cfg("nope"), False, False, out, err) == 2
+    assert commands.device_info_command(cfg("nope"), False, False, out, err) == 2
     assert "nope" in err.getvalue() and out.getvalue() == ""
     err = io.StringIO()
     bad = cfg("raspberrypi", overrides={"osName": "Raspbian"})
-    assert boards.device_info_command(bad, False, False, out, err) == 2
+    assert commands.device_info_command(bad, False, False, out, err) == 2
     assert "osName" in err.getvalue() and "Raspbian" in err.getvalue()
 
 
 def test_device_info_command_no_identity_exit_2(tmp_path):
     err = io.StringIO()
-    assert boards.device_info_command(cfg("broadcom-rdk", str(tmp_path)), False, True, io.StringIO(), err) == 2
+    assert commands.device_info_command(cfg("broadcom-rdk", str(tmp_path)), False, True, io.StringIO(), err) == 2
     assert "no stable device identifier" in err.getvalue()
 
 
@@ -332,7 +332,7 @@ def test_shipped_board_fills_every_required_field_on_its_fixture(board):
     """A board profile shipped here that leaves a required field `Unknown` on its own fixture fails."""
     r = boards.identify_for(cfg(board, application_id=None))
     assert unknown_required(r["fields"]) == [], r["sources"]
-    assert di.unknown_required(r["fields"]) == []
+    assert devfields.unknown_required(r["fields"]) == []
     assert not any("unknown platform" in w for w in r["warnings"])
 
 
@@ -343,7 +343,7 @@ def test_a_board_that_leaves_a_field_unknown_is_caught(tmp_path, monkeypatch):
     monkeypatch.setenv(boards.ENV_BOARD_DIR, str(tmp_path))
     r = boards.identify_for(cfg("raspberrypi"))
     assert unknown_required(r["fields"]) == ["model", "version"]
-    assert di.unknown_required(r["fields"]) == ["model", "version"]
+    assert devfields.unknown_required(r["fields"]) == ["model", "version"]
     text = "\n".join(r["warnings"])
     assert "model" in text and "version" in text and "unknown platform" in text
 
@@ -359,7 +359,7 @@ def _no_network_root(tmp_path) -> str:
 
 def test_explain_marks_unknown_required_fields(tmp_path):
     out = io.StringIO()
-    assert boards.device_info_command(cfg("raspberrypi", _no_network_root(tmp_path)), True, True, out) == 0
+    assert commands.device_info_command(cfg("raspberrypi", _no_network_root(tmp_path)), True, True, out) == 0
     text = out.getvalue()
     marked = [ln for ln in text.splitlines() if "UNKNOWN" in ln]
     assert len(marked) == 3, text
@@ -373,7 +373,7 @@ def test_explain_marks_unknown_required_fields(tmp_path):
 def test_explain_says_why_connection_ip_is_left_out():
     out = io.StringIO()
     dev = cfg("raspberrypi")
-    assert boards.device_info_command(dev, False, True, out, ip_lookup=lambda n: "192.168.1.20") == 0
+    assert commands.device_info_command(dev, False, True, out, ip_lookup=lambda n: "192.168.1.20") == 0
     assert "connectionIp" in out.getvalue() and "192.168.1.20" in out.getvalue() and "private" in out.getvalue()
 
 
@@ -387,7 +387,7 @@ def _check_config(tmp_path, root: str, statement: str) -> str:
 
 
 def test_check_fails_naming_each_unknown_field_and_how_to_set_it(tmp_path, statement_file):
-    from agent.check import check_command
+    from agent.commands import check_command
 
     out = io.StringIO()
     rc = check_command(_check_config(tmp_path, _no_network_root(tmp_path), statement_file), out)
@@ -403,14 +403,14 @@ def test_check_fails_naming_each_unknown_field_and_how_to_set_it(tmp_path, state
 
 
 def test_check_passes_on_a_complete_fixture(tmp_path, statement_file):
-    from agent.check import check_command
+    from agent.commands import check_command
 
     out = io.StringIO()
     assert check_command(_check_config(tmp_path, os.path.join(FIXTURES, "raspberrypi"), statement_file), out) == 0
 
 
 def test_check_fails_on_a_private_connection_ip_override(tmp_path, statement_file):
-    from agent.check import check_command
+    from agent.commands import check_command
 
     path = _check_config(tmp_path, os.path.join(FIXTURES, "raspberrypi"), statement_file)
     with open(path, "a") as f:

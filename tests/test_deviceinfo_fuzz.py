@@ -10,7 +10,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import boards
+from agent import boards, devfields, devfiles, netinfo
 from agent import deviceinfo as di
 from agent.errors import DeviceInfoError
 
@@ -61,9 +61,9 @@ def plant(root, rel, content):
 
 
 def check(result):
-    decoded = di.decode(result["x_device_info"])
+    decoded = devfields.decode(result["x_device_info"])
     assert decoded == result["fields"]
-    for key in di.REQUIRED:
+    for key in devfields.REQUIRED:
         assert decoded[key]
     assert result["ap_device_identifier"].startswith("fingerprint ")
     assert 4 < len(result["device_id"]) < 80
@@ -91,31 +91,31 @@ def test_garbage_never_crashes(board, plan):
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=400))
 def test_parsers_accept_any_bytes(data):
-    text = di.to_text(data)
+    text = devfiles.to_text(data)
     assert isinstance(text, str)
-    di.clean(text)
-    di.parse_cpuinfo(text)
-    di.parse_keyvalue(text, "ID")
-    di.parse_mode(text)
-    di.parse_mac(text)
-    di.parse_edid(data)
-    di.parse_route(text)
-    di.parse_ipv6_route(text)
-    di.parse_edid(b"\x00\xff\xff\xff\xff\xff\xff\x00" + data)
+    devfiles.clean(text)
+    devfiles.parse_cpuinfo(text)
+    devfiles.parse_keyvalue(text, "ID")
+    devfiles.parse_mode(text)
+    devfiles.parse_mac(text)
+    devfiles.parse_edid(data)
+    netinfo.parse_route(text)
+    netinfo.parse_ipv6_route(text)
+    devfiles.parse_edid(b"\x00\xff\xff\xff\xff\xff\xff\x00" + data)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=60))
 def test_decode_any_string_is_dict_or_device_info_error(value):
     try:
-        out = di.decode(value)
+        out = devfields.decode(value)
     except DeviceInfoError:
         return
     assert isinstance(out, dict)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.sampled_from(di.FIELD_ORDER + ("type", "browserName")),
+@given(st.dictionaries(st.sampled_from(devfields.FIELD_ORDER + ("type", "browserName")),
                        st.one_of(st.text(max_size=20), st.integers(-5, 70000), st.floats(allow_nan=True),
                                  st.floats(0, 0.02), st.floats(999999, 1000001),
                                  st.booleans(), st.none()), max_size=8))
@@ -123,11 +123,11 @@ def test_encode_is_valid_json_or_refuses(overrides):
     fields = dict({"model": "M", "version": "1", "osName": "Linux", "osVersion": "1", "connectionType": "LAN"},
                   **overrides)
     try:
-        value = di.encode(fields)
+        value = devfields.encode(fields)
     except DeviceInfoError as e:
         assert "X-Device-Info" in str(e)
         return
-    decoded = di.decode(value)
+    decoded = devfields.decode(value)
     assert set(decoded) == set(fields)
     for key, v in fields.items():
         if isinstance(v, float):  # emitted with two decimals

@@ -15,7 +15,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import deviceinfo as di
+from agent import devfields, devfiles, netinfo
 from agent.errors import DeviceInfoError
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), st.floats(), st.text(max_size=30),
@@ -23,7 +23,7 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), 
 values = st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=3),
                                                       st.dictionaries(st.text(max_size=8), kids, max_size=3)),
                       max_leaves=8)
-keys = st.one_of(st.sampled_from(di.FIELD_ORDER + ("type", "browserName", "userAgent")), st.text(max_size=12))
+keys = st.one_of(st.sampled_from(devfields.FIELD_ORDER + ("type", "browserName", "userAgent")), st.text(max_size=12))
 BASE = {"model": "M", "version": "1", "osName": "Linux", "osVersion": "5.4", "connectionType": "LAN"}
 docs = st.one_of(
     st.dictionaries(keys, values, max_size=3).map(lambda d: json.dumps(dict(BASE, **d)).encode()),
@@ -42,15 +42,15 @@ def test_decode_valid_base64(raw: bytes, pad: bool) -> None:
     if not pad:
         value = value.rstrip("=")
     try:
-        out = di.decode(value)
+        out = devfields.decode(value)
     except DeviceInfoError as e:
         assert "X-Device-Info" in str(e)
         return
     assert isinstance(out, dict)
-    for k in di.REQUIRED:
+    for k in devfields.REQUIRED:
         assert out[k]
     # What decode accepts, encode re-emits identically (after field ordering).
-    assert di.decode(di.encode(out)) == out
+    assert devfields.decode(devfields.encode(out)) == out
 
 
 def edid_block(body: bytes) -> bytes:
@@ -63,7 +63,7 @@ def edid_block(body: bytes) -> bytes:
 @given(body=st.binary(min_size=0, max_size=119), tail=st.binary(max_size=64))
 def test_parse_edid_valid_blocks(body: bytes, tail: bytes) -> None:
     block = edid_block(body)
-    r = di.parse_edid(block + tail)
+    r = devfiles.parse_edid(block + tail)
     if r is not None:
         assert set(r) == {"width_mm", "height_mm"}
         assert 0 < r["width_mm"] <= 2560 + 10 and 0 < r["height_mm"] <= 2560 + 10
@@ -73,30 +73,30 @@ def test_parse_edid_valid_blocks(body: bytes, tail: bytes) -> None:
 @given(field=keys, value=values)
 def test_check_field_any(field: str, value: object) -> None:
     try:
-        out = di.check_field(field, value)
+        out = devfields.check_field(field, value)
     except DeviceInfoError as e:
         assert "X-Device-Info field" in str(e) and e.hint
         return
     assert out == value
-    json.loads(di._json_value(out))  # what will be emitted is valid JSON
+    json.loads(devfields._json_value(out))  # what will be emitted is valid JSON
 
 
 @settings(max_examples=300, deadline=None)
 @given(spec=st.one_of(st.text(max_size=40),
-                      st.tuples(st.sampled_from(di.SOURCE_KINDS), st.text(max_size=20)).map(lambda t: "%s:%s" % t),
-                      st.sampled_from(di.SOURCE_KINDS)))
+                      st.tuples(st.sampled_from(devfiles.SOURCE_KINDS), st.text(max_size=20)).map(lambda t: "%s:%s" % t),
+                      st.sampled_from(devfiles.SOURCE_KINDS)))
 def test_parse_source_any(spec: str) -> None:
     try:
-        kind, arg = di.parse_source(spec)
+        kind, arg = devfiles.parse_source(spec)
     except ValueError as e:
         assert "source" in str(e)
         return
-    assert kind in di.SOURCE_KINDS and isinstance(arg, str)
+    assert kind in devfiles.SOURCE_KINDS and isinstance(arg, str)
 
 
 def test_fixed_decode_deep_json() -> None:
     try:
-        di.decode(base64.b64encode(b"[" * 45000).decode())
+        devfields.decode(base64.b64encode(b"[" * 45000).decode())
     except DeviceInfoError:
         pass
 
@@ -106,7 +106,7 @@ def test_fixed_edid_zero_mm_side() -> None:
     body[21 - 8], body[22 - 8] = 60, 1            # 60 x 1 cm
     body[54 - 8], body[55 - 8] = 1, 1             # a pixel clock: a timing descriptor
     body[66 - 8], body[67 - 8], body[68 - 8] = 0x58, 0, 0x20  # 600 x 0 mm
-    r = di.parse_edid(edid_block(bytes(body)))
+    r = devfiles.parse_edid(edid_block(bytes(body)))
     assert r is None or (r["width_mm"] > 0 and r["height_mm"] > 0)
 
 
@@ -120,25 +120,25 @@ route_text = st.one_of(st.text(max_size=200),
 @settings(max_examples=300, deadline=None)
 @given(text=route_text)
 def test_route_parsers_any_text(text: str) -> None:
-    for parse in (di.parse_route, di.parse_ipv6_route):
+    for parse in (netinfo.parse_route, netinfo.parse_ipv6_route):
         name = parse(text)
         assert name is None or (isinstance(name, str) and name and not any(c.isspace() for c in name))
-    assert di.parse_ipv6_route(text) != "lo"
+    assert netinfo.parse_ipv6_route(text) != "lo"
     # a default route with metric 0 written as the kernel writes it wins whatever follows it
     head = "Iface Destination Gateway Flags RefCnt Use Metric Mask\nwan0 00000000 0101A8C0 0003 0 0 0 00000000\n"
-    assert di.parse_route(head + text) == "wan0"
+    assert netinfo.parse_route(head + text) == "wan0"
 
 
 @settings(max_examples=500, deadline=None)
 @given(text=st.one_of(st.text(alphabet="0123456789abcdefABCDEF:.%", max_size=50), st.text(max_size=50)))
 def test_ip_class_any_text(text: str) -> None:
-    why = di.ip_class(text)
+    why = netinfo.ip_class(text)
     assert why is None or (isinstance(why, str) and why)
     if why is None:  # public: it is a well-formed address that check_field accepts
-        assert di.check_field("connectionIp", text) == text
+        assert devfields.check_field("connectionIp", text) == text
     else:
         try:
-            di.check_field("connectionIp", text)
+            devfields.check_field("connectionIp", text)
             raise AssertionError("a non-public connectionIp was accepted: %r" % text)
         except DeviceInfoError as e:
             assert "connectionIp" in str(e) and e.hint

@@ -1,5 +1,6 @@
-"""agent/deviceinfo.py runs unmodified under a real MicroPython interpreter and yields, byte for byte,
-the same X-Device-Info and AP-Device-Identifier as CPython on the same tree.
+"""agent/deviceinfo.py and the modules it builds on (agent/devfiles.py, agent/netinfo.py,
+agent/devfields.py) run unmodified under a real MicroPython interpreter, imported from the checkout,
+and yield, byte for byte, the same X-Device-Info and AP-Device-Identifier as CPython on the same tree.
 
 MicroPython has no TOML parser: the runner gets the board profile as JSON (agent.boards output).
 """
@@ -14,7 +15,7 @@ import subprocess
 import pytest
 from micropython_bin import find_micropython
 
-from agent import boards
+from agent import boards, devfields, netinfo
 from agent import deviceinfo as di
 from agent.errors import DeviceInfoError
 
@@ -91,7 +92,7 @@ def test_same_header_as_cpython_on_every_board(tmp_path, board):
     assert mp["x"].encode("ascii") == cp["x"].encode("ascii")
     assert mp["ap"].encode("ascii") == cp["ap"].encode("ascii")
     assert mp == cp
-    assert di.decode(mp["x"])["connectionType"] in ("LAN", "WiFi")
+    assert devfields.decode(mp["x"])["connectionType"] in ("LAN", "WiFi")
 
 
 @needs_mp
@@ -110,7 +111,7 @@ def test_same_header_with_garbage_files_and_non_ascii_overrides(tmp_path):
     cp = run_cpython(str(root), profile, overrides=overrides, ips=IPS)
     assert "error" not in mp, mp
     assert mp == cp
-    fields = di.decode(mp["x"])
+    fields = devfields.decode(mp["x"])
     assert fields["model"] == "Pi Model" and fields["osVersion"] == "4.0 \u00e9dition"
     assert fields["manufacturer"] == overrides["manufacturer"] and fields["diagonalScreenSize"] == 42.25
 
@@ -139,13 +140,13 @@ CLASSIFY = """
 import sys
 import json
 sys.path.insert(0, sys.argv[1])
-from agent import deviceinfo
+from agent import deviceinfo, netinfo
 f = open(sys.argv[2])
 args = json.loads(f.read())
 f.close()
-out = {"class": [deviceinfo.ip_class(a) for a in args["addrs"]],
-       "route": [deviceinfo.parse_route(t) for t in args["routes"]],
-       "route6": [deviceinfo.parse_ipv6_route(t) for t in args["routes"]],
+out = {"class": [netinfo.ip_class(a) for a in args["addrs"]],
+       "route": [netinfo.parse_route(t) for t in args["routes"]],
+       "route6": [netinfo.parse_ipv6_route(t) for t in args["routes"]],
        "sig": deviceinfo.network_signature(args["root"])}
 sys.stdout.write(json.dumps(out))
 """
@@ -172,9 +173,9 @@ def test_address_classifier_and_route_parsers_match_cpython(tmp_path):
     proc = subprocess.run([MICROPYTHON, str(runner), REPO, str(inputs)], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode("utf-8", "replace")
     mp = json.loads(proc.stdout.decode("utf-8"))
-    assert mp["class"] == [di.ip_class(a) for a in addrs]
-    assert mp["route"] == [di.parse_route(t) for t in routes] and mp["route"][0] == "wlan0"
-    assert mp["route6"] == [di.parse_ipv6_route(t) for t in routes] and mp["route6"][1] == "wlan0"
+    assert mp["class"] == [netinfo.ip_class(a) for a in addrs]
+    assert mp["route"] == [netinfo.parse_route(t) for t in routes] and mp["route"][0] == "wlan0"
+    assert mp["route6"] == [netinfo.parse_ipv6_route(t) for t in routes] and mp["route6"][1] == "wlan0"
     assert mp["sig"] == di.network_signature(str(root))
 
 
@@ -192,5 +193,5 @@ def test_same_header_with_a_public_address_and_a_default_route(tmp_path):
     cp = run_cpython(str(root), profile, ips=ips)
     assert "error" not in mp, mp
     assert mp == cp
-    fields = di.decode(mp["x"])
+    fields = devfields.decode(mp["x"])
     assert fields["connectionType"] == "WiFi" and fields["connectionIp"] == "81.2.69.160"

@@ -13,6 +13,7 @@ import stat
 
 import pytest
 
+from agent import commands
 from agent import store as st
 from agent.errors import StoreError
 from agent.store import RUNTIME_SUBDIR, SLOT_NAMES, TOKEN_NAME, FsOps, Store
@@ -383,14 +384,14 @@ def test_reset_command_confirms_then_removes(paths):
     s.save(make_state())
     s.close()
     out = io.StringIO()
-    assert st.reset_command(d, "dev-A", False, io.StringIO("no\n"), out, runtime_dir=rd) == 1
+    assert commands.reset_command(d, "dev-A", False, io.StringIO("no\n"), out, runtime_dir=rd) == 1
     assert "cancelled" in out.getvalue() and os.path.exists(os.path.join(d, "slot-a.bin"))
     assert "holds client credentials for this device" in out.getvalue()
     out = io.StringIO()
-    assert st.reset_command(d, "dev-A", False, io.StringIO("yes\n"), out, runtime_dir=rd) == 0
+    assert commands.reset_command(d, "dev-A", False, io.StringIO("yes\n"), out, runtime_dir=rd) == 0
     assert "removed" in out.getvalue() and not os.path.exists(os.path.join(d, "slot-a.bin"))
     out = io.StringIO()
-    assert st.reset_command(d, "dev-A", False, io.StringIO(""), out, runtime_dir=rd) == 0
+    assert commands.reset_command(d, "dev-A", False, io.StringIO(""), out, runtime_dir=rd) == 0
     assert "nothing to reset" in out.getvalue()
     assert SECRET not in out.getvalue() and TOKEN not in out.getvalue()
 
@@ -401,11 +402,11 @@ def test_reset_command_assume_yes_and_locked(paths):
     s.load()
     s.save(make_state())
     out = io.StringIO()
-    assert st.reset_command(d, "dev-A", True, io.StringIO(""), out, runtime_dir=rd) == 1
+    assert commands.reset_command(d, "dev-A", True, io.StringIO(""), out, runtime_dir=rd) == 1
     assert "held by another process" in out.getvalue()
     s.close()
     out = io.StringIO()
-    assert st.reset_command(d, "other-device", True, io.StringIO(""), out, runtime_dir=rd) == 0
+    assert commands.reset_command(d, "other-device", True, io.StringIO(""), out, runtime_dir=rd) == 0
     assert "no usable credentials (foreign_device)" in out.getvalue()
     assert not os.path.exists(os.path.join(d, "slot-a.bin"))
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
+from agent import commands
 from agent import slotformat as sf
 from agent import store as st
 from agent.errors import OPERATOR, StoreError
@@ -319,6 +320,6 @@ def test_reset_removes_a_store_whose_migration_fails(tmp_path, monkeypatch):
     _v0_slot(d, A, 4)
     monkeypatch.setitem(sf.MIGRATIONS, 0, _broken_migration)
     out = io.StringIO()
-    assert st.reset_command(d, DEV, True, io.StringIO(""), out, runtime_dir=str(tmp_path / "rt")) == 0
+    assert commands.reset_command(d, DEV, True, io.StringIO(""), out, runtime_dir=str(tmp_path / "rt")) == 0
     assert "no usable credentials (migration_failed)" in out.getvalue()
     assert not os.path.exists(os.path.join(d, A))

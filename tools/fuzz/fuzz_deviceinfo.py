@@ -9,31 +9,31 @@ from __future__ import annotations
 
 import base64
 
-from agent import deviceinfo as di
+from agent import devfields, devfiles, netinfo
 from agent.errors import DeviceInfoError
 
 
 def test_one_input(data: bytes) -> None:
-    text = di.to_text(data)
-    di.clean(text)
-    di.parse_cpuinfo(text)
-    di.parse_keyvalue(text, "ID")
-    di.parse_mode(text)
-    di.parse_mac(text)
-    di.valid_ip(text)
-    di.parse_edid(data)
+    text = devfiles.to_text(data)
+    devfiles.clean(text)
+    devfiles.parse_cpuinfo(text)
+    devfiles.parse_keyvalue(text, "ID")
+    devfiles.parse_mode(text)
+    devfiles.parse_mac(text)
+    netinfo.valid_ip(text)
+    devfiles.parse_edid(data)
     block = bytearray(b"\x00\xff\xff\xff\xff\xff\xff\x00" + data[:119].ljust(119, b"\x00") + b"\x00")
     block[127] = (-sum(block)) % 256
-    r = di.parse_edid(bytes(block))
+    r = devfiles.parse_edid(bytes(block))
     assert r is None or (r["width_mm"] > 0 and r["height_mm"] > 0), "edid: a side of 0 mm"
     for value in (text, base64.b64encode(data).decode()):
         try:
-            out = di.decode(value)
-            assert di.decode(di.encode(out)) == out
+            out = devfields.decode(value)
+            assert devfields.decode(devfields.encode(out)) == out
         except DeviceInfoError:
             pass
     try:
-        di.parse_source(text)
+        devfiles.parse_source(text)
     except ValueError:
         pass
 
