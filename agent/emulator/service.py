@@ -1,14 +1,17 @@
-"""The emulated Adobe Pass service: DCR register/token, a protected REST API, throttle, faults, stats.
+"""The emulated Adobe Pass service: DCR register/token, REST API v2, throttle, faults, stats.
 
 Sans-I/O core. `Service.handle(request)` takes a plain dict (method, path, query, lower-case
 headers, body bytes, peer ip, monotonic `t`, wall-clock `now`) and returns a plain response dict
-(status, headers, body, plus `endpoint`, `fault`, `code`, `reason`, `client_id` for the shell and
-the log). Delivery faults (latency, hang, reset, truncate, chunked) are carried out by the shell;
+(status, headers, body, plus `endpoint`, `call`, `fault`, `code`, `reason`, `client_id` for the shell
+and the log). Delivery faults (latency, hang, reset, truncate, chunked) are carried out by the shell;
 everything else, including the choice of fault, happens here. The shell serialises calls with one
 lock, so this file needs none.
 
 Request order: classify the path; throttle (register, token, /api/*); take the next matching
-fault; then emulate the endpoint. Hang and reset faults fire before the request is processed (the
+fault; then emulate the endpoint. Under /api/ the second-screen authenticate page needs no header;
+every other call first passes the access-token checks here (plain 401 or the 2023 codes, per
+`error_style`), then `restv2.RestV2` checks the call's own headers and answers it. The emulated MVPD
+login page (/adobe-services/) is not Adobe's API: neither throttled nor in the request log. Hang and reset faults fire before the request is processed (the
 service never saw it); malformed_json, truncate and chunked damage a response that was processed.
 
 Adobe's documented behaviour is the default, quirks included (docs/EMULATOR.md quotes the wording,
@@ -18,7 +21,7 @@ pairing (section 5), explicit X-Device-Info values merged over extracted ones (s
 select the other documented variants (2023 pairing, wrapped and item-level errors, refilling burst).
 
 Every throttled request (register, token, /api/*) lands in the request log with its method, path,
-headers and body, secrets masked (`mask_secrets`), and the effective X-Device-Info.
+REST v2 call name, headers and body, secrets masked (`mask_secrets`), and the effective X-Device-Info.
 
 Must never: put a client secret, access token or statement into a log line, the request log, a
 reason or an error body; or answer a throttled request with anything but the documented 429 HTML.
