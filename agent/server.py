@@ -97,6 +97,33 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
 
 
+def acl_allows(uid: int, gid: int, groups: frozenset, allow_uids: frozenset, allow_gids: frozenset,
+               own_uid: int) -> bool:
+    """The socket's access decision (docs/SECURITY.md), a pure function of the peer's credentials and
+    the configuration: root, the agent's own uid and socket.allow_uids always; anyone else only with a
+    primary or supplementary group in socket.allow_gids (an empty allow_gids allows no group)."""
+    if uid == 0 or uid == own_uid or uid in allow_uids:
+        return True
+    return bool(allow_gids) and (gid in allow_gids or not allow_gids.isdisjoint(groups))
+
+
+def acl_needs_groups(gid: int, allow_gids: frozenset) -> bool:
+    """Whether deciding needs the peer's supplementary groups: only when some group is allowed and
+    the primary one is not (reading them costs a /proc read per connection)."""
+    return bool(allow_gids) and gid not in allow_gids
+
+
+def acl_recheck(uid: int, gid: int, groups: frozenset, allow_uids: frozenset, allow_gids: frozenset,
+                own_uid: int, read_groups: Callable[[], frozenset]) -> tuple[bool, frozenset]:
+    """After new allow-lists (SIGHUP): (still allowed, the peer's groups). The groups known from
+    accept may be empty because the old lists did not need them, so a peer is denied only after its
+    groups were read again: a reload that allows one of its supplementary groups keeps it."""
+    if acl_allows(uid, gid, groups, allow_uids, allow_gids, own_uid):
+        return True, groups
+    groups = read_groups()
+    return acl_allows(uid, gid, groups, allow_uids, allow_gids, own_uid), groups
+
+
 def peer_groups(pid: int, uid: int) -> frozenset[int]:
     """Supplementary groups of the peer: /proc/<pid>/status, else the group database."""
     try:
@@ -430,16 +457,13 @@ class Server:
         self._allow_uids = frozenset(allow_uids)
         self._allow_gids = frozenset(allow_gids)
         for conn in list(self._conns.values()):
-            if not self._allowed(conn.uid, conn.gid, conn.groups):
-                conn.groups = peer_groups(conn.pid, conn.uid)  # group lists were skipped at accept
-                if not self._allowed(conn.uid, conn.gid, conn.groups):
-                    self._deny(conn, counted=True)
+            ok, conn.groups = acl_recheck(conn.uid, conn.gid, conn.groups, self._allow_uids, self._allow_gids,
+                                          self._own_uid, lambda c=conn: peer_groups(c.pid, c.uid))
+            if not ok:
+                self._deny(conn, counted=True)
 
     def _allowed(self, uid: int, gid: int, groups: frozenset) -> bool:
-        if uid == 0 or uid == self._own_uid or uid in self._allow_uids:
-            return True
-        gids = self._allow_gids
-        return bool(gids) and (gid in gids or not gids.isdisjoint(groups))
+        return acl_allows(uid, gid, groups, self._allow_uids, self._allow_gids, self._own_uid)
 
     # -- accepting --------------------------------------------------------------------------
 
@@ -479,7 +503,7 @@ class Server:
         except OSError:
             sock.close()
             return
-        groups = peer_groups(pid, uid) if self._allow_gids and gid not in self._allow_gids else frozenset()
+        groups = peer_groups(pid, uid) if acl_needs_groups(gid, self._allow_gids) else frozenset()
         conn = _Conn(sock, pid, uid, gid, groups)
         if not self._allowed(uid, gid, groups):
             self._deny(conn, counted=False)
@@ -585,13 +609,8 @@ class Server:
                 return
             ans = self.dispatcher.handle_line(data[:-1], conn.uid)
             if type(ans) is bytes:
-                try:
-                    n = conn.sock.send(ans)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-                except OSError:
-                    self._c["closed_by_peer"] += 1
-                    self._drop(conn)
+                n = self._send(conn, ans)
+                if n is None:
                     return
                 if n < len(ans):
                     conn.out += ans[n:]
@@ -730,15 +749,23 @@ class Server:
         if flush and not conn.writing and conn.out:
             self._flush(conn)
 
-    def _flush(self, conn: _Conn) -> None:
-        out = conn.out
+    def _send(self, conn: _Conn, data: bytes | bytearray) -> int | None:
+        """One send() to the peer: the bytes the kernel took (0 when its buffer is full), or None when
+        the peer is gone (the connection is dropped). The only place answers reach the socket: the
+        hot path sends an answer directly, _flush sends conn.out."""
         try:
-            n = conn.sock.send(out)
+            return conn.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            n = 0
+            return 0
         except OSError:
             self._c["closed_by_peer"] += 1
             self._drop(conn)
+            return None
+
+    def _flush(self, conn: _Conn) -> None:
+        out = conn.out
+        n = self._send(conn, out)
+        if n is None:
             return
         if n:
             del out[:n]

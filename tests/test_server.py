@@ -315,19 +315,26 @@ def test_reader_that_never_reads_is_bounded_and_closed(path: str) -> None:
         slow.close()
 
 
-def test_set_acl_disconnects_peers_no_longer_allowed(path: str) -> None:
-    with ServerHarness(path) as h:
+def test_set_acl_disconnects_peers_no_longer_allowed(path: str, monkeypatch) -> None:
+    """The real decision on a reload (issue 21: this test used to replace Server._allowed itself).
+    Only the kernel's answers are replaced: the peer is uid 54321 (gid 54322, no other groups)."""
+    from agent import server as server_mod
+
+    monkeypatch.setattr(server_mod, "peer_credentials", lambda sock: (4242, 54321, 54322))
+    monkeypatch.setattr(server_mod, "peer_groups", lambda pid, uid: frozenset())
+    with ServerHarness(path, allow_uids=(54321,)) as h:
+        h.server._own_uid = 54320  # the agent runs as another user than the peer, even under root
         s = connect(path)
         r = LineReader(s)
         assert rpc_call(s, r, "agent.health")["result"]["live"]
-        h.server._own_uid = -1  # pretend the agent runs as another user, so root is the only uid left
-        h.call(lambda: h.server.set_acl((), ()))
-        assert h.stats()["connections"] == 1  # root stays allowed
-        h.call(lambda: setattr(h.server, "_allowed", lambda uid, gid, groups: False))
-        h.call(lambda: h.server.set_acl((), ()))
+        h.call(lambda: h.server.set_acl((54321,), (7,)))
+        assert h.stats()["connections"] == 1  # still allowed by uid
+        h.call(lambda: h.server.set_acl((), (54322 + 1,)))
         e = r.json()["error"]
-        assert e["code"] == rpc.DENIED and "allow_uids" in e["message"]
+        assert e["code"] == rpc.DENIED and "uid 54321" in e["message"] and "allow_uids" in e["message"]
         assert r.eof()
+        stats = h.stats()
+        assert stats["connections"] == 0 and stats["denied"] == 1
 
 
 def test_close_removes_socket_and_drops_connections(path: str) -> None:
