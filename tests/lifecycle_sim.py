@@ -51,6 +51,10 @@ def healthy(op: str, box: Box):
     return token(box.issued, box.ttl)
 
 
+class SimulationStuck(AssertionError):
+    """The simulated lifecycle keeps acting without virtual time moving (a busy loop in the agent)."""
+
+
 class Box:
     def __init__(self, upstream: Callable[[str, Box], object] = healthy, seed: int = 1, ttl: int = 21600,
                  latency: float = 0.0, stored: dict | None = None, statement_hash: str | None = STATEMENT_HASH,
@@ -98,8 +102,17 @@ class Box:
             self.effects(self.lc.on_token(outcome, self.now, self.wall))
         return True
 
+    # Bounds on one run_until (issue 21): a lifecycle that asks again at the same virtual instant for
+    # ever (e.g. re-registering at once on every invalid_client) fails the test with the requests it
+    # made, instead of spinning until someone kills the run.
+    MAX_SAME_INSTANT = 1000     # requests/polls without virtual time moving
+    MAX_STEPS = 2_000_000       # steps in one run_until, whatever the time
+
     def run_until(self, t: float, check: Callable[[Box], None] | None = None) -> None:
-        """Advance virtual time to `t`, performing every request that falls due on the way."""
+        """Advance virtual time to `t`, performing every request that falls due on the way.
+        Raises SimulationStuck when the lifecycle stops letting virtual time advance."""
+        steps = same = 0
+        last = self.now
         while True:
             self.step()
             d = self.lc.next_deadline()
@@ -107,6 +120,13 @@ class Box:
                 self.now = max(self.now, t)
                 return
             self.now = max(self.now, d)
+            steps += 1
+            same = same + 1 if self.now == last else 0
+            last = self.now
+            if same >= self.MAX_SAME_INSTANT or steps >= self.MAX_STEPS:
+                raise SimulationStuck(
+                    "lifecycle simulation stuck at t=%.3f after %d steps (%d at this instant, state %s); last "
+                    "requests: %r" % (self.now, steps, same, self.lc.state, self.requests[-5:]))
             if check is not None:
                 check(self)
 

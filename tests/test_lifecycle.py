@@ -17,6 +17,7 @@ from lifecycle_sim import (
     STATEMENT_HASH,
     THROTTLED,
     Box,
+    SimulationStuck,
     client,
     err,
     healthy,
@@ -757,3 +758,13 @@ def test_a_short_standby_past_the_refresh_point_refreshes_at_once_and_keeps_serv
     assert box.lc.next_deadline() <= box.now
     assert box.lc.poll(box.now) == {"op": "token"}
     assert box.lc.token(box.now)["access_token"] == t["access_token"]  # served while the refresh runs
+
+
+def test_the_simulation_fails_loudly_when_the_lifecycle_stops_time(monkeypatch):
+    """Issue 21: re-registering at once on every invalid_client made Box.run_until spin for ever (the run
+    hung instead of failing). Any lifecycle that keeps acting at one virtual instant now fails the test."""
+    box = Box(upstream=lambda op, b: INVALID_CLIENT() if op == "token" else client(1))
+    monkeypatch.setattr(box.lc, "next_deadline", lambda: box.now)  # always due again at once
+    with pytest.raises(SimulationStuck, match=r"stuck at t=1000\.000 after 1000 steps \(1000 at this instant"):
+        box.run_for(3600)
+    assert len(box.requests) >= 2  # it did run the requests it was asked to, then stopped

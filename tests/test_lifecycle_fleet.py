@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agent import lifecycle
 from tools import fleetsim
 
@@ -74,3 +76,19 @@ def test_the_recovery_floor_serves_lacking_boxes_first_then_by_expiry():
     assert (1.0, -1) in events and requests == 13
     assert sum(d for _, d in events) == 12
     assert fleetsim.floor_recovery(0, [5000.0]) == (0.0, [], 0)
+
+
+def test_a_client_acting_for_ever_at_one_instant_fails_loudly(monkeypatch):
+    """Issue 21: a lifecycle that keeps asking at the same virtual time made the drivers spin for ever."""
+    real = lifecycle.Lifecycle
+
+    class Spinning(real):
+        def poll(self, now):
+            return None  # never acts...
+
+        def next_deadline(self):
+            return 5.0   # ...but is always due at t = 5 s
+
+    monkeypatch.setattr(lifecycle, "Lifecycle", Spinning)
+    with pytest.raises(RuntimeError, match=r"stuck at t=[0-9.]+ s: 10000 events without time moving"):
+        fleetsim.run_case(fleetsim.scenario_city(3, 3), "agent", seed=1)

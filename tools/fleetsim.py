@@ -274,10 +274,21 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
             heapq.heappush(heap, (max(d, now), seq, WAKE, i, version[i], None))
             seq += 1
 
+    # A client that keeps acting without virtual time moving (e.g. re-registering at once on every
+    # refusal) would spin here for ever: stop loudly instead (issue 21). Every box may legitimately act
+    # at one instant (a rollout wakes them all), a few events each.
+    same_limit = max(10_000, 50 * ratio)
+    same, last_t = 0, None
     while heap:
         t, _, ev, i, ver, data = heapq.heappop(heap)
         if t > horizon:
             break
+        same = same + 1 if t == last_t else 0
+        last_t = t
+        if same >= same_limit:
+            raise RuntimeError("fleetsim: %s simulation stuck at t=%.3f s: %d events without time moving (box %d, "
+                               "state %r); a client that acts again at once for ever?"
+                               % (kind, t, same, i, getattr(getattr(devs[i], "lc", None), "state", None)))
         if ev == WAKE:
             if ver != version[i]:
                 continue
