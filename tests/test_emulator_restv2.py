@@ -556,3 +556,37 @@ def test_request_log_records_rest_v2_calls_with_secrets_masked(emu):
     assert (page["call"], page["status"], page["query"]) == ("authenticate", 200, "complete=1")
     assert decide["call"] == "decisions.authorize" and decide["body"] == '{"resources": ["REF30"]}'
     assert tok not in json.dumps(emu.stats())
+
+
+def test_the_core_answers_any_request_under_api_v2_without_raising(emu):
+    """Sans-I/O: random methods, paths, queries, headers and bodies around every call, with and without
+    a valid token; every answer is a status with a body, never an exception (the shell would drop the
+    connection)."""
+    import random
+
+    rnd = random.Random(17)
+    api = logged_in(emu)
+    code = full_session(Api(emu, api.token, OTHER_DEVICE))
+    pieces = [SP, "OTHER", "authenticate", "sessions", "profiles", "code", "decisions", "authorize", "preauthorize",
+              "logout", "configuration", MVPD, code, "", "%00", "..", "é", "<b>", "ZZZZZZZ"]
+    bodies = [b"", b"mvpd=" + MVPD.encode(), b'{"resources": ["R"]}', b'{"resources": [1]}', b"\xff\xfe", b"[]",
+              b"mvpd=%ZZ&redirectUrl=javascript:alert(1)", b'{"resources": ' + b'["x",' * 50 + b'"y"]}']
+    headers = [{}, {"authorization": "Bearer " + api.token}, {"authorization": "Bearer " + api.token,
+                                                             "ap-device-identifier": DEVICE,
+                                                             "x-device-info": device_info(),
+                                                             "content-type": FORM_CT},
+               {"authorization": "Bearer " + api.token, "ap-device-identifier": "fingerprint \r\n",
+                "x-device-info": "e30=", "content-type": JSON_CT}]
+    svc = emu._service
+    for i in range(3000):
+        path = "/api/v2/" + "/".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 4)))
+        query = rnd.choice(["", "complete=1", "complete=1&mvpd=" + MVPD, "redirectUrl=https%3A%2F%2Fa.b",
+                            "mvpd=%ff&user=%00", "redirectUrl=" + "x" * 300])
+        req = {"method": rnd.choice(["GET", "POST", "HEAD", "DELETE"]), "path": path, "query": query,
+               "headers": dict(rnd.choice(headers)), "body": rnd.choice(bodies), "ip": "127.0.0.1", "port": 1,
+               "tls": True, "t": 1000.0 + i, "now": 1.7e9 + i}
+        with emu._lock:
+            resp = svc.handle(req)
+        assert isinstance(resp["status"], int) and 200 <= resp["status"] < 600 and isinstance(resp["body"], bytes)
+        for name, value in resp["headers"]:
+            assert "\r" not in value and "\n" not in value, (name, value)

@@ -357,6 +357,8 @@ class Emulator:
             return
         fault = resp.get("fault")
         extras = []
+        if resp.get("call"):  # the REST v2 call, e.g. sessions.create
+            extras.append(resp["call"])
         if resp.get("code"):
             extras.append(resp["code"])
         if resp.get("client_id"):
