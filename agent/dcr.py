@@ -455,13 +455,20 @@ def _string_list(value):
     return []
 
 
-def parse_register(status, headers, body, wall_now=0.0):
-    """Client Register answer -> credentials dict, or raise UpstreamError."""
+def _success_object(endpoint, status, headers, body, wall_now):
+    """The JSON object of a 2xx answer from `endpoint`; an error answer or a 2xx that is not a JSON
+    object raises UpstreamError (the shared opening of parse_register and parse_token)."""
     if not 200 <= status < 300:
-        raise error_from_response("register", status, headers, body, wall_now)
+        raise error_from_response(endpoint, status, headers, body, wall_now)
     data = _json_body(body)
     if not isinstance(data, dict):
-        raise _malformed("register", status, "something that is not a JSON object (%s)" % excerpt(body))
+        raise _malformed(endpoint, status, "something that is not a JSON object (%s)" % excerpt(body))
+    return data
+
+
+def parse_register(status, headers, body, wall_now=0.0):
+    """Client Register answer -> credentials dict, or raise UpstreamError."""
+    data = _success_object("register", status, headers, body, wall_now)
     cid, secret = data.get("client_id"), data.get("client_secret")
     if not isinstance(cid, str) or not cid or not isinstance(secret, str) or not secret:
         raise _malformed("register", status, "no client_id/client_secret (%s)" % excerpt(data))
@@ -486,11 +493,7 @@ def parse_token(status, headers, body, wall_now=0.0):
     not a number, NaN, infinite or longer than 30 days is a malformed answer (undocumented: never a
     silent default); missing or null assumes DEFAULT_EXPIRES_IN, flagged `expires_in_assumed`.
     """
-    if not 200 <= status < 300:
-        raise error_from_response("token", status, headers, body, wall_now)
-    data = _json_body(body)
-    if not isinstance(data, dict):
-        raise _malformed("token", status, "something that is not a JSON object (%s)" % excerpt(body))
+    data = _success_object("token", status, headers, body, wall_now)
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         raise _malformed("token", status, "no access_token (%s)" % excerpt(data))
