@@ -71,7 +71,12 @@ def test_throttle_rejects_nonsense_limits():
         Throttle(0, 10)
     with pytest.raises(ValueError, match="burst"):
         Throttle(1, 0)
-    assert Throttle(1, 1, enabled=False).take("a", 0)[0] and Throttle(1, 1, enabled=False).take("a", 0)[0]
+    # Disabled: one instance admits everything at one instant (issue 21: this asserted one take on each of
+    # two fresh instances, which a full bucket admits anyway); the same limits enabled refuse the second.
+    off = Throttle(1, 1, enabled=False)
+    assert all(off.take("a", 0.0) == (True, 0.0) for _ in range(100))
+    on = Throttle(1, 1)
+    assert [on.take("a", 0.0)[0] for _ in range(3)] == [True, False, False]
 
 
 # ----- X-Device-Info --------------------------------------------------------------------------------

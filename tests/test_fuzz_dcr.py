@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent import dcr
-from agent.errors import UpstreamError
+from agent.errors import RETRY, UpstreamError
 
 KINDS = {"retry", "operator", "reregister", "fatal"}
 SECRET = "5ec2e7-client-secret-never-in-messages"
@@ -162,47 +162,45 @@ def test_classify_protected_error(status: int, body: object, management: bool) -
 # -- bugs the fuzzer found, fixed: regression tests ----------------------------------------------
 
 
+def _malformed_expires_in(body: bytes, shown: str) -> None:
+    with pytest.raises(UpstreamError) as ei:
+        dcr.parse_token(201, {}, body)
+    e = ei.value
+    assert (e.code, e.kind, e.status, e.undocumented) == ("malformed_response", RETRY, 201, True)
+    assert "expires_in that is not a lifetime of 1 to 2592000 seconds: %s" % shown in e.message
+
+
+# Each fixed bug asserts the documented answer (issue 21: these were try/except-pass and could not fail).
 def test_fixed_infinite_expires_in() -> None:
-    try:
-        dcr.parse_token(201, {}, b'{"access_token":"a","expires_in":1e400}')
-    except UpstreamError:
-        pass
+    _malformed_expires_in(b'{"access_token":"a","expires_in":1e400}', "inf")
 
 
 def test_fixed_fractional_expires_in() -> None:
-    assert dcr.parse_token(201, {}, b'{"access_token":"a","expires_in":0.5}')["expires_in"] >= 1
+    assert dcr.parse_token(201, {}, b'{"access_token":"a","expires_in":0.5}')["expires_in"] == 1
 
 
 def test_fixed_nan_expires_in() -> None:
-    try:
-        dcr.parse_token(201, {}, b'{"access_token":"a","expires_in":NaN}')
-    except UpstreamError:
-        pass
+    _malformed_expires_in(b'{"access_token":"a","expires_in":NaN}', "nan")
 
 
-@pytest.mark.parametrize("call", [
-    lambda: dcr.parse_retry_after("\u00b9", 0.0),
-    lambda: dcr.parse_retry_after("9" * 5000, 0.0),
-    lambda: dcr.parse_token(201, {}, json.dumps({"access_token": "a", "expires_in": "\u00b2"}).encode()),
-    lambda: dcr.parse_token(503, {"Retry-After": "\u00b3"}, b""),
-])
-def test_fixed_isdigit(call) -> None:
-    try:
-        call()
-    except UpstreamError:
-        pass
+def test_fixed_isdigit() -> None:
+    assert dcr.parse_retry_after("\u00b9", 0.0) is None              # a superscript is no number of seconds
+    assert dcr.parse_retry_after("9" * 5000, 0.0) == dcr.MAX_RETRY_AFTER
+    _malformed_expires_in(json.dumps({"access_token": "a", "expires_in": "\u00b2"}).encode(), '"\\xb2"')
+    with pytest.raises(UpstreamError) as ei:
+        dcr.parse_token(503, {"Retry-After": "\u00b3"}, b"")
+    assert (ei.value.code, ei.value.kind, ei.value.retry_after) == ("server_error", RETRY, None)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: dcr.parse_token(201, {}, b"[" * 100000),
-    lambda: dcr.error_from_response("token", 400, {}, b"[" * 100000),
-    lambda: dcr.classify_protected_error(401, "[" * 100000),
-])
-def test_fixed_deep_json(call) -> None:
-    try:
-        call()
-    except UpstreamError:
-        pass
+def test_fixed_deep_json() -> None:
+    deep = b"[" * 100000
+    with pytest.raises(UpstreamError) as ei:
+        dcr.parse_token(201, {}, deep)
+    assert ei.value.code == "malformed_response" and "not a JSON object (100000 bytes" in ei.value.message
+    e = dcr.error_from_response("token", 400, {}, deep)  # returns the error it classified
+    assert (e.code, e.kind, e.undocumented) == ("http_400", RETRY, True) and "without an OAuth error body" in e.message
+    assert dcr.classify_protected_error(401, deep.decode()) == (
+        "refresh", "HTTP 401 from a protected API: a new access token is needed")
 
 
 @pytest.mark.parametrize("body", [True, 5, 1.5])

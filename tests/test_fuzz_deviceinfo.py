@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,10 +96,11 @@ def test_parse_source_any(spec: str) -> None:
 
 
 def test_fixed_decode_deep_json() -> None:
-    try:
+    # A RecursionError used to escape; it must be the documented DeviceInfoError (issue 21: this test was
+    # try/except-pass and passed on any outcome).
+    with pytest.raises(DeviceInfoError) as ei:
         devfields.decode(base64.b64encode(b"[" * 45000).decode())
-    except DeviceInfoError:
-        pass
+    assert ei.value.code == "device_info_invalid" and "does not decode to UTF-8 JSON" in ei.value.message
 
 
 def test_fixed_edid_zero_mm_side() -> None:

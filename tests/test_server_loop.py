@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import threading
-import time
 
 import pytest
 
@@ -69,9 +68,18 @@ def test_readers_and_writers(loop: Loop) -> None:
 
 
 def test_call_soon_threadsafe_wakes_an_idle_loop(loop: Loop) -> None:
+    asleep = threading.Event()
+    real = loop._poll
+
+    def poll(timeout=None):
+        if timeout is None:
+            asleep.set()  # about to block in select() with no timeout
+        return real(timeout)
+
+    loop._poll = poll
     t = run_in_thread(loop)
     done = threading.Event()
-    time.sleep(0.05)  # let it go to sleep in select() with no timeout
+    assert asleep.wait(5)
     threading.Thread(target=lambda: loop.call_soon_threadsafe(done.set)).start()
     assert done.wait(5)
     loop.stop()
@@ -108,18 +116,31 @@ def test_idle_loop_has_no_timeout_and_does_not_spin(loop: Loop) -> None:
     h.cancel()
     assert loop._timeout() is None  # cancelled timers are dropped: nothing to wake up for
     calls = []
+    entered, returned = threading.Event(), threading.Event()
     real = loop._poll
-    loop._poll = lambda timeout=None: (calls.append(timeout), real(timeout))[1]
+
+    def poll(timeout=None):
+        calls.append(timeout)
+        entered.set()
+        try:
+            return real(timeout)
+        finally:
+            returned.set()
+
+    loop._poll = poll
     t = run_in_thread(loop)
-    time.sleep(0.3)
+    assert entered.wait(5)
+    assert not returned.wait(0.3)  # still blocked in its first poll: an idle loop does not spin
     loop.stop()
     t.join(5)
     assert calls[0] is None and len(calls) <= 2  # one sleep, one wake-up for stop()
 
 
 def test_close_refuses_while_running_and_after(loop: Loop) -> None:
+    running = threading.Event()
+    loop.call_soon_threadsafe(running.set)  # runs only once loop.run() is under way
     t = run_in_thread(loop)
-    time.sleep(0.02)
+    assert running.wait(5)
     with pytest.raises(RuntimeError, match="running"):
         loop.close()
     loop.stop()
