@@ -740,12 +740,27 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
     ca_file: PEM bundle to trust instead of the system store. verify=False disables certificate
       checks (tests only). max_body: largest body accepted, default DEFAULT_MAX_BODY bytes.
     """
+    method, hdrs, body = _prepare(method, headers, auth, data, json)
+    deadline = None if timeout is None else _deadline_after(float(timeout))
+    for hop in range(max_redirects + 1):
+        status, reason, fields, hdict, conn, where = _send_one(
+            method, url, _hop_headers(hdrs, body, method), body, deadline, parse_headers, ca_file, verify)
+        location = fields.get("location")
+        if status not in _REDIRECTS or not location or max_redirects <= 0:
+            break
+        conn.close()
+        if hop == max_redirects:
+            raise ValueError("urequests: %s: more than %d redirects; check the URL for a redirect loop"
+                             % (where, max_redirects))
+        url, method, body = _follow(url, location[-1], status, method, hdrs, body, where)
+    return _response(conn, status, reason, url, fields, hdict, method, max_body, parse_headers, stream)
+
+
+def _prepare(method, headers, auth, data, json):
+    """(METHOD, the caller's headers without framing ones plus Authorization and Content-Type, body
+    as bytes, an iterator of bytes or None): what every hop starts from."""
     if not isinstance(method, str):
         raise TypeError("urequests: method must be str")
-    method = method.upper()
-    if max_body is None:
-        max_body = DEFAULT_MAX_BODY
-    deadline = None if timeout is None else _deadline_after(float(timeout))
     hdrs = {}
     for name in headers or {}:
         if name.lower() not in _FRAMING_HEADERS:
@@ -764,56 +779,63 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         data = _json.dumps(json)
         if not _has(hdrs, "content-type"):
             hdrs["Content-Type"] = "application/json"
-    body = _encode_body(data)
-    for hop in range(max_redirects + 1):
-        h = dict(hdrs)
-        if isinstance(body, bytes):
-            if body or method in ("POST", "PUT", "PATCH"):
-                h["Content-Length"] = str(len(body))
-        elif body is not None:
-            h["Transfer-Encoding"] = "chunked"
-        h["Connection"] = "close"
-        status, reason, fields, hdict, conn, where = _send_one(
-            method, url, h, body, deadline, parse_headers, ca_file, verify)
-        location = fields.get("location")
-        if status not in _REDIRECTS or not location or max_redirects <= 0:
-            break
-        conn.close()
-        if hop == max_redirects:
-            raise ValueError("urequests: %s: more than %d redirects; check the URL for a redirect loop"
-                             % (where, max_redirects))
-        try:
-            new_url = resolve_url(url, location[-1])
-            split_url(new_url)
-        except (ValueError, TypeError) as e:
-            raise ValueError("urequests: %s: unusable redirect Location (%s)" % (where, e))
-        if split_url(url)[0] == "https" and split_url(new_url)[0] == "http":
-            raise ValueError("urequests: %s: refusing to follow a %d redirect from https to http (%s): the "
-                             "request would travel in clear text; use an https URL" % (where, status,
-                                                                                        _safe_url(new_url)))
-        same = _same_origin(url, new_url)
-        if not same:
-            for name in list(hdrs):
-                if name.lower() in _CREDENTIAL_HEADERS:
-                    del hdrs[name]
-        if status == 303 or (status in (301, 302) and method == "POST"):
-            if method != "HEAD":
-                method = "GET"
-            body = None
-            for name in list(hdrs):
-                if name.lower() in ("content-type",):
-                    del hdrs[name]
-        elif body and not same:
-            raise ValueError("urequests: %s: not following a %d redirect to another origin (%s): it would "
-                             "resend the request body there; send the request to that URL yourself if you "
-                             "trust it" % (where, status, _safe_url(new_url)))
-        elif body is not None and not isinstance(body, bytes):
-            raise ValueError("urequests: %s: redirect %d needs the request body again, but it was an "
-                             "iterator; send bytes instead" % (where, status))
-        url = new_url
+    return method.upper(), hdrs, _encode_body(data)
+
+
+def _hop_headers(hdrs, body, method):
+    """The headers of one hop: the prepared ones plus the framing this agent decides (never the caller)."""
+    h = dict(hdrs)
+    if isinstance(body, bytes):
+        if body or method in ("POST", "PUT", "PATCH"):
+            h["Content-Length"] = str(len(body))
+    elif body is not None:
+        h["Transfer-Encoding"] = "chunked"
+    h["Connection"] = "close"
+    return h
+
+
+def _follow(url, location, status, method, hdrs, body, where):
+    """(next URL, method, body) for a redirect answer, or ValueError when it must not be followed.
+
+    The security rules: never from https to http; credentials (_CREDENTIAL_HEADERS, removed from
+    hdrs in place) and a body never go to another origin (scheme, host and port); 303, and 301/302
+    after a POST, become a GET without a body; an iterator body cannot be sent twice."""
+    try:
+        new_url = resolve_url(url, location)
+        split_url(new_url)
+    except (ValueError, TypeError) as e:
+        raise ValueError("urequests: %s: unusable redirect Location (%s)" % (where, e))
+    if split_url(url)[0] == "https" and split_url(new_url)[0] == "http":
+        raise ValueError("urequests: %s: refusing to follow a %d redirect from https to http (%s): the "
+                         "request would travel in clear text; use an https URL" % (where, status,
+                                                                                    _safe_url(new_url)))
+    same = _same_origin(url, new_url)
+    if not same:
+        for name in list(hdrs):
+            if name.lower() in _CREDENTIAL_HEADERS:
+                del hdrs[name]
+    if status == 303 or (status in (301, 302) and method == "POST"):
+        if method != "HEAD":
+            method = "GET"
+        body = None
+        for name in list(hdrs):
+            if name.lower() in ("content-type",):
+                del hdrs[name]
+    elif body and not same:
+        raise ValueError("urequests: %s: not following a %d redirect to another origin (%s): it would "
+                         "resend the request body there; send the request to that URL yourself if you "
+                         "trust it" % (where, status, _safe_url(new_url)))
+    elif body is not None and not isinstance(body, bytes):
+        raise ValueError("urequests: %s: redirect %d needs the request body again, but it was an "
+                         "iterator; send bytes instead" % (where, status))
+    return new_url, method, body
+
+
+def _response(conn, status, reason, url, fields, hdict, method, max_body, parse_headers, stream):
+    """The Response of the final hop; its body is read now unless `stream` (the socket then closes)."""
     try:
         mode, length = _framing(status, method, fields)
-        raw = _Body(conn, mode, length, max_body)
+        raw = _Body(conn, mode, length, DEFAULT_MAX_BODY if max_body is None else max_body)
     except BaseException as e:
         _fail(conn, e)
     resp = Response(raw)
