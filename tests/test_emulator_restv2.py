@@ -322,6 +322,15 @@ def test_session_expires_after_30_minutes(keydir):
         eec_of(*api.req("POST", "%s/sessions/%s" % (SP, code), "mvpd=" + MVPD, FORM_CT)[::3],
                "invalid_authentication_session", 400, "none")
         assert sign_in(emu, code)[0] == 400 and api.profiles()[3] == {"profiles": {}}
+        # A completed login: after the code expires, only the profile it made stays readable by the code.
+        done = full_session(api)
+        assert sign_in(emu, done)[0] == 200
+        clock.t += 1800
+        assert list(api.profiles("/code/" + done)[3]["profiles"]) == [MVPD]
+        eec_of(*api.req("GET", "%s/sessions/%s" % (SP, done))[::3], "invalid_authentication_session", 400, "none")
+        eec_of(*api.req("POST", "%s/sessions/%s" % (SP, done), "mvpd=" + MVPD, FORM_CT)[::3],
+               "invalid_authentication_session", 400, "none")
+        assert sign_in(emu, done)[0] == 400
 
 
 def test_unknown_code_and_another_service_providers_code(emu):

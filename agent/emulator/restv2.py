@@ -219,8 +219,9 @@ class RestV2:
                 return code
 
     def _session(self, code: str, sp: str, t: float, eec: Callable[..., Exception],
-                 allow_done: bool = True) -> dict[str, Any]:
-        """The live session of `code` for service provider `sp`, else the documented error."""
+                 allow_done: bool = False) -> dict[str, Any]:
+        """The live session of `code` for service provider `sp`, else the documented error. A completed
+        session outlives its expiry only for `allow_done` (profiles/code: the login it made stays readable)."""
         s = self.sessions.get(code)
         if s is None or s["sp"] != sp:  # another provider's code is as unknown as a made-up one
             raise eec("invalid_parameter_code", message="no authentication session has code %r for service "
@@ -357,7 +358,7 @@ class RestV2:
             p, _ = self._profile(owner, mvpd, t)
             return _json(200, {"profiles": {mvpd: self._public(p)} if p else {}}, **meta)
         if call == "profiles.code":
-            s = self._session(params["code"], sp, t, eec)
+            s = self._session(params["code"], sp, t, eec, allow_done=True)
             p = self._profile(s["owner"], s["params"]["mvpd"], t)[0] if s["done"] else None
             return _json(200, {"profiles": {s["params"]["mvpd"]: self._public(p)} if p else {}}, **meta)
         if call.startswith("decisions."):
@@ -455,7 +456,7 @@ class RestV2:
             return None, _page(400, "Bad Request", "<p>No authentication session has this code for %s. Start "
                                "again on your TV.</p>" % html.escape(sp), meta, code="invalid_parameter_code",
                                reason="unknown code %r for %r" % (code[:16], sp[:40]))
-        if t >= s["t_end"] and not s["done"]:
+        if t >= s["t_end"]:
             return None, _page(400, "Bad Request", "<p>This code has expired. Start again on your TV.</p>", meta,
                                code="invalid_authentication_session", reason="code %s expired" % code)
         return s, None
