@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import types
+from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
@@ -129,7 +130,7 @@ OverrideValue = Union[str, int, float, bool]
 
 @_produces(Mapping[str, OverrideValue])
 def _overrides(v: Any) -> tuple[bool, Any, str]:
-    ok = isinstance(v, Mapping) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
+    ok = isinstance(v, abc.Mapping) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
     return ok, types.MappingProxyType(dict(v)) if ok else v, \
         "a table of X-Device-Info fields with string, number or boolean values"
 
@@ -317,7 +318,7 @@ def _freeze(v: Any) -> Any:
 def _thaw(v: Any) -> Any:
     if isinstance(v, tuple):
         return list(v)
-    if isinstance(v, Mapping):
+    if isinstance(v, abc.Mapping):
         return dict(v)
     return v
 
@@ -366,7 +367,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
         if table not in SCHEMA:
             problems.append("unknown table [%r]; expected one of %s" % (table, ", ".join("[%s]" % t for t in SCHEMA)))
             continue
-        if not isinstance(value, Mapping):
+        if not isinstance(value, abc.Mapping):
             problems.append("[%s] must be a table, found %s" % (table, _describe(value)))
             continue
         for key, v in value.items():
