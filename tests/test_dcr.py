@@ -266,6 +266,11 @@ def test_retry_after_reaches_the_error(status):
     (401, [{"action": "application-registration", "code": "invalid_access_token_client_application"}], False,
      "reregister"),
     (401, b"\xff", False, "refresh"),
+    # The action alone decides when the code is unknown and nothing says 401 (a 403, an item of a 200):
+    # a new token first, never ignored.
+    (403, {"action": "application-registration", "code": "brand_new_code", "status": 403}, False, "refresh"),
+    (200, {"decisions": [{"error": {"action": "application-registration", "code": "x", "status": 403}}]}, False,
+     "refresh"),
 ])
 def test_classify_protected_error(status, body, management, decision):
     assert dcr.classify_protected_error(status, body, management)[0] == decision

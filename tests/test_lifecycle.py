@@ -768,3 +768,24 @@ def test_the_simulation_fails_loudly_when_the_lifecycle_stops_time(monkeypatch):
     with pytest.raises(SimulationStuck, match=r"stuck at t=1000\.000 after 1000 steps \(1000 at this instant"):
         box.run_for(3600)
     assert len(box.requests) >= 2  # it did run the requests it was asked to, then stopped
+
+
+def test_another_error_ends_the_429_streak_so_the_next_429_starts_a_fresh_window():
+    """A 429 streak of an hour has a wide window; a 503 in between means Adobe answered something else,
+    so a later 429 starts over from the 3 s minimum window instead of the hour-old streak's."""
+    state = {"phase": "throttled"}
+
+    def upstream(op, box):
+        return THROTTLED() if state["phase"] == "throttled" else SERVER_ERROR()
+
+    box = Box(upstream=upstream, throttle_spread=0.25, throttle_min=3.0, throttle_cap=3600.0)
+    box.run_for(3600)
+    assert max(box.gaps()) > 200  # the streak's window has grown
+    state["phase"] = "server_error"
+    box.run_until(box.lc.next_deadline())  # exactly one 503
+    assert box.requests[-1][2] == "server_error" and box.lc.throttled == 0
+    state["phase"] = "throttled"
+    box.run_until(box.lc.next_deadline())  # one 429, the first of a new streak
+    t = box.requests[-1][0]
+    assert box.requests[-1][2] == "throttled"
+    assert 1.0 <= box.lc.next_deadline() - t <= 3.0  # the minimum window, not 0.25 x an hour

@@ -190,6 +190,33 @@ def test_undocumented_answers_need_an_operator_after_three_over_ten_minutes(op):
     assert len(bad) < 40  # not one a minute for three hours (~180)
 
 
+def _undocumented_token_answers_at(times: list[float]) -> list[str]:
+    """A box that registered fine; its token requests get undocumented 401s at these offsets (or as soon
+    after as its backoff allows). The lifecycle's state after each answer."""
+    box = Box()
+    assert box.step() and box.ops("register", "ok") and not box.ops("token")  # the token request is due now
+    t0, states = box.now, []
+    for dt in times:
+        box.now = max(t0 + dt, box.lc.next_deadline())
+        assert box.lc.poll(box.now) == {"op": "token"}
+        box.lc.on_error(UNDOCUMENTED(), box.now, box.wall)
+        states.append(box.lc.state)
+    return states
+
+
+def test_the_third_undocumented_answer_over_ten_minutes_calls_the_operator_not_the_fourth():
+    # Exactly undocumented_count (3) answers spanning undocumented_span (600 s): the third one decides.
+    op = lifecycle.NEEDS_OPERATOR
+    assert _undocumented_token_answers_at([0, 1, 600]) == [lifecycle.BACKING_OFF, lifecycle.BACKING_OFF, op]
+    assert _undocumented_token_answers_at([0, 700]) == [lifecycle.BACKING_OFF] * 2  # two are not enough
+
+
+def test_undocumented_answers_in_quick_succession_wait_for_the_ten_minutes():
+    # One proxy blip answering three times in a few seconds is not yet a reason to park for an hour.
+    states = _undocumented_token_answers_at([0, 1, 2, 3, 599, 600])
+    assert states == [lifecycle.BACKING_OFF] * 5 + [lifecycle.NEEDS_OPERATOR]
+
+
 def test_a_documented_answer_resets_the_undocumented_streak():
     n = {"i": 0}
 

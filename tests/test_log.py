@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+import pytest
+
 from agent import log as agentlog
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjbGllbnQtMTIzNCJ9.c2lnbmF0dXJlLWJ5dGVzLWhlcmU"
@@ -38,6 +40,23 @@ def test_jwt_bearer_and_key_value_patterns_are_masked():
     for s in (JWT, "abcdefghijklmnop1234", "s3cr3tvalue", "opaque-token-value-123"):
         assert s not in out, s
     assert "client_id=abc" in out  # non-secrets stay readable
+
+
+@pytest.mark.parametrize("line, secret", [
+    ("console password=hunter2-Correct", "hunter2-Correct"),            # issue 21: password= was unmasked
+    ("PASSWORD: 'Tr0ub4dor&3x'", "Tr0ub4dor"),
+    ('{"password": "opaque-pass-value"}', "opaque-pass-value"),
+    ("secret=plain-secret-value", "plain-secret-value"),
+    ("client_secret: another-secret-42", "another-secret-42"),
+    ("access_token=tok-value-9876", "tok-value-9876"),
+])
+def test_each_key_value_form_is_masked(line, secret):
+    logger, stream, _ = _capture()
+    logger.info("%s", line)
+    out = stream.getvalue()
+    assert secret not in out, out
+    key = line.split("=")[0].split(":")[0].strip(' {"\'').lower()
+    assert key in out.lower()  # the key stays readable: the reader sees what was masked
 
 
 def test_exceptions_are_reduced_to_type_and_message():

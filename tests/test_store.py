@@ -5,6 +5,7 @@ Real files in tmp dirs; a recording FsOps wraps the real one where the exact ope
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -339,6 +340,77 @@ def test_clone_to_another_device_is_refused_and_kept_until_a_new_save(tmp_path, 
     a = opened(a_dir, device="serial:A-0001|mac:00:11:22:33:44:55")
     assert a.load() == make_state(1)  # the original box is unaffected
     a.close()
+
+
+@pytest.mark.parametrize("foreign_slot", [0, 1])
+@pytest.mark.parametrize("other", ["missing", "corrupt"])
+def test_first_save_without_a_current_slot_keeps_the_foreign_one(tmp_path, foreign_slot, other):
+    """Issue 21: with no current slot, the first save must overwrite the empty or corrupt slot, never the
+    one that belongs to another device (the cloned image's owner may still need it restored)."""
+    a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
+    a = opened(a_dir, device="serial:A-0001")
+    a.load()
+    a.save(make_state(0))
+    a.save(make_state(1))  # both slots written by A
+    a.close()
+    shutil.copytree(a_dir, b_dir)
+    keep, spare = SLOT_NAMES[foreign_slot], SLOT_NAMES[1 - foreign_slot]
+    os.unlink(os.path.join(b_dir, spare))
+    if other == "corrupt":
+        with open(os.path.join(b_dir, spare), "wb") as f:
+            f.write(b"\x00garbage" * 20)
+    foreign = slot_bytes(b_dir)[keep]
+    b = opened(b_dir, device="serial:B-0002")
+    assert b.load() is None and b.slots[keep]["status"] == "foreign_device"
+    assert b.slots[spare]["status"] == ("empty" if other == "missing" else "corrupt")
+    assert b.save(make_state(0, client_id="client-of-B")) is True
+    assert slot_bytes(b_dir)[keep] == foreign  # the foreign slot is untouched...
+    b.close()
+    b = opened(b_dir, device="serial:B-0002")
+    assert b.load() == make_state(0, client_id="client-of-B")  # ...and B's credentials are in the other one
+    assert b.slots[keep]["status"] == "foreign_device"
+    b.close()
+
+
+def test_store_never_reads_a_slot_through_a_symlink(tmp_path):
+    """A slot replaced by a link to a valid slot elsewhere (same device) is unreadable, not loaded."""
+    src, d = str(tmp_path / "src"), str(tmp_path / "store")
+    a = opened(src)
+    a.load()
+    a.save(make_state(3))
+    a.close()
+    os.makedirs(d, mode=0o700)
+    os.symlink(os.path.join(src, SLOT_NAMES[0]), os.path.join(d, SLOT_NAMES[0]))
+    b = opened(d)
+    assert b.load() is None
+    assert b.slots[SLOT_NAMES[0]]["status"] == "corrupt" and "unreadable" in b.slots[SLOT_NAMES[0]]["detail"]
+    b.close()
+
+
+@pytest.mark.parametrize("op", ["open", "open_existing", "read", "fsync_dir"])
+def test_fsops_never_follow_a_symlink(tmp_path, op):
+    """The real file layer opens every path with O_NOFOLLOW: a link planted after the store's checks
+    (between its cleanup and its write) is refused, and the link's target is untouched."""
+    victim = tmp_path / ("victim-dir" if op == "fsync_dir" else "victim")
+    if op == "fsync_dir":
+        victim.mkdir()
+    else:
+        victim.write_bytes(b"precious")
+    link = str(tmp_path / "link")
+    os.symlink(str(victim), link)
+    fs = FsOps()
+    with pytest.raises(OSError) as ei:
+        if op == "open":
+            fs.open(link)
+        elif op == "open_existing":
+            fs.open(link, truncate=False)
+        elif op == "read":
+            fs.read(link)
+        else:
+            fs.fsync_dir(link)
+    assert ei.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    if op != "fsync_dir":
+        assert victim.read_bytes() == b"precious"
 
 
 def test_wipe_overwrites_then_unlinks(paths):
