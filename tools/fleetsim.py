@@ -36,7 +36,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from agent import dcr, lifecycle
+from agent import dcr, governor, lifecycle
+from agent.emulator.throttle import Throttle
 from agent.errors import AgentError
 
 RATE, BURST = 1.0, 10          # Adobe's documented throttle, per public address
@@ -46,8 +47,15 @@ WALL0 = 1.7e9                  # wall clock at virtual time 0
 HTML_429 = b"<html><head><title>429 Too Many Requests</title></head><body>429</body></html>"
 OLD, NEW = "statement-old", "statement-new"
 
-WAKE, ARRIVE, ANSWER, GLOBAL, MARK = 0, 1, 2, 3, 4
+WAKE, ARRIVE, ANSWER, GLOBAL, MARK, GOV = 0, 1, 2, 3, 4, 5
 POLICY: dict = {}              # Lifecycle keyword overrides (--policy), for experiments only
+GOVERNOR: dict = {}            # Governor keyword overrides (--governor), for experiments only
+# The lifecycle's 429 window when a governor paces the box (multi-application scenarios). Measured
+# (docs/FLEET.md, "Several applications per box"): with Adobe's one-time burst an idle second is lost
+# for good, and the default window (0.25 x the streak, at least 3 s) leaves the bucket idle in the
+# tail: 1.85-1.97x the floor. The governor's pause, drawn from this window, keeps the box's probes
+# to about one per draw. A proposal for agent/lifecycle.py's owner, not a change to its defaults.
+GOVERNED_POLICY: dict = {"throttle_spread": 0.05, "throttle_min": 1.2}
 
 
 # ------------------------------------------------------------------------------------ clients
@@ -57,8 +65,9 @@ class AgentClient:
 
     kind = "agent"
 
-    def __init__(self, rnd: Callable[[], float], stored: dict | None, statement: str, now: float) -> None:
-        self.lc = lifecycle.Lifecycle(random=rnd, **POLICY)
+    def __init__(self, rnd: Callable[[], float], stored: dict | None, statement: str, now: float,
+                 policy: dict | None = None) -> None:
+        self.lc = lifecycle.Lifecycle(random=rnd, **(POLICY if policy is None else policy))
         self.statement = statement
         # A rolled-out statement is modelled as naming another registered application (identity
         # = the statement's name), the case where the agent must register again.
@@ -70,6 +79,10 @@ class AgentClient:
 
     def next_deadline(self) -> float | None:
         return self.lc.next_deadline()
+
+    def next_op(self) -> str:
+        """What poll() will start when due (the governor classes the request before it starts)."""
+        return "register" if self.lc.client is None or self.lc.pending_register else "token"
 
     def ok(self, op: str, result: dict, now: float) -> None:
         if op == "register":
@@ -154,6 +167,21 @@ def scenario_city(n: int, ratio: int) -> dict:
             "down": None, "revoke_at": None, "rollout_at": None}
 
 
+def scenario_apps(boxes: int, ratio: int, apps: int) -> dict:
+    """City power cut with `apps` applications per box (issue 16): every application needs register +
+    token; a box's applications go through one governor (agent.governor); Adobe's bucket is the
+    emulator's (one-time burst). n counts applications; ratio counts boxes per address."""
+    per = ratio * apps
+    return {"name": "apps", "ratio": ratio, "apps": apps, "n": boxes * apps, "t_ref": 0.0,
+            "horizon": max(600.0, 8.0 * (2 * per - BURST)), "bucket": "one-time",
+            "stored": lambda rng: None, "start": lambda rng: 0.0, "down": None, "revoke_at": None, "rollout_at": None}
+
+
+def per_address(sc: dict) -> int:
+    """Applications (lifecycles) behind one public address."""
+    return sc["ratio"] * sc.get("apps", 1)
+
+
 def _holding(rng: random.Random) -> dict:
     # A box that registered long ago and refreshes on schedule: its token's age is uniform over
     # the shortest refresh interval (0.7 of the lifetime), so no refresh is already overdue at 0.
@@ -178,18 +206,23 @@ def scenario_revocation(n: int, ratio: int) -> dict:
 
 # ------------------------------------------------------------------------------------ Adobe model
 
-def _answer(op: str, client: Any, statement: str, t: float, sc: dict, bucket: list, counter: list
+def _answer(op: str, client: Any, statement: str, t: float, sc: dict, bucket: list | Throttle, counter: list
             ) -> tuple[int, dict, bytes]:
-    """What Adobe answers a request arriving at `t` (bucket = [tokens, last refill])."""
+    """What Adobe answers a request arriving at `t` (bucket = [tokens, last refill] for the bucket that
+    refills up to the burst, or the emulator's Throttle, whose burst is a one-time allowance)."""
     down = sc["down"]
     if down and down[0] <= t < down[1]:
         return 503, {"Content-Type": "text/html"}, b"<html>503 Service Unavailable</html>"
-    tokens = min(float(BURST), bucket[0] + (t - bucket[1]) * RATE)
-    bucket[1] = t
-    if tokens < 1.0:
-        bucket[0] = tokens
-        return 429, {"Content-Type": "text/html"}, HTML_429
-    bucket[0] = tokens - 1.0
+    if isinstance(bucket, Throttle):
+        if not bucket.take("address", t)[0]:
+            return 429, {"Content-Type": "text/html"}, HTML_429
+    else:
+        tokens = min(float(BURST), bucket[0] + (t - bucket[1]) * RATE)
+        bucket[1] = t
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return 429, {"Content-Type": "text/html"}, HTML_429
+        bucket[0] = tokens - 1.0
     revoked = sc["revoke_at"] is not None and t >= sc["revoke_at"]
     counter[0] += 1
     if op == "register":
@@ -234,17 +267,30 @@ class Totals:
 
 def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: int,
                 trace: list | None = None) -> None:
-    """Simulate one public address shared by `ratio` boxes until the scenario's horizon.
+    """Simulate one public address shared by `ratio` applications until the scenario's horizon (one
+    application per box, or sc["apps"] per box: applications i*apps .. i*apps+apps-1 are box i's and,
+    for the agent, share box i's governor). kind "agent-ungoverned": the agent without the governor
+    (every application for itself, as separate agents would be).
     trace: if given, receives (time, device, op, status) for every answer (for analysis)."""
     horizon = sc["horizon"]
-    make = AgentClient if kind == "agent" else NaiveClient
-    devs = [make(rng.random, sc["stored"](rng), OLD, 0.0) for _ in range(ratio)]
+    make = AgentClient if kind.startswith("agent") else NaiveClient
+    per_box = sc.get("apps", 1)
+    governed = kind == "agent" and "apps" in sc
+    govs = [governor.Governor(random=rng.random, **GOVERNOR) for _ in range(ratio // per_box)] if governed else []
+    gov_version = [0] * len(govs)
+    queued = [False] * ratio
+    tickets: list[int | None] = [None] * ratio
+    if governed:
+        policy = {**GOVERNED_POLICY, **POLICY}
+        devs = [AgentClient(rng.random, sc["stored"](rng), OLD, 0.0, policy) for _ in range(ratio)]
+    else:
+        devs = [make(rng.random, sc["stored"](rng), OLD, 0.0) for _ in range(ratio)]
     version = [0] * ratio
     hold_start: list[float | None] = [None] * ratio
     hold_end = [0.0] * ratio
     ready: list[float | None] = [None] * ratio
     lacked_at_ref = [False] * ratio
-    bucket = [float(BURST), 0.0]
+    bucket: list | Throttle = Throttle(RATE, BURST) if sc.get("bucket") == "one-time" else [float(BURST), 0.0]
     counter = [0]
     heap: list[tuple] = []
     seq = 0
@@ -274,6 +320,20 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
             heapq.heappush(heap, (max(d, now), seq, WAKE, i, version[i], None))
             seq += 1
 
+    def schedule_gov(b: int, now: float) -> None:
+        nonlocal seq
+        gov_version[b] += 1
+        nt = govs[b].next_grant_time(now)
+        if nt is not None and nt <= horizon:
+            heapq.heappush(heap, (max(nt, now), seq, GOV, b, gov_version[b], None))
+            seq += 1
+
+    def send(i: int, op: str, now: float) -> None:
+        nonlocal seq
+        rtt = RTT[0] + (RTT[1] - RTT[0]) * rng.random()
+        heapq.heappush(heap, (now + rtt / 2, seq, ARRIVE, i, 0, (op, rtt / 2)))
+        seq += 1
+
     # A client that keeps acting without virtual time moving (e.g. re-registering at once on every
     # refusal) would spin here for ever: stop loudly instead (issue 21). Every box may legitimately act
     # at one instant (a rollout wakes them all), a few events each.
@@ -292,13 +352,38 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
         if ev == WAKE:
             if ver != version[i]:
                 continue
+            if governed:
+                # The box's governor decides when the due request may leave (agent.governor).
+                d = devs[i]
+                due = d.next_deadline()
+                if queued[i] or due is None or due > t:
+                    if not queued[i]:
+                        schedule_wake(i, t)
+                    continue
+                b = i // per_box
+                dec = govs[b].request(i, governor.dcr_class(d.next_op(), d.token_expiry(t) is not None), t)
+                if not dec.granted:
+                    queued[i] = True
+                    schedule_gov(b, t)
+                    continue
+                tickets[i] = dec.ticket
             op = devs[i].poll(t)
             if op is None:
                 schedule_wake(i, t)
                 continue
-            rtt = RTT[0] + (RTT[1] - RTT[0]) * rng.random()
-            heapq.heappush(heap, (t + rtt / 2, seq, ARRIVE, i, 0, (op, rtt / 2)))
-            seq += 1
+            send(i, op, t)
+        elif ev == GOV:
+            if ver != gov_version[i]:
+                continue
+            for j, dec in govs[i].take_grants(t):
+                queued[j] = False
+                tickets[j] = dec.ticket
+                op = devs[j].poll(t)
+                if op is None:  # nothing to do after all: the grant is lost (never returned)
+                    schedule_wake(j, t)
+                else:
+                    send(j, op, t)
+            schedule_gov(i, t)
         elif ev == ARRIVE:
             op, half = data
             d = devs[i]
@@ -329,6 +414,10 @@ def run_address(sc: dict, kind: str, rng: random.Random, totals: Totals, ratio: 
                 if status >= 300:  # identical error answers parse to identical errors: parse each once
                     errors[(op, status, body)] = e
                 d.error(e, t)
+                if governed and status == 429:  # pauses every application of the box
+                    b = i // per_box
+                    govs[b].on_throttled(t, window=d.lc.window, retry_after=e.retry_after, ticket=tickets[i])
+                    schedule_gov(b, t)
             else:
                 d.ok(op, result, t)
                 if op == "token":
@@ -375,6 +464,45 @@ def floor_city(ratio: int) -> list[float]:
     return [max(0.0, (2 * i - BURST) / RATE) + 2 * RTT[1] for i in range(1, ratio + 1)]
 
 
+def floor_one_time(apps: int) -> list[float]:
+    """Token times of the best schedule for `apps` applications behind one address, each needing
+    register then token, under Adobe's bucket as the emulator models it (a one-time burst of BURST,
+    then RATE per second, the refill starting only once the burst is spent), every round trip the
+    slowest (RTT1; the answer half-way). Careful about the burst: a token request can only follow
+    its register's answer, so with fewer than BURST registers the burst cannot all be spent at the
+    first arrival, and the refill starts late (six applications: 6 registers at RTT1/2, 4 tokens
+    at 1.5 RTT1 empty the burst, the last 2 follow 1 s and 2 s later: 2 s + 2 RTT1).
+    Greedy: every request is admitted the moment it has arrived and the bucket allows, token
+    requests first. Optimal: the n-th admission is at least the BURST-th admission plus
+    (n - BURST)/RATE, and no schedule empties the burst earlier (all registers arrive at RTT1/2,
+    the earliest tokens at 1.5 RTT1) nor leaves a slot unused while a request waits."""
+    h = RTT[1] / 2
+    bucket = Throttle(RATE, BURST)
+    regs = apps                            # register requests not yet admitted (all arrive at h)
+    toks: list[float] = []                 # arrival times of token requests (a heap)
+    out: list[float] = []
+    t = h
+    while regs or toks:
+        if toks and toks[0] <= t:
+            kind = "token"
+        elif regs:
+            kind = "register"
+        else:
+            t = toks[0]
+            continue
+        ok, wait = bucket.take("address", t)
+        if not ok:
+            t += wait + 1e-9
+            continue
+        if kind == "token":
+            heapq.heappop(toks)
+            out.append(t + h)
+        else:
+            regs -= 1
+            heapq.heappush(toks, t + 2 * h)
+    return out
+
+
 def floor_recovery(lacking: int, expiries: list[float]) -> tuple[float, list[tuple[float, int]], int]:
     """The best schedule for one address after Adobe recovers (at 0), knowing the exact second it does.
 
@@ -418,8 +546,21 @@ def floor_429(sc: dict, floor_time: float) -> float:
     if sc["name"] == "outage":
         return 0.0
     rtt1 = RTT[1]
+    apps = sc.get("apps", 1)
+    if "apps" in sc and 2 * apps > BURST:
+        # A box alone behind its address must empty the burst by `w` to meet the target (after it,
+        # its remaining 2 apps - BURST requests are 1/RATE apart), and at least BURST/2 of the burst
+        # are registers (a token follows its register): so every box sends BURST/2 registers that
+        # reach the bucket by w, which admits at most BURST + RATE w by then.
+        alone = floor_one_time(apps)[-1]
+        w = TARGET * alone - (2 * apps - BURST) / RATE - rtt1 / 2
+        refused = max(0, sc["ratio"] * ((BURST + 1) // 2) - int(BURST + RATE * w))
+        slots = int(BURST + RATE * TARGET * floor_time)
+        return refused / float(refused + slots) if refused else 0.0
     admitted_first = int(BURST + RATE * (2 * TARGET - 0.5) * rtt1)
-    refused = max(0, sc["ratio"] - admitted_first // 2)
+    # Alone, every application's register must leave by the same deadline (2 x apps <= BURST: all
+    # fit the burst), so a box of `apps` applications sends `apps` registers in the first wave.
+    refused = max(0, sc["ratio"] * apps - admitted_first // 2)
     slots = int(BURST + RATE * TARGET * floor_time)
     return refused / float(refused + slots) if refused else 0.0
 
@@ -489,7 +630,7 @@ def summarize(totals: Totals, sc: dict, scale: float, served: list[int]) -> dict
 
 def run_case(sc: dict, kind: str, seed: int, sample_addresses: int | None = None
              ) -> tuple[dict, list[int], float, Totals]:
-    ratio, n = sc["ratio"], sc["n"]
+    ratio, n = per_address(sc), sc["n"]
     addresses = max(1, n // ratio)
     todo = addresses if sample_addresses is None else min(addresses, sample_addresses)
     totals = Totals(sc["horizon"])
@@ -505,7 +646,7 @@ def floor_case(sc: dict, agent_totals: Totals, agent_served: list[int]) -> tuple
     """The floor's figures and curve. City and revocation: every address alike (floor_city).
     Outage: from the agent's own state at recovery (nothing can be done while Adobe is down), each
     address on its own (floor_recovery); time-to-all is the slowest address, as for the agent."""
-    ratio, n = sc["ratio"], sc["n"]
+    ratio, n = per_address(sc), sc["n"]
     addresses = max(1, n // ratio)
     horizon = int(sc["horizon"])
     arr = [0] * (horizon + 2)
@@ -522,7 +663,8 @@ def floor_case(sc: dict, agent_totals: Totals, agent_served: list[int]) -> tuple
                 arr[min(horizon + 1, int(math.ceil(t_ref + when)))] += d
         peak = float(sum(min(BURST, lk) for lk, _ in agent_totals.recovery))
     else:
-        times = [sc["t_ref"] + x for x in floor_city(ratio)]
+        times = [sc["t_ref"] + x for x in (floor_one_time(ratio) if sc.get("bucket") == "one-time"
+                                             else floor_city(ratio))]
         for x in times:
             if x <= horizon:
                 arr[int(math.ceil(x))] += addresses
@@ -543,33 +685,40 @@ def run_scenario(sc: dict, seed: int, naive_sample: int) -> dict:
     agent, a_served, _, a_totals = run_case(sc, "agent", seed)
     naive, n_served, nscale, _ = run_case(sc, "naive", seed + 1, naive_sample)
     floor, f_served = floor_case(sc, a_totals, a_served)
+    extra, curves = {}, {}
+    if "apps" in sc:  # what the governor buys: the same boxes with one agent per application
+        extra["ungoverned"], u_served, _, _ = run_case(sc, "agent-ungoverned", seed)
+        curves["ungoverned"] = curve(u_served)
     ratio_time = None
     if agent["time_to_all_s"] is not None and floor["time_to_all_s"]:
         ratio_time = agent["time_to_all_s"] / floor["time_to_all_s"]
-    return {"scenario": sc["name"], "ratio": sc["ratio"], "devices": sc["n"], "t_ref": sc["t_ref"],
-            "horizon": sc["horizon"], "agent": agent, "naive": naive, "floor": floor,
-            "naive_sampled_addresses": None if nscale == 1 else int(round(sc["n"] / sc["ratio"] / nscale)),
+    return {"scenario": sc["name"], "ratio": sc["ratio"], "apps": sc.get("apps", 1), "devices": sc["n"],
+            "t_ref": sc["t_ref"], "horizon": sc["horizon"], "agent": agent, "naive": naive, "floor": floor, **extra,
+            "naive_sampled_addresses": None if nscale == 1 else int(round(sc["n"] / per_address(sc) / nscale)),
             "agent_vs_floor": round(ratio_time, 3) if ratio_time is not None else None,
             "share_429_floor": round(floor_429(sc, floor["time_to_all_s"]), 4),
             "targets": {"time_within_1.3x": ratio_time is not None and ratio_time <= TARGET,
                         "share_429_below_10pct": agent["share_429"] < 0.10, "none_gave_up": agent["gave_up"] == 0},
-            "curves": {"agent": curve(a_served), "naive": curve(n_served, nscale), "floor": curve(f_served)},
+            "curves": {"agent": curve(a_served), "naive": curve(n_served, nscale), "floor": curve(f_served), **curves},
             "sim_seconds": round(time.monotonic() - t0, 1)}
 
 
 # ------------------------------------------------------------------------------------ output
 
 def table(results: list[dict]) -> str:
-    head = ("scenario", "dev/addr", "client", "time-to-all s", "x floor", "429 share", "429 floor", "peak req/s",
-            "mean req/s", "req/device", "gave up")
+    head = ("scenario", "box/addr", "apps/box", "client", "time-to-all s", "x floor", "429 share", "429 floor",
+            "peak req/s", "mean req/s", "req/app", "gave up")
     rows = [head]
     for r in results:
-        for who in ("floor", "agent", "naive"):
+        for who in ("floor", "agent", "ungoverned", "naive"):
+            if who not in r:
+                continue
             m = r[who]
             tta = m["time_to_all_s"]
             x = (tta / r["floor"]["time_to_all_s"]) if tta is not None and r["floor"]["time_to_all_s"] else None
             label = who + ("*" if who == "naive" and r["naive_sampled_addresses"] else "")
-            rows.append((r["scenario"], str(r["ratio"]), label, "-" if tta is None else "%.1f" % tta,
+            rows.append((r["scenario"], str(r["ratio"]), str(r.get("apps", 1)), label,
+                         "-" if tta is None else "%.1f" % tta,
                          "-" if x is None else "%.2f" % x, "%.1f%%" % (100 * m["share_429"]),
                          "%.1f%%" % (100 * r["share_429_floor"]) if who == "agent" else "",
                          "%.0f" % m["peak_rps"], "%.1f" % m.get("mean_rps", 0.0),
@@ -580,7 +729,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-COLORS = {"agent": "#1f77b4", "naive": "#d62728", "floor": "#2ca02c"}
+COLORS = {"agent": "#1f77b4", "naive": "#d62728", "floor": "#2ca02c", "ungoverned": "#ff7f0e"}
 
 
 def svg(results: list[dict]) -> str:
@@ -593,9 +742,13 @@ def svg(results: list[dict]) -> str:
            '<rect width="100%" height="100%" fill="white"/>',
            '<text x="10" y="18" font-size="14">Devices holding a valid token over time, per scenario '
            '(time since power-on / start of the scenario)</text>']
-    for j, (who, label) in enumerate((("agent", "agent (agent.lifecycle)"), ("naive", "naive client, fixed 1 s retries"),
-                                      ("floor", "floor: best schedule under the throttle"))):
-        lx = 10 + j * 300
+    legend = [("agent", "agent (agent.lifecycle)"), ("naive", "naive client, fixed 1 s retries"),
+              ("floor", "floor: best schedule under the throttle")]
+    if any("ungoverned" in r for r in results):
+        legend[0] = ("agent", "agent: one governor per box")
+        legend.insert(1, ("ungoverned", "one agent per application"))
+    for j, (who, label) in enumerate(legend):
+        lx = 10 + j * (cols * w - 20) // len(legend)
         dash = ' stroke-dasharray="4 3"' if who == "floor" else ""
         out.append('<line x1="%d" y1="34" x2="%d" y2="34" stroke="%s" stroke-width="2"%s/>' % (lx, lx + 24, COLORS[who], dash))
         out.append('<text x="%d" y="38">%s</text>' % (lx + 30, label))
@@ -608,20 +761,28 @@ def svg(results: list[dict]) -> str:
         out.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#555">time</text>' % (x0 + pw / 2, y0 + ph + 28))
         tmax = r["horizon"]
         n = r["devices"]
-        out.append('<text x="%d" y="%d" font-weight="bold">%s, %d devices, %d per address</text>'
-                   % (x0, oy + 12, r["scenario"], n, r["ratio"]))
+        if "apps" in r and r["scenario"] == "apps":
+            # Zoom on the herd: 1.5x the slowest client that finished (the horizon is far longer).
+            done = [r[who]["time_to_all_s"] for who in ("floor", "agent", "ungoverned", "naive")
+                    if who in r and r[who]["time_to_all_s"] is not None]
+            tmax = min(r["horizon"], max(4.0, 1.5 * max(done or [r["horizon"]])))
+            out.append('<text x="%d" y="%d" font-weight="bold">%d boxes x %d apps, %d boxes per address</text>'
+                       % (x0, oy + 12, n // r["apps"], r["apps"], r["ratio"]))
+        else:
+            out.append('<text x="%d" y="%d" font-weight="bold">%s, %d devices, %d per address</text>'
+                       % (x0, oy + 12, r["scenario"], n, r["ratio"]))
         out.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#999"/>' % (x0, y0, pw, ph))
         for frac in (0.0, 0.5, 1.0):
             y = y0 + ph - frac * ph
             out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (x0 - 4, y + 4, _si(n * frac)))
             out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
                        % (x0 + frac * pw, y0 + ph + 14, _dur(tmax * frac)))
-        for who in ("floor", "naive", "agent"):
-            pts = r["curves"][who]
+        for who in ("floor", "naive", "ungoverned", "agent"):
+            pts = r["curves"].get(who)
             if not pts:
                 continue
             path = " ".join("%.1f,%.1f" % (x0 + pw * min(t, tmax) / tmax, y0 + ph - ph * min(v, n) / max(1, n))
-                            for t, v in pts)
+                            for t, v in _upto(pts, tmax))
             dash = ' stroke-dasharray="4 3"' if who == "floor" else ""
             out.append('<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="%s"/>'
                        % (COLORS[who], dash, path))
@@ -631,6 +792,16 @@ def svg(results: list[dict]) -> str:
                       "-" if r["agent_vs_floor"] is None else "%.2f" % r["agent_vs_floor"], 100 * a["share_429"]))
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _upto(pts: list, tmax: float) -> list:
+    """The curve's points up to tmax, and the first after it (clipped to the panel's edge)."""
+    out = []
+    for p in pts:
+        out.append(p)
+        if p[0] >= tmax:
+            break
+    return out
 
 
 def _si(v: float) -> str:
@@ -643,7 +814,7 @@ def _dur(s: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.fleetsim", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("city", "outage", "revocation", "all"), default="all")
+    p.add_argument("--scenario", choices=("city", "outage", "revocation", "apps", "all"), default="all")
     p.add_argument("--devices", type=int, default=100000, help="boxes per scenario (default 100000)")
     p.add_argument("--ratios", default="1,10,100,1000", help="devices per public address for the city scenario")
     p.add_argument("--ratio", type=int, default=1000, help="devices per address for outage and revocation")
@@ -651,11 +822,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="boxes for the outage and revocation scenarios (default 20000, keeps the run short)")
     p.add_argument("--naive-sample", type=int, default=1,
                    help="addresses simulated for the naive client, scaled up (default 1)")
+    p.add_argument("--apps", default="1,3,6", help="applications per box for the apps scenario (default 1,3,6)")
+    p.add_argument("--app-ratios", default="1,10,100", help="boxes per public address for the apps scenario")
+    p.add_argument("--app-boxes", type=int, default=3000, help="boxes in the apps scenario (default 3000)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--policy", metavar="JSON", help='Lifecycle keyword overrides to experiment with, '
                    'e.g. \'{"throttle_growth": 2, "throttle_cap": 900}\'')
+    p.add_argument("--governor", metavar="JSON", help='Governor keyword overrides (apps scenario), e.g. \'{"slack": 0.2}\'')
     p.add_argument("--json", metavar="FILE", help="write the figures (and curves) as JSON")
-    p.add_argument("--svg", metavar="FILE", help="plot devices holding a token over time")
+    p.add_argument("--svg", metavar="FILE", help="plot devices holding a token over time (city, outage, revocation)")
+    p.add_argument("--svg-apps", metavar="FILE", help="plot applications holding a token over time (apps scenario)")
     a = p.parse_args(argv)
     if a.devices < 1 or a.other_devices < 1:
         p.error("--devices and --other-devices must be >= 1")
@@ -663,8 +839,20 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [int(x) for x in a.ratios.split(",") if x.strip()]
     except ValueError:
         p.error("--ratios must be comma-separated integers, e.g. 1,10,100,1000")
-    if not ratios or min(ratios) < 1 or a.ratio < 1:
-        p.error("device-per-address ratios must be >= 1")
+    try:
+        apps = [int(x) for x in a.apps.split(",") if x.strip()]
+        app_ratios = [int(x) for x in a.app_ratios.split(",") if x.strip()]
+    except ValueError:
+        p.error("--apps and --app-ratios must be comma-separated integers, e.g. 1,3,6")
+    if not ratios or min(ratios) < 1 or a.ratio < 1 or not apps or min(apps) < 1 or not app_ratios \
+            or min(app_ratios) < 1 or a.app_boxes < 1:
+        p.error("device-per-address ratios, --apps, --app-ratios and --app-boxes must be >= 1")
+    if a.governor:
+        try:
+            GOVERNOR.update(json.loads(a.governor))
+            governor.Governor(**GOVERNOR)
+        except (ValueError, TypeError, AgentError) as e:
+            p.error("--governor: %s" % e)
     if a.policy:
         try:
             POLICY.update(json.loads(a.policy))
@@ -678,12 +866,16 @@ def main(argv: list[str] | None = None) -> int:
         cases.append(scenario_outage(min(a.devices, a.other_devices), a.ratio))
     if a.scenario in ("revocation", "all"):
         cases.append(scenario_revocation(min(a.devices, a.other_devices), a.ratio))
+    if a.scenario in ("apps", "all"):
+        cases += [scenario_apps(max(a.app_boxes, r), r, k) for r in app_ratios for k in apps]
     t0 = time.monotonic()
     results = []
     for sc in cases:
-        sc["ratio"] = min(sc["ratio"], sc["n"])
+        if "apps" not in sc:
+            sc["ratio"] = min(sc["ratio"], sc["n"])
         results.append(run_scenario(sc, a.seed, a.naive_sample))
-        print("ran %s (%d per address) in %.1f s" % (sc["name"], sc["ratio"], results[-1]["sim_seconds"]),
+        print("ran %s (%d per address%s) in %.1f s" % (sc["name"], sc["ratio"], ", %d apps per box" % sc["apps"]
+                                                       if "apps" in sc else "", results[-1]["sim_seconds"]),
               file=sys.stderr)
     print(table(results))
     print("* naive client simulated on a sample of addresses and scaled; floor = best schedule under "
@@ -698,19 +890,32 @@ def main(argv: list[str] | None = None) -> int:
                       "one; 429 share after recovery %.1f%%" % (who, m["down_req_per_hour_without_token"],
                                                               m["down_req_per_hour_with_token"],
                                                               100 * m["share_429_after_recovery"]))
+    if any(r["scenario"] == "apps" for r in results):
+        print("apps: each box's applications share one governor (agent.governor); Adobe's bucket is the emulator's "
+              "(one-time burst of %d, then %g req/s); floor = best schedule for 2 requests per application under it; "
+              "ungoverned = one agent per application, no governor (today's way to run several)" % (BURST, RATE))
     print("targets (agent): " + "; ".join(
-        "%s/%d: %s" % (r["scenario"], r["ratio"], ", ".join(k + ("" if v else " MISSED") for k, v in r["targets"].items()))
+        "%s/%d%s: %s" % (r["scenario"], r["ratio"], "x%d" % r["apps"] if r["scenario"] == "apps" else "", ", ".join(k + ("" if v else " MISSED") for k, v in r["targets"].items()))
         for r in results))
     print("simulated in %.1f s" % (time.monotonic() - t0))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"policy": _policy(), "model": {"rate": RATE, "burst": BURST, "ttl": TTL, "rtt": RTT},
-                       "results": results}, f, indent=1)
+            json.dump({"policy": _policy(), "governed_policy": {**GOVERNED_POLICY, **POLICY},
+                       "governor": _governor(),
+                       "model": {"rate": RATE, "burst": BURST, "ttl": TTL, "rtt": RTT}, "results": results}, f, indent=1)
             f.write("\n")
-    if a.svg:
+    if a.svg and any(r["scenario"] != "apps" for r in results):
         with open(a.svg, "w") as f:
-            f.write(svg(results))
+            f.write(svg([r for r in results if r["scenario"] != "apps"]))
+    if a.svg_apps and any(r["scenario"] == "apps" for r in results):
+        with open(a.svg_apps, "w") as f:
+            f.write(svg([r for r in results if r["scenario"] == "apps"]))
     return 0
+
+
+def _governor() -> dict:
+    g = governor.Governor(**GOVERNOR)
+    return {"rate": g.rate, "burst": g.burst, "slack": g.slack, "pause_cap": g.pause_cap}
 
 
 def _policy() -> dict:
