@@ -39,7 +39,7 @@ The bucket model (conservative: Adobe's bucket as the emulator implements it)
   already spent it (an earlier boot, another box behind the NAT), the first 429 says so and the
   model drops to an empty bucket for good: at most one burst's worth of refusals per process.
   Pass initial=1 to assume nothing.
-- `slack` (default 0.2 s): grants travel to Adobe with different delays. Two grants 1/rate apart
+- `slack` (default 0.1 s): grants travel to Adobe with different delays. Two grants 1/rate apart
   can arrive 1/rate - jitter apart, and a bucket that refills only to one token refuses the
   second. So after the burst each grant waits 1/rate + slack after the previous one: with
   arrival jitter up to `slack` Adobe still sees 1/rate between requests (tests replay grants
@@ -133,7 +133,7 @@ class Decision:
 class Governor:
     """One box's upstream budget. Not thread-safe: the shell serialises calls."""
 
-    def __init__(self, *, rate: float = 1.0, burst: int = 10, initial: int | None = None, slack: float = 0.2,
+    def __init__(self, *, rate: float = 1.0, burst: int = 10, initial: int | None = None, slack: float = 0.1,
                  pause_cap: float = 300.0, max_waiters: int = 64, gateway_waiters: int = 16,
                  random: Callable[[], float] | None = None) -> None:
         problems = []

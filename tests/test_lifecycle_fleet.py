@@ -4,6 +4,7 @@ agent's throttle policy keeps its promises against the floor and the naive clien
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -39,11 +40,17 @@ def test_the_simulation_drives_the_real_lifecycle(monkeypatch):
 def test_outage_and_revocation_recover_every_box(tmp_path):
     out = tmp_path / "f.json"
     svg = tmp_path / "f.svg"
+    svg_apps = tmp_path / "apps.svg"
     rc = fleetsim.main(["--scenario", "all", "--devices", "200", "--ratios", "1,50", "--ratio", "50",
-                        "--json", str(out), "--svg", str(svg)])
+                        "--apps", "1,3", "--app-ratios", "1,5", "--app-boxes", "20",
+                        "--json", str(out), "--svg", str(svg), "--svg-apps", str(svg_apps)])
     assert rc == 0
     data = json.loads(out.read_text())
-    assert [r["scenario"] for r in data["results"]] == ["city", "city", "outage", "revocation"]
+    assert [r["scenario"] for r in data["results"]] == ["city", "city", "outage", "revocation"] + ["apps"] * 4
+    assert [(r["ratio"], r["apps"]) for r in data["results"][4:]] == [(1, 1), (1, 3), (5, 1), (5, 3)]
+    assert all("ungoverned" in r for r in data["results"][4:])
+    assert data["governor"]["burst"] == 10 and data["governed_policy"]["throttle_spread"] == 0.05
+    assert svg_apps.read_text().count("<polyline") == 16   # floor, naive, ungoverned, agent per panel
     assert all(r["agent"]["gave_up"] == 0 for r in data["results"])
     assert data["policy"]["throttle_spread"] == 0.25 and data["policy"]["outage_cap"] == 60.0
     for r in data["results"]:
@@ -92,3 +99,78 @@ def test_a_client_acting_for_ever_at_one_instant_fails_loudly(monkeypatch):
     monkeypatch.setattr(lifecycle, "Lifecycle", Spinning)
     with pytest.raises(RuntimeError, match=r"stuck at t=[0-9.]+ s: 10000 events without time moving"):
         fleetsim.run_case(fleetsim.scenario_city(3, 3), "agent", seed=1)
+
+
+# ------------------------------------------------------------------ several applications per box (issue 16)
+
+def test_the_one_time_burst_floor_waits_for_tokens_to_follow_their_registers():
+    rtt1 = fleetsim.RTT[1]
+    # Up to 5 applications: everything fits the burst, two slowest round trips.
+    assert fleetsim.floor_one_time(1) == [2 * rtt1]
+    assert fleetsim.floor_one_time(5)[-1] == 2 * rtt1
+    # 6: the burst takes 6 registers (at RTT1/2) and 4 tokens (at 1.5 RTT1); the refill starts only
+    # then, so the last 2 tokens are admitted 1 s and 2 s later (not at 1 s and 2 s after the start).
+    six = fleetsim.floor_one_time(6)
+    assert len(six) == 6 and six[-1] == pytest.approx(2.0 + 2 * rtt1)
+    assert sorted(six) == six and sum(1 for t in six if t < 1.0) == 4
+    # 10 or more: ten registers empty the burst at once; then one request per second.
+    assert fleetsim.floor_one_time(10)[-1] == pytest.approx(10.0 + rtt1)
+    assert fleetsim.floor_one_time(600)[-1] == pytest.approx(1190.0 + rtt1)
+
+
+def test_the_429_bound_for_boxes_with_several_applications():
+    apps = fleetsim.scenario_apps
+    assert fleetsim.floor_429(apps(10, 1, 6), 2.5) == 0.0
+    # 3 apps (all fit the burst alone): 30 first-wave registers, at most 5 admitted -> 25 refused;
+    # 10 + 1.3 x 50.25 = 75 admissions in time.
+    assert fleetsim.floor_429(apps(100, 10, 3), 50.25) == pytest.approx(25 / 100)
+    # 6 apps: alone the box must empty the burst by 1.125 s, at least 5 of it registers: 50 - 11.
+    assert fleetsim.floor_429(apps(100, 10, 6), 110.25) == pytest.approx(39 / (39 + 153))
+
+
+def test_a_box_with_six_applications_alone_never_gets_a_429_and_beats_six_agents(monkeypatch):
+    made = []
+    real = fleetsim.governor.Governor
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            real.__init__(self, *a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(fleetsim.governor, "Governor", Spy)
+    r = fleetsim.run_scenario(fleetsim.scenario_apps(20, 1, 6), seed=3, naive_sample=1)
+    assert len(made) == 20 and all(g.tickets == 12 for g in made)   # one governor per box, 2 requests per app
+    a, u = r["agent"], r["ungoverned"]
+    assert a["devices"] == 120 and a["gave_up"] == 0 and r["floor"]["time_to_all_s"] == 2.5
+    assert a["share_429"] == 0.0 and a["requests_per_device"] == 2.0
+    assert a["time_to_all_s"] <= 1.3 * 2.5
+    assert u["share_429"] > 0.1 and u["time_to_all_s"] > 2 * 2.5        # six agents collide in 429s
+
+
+def test_crowded_boxes_with_several_applications_stay_near_the_floor(monkeypatch):
+    made = []
+    real = lifecycle.Lifecycle
+
+    class Spy(real):
+        def __init__(self, *a, **k):
+            real.__init__(self, *a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(lifecycle, "Lifecycle", Spy)
+    r = fleetsim.run_scenario(fleetsim.scenario_apps(60, 10, 6), seed=3, naive_sample=1)
+    a, u = r["agent"], r["ungoverned"]
+    assert a["devices"] == 360 and a["gave_up"] == 0 and u["gave_up"] == 0
+    assert a["time_to_all_s"] <= 1.3 * r["floor"]["time_to_all_s"]
+    assert a["time_to_all_s"] < u["time_to_all_s"] and a["requests_per_device"] < u["requests_per_device"]
+    assert a["share_429"] >= r["share_429_floor"]
+    governed = made[:360]   # the governed run comes first; every application ends with a token
+    assert all(lc.state == lifecycle.TOKEN_VALID and lc.throttle_spread == 0.05 for lc in governed)
+
+
+def test_the_simulated_addresses_never_refuse_what_a_lone_governor_grants():
+    # The sim's Adobe is the emulator's Throttle: a lone box's governor (6 apps, burst, then paced
+    # with the RTT jitter of the model) sees every request admitted.
+    trace: list = []
+    sc = fleetsim.scenario_apps(1, 1, 6)
+    fleetsim.run_address(sc, "agent", random.Random(5), fleetsim.Totals(sc["horizon"]), 6, trace=trace)
+    assert len(trace) == 12 and {status for *_, status in trace} == {201}
