@@ -39,6 +39,7 @@ def _writer(directory: str, ack_fd: int) -> None:
         s.open()
         cur = s.load()
         seq = cur["seq"] if cur else 0
+        os.write(ack_fd, struct.pack(">I", 0))  # ready: the saves start now
         while True:
             seq += 1
             s.save(make_state(seq))
@@ -49,14 +50,24 @@ def _writer(directory: str, ack_fd: int) -> None:
         os._exit(code)
 
 
-def _read_acks(fd: int) -> list[int]:
+def _read_exactly(fd: int, n: int) -> bytes:
     data = b""
+    while len(data) < n:
+        chunk = os.read(fd, n - len(data))
+        if not chunk:  # the writer died early; the assertions below say why
+            break
+        data += chunk
+    return data
+
+
+def _read_acks(fd: int, data: bytes = b"") -> list[int]:
     while True:
         chunk = os.read(fd, 65536)
         if not chunk:
             break
         data += chunk
-    return [struct.unpack(">I", data[i:i + 4])[0] for i in range(0, len(data) - len(data) % 4, 4)]
+    acks = [struct.unpack(">I", data[i:i + 4])[0] for i in range(0, len(data) - len(data) % 4, 4)]
+    return [a for a in acks if a]  # 0 is the writer's "ready"
 
 
 def test_sigkill_during_saves_always_leaves_a_valid_store(tmp_path, capsys):
@@ -73,11 +84,14 @@ def test_sigkill_during_saves_always_leaves_a_valid_store(tmp_path, capsys):
             _writer(d, w)
         os.close(w)
         try:
-            time.sleep(rng.uniform(0, 0.006))  # a random moment, not a time limit
+            # A random moment within the saves, whatever the machine's load: wait for the writer's
+            # "ready" and for 0-2 completed saves (events, not time), then a random delay.
+            seen = _read_exactly(r, 4 * (1 + rng.randrange(3)))
+            time.sleep(rng.uniform(0, 0.006))
             os.kill(pid, signal.SIGKILL)
         finally:
             _, status = os.waitpid(pid, 0)
-        acks = _read_acks(r)
+        acks = _read_acks(r, seen)
         os.close(r)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
             "writer exited by itself (status %r): it failed before being killed" % status)
