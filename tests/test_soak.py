@@ -23,7 +23,7 @@ def _enabled(request):
 
 
 def test_soak_one_minute(tmp_path) -> None:
-    s = soak.run(1.2, 6, token_ttl=15, rate=15.0, seed=7, keep=str(tmp_path / "soak"), progress=False)
+    s = soak.run(2.0, 6, token_ttl=40, rate=15.0, seed=7, keep=str(tmp_path / "soak"), progress=False)
     print(soak.format_summary(s))
     assert s["passed"], s["failures"]
     assert s["faults"], "no fault was injected"

@@ -17,7 +17,7 @@ in between. At the end it checks:
 - no secret (client secret, access token, statement) in the agent's output.
 
 Prints a summary, writes it as JSON with `--json FILE`, exits 0 when every check passed, 1 if not.
-Usage: python -m tools.soak --minutes 10 --clients 8 [--json soak.json] [--token-ttl 20]
+Usage: python -m tools.soak --minutes 10 --clients 8 [--json soak.json] [--token-ttl 60]
 
 Must never: run without an end (the deadline is fixed at start), leave the agent process or the
 emulator running, talk to anything but loopback, or print a token or secret.
@@ -368,7 +368,7 @@ def wait_socket(path: str, proc: subprocess.Popen, timeout: float = 30.0) -> Non
     raise RuntimeError("the agent's socket %s did not answer within %.0f s" % (path, timeout))
 
 
-def run(minutes: float, clients: int, *, token_ttl: int = 20, rate: float = 20.0, seed: int = 1,
+def run(minutes: float, clients: int, *, token_ttl: int = 60, rate: float = 20.0, seed: int = 1,
         grace: float | None = None, backoff_cap: float = 8.0, keep: str | None = None,
         progress: bool = True) -> dict:
     """Run one soak and return the summary dict (see the module docstring)."""
@@ -579,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     ap.add_argument("--clients", type=int, default=8, help="client threads calling the socket (default 8)")
     ap.add_argument("--rate", type=float, default=20.0, help="mean calls per second per client (default 20)")
-    ap.add_argument("--token-ttl", type=int, default=20, help="emulator token lifetime in s (default 20)")
+    ap.add_argument("--token-ttl", type=int, default=60,
+                    help="emulator token lifetime in s (default 60; the agent asks for a token at most "
+                         "every 30 s, so lifetimes under ~40 s leave gaps by design)")
     ap.add_argument("--backoff-cap", type=float, default=8.0, help="agent refresh.backoff_cap in s (default 8)")
     ap.add_argument("--grace", type=float, default=None, help="healthy seconds after which not_ready is a failure")
     ap.add_argument("--seed", type=int, default=1)
