@@ -11,9 +11,15 @@ value the agent would otherwise reject later (the console password hash, pyseria
 port), so `pass-agent check` passing means `run` gets past its configuration, and `run` fails
 before it touches the store, the socket or the network.
 
-Multi-application (issue 16) will add an array of tables (`[[app]]`): each element becomes one more
-frozen dataclass (AppConfig) validated by the same per-key checkers (`_section`), held by Config as a
-tuple; today's single-application file maps to one AppConfig named "default".
+Several registered applications (issue 16): an array of tables, `[[app]]`, one per application
+(name, software_statement, redirect_uri, application_id, allow_uids/allow_gids/allow_groups), each
+element an `AppConfig` checked by APP_SCHEMA's per-key checkers, held by Config as the tuple `app`.
+Why `[[app]]` and not `[app.NAME]`: the name is a value checked like any other (a TOML key may be
+any quoted string, dots and spaces included, and it becomes a directory name), a duplicate name is
+our clear error instead of the TOML parser's "cannot redefine table", and the file's order is the
+order status shows. A file without `[[app]]` (every file before issue 16) is one application named
+"default" built from [adobe] software_statement/redirect_uri, [device] application_id and [socket]
+allow_*: `Config.apps` gives the applications either way. Mixing the two forms is an error.
 
 Must never: start the agent with a partially valid configuration, print a traceback for a bad
 file, or hand out a configuration object that can be changed in place (reload builds a new one).
@@ -125,6 +131,26 @@ def _str_list(v: Any) -> tuple[bool, Any, str]:
     return ok, tuple(v) if ok else v, "a list of group names, e.g. [\"pass-client\"]"
 
 
+@_produces(Tuple[str, ...])
+def _origin_list(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v)
+    return ok, tuple(v) if ok else v, "a list of web origins, e.g. [\"http://127.0.0.1:8080\"]"
+
+
+APP_NAME_MAX = 32
+MAX_APPS = 32  # the governor's line holds one request per application (agent/governor.py max_waiters 64)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@_produces(str)
+def _app_name(v: Any) -> tuple[bool, Any, str]:
+    # A directory name (storage), a command-line word and a JSON string: keep it plain.
+    ok = (isinstance(v, str) and 0 < len(v) <= APP_NAME_MAX and v[0] not in "-_"
+          and all(c in _NAME_CHARS for c in v))
+    return ok, v, ("a name of 1-%d characters: lower-case letters, digits, '-' and '_', starting with a letter "
+                   "or digit, e.g. \"news-app\"" % APP_NAME_MAX)
+
+
 OverrideValue = Union[str, int, float, bool]
 
 
@@ -180,7 +206,36 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     "log": {
         "level": (_choice("debug", "info", "warning", "error"), "info"),
     },
+    # The optional loopback WebSocket endpoint for web apps (issue 18, docs/WEB.md); "" listen: off.
+    "web": {
+        "listen": (_str, ""),
+        "allowed_origins": (_origin_list, ()),
+        "tokens_file": (_str, ""),
+        "securityagent": (_str, ""),
+        "max_connections": (_pos_int, 64),
+        "max_message": (_pos_int, 65536),
+        "idle_timeout": (_pos_number, 300.0),
+        "handshake_timeout": (_pos_number, 10.0),
+    },
 }
+
+# One [[app]] table: (key) -> (checker, default). `name` and `software_statement` are required in a
+# file; their defaults are those of the single-application form's application "default".
+APP_SCHEMA: dict[str, tuple[Check, Any]] = {
+    "name": (_app_name, "default"),
+    "software_statement": (_str, "/etc/pass-agent/software-statement.jwt"),
+    "redirect_uri": (_opt_str, None),
+    "application_id": (_opt_str, None),
+    "allow_uids": (_int_list, ()),
+    "allow_gids": (_int_list, ()),
+    "allow_groups": (_str_list, ()),
+}
+APP_REQUIRED = ("name", "software_statement")
+DEFAULT_APP = "default"
+# Keys of the single-application form that an [[app]] table replaces: setting one next to [[app]] is
+# an error (which application would it belong to?).
+_LEGACY_APP_KEYS = (("adobe", "software_statement"), ("adobe", "redirect_uri"), ("device", "application_id"),
+                    ("socket", "allow_uids"), ("socket", "allow_gids"), ("socket", "allow_groups"))
 
 # Keys that hold paths to files which must exist when set.
 _MUST_EXIST = {("adobe", "software_statement"), ("adobe", "ca_file")}
@@ -268,10 +323,38 @@ class LogConfig:
     level: str = "info"
 
 
+@dataclass(frozen=True)
+class WebConfig:
+    """[web]: the optional loopback WebSocket endpoint in Thunder's JSON-RPC dialect ("" listen: off)."""
+
+    listen: str = ""
+    allowed_origins: Tuple[str, ...] = ()
+    tokens_file: str = ""
+    securityagent: str = ""
+    max_connections: int = 64
+    max_message: int = 65536
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+
+
 # TOML table -> its dataclass; the root's fields are these tables plus `path`.
 SECTIONS: dict[str, type] = {"adobe": AdobeConfig, "device": DeviceConfig, "storage": StorageConfig,
                              "socket": SocketConfig, "console": ConsoleConfig, "refresh": RefreshConfig,
-                             "log": LogConfig}
+                             "log": LogConfig, "web": WebConfig}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """One registered application ([[app]], or the single-application form's "default"): its software
+    statement, the applicationId of its X-Device-Info, and which local users may use its token."""
+
+    name: str = "default"
+    software_statement: str = "/etc/pass-agent/software-statement.jwt"
+    redirect_uri: Optional[str] = None
+    application_id: Optional[str] = None
+    allow_uids: Tuple[int, ...] = ()
+    allow_gids: Tuple[int, ...] = ()
+    allow_groups: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -286,13 +369,37 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     path: Optional[str] = None  # the file it was read from; None when built in code
+    app: Tuple[AppConfig, ...] = ()  # the [[app]] tables; () for a single-application file (see `apps`)
 
-    def replace(self, *, path: Any = dataclasses.MISSING, **tables: Mapping[str, Any]) -> Config:
+    @property
+    def apps(self) -> Tuple[AppConfig, ...]:
+        """Every registered application: the [[app]] tables, or the single-application form's one,
+        named "default" (derived on each call, so replace(adobe=...) on such a file is seen)."""
+        if self.app:
+            return self.app
+        s = self.socket
+        return (AppConfig(name=DEFAULT_APP, software_statement=self.adobe.software_statement,
+                          redirect_uri=self.adobe.redirect_uri, application_id=self.device.application_id,
+                          allow_uids=s.allow_uids, allow_gids=s.allow_gids, allow_groups=s.allow_groups),)
+
+    def app_named(self, name: str) -> Optional[AppConfig]:
+        for a in self.apps:
+            if a.name == name:
+                return a
+        return None
+
+    def replace(self, *, path: Any = dataclasses.MISSING, app: Any = dataclasses.MISSING,
+                **tables: Mapping[str, Any]) -> Config:
         """A copy with keys of some tables changed: cfg.replace(adobe={"timeout": 5.0}). An unknown table
         or key raises TypeError at once. Values are frozen (lists to tuples) but not validated: this is
-        for code that builds configurations (tests, tools), the file goes through validate()."""
+        for code that builds configurations (tests, tools), the file goes through validate().
+        `app`: the [[app]] tables, as AppConfigs or dicts of APP_SCHEMA keys ([] or (): single-application)."""
         changes: dict[str, Any] = {}
+        if app is not dataclasses.MISSING:
+            changes["app"] = tuple(a if isinstance(a, AppConfig) else AppConfig(**{k: _freeze(v) for k, v in a.items()})
+                                   for a in app)
         for table, values in tables.items():
             if table not in SECTIONS:
                 raise TypeError("unknown configuration table [%s]; expected one of %s" % (table, ", ".join(SECTIONS)))
@@ -302,9 +409,15 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """The tables as plain nested dicts and lists (TOML and JSON shaped); `path` left out."""
-        return {table: {f.name: _thaw(getattr(getattr(self, table), f.name))
-                        for f in dataclasses.fields(getattr(self, table))} for table in SECTIONS}
+        """The tables as plain nested dicts and lists (TOML and JSON shaped); `path` left out. With
+        [[app]] tables: "app" is their list, and the single-application keys they replace are left out."""
+        out = {table: {f.name: _thaw(getattr(getattr(self, table), f.name))
+                       for f in dataclasses.fields(getattr(self, table))} for table in SECTIONS}
+        if self.app:
+            for table, key in _LEGACY_APP_KEYS:
+                out[table].pop(key, None)
+            out["app"] = [{f.name: _thaw(getattr(a, f.name)) for f in dataclasses.fields(AppConfig)} for a in self.app]
+        return out
 
 
 def _freeze(v: Any) -> Any:
@@ -381,7 +494,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             cfg[table][key] = norm
     # Relative paths are relative to the config file, so a config dir can be moved as a whole.
     for table, key in (("adobe", "software_statement"), ("adobe", "ca_file"), ("storage", "dir"),
-                       ("storage", "runtime_dir"), ("socket", "path"), ("device", "root")):
+                       ("storage", "runtime_dir"), ("socket", "path"), ("device", "root"), ("web", "tokens_file")):
         v = cfg[table][key]
         if isinstance(v, str) and v and not os.path.isabs(v) and "://" not in v:
             cfg[table][key] = os.path.normpath(os.path.join(base_dir, v))
@@ -411,6 +524,8 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             consolehash.parse(ph)
         except ConfigError as e:  # its message never echoes the hash
             problems.extend("[console] password_hash: " + p.split(": ", 1)[-1] for p in e.problems)
+    if cfg["web"]["listen"]:
+        problems.extend(_web_problems(cfg["web"], check_files))
     if check_files:
         port = cfg["console"]["port"]
         if isinstance(port, str) and port and importlib.util.find_spec("serial") is None:
@@ -422,9 +537,107 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
                 problems.append("[%s] %s: file %s does not exist or is not a regular file" % (table, key, p))
             elif p and not os.access(p, os.R_OK):
                 problems.append("[%s] %s: file %s is not readable by this user" % (table, key, p))
+    apps = _validate_apps(data, base_dir, check_files, problems) if "app" in data else ()
     if problems:
         raise ConfigError(problems, path)
-    return _build(cfg, path)
+    return dataclasses.replace(_build(cfg, path), app=apps)
+
+
+def _validate_apps(data: Mapping[str, Any], base_dir: str, check_files: bool, problems: list[str]) -> tuple:
+    """The [[app]] tables as AppConfigs; every problem appended to `problems`."""
+    raw = data["app"]
+    if isinstance(raw, abc.Mapping):
+        problems.append("[app] must be an array of tables, one per application: write [[app]] with name = \"...\" "
+                        "in each (not [app] or [app.NAME])")
+        return ()
+    if not isinstance(raw, (list, tuple)) or not raw:
+        problems.append("app: found %s, expected one or more [[app]] tables" % _describe(raw))
+        return ()
+    if len(raw) > MAX_APPS:
+        problems.append("[[app]]: %d applications, at most %d are supported" % (len(raw), MAX_APPS))
+    for table, key in _LEGACY_APP_KEYS:
+        section = data.get(table)
+        if isinstance(section, abc.Mapping) and key in section:
+            problems.append("[%s] %s is set next to [[app]] tables: with [[app]], each application has its own "
+                            "%s; move it into the [[app]] table(s) it belongs to" % (table, key, key))
+    overrides = (data.get("device") or {}).get("overrides") if isinstance(data.get("device"), abc.Mapping) else None
+    if isinstance(overrides, abc.Mapping) and "applicationId" in overrides:
+        problems.append("[device.overrides] applicationId is set next to [[app]] tables: set application_id in each "
+                        "[[app]] table instead")
+    apps, seen = [], {}
+    for i, element in enumerate(raw, 1):
+        where = "[[app]] #%d" % i
+        if not isinstance(element, abc.Mapping):
+            problems.append("%s must be a table, found %s" % (where, _describe(element)))
+            continue
+        name = element.get("name")
+        if isinstance(name, str) and _app_name(name)[0]:
+            where = "[[app]] %r" % name
+            if name in seen:
+                problems.append("%s: the name is used twice (tables #%d and #%d); each application needs its own "
+                                "name" % (where, seen[name], i))
+            seen.setdefault(name, i)
+        values = {k: (list(d) if isinstance(d, tuple) else d) for k, (_, d) in APP_SCHEMA.items()}
+        ok_all = True
+        for key in APP_REQUIRED:
+            if key not in element:
+                problems.append("%s: missing %s (required in every [[app]] table)" % (where, key))
+                ok_all = False
+        for key, v in element.items():
+            if key not in APP_SCHEMA:
+                problems.append("%s unknown key %r; known keys: %s" % (where, key, ", ".join(APP_SCHEMA)))
+                ok_all = False
+                continue
+            ok, norm, expected = APP_SCHEMA[key][0](v)
+            if not ok:
+                problems.append("%s %s: found %s, expected %s" % (where, key, _describe(v), expected))
+                ok_all = False
+                continue
+            values[key] = norm
+        st = values["software_statement"]
+        if isinstance(st, str) and st and not os.path.isabs(st):
+            values["software_statement"] = st = os.path.normpath(os.path.join(base_dir, st))
+        for gname in values["allow_groups"]:
+            try:
+                grp.getgrnam(gname)
+            except KeyError:
+                problems.append("%s allow_groups: no group named %r on this system; create it (sysusers.d) or use "
+                                "allow_gids" % (where, gname))
+        if check_files and "software_statement" in element and ok_all:
+            if not st:
+                problems.append("%s software_statement: empty; give the path of the application's statement" % where)
+            elif not os.path.isfile(st):
+                problems.append("%s software_statement: file %s does not exist or is not a regular file" % (where, st))
+            elif not os.access(st, os.R_OK):
+                problems.append("%s software_statement: file %s is not readable by this user" % (where, st))
+        if ok_all:
+            apps.append(AppConfig(**{k: _freeze(v) for k, v in values.items()}))
+    return tuple(apps)
+
+
+def _web_problems(web: Mapping[str, Any], check_files: bool) -> list[str]:
+    """[web] when the endpoint is on: loopback only, origins, an authenticator, the optional packages.
+    The checks live in agent/web/guard.py (standard library only, no h11/wsproto), imported only here."""
+    from agent.web import guard
+
+    return guard.config_problems(web, check_files)
+
+
+def app_gids(app: AppConfig) -> list[int]:
+    """An application's `allow_gids` plus the gids of its `allow_groups` (resolved now, like allowed_gids)."""
+    gids = list(app.allow_gids)
+    for name in app.allow_groups:
+        try:
+            gids.append(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            pass
+    return sorted(set(gids))
+
+
+def app_acls(cfg: Config) -> dict[str, tuple[frozenset, frozenset]]:
+    """Application name -> (allowed uids, allowed gids), in the configuration's order (the socket server's
+    per-application access lists; root and the agent's own uid are allowed every application)."""
+    return {a.name: (frozenset(a.allow_uids), frozenset(app_gids(a))) for a in cfg.apps}
 
 
 def allowed_gids(cfg: Config) -> list[int]:
@@ -530,6 +743,12 @@ def to_toml(cfg: Config | Mapping[str, Any]) -> str:
         return '"%s"' % s
 
     for table, keys in cfg.items():
+        if table == "app" and isinstance(keys, list):  # [[app]] arrays of tables
+            for element in keys:
+                lines.append("[[app]]")
+                lines.extend("%s = %s" % (k, val(v)) for k, v in element.items() if v is not None)
+                lines.append("")
+            continue
         if table.startswith("_") or not isinstance(keys, dict):
             continue
         plain = {k: v for k, v in keys.items() if v is not None and not isinstance(v, dict)}

@@ -33,6 +33,7 @@ class Daemon:
         self.log = agentlog.setup(cfg.log.level, self.logbuf)
         self.loop: Any = None
         self.server: Any = None
+        self.web: Any = None  # the optional web endpoint (agent/web), only with [web] listen
         self.console: Any = None
         self.service: Any = None
         self.store: Any = None
@@ -64,6 +65,11 @@ class Daemon:
                              idle_timeout=s.idle_timeout, listen_fd=fds[0] if fds else None,
                              log=agentlog.get("server"))
         self.server.start()
+        if cfg.web.listen:  # imported only when configured: h11 and wsproto are the optional extra [web]
+            from agent.web.server import WebServer
+
+            self.web = WebServer(self.service, self.loop, cfg.web, log=agentlog.get("web"))
+            self.web.start()
         self.service.add_listener(lambda: self.loop.call_soon_threadsafe(self._update_status))
         self.service.start()
         self._start_console(cfg)
@@ -118,10 +124,14 @@ class Daemon:
             return
         # [adobe] and [refresh] apply through service.reload; identity and store are built once at start.
         restart = [t for t in ("device", "storage") if getattr(new, t) != getattr(self.cfg, t)]
+        if (new.web.listen, new.web.securityagent) != (self.cfg.web.listen, self.cfg.web.securityagent):
+            restart.append("web")
         self.log.info("configuration reloaded from %s%s", path,
                       "; changes in [%s] need a restart to take effect" % "], [".join(restart) if restart else "")
         agentlog.setup(new.log.level, self.logbuf)
         self.server.set_acl(new.socket.allow_uids, configmod.allowed_gids(new))
+        if self.web is not None:
+            self.web.reload(new.web)
         try:
             self._start_console(new)
         except Exception as e:  # a console problem must not stop the token service
@@ -138,7 +148,7 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.log.info("shutting down")
-        for part in (self.console, self.server):
+        for part in (self.console, self.web, self.server):
             if part is not None:
                 try:
                     part.stop() if part is self.console else part.close()
