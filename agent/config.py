@@ -477,8 +477,10 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
     cfg = _default_tables()
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     for table, value in data.items():
+        if table == "app":  # [[app]]: _validate_apps below
+            continue
         if table not in SCHEMA:
-            problems.append("unknown table [%r]; expected one of %s" % (table, ", ".join("[%s]" % t for t in SCHEMA)))
+            problems.append("unknown table [%r]; expected one of %s, [[app]]" % (table, ", ".join("[%s]" % t for t in SCHEMA)))
             continue
         if not isinstance(value, abc.Mapping):
             problems.append("[%s] must be a table, found %s" % (table, _describe(value)))
@@ -532,6 +534,8 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             problems.append("[console] port: set to %r, but pyserial is not installed for this Python; install "
                             "pyserial, or set port = \"\" to run without the console" % port)
         for table, key in _MUST_EXIST:
+            if (table, key) in _LEGACY_APP_KEYS and "app" in data:
+                continue  # each [[app]] table's statement is checked in _validate_apps
             p = cfg[table][key]
             if p and not os.path.isfile(p):
                 problems.append("[%s] %s: file %s does not exist or is not a regular file" % (table, key, p))

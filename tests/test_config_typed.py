@@ -20,7 +20,7 @@ def _field_default(f: dataclasses.Field) -> object:
 def test_one_dataclass_per_table_in_schema_order():
     assert list(config.SECTIONS) == list(config.SCHEMA)
     root = dataclasses.fields(config.Config)
-    assert [f.name for f in root] == list(config.SCHEMA) + ["path"]
+    assert [f.name for f in root] == list(config.SCHEMA) + ["path", "app"]
     hints = typing.get_type_hints(config.Config)
     for table, cls in config.SECTIONS.items():
         assert hints[table] is cls, table
@@ -42,6 +42,21 @@ def test_fields_agree_with_schema_names_types_and_defaults(table):
         assert got == default and type(got) is type(config._freeze(default)), (table, f.name, got, default)
         ok, norm, _ = check(default) if default is not None else (True, None, "")
         assert ok and norm == got, (table, f.name)  # the default passes its own checker unchanged
+
+
+def test_app_fields_agree_with_app_schema():
+    """[[app]] (issue 16): AppConfig and APP_SCHEMA agree on names, order, types and defaults."""
+    fields = dataclasses.fields(config.AppConfig)
+    assert [f.name for f in fields] == list(config.APP_SCHEMA)
+    hints = typing.get_type_hints(config.AppConfig)
+    assert typing.get_type_hints(config.Config)["app"] == typing.Tuple[config.AppConfig, ...]
+    for f in fields:
+        check, default = config.APP_SCHEMA[f.name]
+        assert hints[f.name] == check.produces, f.name
+        got = _field_default(f)
+        assert got == default and type(got) is type(config._freeze(default)), (f.name, got, default)
+        ok, norm, _ = check(default) if default is not None else (True, None, "")
+        assert ok and norm == got, f.name
 
 
 def test_defaults_are_the_dataclass_defaults():
