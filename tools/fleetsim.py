@@ -615,6 +615,10 @@ def summarize(totals: Totals, sc: dict, scale: float, served: list[int]) -> dict
         extra = {"down_req_per_hour_without_token": round(3600.0 * totals.down_requests[0] / max(1, lacking_s), 1),
                  "down_req_per_hour_with_token": round(3600.0 * totals.down_requests[1] / max(1, holding_s), 2),
                  "share_429_after_recovery": round(totals.after_ref[1] / max(1, totals.after_ref[0]), 4)}
+    if sc["name"] != "outage" and totals.ready_times:
+        # How long an application waits for its first token, on average (the priority classes'
+        # measure: every grant that completes an application early lowers it).
+        extra["mean_time_to_token_s"] = round(sum(totals.ready_times) / len(totals.ready_times) - t_ref, 1)
     return {**extra,
         "devices": int(round(n * scale)),
         "time_to_all_s": round(t_all, 1) if t_all is not None else None,
