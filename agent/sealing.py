@@ -1,20 +1,34 @@
 """Sealing for the credential store: key providers and AES-256-GCM, the only cryptography it uses.
 
-Job: give the store, for each per-store salt, an AES-256 key and an 8-byte key check (a
-`KeyProvider`), and encrypt/decrypt with AES-256-GCM. The key provider is the seam for where the
-key comes from: `DeviceIdKeys` derives it in software, HKDF-SHA256(device_id, salt, info "pass-agent
-store key v1"), so a flash image copied to another box yields another key check there; a
-hardware-backed provider (a TEE or a SoC key ladder that never lets the key leave the chip) will
-be another class with the same call. The key check is part of the slot header (agent/slotformat.py):
-it tells "written by another device" from "damaged" without a decryption attempt.
+Job: give the store, for each per-store salt, an AES-256 key and an 8-byte key check, and
+encrypt/decrypt with AES-256-GCM. Where the key comes from is a key provider (a `Sealer`):
 
-Must never: log a key, a key check or plaintext, or put one in an exception message; reuse a nonce
-(callers pass a fresh random one per seal); import anything from the store (this module is below it).
+- ``device`` (`DeviceIdKeys`, id 0): HKDF-SHA256(device_id, salt, info "pass-agent store key v1").
+  Software only: a flash image copied to another box yields another key check there, but anyone who
+  knows the device identifier derives the same key. Its slots use the original header (magic PAGS),
+  which every earlier agent reads.
+- hardware providers (`WrappedKeys` subclasses in agent/keys/: ``pkcs11`` id 1, ``kernel`` id 2): a
+  random 32-byte store key K is sealed by a key that never leaves the token or the kernel; the
+  sealed form travels in the slot header (magic PAG2, which also names the provider), and the slot
+  key and key check are HKDF-SHA256(K, salt, info "pass-agent store key v2 <provider>").
+
+`KeySet` is what the store holds: the provider that seals new slots (the configured one) plus the
+providers it can still open (for migration between providers), with a cache so a slot is unsealed
+by the token once per start, not once per read. The key check is part of the slot header
+(agent/slotformat.py): it tells "written by another device or token" from "damaged".
+
+A provider may also keep the store's generation counter outside the slots (`anchor`, a
+`GenerationAnchor`): the store uses it to notice a rollback (an older valid slot put back).
+
+Must never: log a key, a key check, a PIN or plaintext, or put one in an exception message; reuse a
+nonce (callers pass a fresh random one per seal); import anything from the store (this module is
+below it); import a hardware binding (agent/keys/ does, only when configured).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from typing import Any, Callable, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -26,16 +40,72 @@ CHECK_SIZE = 8
 TAG_SIZE = 16
 NONCE_SIZE = 12
 _HKDF_INFO = b"pass-agent store key v1"
+_HKDF_INFO_V2 = b"pass-agent store key v2 "
+
+# Header provider ids (agent/slotformat.py): frozen, a slot names the provider that sealed it.
+PROVIDER_DEVICE = 0
+PROVIDER_PKCS11 = 1
+PROVIDER_KERNEL = 2
+PROVIDER_NAMES = {PROVIDER_DEVICE: "device", PROVIDER_PKCS11: "pkcs11", PROVIDER_KERNEL: "kernel"}
 
 
 class KeyProvider(Protocol):
-    """Where the store's keys come from: salt -> (AES-256 key, 8-byte key check)."""
+    """The original, minimal provider: salt -> (AES-256 key, 8-byte key check). Still accepted by
+    Store(keys=...); it seals slots in the original format, like the device provider."""
 
     def __call__(self, salt: bytes) -> tuple[bytes, bytes]: ...
 
 
+class GenerationAnchor(Protocol):
+    """The store's generation counter kept outside the slots (token data object, another directory).
+    read(): the last generation recorded, or None when none was; write(gen) after a slot is durable.
+    Both raise KeyUnavailable when the place cannot be reached."""
+
+    where: str
+
+    def read(self) -> int | None: ...
+
+    def write(self, generation: int) -> None: ...
+
+
+class Sealer(Protocol):
+    """A key provider for the store."""
+
+    name: str            # "device", "pkcs11", "kernel"
+    provider_id: int     # PROVIDER_* (in the slot header)
+    hardware: bool       # the sealing key cannot be read by software on the box
+    anchor: GenerationAnchor | None
+
+    def new_store_key(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
+        """A fresh store key for this salt: (slot key, key check, sealed form for the header)."""
+        ...
+
+    def open_store_key(self, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+        """(slot key, key check) from a header's salt and sealed form. Raises WrongKey when this
+        provider's key did not seal it, KeyUnavailable when the provider cannot be used now."""
+        ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
 class Damaged(Exception):
     """The ciphertext or its associated data does not authenticate under this key."""
+
+
+class KeyUnavailable(Exception):
+    """The provider cannot be used now (module missing, token absent, wrong PIN, kernel refuses).
+    Carries a stable code and a hint; the message never holds a PIN or key material."""
+
+    def __init__(self, message: str, *, code: str = "store_key_unavailable", hint: str = "") -> None:
+        Exception.__init__(self, message)
+        self.code = code
+        self.hint = hint
+
+
+class WrongKey(Exception):
+    """The sealed store key was not sealed by this provider's key (another token or box)."""
 
 
 def derive_key(device_id: str, salt: bytes) -> tuple[bytes, bytes]:
@@ -45,19 +115,161 @@ def derive_key(device_id: str, salt: bytes) -> tuple[bytes, bytes]:
     return okm[:KEY_SIZE], okm[KEY_SIZE:]
 
 
-class DeviceIdKeys:
-    """KeyProvider bound to the device identifier (software keys), cached per salt: HKDF is cheap,
-    but a store reads both slots at every load."""
+def derive_from_store_key(store_key: bytes, salt: bytes, provider: str) -> tuple[bytes, bytes]:
+    """(slot key, key check) from a hardware provider's unsealed store key K."""
+    okm = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE + CHECK_SIZE, salt=salt,
+               info=_HKDF_INFO_V2 + provider.encode("ascii")).derive(store_key)
+    return okm[:KEY_SIZE], okm[KEY_SIZE:]
 
-    def __init__(self, device_id: str) -> None:
+
+class DeviceIdKeys:
+    """The `device` provider: keys bound to the device identifier (software), cached per salt: HKDF
+    is cheap, but a store reads both slots at every load."""
+
+    name = "device"
+    provider_id = PROVIDER_DEVICE
+    hardware = False
+
+    def __init__(self, device_id: str, anchor: GenerationAnchor | None = None) -> None:
         self._device_id = device_id
         self._cache: dict[bytes, tuple[bytes, bytes]] = {}
+        self.anchor = anchor
 
     def __call__(self, salt: bytes) -> tuple[bytes, bytes]:
         k = self._cache.get(salt)
         if k is None:
             k = self._cache[salt] = derive_key(self._device_id, salt)
         return k
+
+    def new_store_key(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
+        key, check = self(salt)
+        return key, check, b""
+
+    def open_store_key(self, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+        return self(salt)
+
+    def describe(self) -> str:
+        return "device: key derived from the device identifier (software, not hardware-backed)"
+
+    def close(self) -> None:
+        pass
+
+
+class _CallableKeys:
+    """Adapts a bare KeyProvider callable (the original seam) to a Sealer of the original format."""
+
+    name = "device"
+    provider_id = PROVIDER_DEVICE
+    hardware = False
+    anchor = None
+
+    def __init__(self, fn: Callable[[bytes], tuple[bytes, bytes]]) -> None:
+        self._fn = fn
+
+    def new_store_key(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
+        key, check = self._fn(salt)
+        return key, check, b""
+
+    def open_store_key(self, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+        return self._fn(salt)
+
+    def describe(self) -> str:
+        return "custom key provider"
+
+    def close(self) -> None:
+        pass
+
+
+class WrappedKeys:
+    """Base of the hardware providers: K = 32 random bytes sealed by `_seal` (the token's or the
+    kernel's key does the work); slot key and key check derived from K. Subclasses implement
+    _seal(K) -> sealed bytes and _unseal(sealed) -> K (raising WrongKey or KeyUnavailable)."""
+
+    name = "hardware"
+    provider_id = -1
+    hardware = True
+    anchor: GenerationAnchor | None = None
+
+    def _seal(self, store_key: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _unseal(self, sealed: bytes) -> bytes:
+        raise NotImplementedError
+
+    def new_store_key(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
+        k = os.urandom(KEY_SIZE)
+        sealed = self._seal(k)
+        key, check = derive_from_store_key(k, salt, self.name)
+        return key, check, sealed
+
+    def open_store_key(self, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+        k = self._unseal(sealed)
+        if len(k) != KEY_SIZE:
+            raise WrongKey("the sealed store key does not open with this %s key" % self.name)
+        return derive_from_store_key(k, salt, self.name)
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        pass
+
+
+def as_sealer(keys: Any, device_id: str) -> Any:
+    """A Sealer from what Store(keys=...) was given: None (the device provider), a Sealer, or a bare
+    KeyProvider callable."""
+    if keys is None:
+        return DeviceIdKeys(device_id)
+    if hasattr(keys, "new_store_key"):
+        return keys
+    if callable(keys):
+        return _CallableKeys(keys)
+    raise TypeError("keys must be a Sealer or a callable salt -> (key, check), not %s" % type(keys).__name__)
+
+
+class KeySet:
+    """The store's keys: `primary` seals new slots; every provider in `readers` (the primary
+    included) may open slots. Unsealed keys are cached by (provider, salt, sealed form)."""
+
+    def __init__(self, primary: Any, readers: list | tuple = ()) -> None:
+        self.primary = primary
+        self.readers: dict[int, Any] = {primary.provider_id: primary}
+        for r in readers:
+            self.readers.setdefault(r.provider_id, r)
+        self._cache: dict[tuple, tuple[bytes, bytes]] = {}
+
+    @property
+    def anchor(self) -> GenerationAnchor | None:
+        return getattr(self.primary, "anchor", None)
+
+    def key_for(self, provider_id: int, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+        """(slot key, key check) for a slot header. Raises KeyUnavailable when no configured
+        provider has that id or it cannot be used now, WrongKey when another key sealed it."""
+        ck = (provider_id, salt, sealed)
+        k = self._cache.get(ck)
+        if k is not None:
+            return k
+        p = self.readers.get(provider_id)
+        if p is None:
+            name = PROVIDER_NAMES.get(provider_id, "unknown provider %d" % provider_id)
+            raise KeyUnavailable(
+                "the slot was sealed by the %s key provider, which this configuration does not set up" % name,
+                code="store_key_unavailable",
+                hint="configure [storage] key_provider = \"%s\" (with its settings, e.g. [storage.%s]) to"
+                     " read it and migrate, or run 'pass-agent reset' to discard the credentials" % (name, name))
+        k = p.open_store_key(salt, sealed)
+        self._cache[ck] = k
+        return k
+
+    def new(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
+        """A fresh store key from the primary provider: (slot key, key check, sealed form)."""
+        key, check, sealed = self.primary.new_store_key(salt)
+        self._cache[(self.primary.provider_id, salt, sealed)] = (key, check)
+        return key, check, sealed
+
+    def close(self) -> None:
+        for p in self.readers.values():
+            p.close()
 
 
 def encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:

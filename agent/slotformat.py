@@ -1,15 +1,25 @@
 """The credential store's file format: one slot (or runtime token) file, sealed and classified.
 
-Job: turn a payload dict into the bytes of one file and back. A file is a fixed 56-byte header
-(magic, format version, kind, generation, salt, nonce, key check, ciphertext length, CRC32 of the
-header) followed by AES-256-GCM ciphertext (agent/sealing.py) of canonical JSON, with the header
-as associated data. The header layout is frozen: versions change only the payload schema, and
-``MIGRATIONS`` upgrades an old payload one version at a time (a new header would need new magic).
-`unseal` classifies any bytes without raising: ok, empty (missing or erased flash), corrupt
-(damaged bytes), foreign_device (another key check: a cloned image), unsupported_version (a newer
-format, or an older one without a migration) or migration_failed (authentic bytes that a migration
-of this agent failed on: a bug, never reported as damage). Generations are u32 compared with
-serial-number arithmetic (RFC 1982), so the counter may wrap.
+Job: turn a payload dict into the bytes of one file and back. A file is a header followed by
+AES-256-GCM ciphertext (agent/sealing.py) of canonical JSON, with the whole header as associated
+data. Two header layouts, told apart by their magic, both frozen:
+
+- ``PAGS`` (56 bytes): magic, format version, kind, generation, salt, nonce, key check, ciphertext
+  length, CRC32 of the header. Sealed by the ``device`` provider (implicitly: it has no provider
+  field); what every agent before hardware keys wrote and read, and what the device provider still
+  writes, so a downgrade keeps reading a device-sealed store.
+- ``PAG2`` (60 bytes + sealed key): the same fields, then the provider id (u8, sealing.PROVIDER_*),
+  a reserved byte (0), the length of the sealed store key (u16) and the sealed key itself, then the
+  CRC32. Written by the hardware providers (pkcs11, kernel): the header names who sealed the slot.
+
+Versions change only the payload schema, and ``MIGRATIONS`` upgrades an old payload one version at
+a time. `unseal` classifies any bytes without raising: ok, empty (missing or erased flash), corrupt
+(damaged bytes), foreign_device (another key check, or a sealed key another token's key made: a
+cloned image), unsupported_version (a newer format, or an older one without a migration),
+key_unavailable (sealed by a provider this configuration does not set up, or that cannot be used
+now: the token is missing, the PIN wrong; nothing is wrong with the bytes) or migration_failed
+(authentic bytes that a migration of this agent failed on: a bug, never reported as damage).
+Generations are u32 compared with serial-number arithmetic (RFC 1982), so the counter may wrap.
 
 Must never: raise on bad bytes, decide what the store does about a status (agent/store.py does),
 touch the file system, or put a secret or plaintext in a detail string.
@@ -26,6 +36,7 @@ from typing import Any, Callable
 from agent import sealing
 
 MAGIC = b"PAGS"
+MAGIC2 = b"PAG2"
 FORMAT_VERSION = 1
 KIND_SLOT = 1
 KIND_TOKEN = 2
@@ -33,6 +44,10 @@ KIND_TOKEN = 2
 _HEAD = struct.Struct(">4sHHI16s12s8sI")
 _CRC = struct.Struct(">I")
 HEADER_SIZE = _HEAD.size + _CRC.size
+# PAG2: the same fields, then provider id, reserved, sealed-key length; the sealed key; then CRC32.
+_HEAD2 = struct.Struct(">4sHHI16s12s8sIBBH")
+MAX_SEALED = 1024  # a wrapped 32-byte key is well under 100 bytes; refuse anything absurd
+MAX_HEADER_SIZE = _HEAD2.size + MAX_SEALED + _CRC.size
 SALT_SIZE = 16
 GEN_MASK = 0xFFFFFFFF
 _GEN_HALF = 0x80000000
@@ -50,11 +65,19 @@ def gen_newer(a: int, b: int) -> bool:
 
 
 def seal(key: bytes, check: bytes, salt: bytes, generation: int, payload: bytes, *,
-         kind: int = KIND_SLOT, version: int = FORMAT_VERSION, nonce: bytes | None = None) -> bytes:
-    """One complete slot file: header + AES-GCM(payload) with the header as associated data."""
+         kind: int = KIND_SLOT, version: int = FORMAT_VERSION, nonce: bytes | None = None,
+         provider: int = sealing.PROVIDER_DEVICE, sealed: bytes = b"") -> bytes:
+    """One complete slot file: header + AES-GCM(payload) with the header as associated data. The
+    device provider without a sealed key gets the original PAGS header, any other the PAG2 one."""
     nonce = nonce if nonce is not None else os.urandom(sealing.NONCE_SIZE)
-    head = _HEAD.pack(MAGIC, version, kind, generation & GEN_MASK, salt, nonce, check,
-                      len(payload) + sealing.TAG_SIZE)
+    if provider == sealing.PROVIDER_DEVICE and not sealed:
+        head = _HEAD.pack(MAGIC, version, kind, generation & GEN_MASK, salt, nonce, check,
+                          len(payload) + sealing.TAG_SIZE)
+    else:
+        if len(sealed) > MAX_SEALED:
+            raise ValueError("sealed store key of %d bytes exceeds %d" % (len(sealed), MAX_SEALED))
+        head = _HEAD2.pack(MAGIC2, version, kind, generation & GEN_MASK, salt, nonce, check,
+                           len(payload) + sealing.TAG_SIZE, provider, 0, len(sealed)) + sealed
     header = head + _CRC.pack(zlib.crc32(head))
     return header + sealing.encrypt(key, nonce, payload, header)
 
@@ -72,43 +95,87 @@ def erased(blob: bytes) -> bool:
 
 def result(status: str, detail: str, **kw: Any) -> dict:
     r = {"status": status, "detail": detail, "generation": None, "salt": None, "payload": None,
-         "version": None}
+         "version": None, "provider": None, "sealed": b"", "hint": ""}
     r.update(kw)
     return r
 
 
-def unseal(blob: bytes, keys: sealing.KeyProvider, kind: int) -> dict:
-    """Classify and decrypt one slot file. Never raises on bad bytes.
+def _parse_header(blob: bytes) -> dict | str:
+    """The header fields of blob (magic and CRC checked), or a reason why it is not a header."""
+    if len(blob) < HEADER_SIZE:
+        return "truncated header (%d of %d bytes)" % (len(blob), HEADER_SIZE)
+    if blob[:4] == MAGIC:
+        head = blob[:_HEAD.size]
+        magic, version, fkind, gen, salt, nonce, check, length = _HEAD.unpack(head)
+        provider, sealed, size = sealing.PROVIDER_DEVICE, b"", HEADER_SIZE
+    elif blob[:4] == MAGIC2:
+        if len(blob) < _HEAD2.size + _CRC.size:
+            return "truncated header (%d of at least %d bytes)" % (len(blob), _HEAD2.size + _CRC.size)
+        (magic, version, fkind, gen, salt, nonce, check, length, provider, _reserved,
+         n_sealed) = _HEAD2.unpack(blob[:_HEAD2.size])
+        size = _HEAD2.size + n_sealed + _CRC.size
+        if n_sealed > MAX_SEALED or len(blob) < size:
+            return "truncated header (%d bytes, the header says %d)" % (len(blob), size)
+        head = blob[:size - _CRC.size]
+        sealed = head[_HEAD2.size:]
+    else:
+        return "not a pass-agent store file (bad magic)"
+    if _CRC.unpack(blob[size - _CRC.size:size])[0] != zlib.crc32(head):
+        return "header checksum mismatch"
+    return {"version": version, "kind": fkind, "generation": gen, "salt": salt, "nonce": nonce,
+            "check": check, "length": length, "provider": provider, "sealed": sealed, "size": size}
 
-    Returns {"status": ok|empty|corrupt|foreign_device|unsupported_version|migration_failed, "detail",
-    "generation", "salt", "payload" (dict, migrated to FORMAT_VERSION), "version" (as stored)}.
+
+def _key_set(keys: Any) -> Any:
+    if hasattr(keys, "key_for"):
+        return keys
+    return sealing.KeySet(sealing.as_sealer(keys, "unused"))
+
+
+def unseal(blob: bytes, keys: Any, kind: int) -> dict:
+    """Classify and decrypt one slot file. Never raises on bad bytes (nor on an unusable provider).
+
+    keys: a sealing.KeySet, a Sealer, or a bare KeyProvider callable (device format only).
+    Returns {"status": ok|empty|corrupt|foreign_device|unsupported_version|key_unavailable|
+    migration_failed, "detail", "generation", "salt", "payload" (dict, migrated to FORMAT_VERSION),
+    "version" (as stored), "provider" (id), "sealed" (the sealed store key), "hint"}.
     """
     if erased(blob):
         return result("empty", "empty or erased (%d bytes)" % len(blob))
-    if len(blob) < HEADER_SIZE:
-        return result("corrupt", "truncated header (%d of %d bytes)" % (len(blob), HEADER_SIZE))
-    head = blob[:_HEAD.size]
-    magic, version, fkind, gen, salt, nonce, check, length = _HEAD.unpack(head)
-    if magic != MAGIC:
-        return result("corrupt", "not a pass-agent store file (bad magic)")
-    if _CRC.unpack(blob[_HEAD.size:HEADER_SIZE])[0] != zlib.crc32(head):
-        return result("corrupt", "header checksum mismatch")
-    if fkind != kind:
-        return result("corrupt", "wrong file kind %d (expected %d)" % (fkind, kind))
-    if length != len(blob) - HEADER_SIZE or length < sealing.TAG_SIZE:
+    h = _parse_header(blob)
+    if isinstance(h, str):
+        return result("corrupt", h)
+    gen, version, provider, sealed = h["generation"], h["version"], h["provider"], h["sealed"]
+    size, length = h["size"], h["length"]
+    if h["kind"] != kind:
+        return result("corrupt", "wrong file kind %d (expected %d)" % (h["kind"], kind))
+    if length != len(blob) - size or length < sealing.TAG_SIZE:
         return result("corrupt", "length mismatch (header says %d ciphertext bytes, file has %d)"
-                      % (length, len(blob) - HEADER_SIZE), generation=gen)
+                      % (length, len(blob) - size), generation=gen)
     if version > FORMAT_VERSION or (version < FORMAT_VERSION and any(
             v not in MIGRATIONS for v in range(version, FORMAT_VERSION))):
         return result("unsupported_version", "format v%d, this agent reads v%d%s" % (
             version, FORMAT_VERSION, "" if version > FORMAT_VERSION else " and has no migration from it"),
-            generation=gen, version=version)
-    key, want = keys(salt)
-    if check != want:
-        return result("foreign_device", "key check mismatch: written with another device identifier",
-                      generation=gen, version=version)
+            generation=gen, version=version, provider=provider)
+    pname = sealing.PROVIDER_NAMES.get(provider, "provider %d" % provider)
     try:
-        plain = sealing.decrypt(key, nonce, blob[HEADER_SIZE:], blob[:HEADER_SIZE])
+        key, want = _key_set(keys).key_for(provider, h["salt"], sealed)
+    except sealing.WrongKey:
+        return result("foreign_device", "sealed by another %s key (another box or token)" % pname,
+                      generation=gen, version=version, provider=provider)
+    except sealing.KeyUnavailable as e:
+        return result("key_unavailable", "sealed by %s: %s" % (pname, e), generation=gen,
+                      version=version, provider=provider, hint=e.hint)
+    except Exception as e:  # a provider's bug or an unexpected binding error: never crash load()
+        return result("key_unavailable", "sealed by %s: the provider failed (%s)" % (pname, type(e).__name__),
+                      generation=gen, version=version, provider=provider)
+    if h["check"] != want:
+        return result("foreign_device", "key check mismatch: written with another %s" % (
+            "device identifier" if provider == sealing.PROVIDER_DEVICE else "%s key" % pname),
+            generation=gen, version=version, provider=provider)
+    head_end = size
+    try:
+        plain = sealing.decrypt(key, h["nonce"], blob[head_end:], blob[:head_end])
         payload = json.loads(plain.decode("utf-8"))
         if not isinstance(payload, dict):
             raise ValueError("payload is not an object")
@@ -125,15 +192,13 @@ def unseal(blob: bytes, keys: sealing.KeyProvider, kind: int) -> dict:
                 raise TypeError("migration returned %s, not a dict" % type(payload).__name__)
         except Exception as e:  # any bug in a migration: report it as one, never crash load()
             return result("migration_failed", "the migration from format v%d to v%d failed (%s)"
-                          % (v, v + 1, type(e).__name__), generation=gen, version=version)
-    return result("ok", "generation %d" % gen, generation=gen, salt=salt, payload=payload,
-                  version=version)
+                          % (v, v + 1, type(e).__name__), generation=gen, version=version,
+                          provider=provider)
+    return result("ok", "generation %d" % gen, generation=gen, salt=h["salt"], payload=payload,
+                  version=version, provider=provider, sealed=sealed)
 
 
 def header_generation(blob: bytes) -> int | None:
     """The generation in an intact header (magic and CRC checked, nothing decrypted), else None."""
-    if len(blob) < HEADER_SIZE or blob[:4] != MAGIC:
-        return None
-    if _CRC.unpack(blob[_HEAD.size:HEADER_SIZE])[0] != zlib.crc32(blob[:_HEAD.size]):
-        return None
-    return _HEAD.unpack(blob[:_HEAD.size])[3]
+    h = _parse_header(blob)
+    return None if isinstance(h, str) else h["generation"]

@@ -35,11 +35,27 @@ Theory of operation (read this first)
 - A failing migration is not damaged data: the slot's bytes are authentic and a fixed agent reads
   them. When it hits the newest slot, load() and save() raise ``store_migration_failed`` (the
   daemon does not start) instead of registering afresh and overwriting the only copy.
+- Key providers (agent/sealing.py, agent/keys/): a `KeySet` whose primary provider seals every new
+  slot and whose readers open slots sealed by others. A provider that cannot be used now (token
+  missing, wrong PIN) is not damaged data either: when it is needed for the newest slot, or to seal
+  at all, load() raises ``store_key_unavailable`` and the slots stay untouched.
+- Migration between providers: when load() finds the newest valid slot (or the other valid one)
+  sealed by another provider than the primary, it re-seals the same state with the primary: first
+  into the other slot (the old one stays until the new one is durable), then over the old one, so
+  no copy sealed by the old provider remains. A crash at any step leaves a readable slot, and the
+  next start finishes the job (tests/test_keys_migration.py enumerates every step).
+- Rollback detection: when the primary provider has an anchor (the generation counter kept outside
+  the slots: a token data object, a file in another directory), every durable slot write records
+  its generation there afterwards. A newest valid slot older than the counter is a store replaced
+  by an older copy: load() raises ``store_rollback`` (needs the operator, docs/SECURITY.md) and
+  writes nothing. New generations always start above the counter, so a reset never looks like a
+  rollback later.
 
 Must never: write both slots in one save, rewrite unchanged bytes, retry an fsync on the same
 descriptor, change its in-memory state before a save succeeded, raise from load() on bad data, report
-a failing migration as corrupt data, or put a secret (client secret, access token, key) in a log line
-or an exception message.
+a failing migration or an unusable key provider as corrupt data, remove the last slot a provider
+can read before a re-sealed one is durable, record a generation in the anchor before its slot is
+durable, or put a secret (client secret, access token, key, PIN) in a log line or an exception message.
 """
 
 from __future__ import annotations
@@ -59,9 +75,9 @@ from agent.slotformat import (
     FIRST_GENERATION,
     FORMAT_VERSION,
     GEN_MASK,
-    HEADER_SIZE,
     KIND_SLOT,
     KIND_TOKEN,
+    MAX_HEADER_SIZE,
     SALT_SIZE,
     canonical,
     gen_newer,
@@ -86,7 +102,7 @@ RUNTIME_KEY = "[storage] runtime_dir"
 # Which problem wins when no slot is valid, and which slot a save overwrites first (lowest rank).
 # (migration_failed: load() refuses to go on, see Store.load; ranked to be kept longest all the same.)
 _RANK = {"empty": 0, "corrupt": 1, "unsupported_version": 2, "foreign_device": 3, "migration_failed": 4,
-         "ok": 5}
+         "key_unavailable": 5, "ok": 6}
 
 
 class FsOps:
@@ -324,7 +340,7 @@ def _newest_last(fs: FsOps, directory: str) -> tuple[str, ...]:
     gens = {}
     for n in SLOT_NAMES:
         try:
-            blob = fs.read(os.path.join(directory, n), HEADER_SIZE)
+            blob = fs.read(os.path.join(directory, n), MAX_HEADER_SIZE)
         except OSError:
             continue
         g = header_generation(blob)
@@ -341,7 +357,9 @@ class Store:
 
     def __init__(self, directory: str, device_id: str, *, token_cache: str = "flash",
                  runtime_dir: str | None = None, fs: FsOps | None = None, log=None,
-                 keys: sealing.KeyProvider | None = None) -> None:
+                 keys: Any = None) -> None:
+        """keys: None (the device provider), a sealing.KeySet, a Sealer, or a bare KeyProvider
+        callable (salt -> (key, check), the original seam)."""
         if token_cache not in TOKEN_CACHES:
             raise StoreError("storage.token_cache is %r; expected one of %s" % (token_cache, TOKEN_CACHES),
                              code="config_invalid", kind=OPERATOR)
@@ -354,10 +372,10 @@ class Store:
         self.token_dir = os.path.join(self.runtime_dir, RUNTIME_SUBDIR)
         self.fs = fs or FsOps()
         self.log = log or agent_log.get("store")
-        self._key = keys or sealing.DeviceIdKeys(device_id)  # salt -> (key, key check)
+        self._keys = keys if isinstance(keys, sealing.KeySet) else sealing.KeySet(sealing.as_sealer(keys, device_id))
         self._lock_fd: int | None = None
         self._loaded = False
-        self._cur: dict | None = None      # {"slot", "gen", "payload" (bytes|None), "salt"}
+        self._cur: dict | None = None      # {"slot", "gen", "payload" (bytes|None), "salt", "provider", "sealed"}
         self._rt: bytes | None = None      # runtime token payload as on tmpfs (None: unknown/absent)
         self._rt_known = False
         self._dirty = False                # a failed save may have left newer bytes: never skip
@@ -369,9 +387,20 @@ class Store:
         self._problem_detail = ""
         self._read_only_detail = ""        # set while the storage file system refuses writes
         self.slots: dict[str, dict] = {}
+        self.anchor_generation: int | None = None  # what the anchor said at load / after the last write
         self.stats = {"saves": 0, "writes": 0, "skipped_unchanged": 0, "bytes_written": 0,
                       "fsyncs": 0, "generation": 0, "failures": 0, "runtime_writes": 0,
                       "runtime_bytes_written": 0, "read_only": False}
+        self.stats_keys = {"reseals": 0, "anchor_failures": 0}
+
+    @property
+    def key_provider(self) -> str:
+        """The provider that seals new slots ("device", "pkcs11", "kernel")."""
+        return self._keys.primary.name
+
+    @property
+    def hardware_backed(self) -> bool:
+        return bool(getattr(self._keys.primary, "hardware", False))
 
     # A slot problem (empty, corrupt, foreign_device...) wins; a readable store on a read-only file
     # system reports read_only, so agent.status and the console show the degraded store.
@@ -486,15 +515,15 @@ class Store:
             return result("corrupt", "unreadable (%s)" % (e.strerror or e))
         if len(blob) > MAX_FILE_SIZE:
             return result("corrupt", "larger than %d bytes" % MAX_FILE_SIZE)
-        return unseal(blob, self._key, kind)
+        return unseal(blob, self._keys, kind)
 
     def load(self) -> dict | None:
         """The newest valid state, or None with self.problem saying why. Never raises on bad data;
         raises StoreError store_migration_failed when a migration fails on the newest slot (a bug in
         this agent, not bad data: see _refuse_failed_migration)."""
         res = {n: self._read(self.directory, n, KIND_SLOT) for n in SLOT_NAMES}
-        self.slots = {n: {"status": r["status"], "detail": r["detail"], "generation": r["generation"]}
-                      for n, r in res.items()}
+        self.slots = {n: {"status": r["status"], "detail": r["detail"], "generation": r["generation"],
+                          "provider": r["provider"]} for n, r in res.items()}
         self._loaded = True
         self._max_gen = None
         for r in res.values():
@@ -508,6 +537,8 @@ class Store:
                 best = n
         self._rt, self._rt_known = None, False
         self._refuse_failed_migration(res, best)
+        self._refuse_unavailable_key(res, best)
+        self._check_anchor(res, best)
         if best is None:
             self._cur = None
             self.state = None
@@ -518,7 +549,8 @@ class Store:
         payload = r["payload"]
         migrated = r["version"] != FORMAT_VERSION
         self._cur = {"slot": best, "gen": r["generation"], "salt": r["salt"],
-                     "payload": None if migrated else canonical(payload)}
+                     "payload": None if migrated else canonical(payload), "provider": r["provider"],
+                     "sealed": r["sealed"]}
         self._dirty = False
         self.stats["generation"] = r["generation"]
         self.problem, self.problem_detail = None, ""
@@ -539,7 +571,111 @@ class Store:
         else:
             state["token"] = None
         self.state = json.loads(canonical(state))
+        self._reseal(res, best, payload)
         return state
+
+    def _key_error(self, what: str, e: sealing.KeyUnavailable) -> StoreError:
+        self._cur, self.state, self._loaded = None, None, False  # save() loads again, and refuses again
+        self.problem = "key_unavailable"
+        self.problem_detail = "%s: %s; the stored slots are kept untouched" % (what, e)
+        return StoreError(self.problem_detail, code=e.code, kind=OPERATOR,
+                          hint=e.hint or "check [storage] key_provider and its settings ('pass-agent check')")
+
+    def _refuse_unavailable_key(self, res: dict, best: str | None) -> None:
+        """The primary provider must be usable (it seals every save), and so must the provider of
+        any slot newer than the best readable one: going on would register afresh and later
+        overwrite credentials a working token still opens."""
+        ready = getattr(self._keys.primary, "ready", None)
+        if ready is not None:
+            try:
+                ready()
+            except sealing.KeyUnavailable as e:
+                raise self._key_error("the %s key provider of the credential store in %s cannot be used"
+                                      % (self._keys.primary.name, self.directory), e)
+        for n in SLOT_NAMES:
+            r = res[n]
+            if r["status"] == "key_unavailable" and (
+                    best is None or gen_newer(r["generation"], res[best]["generation"])):
+                raise self._key_error("the credential store slot %s (generation %d) cannot be opened"
+                                      % (os.path.join(self.directory, n), r["generation"]),
+                                      sealing.KeyUnavailable(r["detail"], hint=r["hint"]))
+
+    def _check_anchor(self, res: dict, best: str | None) -> None:
+        """Rollback detection: the newest valid slot must not be older than the generation counter
+        kept outside the slots. New generations start above the counter in any case."""
+        anchor = self._keys.anchor
+        self.anchor_generation = None
+        if anchor is None:
+            return
+        try:
+            a = anchor.read()
+        except sealing.KeyUnavailable as e:
+            raise self._key_error("the generation counter of the credential store in %s cannot be read"
+                                  % self.directory, e)
+        self.anchor_generation = a
+        if a is None:
+            return
+        if self._max_gen is None or gen_newer(a, self._max_gen):
+            self._max_gen = a
+        if best is None or not gen_newer(a, res[best]["generation"]):
+            return
+        g = res[best]["generation"]
+        self._cur, self.state, self._loaded = None, None, False  # save() loads again, and refuses again
+        self.problem = "rollback"
+        self.problem_detail = (
+            "the credential store in %s was rolled back: its newest valid slot has generation %d but the"
+            " generation counter (%s) says %d was written; an older copy of the store was put back, or"
+            " the newest slot was deleted or damaged. The agent does not use these credentials and"
+            " writes nothing" % (self.directory, g, anchor.where, a))
+        self.log.error("%s", self.problem_detail)
+        raise StoreError(self.problem_detail, code="store_rollback", kind=OPERATOR,
+                         hint="find out who replaced the store (docs/SECURITY.md, Rollback); then either"
+                              " 'pass-agent reset' (discard these credentials, register afresh) or, to keep"
+                              " the restored copy on purpose, 'python3 -m agent.keys accept-rollback'")
+
+    def accept_rollback(self) -> int | None:
+        """Operator decision after store_rollback: keep the restored copy. Records the newest valid
+        slot's generation as the counter (the next saves go above the old counter anyway).
+        Returns that generation, or None when no slot is valid (nothing to accept)."""
+        anchor = self._keys.anchor
+        res = {n: self._read(self.directory, n, KIND_SLOT) for n in SLOT_NAMES}
+        gens = [r["generation"] for r in res.values() if r["status"] == "ok"]
+        if anchor is None or not gens:
+            return None
+        best = gens[0] if len(gens) == 1 or gen_newer(gens[0], gens[1]) else gens[1]
+        try:
+            anchor.write(best)
+        except sealing.KeyUnavailable as e:
+            raise self._key_error("cannot write the generation counter of %s" % self.directory, e)
+        self.log.warning("rollback of the credential store in %s accepted by the operator: the generation"
+                         " counter now says %d", self.directory, best)
+        self._loaded = False
+        return best
+
+    def _reseal(self, res: dict, best: str, payload: dict) -> None:
+        """Migration between providers: re-seal the loaded state with the primary provider, first into
+        the other slot (the old one stays until the new one is durable), then over the old one."""
+        primary = self._keys.primary.provider_id
+        other = SLOT_NAMES[1] if best == SLOT_NAMES[0] else SLOT_NAMES[0]
+        writes = 2 if res[best]["provider"] != primary else (
+            1 if res[other]["status"] == "ok" and res[other]["provider"] != primary else 0)
+        if not writes or not self._open or self._lock_fd is None or self.read_only:
+            return
+        old = sealing.PROVIDER_NAMES.get(res[best if writes == 2 else other]["provider"], "?")
+        self.log.warning("re-sealing the credential store in %s with the %s key provider (a slot is sealed"
+                         " by %s); the old slot is replaced once the new one is durable", self.directory,
+                         self._keys.primary.name, old)
+        data = canonical(payload)
+        try:
+            for _ in range(writes):
+                self._write_slot(data)
+        except StoreError as e:
+            self.log.warning("re-sealing the credential store in %s failed: %s; the stored slots stay in use"
+                             " and the agent re-seals at the next save or start", self.directory, e)
+            return
+        self.stats_keys["reseals"] += 1
+        self._cur["payload"] = None if res[best]["version"] != FORMAT_VERSION else data
+        self._rt, self._rt_known = None, False  # the runtime token is re-sealed at the next save
 
     def _refuse_failed_migration(self, res: dict, best: str | None) -> None:
         """A slot newer than the best valid one whose migration failed holds authentic credentials
@@ -654,13 +790,27 @@ class Store:
 
     def _write_slot(self, payload: bytes) -> None:
         target = self._target()
+        primary = self._keys.primary.provider_id
         if self._cur is not None:
-            gen, salt = (self._cur["gen"] + 1) & GEN_MASK, self._cur["salt"]
+            gen = (self._cur["gen"] + 1) & GEN_MASK
         else:
             gen = ((self._max_gen + 1) & GEN_MASK) if self._max_gen is not None else FIRST_GENERATION
-            salt = self._salt
-        key, check = self._key(salt)
-        blob = seal(key, check, salt, gen, payload)
+        if self._max_gen is not None and not gen_newer(gen, self._max_gen):
+            gen = (self._max_gen + 1) & GEN_MASK  # above every header seen and the anchor
+        try:
+            if self._cur is not None and self._cur["provider"] == primary:
+                salt, sealed = self._cur["salt"], self._cur["sealed"]
+                key, check = self._keys.key_for(primary, salt, sealed)
+            else:  # the first slot, or the first one sealed by a new provider: a fresh store key
+                salt = self._salt if self._cur is None else os.urandom(SALT_SIZE)
+                key, check, sealed = self._keys.new(salt)
+        except (sealing.KeyUnavailable, sealing.WrongKey) as e:
+            self.stats["failures"] += 1
+            raise StoreError("cannot save the credential store in %s: the %s key provider failed: %s; the"
+                             " previous state is kept" % (self.directory, self._keys.primary.name, e),
+                             code=getattr(e, "code", "store_key_unavailable"), kind=OPERATOR,
+                             hint=getattr(e, "hint", "") or "check [storage] key_provider ('pass-agent check')")
+        blob = seal(key, check, salt, gen, payload, provider=primary, sealed=sealed)
         counts = {"bytes": 0, "fsyncs": 0}
         try:
             _write_atomic(self.fs, self.directory, target, blob, counts)
@@ -677,11 +827,29 @@ class Store:
             self.stats["fsyncs"] += counts["fsyncs"]
         self.stats["writes"] += 1
         self.stats["generation"] = gen
-        self._cur = {"slot": target, "gen": gen, "salt": salt, "payload": payload}
+        self._cur = {"slot": target, "gen": gen, "salt": salt, "payload": payload, "provider": primary,
+                     "sealed": sealed}
         self._max_gen = gen
         self._dirty = False
-        self.slots[target] = {"status": "ok", "detail": "generation %d" % gen, "generation": gen}
+        self.slots[target] = {"status": "ok", "detail": "generation %d" % gen, "generation": gen,
+                              "provider": primary}
         self.problem, self.problem_detail = None, ""
+        self._record_generation(gen)
+
+    def _record_generation(self, gen: int) -> None:
+        """After a slot is durable (never before): the anchor says gen. A failure leaves the counter
+        behind, which load() accepts; it weakens rollback detection until the next write, so it is
+        reported loudly but does not fail the save (the credentials are safely on flash)."""
+        anchor = self._keys.anchor
+        if anchor is None:
+            return
+        try:
+            anchor.write(gen)
+            self.anchor_generation = gen
+        except sealing.KeyUnavailable as e:
+            self.stats_keys["anchor_failures"] += 1
+            self.log.error("the generation counter %s was not updated to %d: %s; rollback detection is"
+                           " weaker until the next save", anchor.where, gen, e)
 
     def _write_runtime(self, rt_payload: bytes | None) -> bool:
         path = os.path.join(self.token_dir, TOKEN_NAME)
@@ -702,9 +870,20 @@ class Store:
             _ensure_dir(self.token_dir, 0o700, "runtime token directory", RUNTIME_KEY, self.log)
         except OSError as e:
             raise _io_error("mkdir", self.token_dir, e) from e
-        salt = self._cur["salt"] if self._cur else self._salt
-        key, check = self._key(salt)
-        blob = seal(key, check, salt, self._cur["gen"] if self._cur else 0, rt_payload, kind=KIND_TOKEN)
+        try:
+            if self._cur is not None and self._cur["provider"] == self._keys.primary.provider_id:
+                salt, sealed = self._cur["salt"], self._cur["sealed"]
+                key, check = self._keys.key_for(self._cur["provider"], salt, sealed)
+            else:
+                salt = self._cur["salt"] if self._cur else self._salt
+                key, check, sealed = self._keys.new(salt)
+        except (sealing.KeyUnavailable, sealing.WrongKey) as e:
+            self.stats["failures"] += 1
+            raise StoreError("cannot save the runtime token: the %s key provider failed: %s"
+                             % (self._keys.primary.name, e), code="store_key_unavailable", kind=OPERATOR,
+                             hint=getattr(e, "hint", "") or "check [storage] key_provider")
+        blob = seal(key, check, salt, self._cur["gen"] if self._cur else 0, rt_payload, kind=KIND_TOKEN,
+                    provider=self._keys.primary.provider_id, sealed=sealed)
         counts = {"bytes": 0, "fsyncs": 0}
         self._rt_known = False  # unknown until the write below completes
         try:
