@@ -36,14 +36,15 @@ class Daemon:
         self.web: Any = None  # the optional web endpoint (agent/web), only with [web] listen
         self.console: Any = None
         self.service: Any = None
-        self.store: Any = None
+        self.store: Any = None  # the first application's store (single-application code, tests)
+        self.stores: dict = {}  # application name -> its Store
         self._last_status = ""
 
     def start(self) -> None:
         from agent import boards
         from agent.loop import Loop
         from agent.server import Server, listen_fds_from_env
-        from agent.service import Service, storage_dir
+        from agent.service import Service, app_runtime_dir, app_storage_dir, storage_dir
         from agent.store import Store
 
         cfg = self.cfg
@@ -52,15 +53,21 @@ class Daemon:
         for w in identity.get("warnings", []):
             self.log.warning("device info: %s", w)
         sdir = storage_dir(cfg, profile)
-        self.store = Store(sdir, identity["device_id"], token_cache=cfg.storage.token_cache,
-                           runtime_dir=cfg.storage.runtime_dir, log=agentlog.get("store"))
-        self.store.open()
-        self.service = Service(cfg, identity=identity, store=self.store, logbuf=self.logbuf)
+        # One store per application (issue 16): "default" in the storage directory itself, so a store
+        # written by a single-application agent is used in place; the others in apps/NAME below it.
+        for app in cfg.apps:
+            st = Store(app_storage_dir(sdir, app.name), identity["device_id"], token_cache=cfg.storage.token_cache,
+                       runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app.name), log=agentlog.get("store"))
+            self.stores[app.name] = st
+            st.open()
+        self.store = self.stores[cfg.apps[0].name]
+        self.service = Service(cfg, identity=identity, stores=self.stores, logbuf=self.logbuf)
         self.loop = Loop()
         fds = listen_fds_from_env()
         s = cfg.socket
         self.server = Server(self.service, self.loop, s.path, mode=s.mode, allow_uids=s.allow_uids,
-                             allow_gids=configmod.allowed_gids(cfg), max_connections=s.max_connections,
+                             allow_gids=configmod.allowed_gids(cfg), apps=self._acls(cfg),
+                             max_connections=s.max_connections,
                              max_per_uid=s.max_per_uid,
                              idle_timeout=s.idle_timeout, listen_fd=fds[0] if fds else None,
                              log=agentlog.get("server"))
@@ -86,6 +93,12 @@ class Daemon:
         self.log.info("time: %s", clock.SOURCE)
         self._last_status = self.service.status_line()
         self.notifier.ready(self._last_status)
+
+    @staticmethod
+    def _acls(cfg: configmod.Config) -> dict | None:
+        """Per-application socket lists with [[app]] tables; None for a single-application file (its
+        [socket] lists decide, as they always did)."""
+        return configmod.app_acls(cfg) if cfg.app else None
 
     def _start_console(self, cfg: configmod.Config) -> None:
         c = cfg.console
@@ -129,14 +142,20 @@ class Daemon:
         self.log.info("configuration reloaded from %s%s", path,
                       "; changes in [%s] need a restart to take effect" % "], [".join(restart) if restart else "")
         agentlog.setup(new.log.level, self.logbuf)
-        self.server.set_acl(new.socket.allow_uids, configmod.allowed_gids(new))
+        acls = self._acls(new)
+        if acls is not None:  # applications added by the reload are served only after a restart
+            acls = {name: acl for name, acl in acls.items() if name in self.service.apps()}
+        self.server.set_acl(new.socket.allow_uids, configmod.allowed_gids(new), apps=acls)
         if self.web is not None:
             self.web.reload(new.web)
         try:
             self._start_console(new)
         except Exception as e:  # a console problem must not stop the token service
             self.log.error("reload: console not reconfigured: %s", e)
-        self.service.reload(new)
+        changed = self.service.reload(new)
+        if changed:
+            self.log.warning("reload: applications added or removed (%s) need a restart to take effect",
+                             ", ".join(changed))
         self.cfg = new
         self.notifier.ready(self.service.status_line())
 
@@ -156,8 +175,8 @@ class Daemon:
                     self.log.debug("shutdown: %s", e)
         if self.service is not None:
             self.service.stop(0.5)
-        if self.store is not None:
-            self.store.close()
+        for st in self.stores.values():
+            st.close()
         if self.loop is not None:
             self.loop.close()
 

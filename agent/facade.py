@@ -10,7 +10,10 @@ real Service would fail. `runtime_checkable` is deliberately not used: isinstanc
 the names exist, not the signatures.
 
 Every method returns at once and never waits on the network, except `wait_token` (for threads
-that may block; the daemon's loop never calls it). The owner-side operations (start, stop, reload,
+that may block; the daemon's loop never calls it). Several registered applications (issue 16):
+the per-application methods take `app`, an application's name; None means the only application
+and is an AgentError `app_required` when there are several (`unknown_app` for a name that is not
+configured). Front ends decide which applications a peer may name before asking. The owner-side operations (start, stop, reload,
 add_listener) are not part of the facade: only agent/daemon.py, which builds the Service, calls them.
 
 Must never: import anything beyond the standard library and agent.errors/agent.log (front ends
@@ -31,46 +34,53 @@ class ServiceFacade(Protocol):
     version: str  # the agent's version, for status displays
     logs: LogBuffer  # the redacted log ring buffer (console `log`, live log follow)
 
-    def token(self, min_ttl: float = 0) -> dict | None:
+    def apps(self) -> list[str]:
+        """The configured applications' names, in the configuration's order (["default"] for a
+        single-application file)."""
+
+    def token(self, min_ttl: float = 0, app: str | None = None) -> dict | None:
         """The held token with more than `min_ttl` s left, or None (a fetch is then scheduled); raises
         AgentError(min_ttl_unsatisfiable) when no token Adobe issues can satisfy min_ttl."""
 
-    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+    def wait_token(self, timeout: float, min_ttl: float = 0, app: str | None = None) -> dict | None:
         """Like token(), blocking up to `timeout` s (only threads that may block)."""
 
-    def not_ready_error(self) -> AgentError:
+    def not_ready_error(self, app: str | None = None) -> AgentError:
         """Why token() gave nothing: needs an operator, backing off, fetching... with retry_after."""
 
-    def identity(self) -> dict:
-        """The box's identity: fields, x_device_info, ap_device_identifier, device_id, sources, warnings."""
+    def identity(self, app: str | None = None) -> dict:
+        """The box's identity: fields, x_device_info (with the application's applicationId),
+        ap_device_identifier, device_id, sources, warnings. None with several applications: the box's own."""
 
     def report_error(self, status: int, body: Any = None, access_token: str | None = None,
-                     management: bool = False, uid: int | None = None) -> dict:
+                     management: bool = False, uid: int | None = None, app: str | None = None) -> dict:
         """A player's protected-API error; `uid` is the reporting peer's (None: in-process caller)."""
 
-    def status(self) -> dict:
-        """A secret-free status (agent.status)."""
+    def status(self, app: str | None = None) -> dict:
+        """A secret-free status (agent.status): "apps" lists every application; the top level also has
+        the fields of `app` (None: the only application, if there is only one)."""
 
     def status_line(self) -> str:
         """One line for systemd STATUS= and the console banner."""
 
-    def health(self) -> dict:
-        """{"live": bool, "ready": bool} (agent.health)."""
+    def health(self, app: str | None = None) -> dict:
+        """{"live": bool, "ready": bool} (agent.health); ready for `app`, or (None) for every application."""
 
     def subscribe(self, callback: Callable[[dict], None]) -> None:
-        """Call `callback(event)` from the worker thread on every token change (token.changed)."""
+        """Call `callback(event)` from the worker thread on every token change (token.changed; its
+        params carry "app")."""
 
     def unsubscribe(self, callback: Callable[[dict], None]) -> None:
         """Stop calling `callback`; unknown callbacks are ignored."""
 
-    def request_refresh(self) -> None:
-        """An operator asks for a new token now (also cuts an operator wait)."""
+    def request_refresh(self, app: str | None = None) -> None:
+        """An operator asks for a new token now (also cuts an operator wait); None: every application."""
 
-    def force_register(self) -> None:
-        """An operator asks for a new registration."""
+    def force_register(self, app: str | None = None) -> None:
+        """An operator asks for a new registration of `app`."""
 
-    def reset_credentials(self) -> None:
-        """An operator wipes the stored credentials; the agent registers afresh."""
+    def reset_credentials(self, app: str | None = None) -> None:
+        """An operator wipes `app`'s stored credentials; the agent registers it afresh."""
 
     def config_view(self) -> dict:
         """The effective configuration for display, secrets masked (agent.config.view)."""

@@ -5,6 +5,13 @@ Job: one request line (bytes) in, one response line (bytes) out, or an `Action` 
 connection's subscription. Holds the method table, validates envelopes and params, and maps
 agent errors to the documented error codes (docs/PROTOCOL.md is the contract).
 
+Applications (issue 16): every method takes an optional `app`. The shell passes, with each line,
+the applications the peer may use (`apps`, from the socket's per-application lists; None: a
+trusted in-process caller, which may use every application). `resolve_app` is the decision: a
+named application the peer may not use is the same `denied` error as a peer the socket refuses
+(the connection stays open); no name means the peer's only application, and is `app_required`
+(listing the peer's applications) when it may use several.
+
 Must never: do I/O, block (it calls only the Service's quick methods), log at INFO per request,
 or put a token, a client secret or a caller's params into an error message or a log line.
 """
@@ -30,7 +37,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 # Application codes (documented in docs/PROTOCOL.md).
 NOT_READY = -32001      # no valid token yet; data.retry_after says when to ask again
-DENIED = -32002         # the peer's uid/gid is not allowed; the connection is closed
+DENIED = -32002         # the peer's uid/gid is not allowed (at connect: the connection is closed; for an
+                        # application the peer may not use: this answer only)
 UPSTREAM = -32003       # Adobe Pass or the network failed; data.kind says retry or operator
 TOO_LARGE = -32004      # a request line exceeded MAX_LINE; the connection is closed
 AGENT_ERROR = -32005    # another agent failure (store, device identity, configuration)
@@ -106,6 +114,7 @@ _CODE_NAMES = {
     INVALID_REQUEST: "invalid_request",
     METHOD_NOT_FOUND: "method_not_found",
     INVALID_PARAMS: "invalid_params",
+    DENIED: "denied",
     INTERNAL_ERROR: "internal_error",
     TOO_LARGE: "too_large",
     LIMIT: "too_many_waits",
@@ -120,6 +129,8 @@ def from_agent_error(e: AgentError, extra_message: str = "", no_token: bool = Fa
     """
     if isinstance(e, NotReady) or e.code == "not_ready":
         rpc_code = NOT_READY
+    elif e.code in ("app_required", "unknown_app"):
+        rpc_code = INVALID_PARAMS
     elif no_token or isinstance(e, UpstreamError):
         rpc_code = UPSTREAM
     else:
@@ -140,15 +151,17 @@ class Action:
     with `Dispatcher.resume()` when the Service announces a token, or when `wait` expires.
     """
 
-    __slots__ = ("kind", "id", "method", "min_ttl", "wait", "reply")
+    __slots__ = ("kind", "id", "method", "min_ttl", "wait", "reply", "app")
 
-    def __init__(self, kind: str, req_id: Any, method: str = "", min_ttl: float = 0.0, wait: float = 0.0):
+    def __init__(self, kind: str, req_id: Any, method: str = "", min_ttl: float = 0.0, wait: float = 0.0,
+                 app: str | None = None):
         self.kind = kind
         self.id = req_id
         self.method = method
         self.min_ttl = min_ttl
         self.wait = wait
         self.reply = True  # False for a notification: act, but send no answer
+        self.app = app     # the application (None: the service's only one)
 
 
 # -- param validation ------------------------------------------------------------------------
@@ -198,8 +211,34 @@ def _kind_of(v: Any) -> str:
     return {str: "a string", list: "an array", dict: "an object"}.get(type(v), type(v).__name__)
 
 
-_TOKEN_PARAMS = {"min_ttl": _number("min_ttl", 0, 86400 * 7), "wait": _number("wait", 0, MAX_WAIT)}
-_NO_PARAMS: dict = {}
+_APP_PARAM = _opt_str("app")
+_TOKEN_PARAMS = {"min_ttl": _number("min_ttl", 0, 86400 * 7), "wait": _number("wait", 0, MAX_WAIT), "app": _APP_PARAM}
+_APP_ONLY = {"app": _APP_PARAM}
+
+
+def resolve_app(method: str, asked: str | None, allowed: tuple | None, configured: tuple, uid: int | None) -> str | None:
+    """The application a request is about (the pure decision; docs/PROTOCOL.md "Applications").
+
+    asked: the request's `app` (None: not given); allowed: the applications the peer may use (None:
+    a trusted in-process caller, every one); configured: the service's applications. A name the peer
+    may not use, configured or not, is `denied` (the same answer either way: a peer learns nothing
+    about applications it may not use). No name: the peer's only application (or the service's only
+    one); several: `app_required`, listing the peer's. Returns None only when the service has a
+    single application and the caller is trusted (the service then uses its only one)."""
+    mine = configured if allowed is None else allowed
+    if asked is not None:
+        if asked in mine:
+            return asked
+        who = "this caller" if uid is None else "uid %d" % uid
+        raise RpcError(DENIED, "%s: %s is not allowed to use the application %r; it may use: %s; ask the integrator to "
+                       "add it to that [[app]] table's allow_uids or allow_gids"
+                       % (method, who, asked[:64], ", ".join(mine) or "none"),
+                       error_data("denied", OPERATOR, None, apps=list(mine)))
+    if len(mine) == 1:
+        return mine[0]
+    raise RpcError(INVALID_PARAMS, "%s: this agent serves several applications and this caller may use %s; name one "
+                   "with the param \"app\"" % (method, ", ".join(mine)),
+                   error_data("app_required", FATAL, None, apps=list(mine)))
 def _opt_bool(name: str) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if v is not None and not isinstance(v, bool):
@@ -210,7 +249,7 @@ def _opt_bool(name: str) -> Callable[[Any], Any]:
 
 
 _REPORT_PARAMS = {"status": _status, "body": _any, "access_token": _opt_str("access_token"),
-                  "management": _opt_bool("management")}
+                  "management": _opt_bool("management"), "app": _APP_PARAM}
 
 
 def _params(method: str, params: Any, spec: dict, required: tuple = ()) -> dict:
@@ -252,12 +291,15 @@ class Dispatcher:
         self.service = service
         self.requests = 0
         self.errors = 0
-        self._tok_key: tuple | None = None
-        self._tok_res = b""
-        self._hdr_key: tuple | None = None
-        self._hdr_res = b""
+        # Encoded token/headers results per application: (key, bytes), re-encoded only when the key changes.
+        self._tok_cache: dict = {}
+        self._hdr_cache: dict = {}
         self._peer_uid: int | None = None  # the uid of the peer whose line is being handled
+        self._peer_apps: tuple | None = None  # the applications it may use (None: trusted, every one)
+        apps = getattr(service, "apps", None)
+        self.apps: tuple = tuple(apps()) if apps is not None else ("default",)
         self._report_takes_uid = _accepts_keyword(service.report_error, "uid")
+        self._report_takes_app = _accepts_keyword(service.report_error, "app")
         self._methods: dict[str, Callable[[Any, Any], Any]] = {
             "token.get": self._token_get,
             "headers.get": self._headers_get,
@@ -273,13 +315,15 @@ class Dispatcher:
     def methods(self) -> list[str]:
         return sorted(self._methods)
 
-    def handle_line(self, line: bytes, uid: int | None = None) -> bytes | Action | None:
+    def handle_line(self, line: bytes, uid: int | None = None, apps: tuple | None = None) -> bytes | Action | None:
         """One request line in, its answer out. Never raises: a bug answers internal_error.
 
         uid: the peer's uid (SO_PEERCRED), passed on with error reports so that the Service can
-        rate-limit what each local user may trigger.
+        rate-limit what each local user may trigger. apps: the applications the peer may use (the
+        socket's per-application lists); None for a trusted caller (every application).
         """
         self._peer_uid = uid
+        self._peer_apps = apps
         try:
             return self._handle_line(line)
         except Exception as e:
@@ -324,12 +368,15 @@ class Dispatcher:
         if method == "token.get" and type(req_id) is int and req.get("params") is None:
             # The hot path, without the generic dispatch (measured: ~1 us of ~3 us per request).
             # On no token or any failure, the generic path below builds the answer.
-            try:
-                tok = self.service.token(0.0)
-                if tok is not None:
-                    return self._token_line(req_id, tok)
-            except Exception:
-                pass
+            apps = self._peer_apps
+            if apps is None or len(apps) == 1:  # the peer's only application (else: app_required below)
+                try:
+                    app = apps[0] if apps else None
+                    tok = self.service.token(0.0, app)
+                    if tok is not None:
+                        return self._token_line(req_id, tok, app)
+                except Exception:
+                    pass
         is_call = "id" in req
         handler = self._methods.get(method)
         try:
@@ -380,11 +427,12 @@ class Dispatcher:
             return b'{"jsonrpc":"2.0","id":%d,"result":' % req_id
         return b'{"jsonrpc":"2.0","id":' + _ENC(req_id).encode("utf-8") + b',"result":'
 
-    def _token_line(self, req_id: Any, tok: dict) -> bytes:
-        # The hot path: re-encode the result only when the token or its seconds-left change.
+    def _token_line(self, req_id: Any, tok: dict, app: str | None) -> bytes:
+        # The hot path: re-encode the result only when the application's token or its seconds-left change.
         key = (tok["access_token"], tok["expires_in"], tok["expires_at"], tok["refresh_at"], tok["token_type"])
-        if key != self._tok_key:
-            self._tok_res = _ENC(
+        cached = self._tok_cache.get(app)
+        if cached is None or key != cached[0]:
+            cached = (key, _ENC(
                 {
                     "access_token": key[0],
                     "token_type": key[4],
@@ -392,15 +440,16 @@ class Dispatcher:
                     "expires_in": key[1],
                     "refresh_at": key[3],
                 }
-            ).encode("utf-8")
-            self._tok_key = key
-        return self._prefix(req_id) + self._tok_res + b"}\n"
+            ).encode("utf-8"))
+            self._tok_cache[app] = cached
+        return self._prefix(req_id) + cached[1] + b"}\n"
 
-    def _headers_line(self, req_id: Any, tok: dict) -> bytes:
-        ident = self.service.identity()
+    def _headers_line(self, req_id: Any, tok: dict, app: str | None) -> bytes:
+        ident = self.service.identity(app)
         key = (tok["access_token"], tok["expires_at"], ident["x_device_info"], ident["ap_device_identifier"])
-        if key != self._hdr_key:
-            self._hdr_res = _ENC(
+        cached = self._hdr_cache.get(app)
+        if cached is None or key != cached[0]:
+            cached = (key, _ENC(
                 {
                     "headers": {
                         "Authorization": "Bearer " + key[0],
@@ -409,33 +458,40 @@ class Dispatcher:
                     },
                     "expires_at": key[1],
                 }
-            ).encode("utf-8")
-            self._hdr_key = key
-        return self._prefix(req_id) + self._hdr_res + b"}\n"
+            ).encode("utf-8"))
+            self._hdr_cache[app] = cached
+        return self._prefix(req_id) + cached[1] + b"}\n"
 
     # -- methods ----------------------------------------------------------------------------
 
-    def _token_common(self, method: str, req_id: Any, params: Any) -> dict | Action:
+    def app_for(self, method: str, asked: str | None) -> str | None:
+        """The application of a request from the current peer (resolve_app); raises RpcError."""
+        return resolve_app(method, asked, self._peer_apps, self.apps, self._peer_uid)
+
+    def _token_common(self, method: str, req_id: Any, params: Any) -> tuple[dict | Action, str | None]:
         if params:
             p = _params(method, params, _TOKEN_PARAMS)
             min_ttl = p.get("min_ttl", 0.0)
             wait = p.get("wait", 0.0)
+            asked = p.get("app")
         else:
             min_ttl = wait = 0.0
-        tok = self.service.token(min_ttl)
+            asked = None
+        app = self.app_for(method, asked)
+        tok = self.service.token(min_ttl, app)
         if tok is not None:
-            return tok
+            return tok, app
         if wait > 0:
-            return Action("park", req_id, method, min_ttl, wait)
-        raise from_agent_error(self.service.not_ready_error(), no_token=True)
+            return Action("park", req_id, method, min_ttl, wait, app), app
+        raise from_agent_error(self.service.not_ready_error(app), no_token=True)
 
     def _token_get(self, req_id: Any, params: Any) -> bytes | Action:
-        tok = self._token_common("token.get", req_id, params)
-        return tok if isinstance(tok, Action) else self._token_line(req_id, tok)
+        tok, app = self._token_common("token.get", req_id, params)
+        return tok if isinstance(tok, Action) else self._token_line(req_id, tok, app)
 
     def _headers_get(self, req_id: Any, params: Any) -> bytes | Action:
-        tok = self._token_common("headers.get", req_id, params)
-        return tok if isinstance(tok, Action) else self._headers_line(req_id, tok)
+        tok, app = self._token_common("headers.get", req_id, params)
+        return tok if isinstance(tok, Action) else self._headers_line(req_id, tok, app)
 
     def resume(self, act: Action, final: bool) -> bytes | None:
         """Retry a parked token request. Returns the answer, or None to keep waiting.
@@ -443,14 +499,14 @@ class Dispatcher:
         final=True means the wait expired: answer with the current error instead of None.
         """
         try:
-            tok = self.service.token(act.min_ttl)
+            tok = self.service.token(act.min_ttl, act.app)
             if tok is not None:
                 if act.method == "headers.get":
-                    return self._headers_line(act.id, tok)
-                return self._token_line(act.id, tok)
+                    return self._headers_line(act.id, tok, act.app)
+                return self._token_line(act.id, tok, act.app)
             if not final:
                 return None
-            e = from_agent_error(self.service.not_ready_error(), " (waited %gs)" % act.wait, no_token=True)
+            e = from_agent_error(self.service.not_ready_error(act.app), " (waited %gs)" % act.wait, no_token=True)
         except AgentError as ae:
             e = from_agent_error(ae)
         except Exception:
@@ -464,8 +520,11 @@ class Dispatcher:
         return error_line(act.id, e.code, e.message, e.data)
 
     def _device_info(self, req_id: Any, params: Any) -> dict:
-        _params("device.info", params, _NO_PARAMS)
-        ident = self.service.identity()
+        asked = _params("device.info", params, _APP_ONLY).get("app")
+        mine = self.apps if self._peer_apps is None else self._peer_apps
+        # Without a name and several applications: the box's own identity (no application's applicationId).
+        app = self.app_for("device.info", asked) if asked is not None or len(mine) == 1 else None
+        ident = self.service.identity(app)
         return {
             "x_device_info": ident["x_device_info"],
             "fields": ident["fields"],
@@ -474,29 +533,45 @@ class Dispatcher:
 
     def _error_report(self, req_id: Any, params: Any) -> dict:
         p = _params("error.report", params, _REPORT_PARAMS, required=("status",))
+        app = self.app_for("error.report", p.get("app"))
         kw: dict = {}
         if p.get("management"):
             kw["management"] = True
         if self._report_takes_uid:
             kw["uid"] = self._peer_uid
+        if app is not None and self._report_takes_app:
+            kw["app"] = app
         return self.service.report_error(p["status"], p.get("body"), p.get("access_token"), **kw)
 
     def _subscribe(self, req_id: Any, params: Any) -> Action:
-        _params("token.subscribe", params, _NO_PARAMS)
-        return Action("subscribe", req_id)
+        app = self.app_for("token.subscribe", _params("token.subscribe", params, _APP_ONLY).get("app"))
+        return Action("subscribe", req_id, app=app)
 
     def _unsubscribe(self, req_id: Any, params: Any) -> Action:
-        _params("token.unsubscribe", params, _NO_PARAMS)
-        return Action("unsubscribe", req_id)
+        app = self.app_for("token.unsubscribe", _params("token.unsubscribe", params, _APP_ONLY).get("app"))
+        return Action("unsubscribe", req_id, app=app)
+
+    def _mine(self, method: str, params: Any) -> tuple[str | None, tuple]:
+        """(the application named or the peer's only one, else None; the applications the peer may see)."""
+        asked = _params(method, params, _APP_ONLY).get("app")
+        mine = self.apps if self._peer_apps is None else self._peer_apps
+        app = self.app_for(method, asked) if asked is not None or len(mine) == 1 else None
+        return app, mine
 
     def _status(self, req_id: Any, params: Any) -> dict:
-        _params("agent.status", params, _NO_PARAMS)
-        return self.service.status()
+        app, mine = self._mine("agent.status", params)
+        st = self.service.status(app) if app is not None else self.service.status()
+        if "apps" in st:  # only the applications this peer may use
+            st["apps"] = [a for a in st["apps"] if a.get("app") in mine]
+        return st
 
     def _health(self, req_id: Any, params: Any) -> dict:
-        _params("agent.health", params, _NO_PARAMS)
-        h = self.service.health()
-        return {"live": bool(h.get("live", True)), "ready": bool(h.get("ready"))}
+        app, mine = self._mine("agent.health", params)
+        if app is not None or self._peer_apps is None:
+            h = self.service.health(app) if app is not None else self.service.health()
+            return {"live": bool(h.get("live", True)), "ready": bool(h.get("ready"))}
+        hs = [self.service.health(a) for a in mine]  # ready: every application this peer may use
+        return {"live": all(bool(h.get("live", True)) for h in hs), "ready": all(bool(h.get("ready")) for h in hs)}
 
 
 def _accepts_keyword(fn: Any, name: str) -> bool:
@@ -524,9 +599,13 @@ def _valid_id(v: Any) -> bool:
 
 
 def token_changed(event: dict) -> bytes:
-    """The `token.changed` notification line for a Service event; only the two timestamps pass."""
+    """The `token.changed` notification line for a Service event: the application and the two
+    timestamps, nothing else (never the token)."""
     params = event.get("params") or {}
-    return notification("token.changed", {"expires_at": params.get("expires_at"), "refresh_at": params.get("refresh_at")})
+    out = {"expires_at": params.get("expires_at"), "refresh_at": params.get("refresh_at")}
+    if isinstance(params.get("app"), str):
+        out = {"app": params["app"], **out}
+    return notification("token.changed", out)
 
 
 # Re-exported so callers can refer to the kinds without importing agent.errors.

@@ -19,6 +19,12 @@ until the timer's deadline. The server therefore cancels nothing per connection:
 timer checks idleness for all connections, and parked waits' deadlines live in the server's own
 heap (`_Deadlines`), served by a few loop timers that are never cancelled.
 
+Applications (issue 16): with per-application access lists (`apps`), a peer is accepted when it
+may use at least one application (`acl_apps`, a pure function over SO_PEERCRED and the lists);
+its connection carries those names, every request line is handled for them (agent/rpc.py
+`resolve_app`), and it holds at most one subscription per application. Without `apps` (a
+single-application configuration) the socket's lists decide as before.
+
 Lifecycle: `start()` and `close()` run in the loop thread (or before the loop runs / after it
 stopped); `set_acl()` too (the daemon calls it from its SIGHUP handler via the loop). `stats()`
 may be read from any thread.
@@ -37,7 +43,7 @@ import pwd
 import socket
 import stat
 import struct
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from agent import clock as _clock
 from agent import rpc
@@ -107,6 +113,19 @@ def acl_allows(uid: int, gid: int, groups: frozenset, allow_uids: frozenset, all
     return bool(allow_gids) and (gid in allow_gids or not allow_gids.isdisjoint(groups))
 
 
+def acl_apps(uid: int, gid: int, groups: frozenset, acls: Mapping[str, tuple[frozenset, frozenset]],
+             own_uid: int) -> tuple[str, ...]:
+    """The applications a peer may use (docs/SECURITY.md), in the configuration's order: those whose
+    [[app]] allow_uids/allow_gids admit it by `acl_allows` (root and the agent's own uid: every one).
+    An empty result means the socket refuses the peer."""
+    return tuple(name for name, (uids, gids) in acls.items() if acl_allows(uid, gid, groups, uids, gids, own_uid))
+
+
+def acl_apps_need_groups(gid: int, acls: Mapping[str, tuple[frozenset, frozenset]]) -> bool:
+    """Whether deciding acl_apps needs the peer's supplementary groups (acl_needs_groups for any list)."""
+    return any(acl_needs_groups(gid, gids) for _, gids in acls.values())
+
+
 def acl_needs_groups(gid: int, allow_gids: frozenset) -> bool:
     """Whether deciding needs the peer's supplementary groups: only when some group is allowed and
     the primary one is not (reading them costs a /proc read per connection)."""
@@ -142,20 +161,22 @@ def peer_groups(pid: int, uid: int) -> frozenset[int]:
 
 class _Conn:
     __slots__ = (
-        "sock", "fd", "pid", "uid", "gid", "groups", "inbuf", "out", "queue", "qbytes", "waits", "subscribed",
+        "sock", "fd", "pid", "uid", "gid", "groups", "apps", "inbuf", "out", "queue", "qbytes", "waits", "subs",
         "last", "eof", "closing", "paused", "writing", "closed",
     )
 
-    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, groups: frozenset) -> None:
+    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, groups: frozenset,
+                 apps: tuple | None = None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.pid, self.uid, self.gid, self.groups = pid, uid, gid, groups
+        self.apps = apps                # the applications it may use (None: the socket's lists, one application)
         self.inbuf = b""                # unparsed input (at most one partial line + held-back lines)
         self.out = bytearray()          # encoded answers not yet accepted by the kernel
         self.queue: collections.deque = collections.deque()  # answers behind a parked wait (order)
         self.qbytes = 0                 # bytes of the answers in `queue` (answered waits included)
         self.waits: list = []           # parked _Wait objects
-        self.subscribed = False         # a flag: a connection holds at most one subscription
+        self.subs: set = set()          # subscribed applications (None: the service's only one); one each
         self.last = _monotonic()        # last read or write progress, for the idle timeout
         self.eof = False                # the peer shut down its write side
         self.closing = False            # close once `out` is flushed
@@ -242,6 +263,7 @@ class Server:
         mode: int = 0o660,
         allow_uids: tuple = (),
         allow_gids: tuple = (),
+        apps: Mapping[str, tuple[frozenset, frozenset]] | None = None,
         max_connections: int = 512,
         max_per_uid: int = 64,
         max_waits: int = MAX_WAITS,
@@ -266,6 +288,8 @@ class Server:
         self.dispatcher = rpc.Dispatcher(service)
         self._allow_uids = frozenset(allow_uids)
         self._allow_gids = frozenset(allow_gids)
+        # Per-application lists (config.app_acls), or None: the socket's lists above decide alone.
+        self._acls: dict | None = None if apps is None else dict(apps)
         self._own_uid = os.getuid()
         self._sock: socket.socket | None = None
         self._ino: tuple | None = None    # (dev, ino) of the socket file we created
@@ -452,13 +476,26 @@ class Server:
 
     # -- access control ---------------------------------------------------------------------
 
-    def set_acl(self, allow_uids: tuple = (), allow_gids: tuple = ()) -> None:
-        """Replace the allow-lists (SIGHUP) and disconnect peers that are no longer allowed."""
+    def set_acl(self, allow_uids: tuple = (), allow_gids: tuple = (),
+                apps: Mapping[str, tuple[frozenset, frozenset]] | None = None) -> None:
+        """Replace the allow-lists (SIGHUP) and disconnect peers that are no longer allowed; a peer
+        that lost some applications keeps the others (and loses those subscriptions)."""
         self._allow_uids = frozenset(allow_uids)
         self._allow_gids = frozenset(allow_gids)
+        self._acls = None if apps is None else dict(apps)
         for conn in list(self._conns.values()):
-            ok, conn.groups = acl_recheck(conn.uid, conn.gid, conn.groups, self._allow_uids, self._allow_gids,
-                                          self._own_uid, lambda c=conn: peer_groups(c.pid, c.uid))
+            if self._acls is None:
+                ok, conn.groups = acl_recheck(conn.uid, conn.gid, conn.groups, self._allow_uids, self._allow_gids,
+                                              self._own_uid, lambda c=conn: peer_groups(c.pid, c.uid))
+                conn.apps = None
+            else:
+                if acl_apps_need_groups(conn.gid, self._acls):
+                    conn.groups = peer_groups(conn.pid, conn.uid)
+                conn.apps = acl_apps(conn.uid, conn.gid, conn.groups, self._acls, self._own_uid)
+                ok = bool(conn.apps)
+                conn.subs = {a for a in conn.subs if a in conn.apps}
+                if not conn.subs:
+                    self._subscribers.discard(conn)
             if not ok:
                 self._deny(conn, counted=True)
 
@@ -503,9 +540,17 @@ class Server:
         except OSError:
             sock.close()
             return
-        groups = peer_groups(pid, uid) if acl_needs_groups(gid, self._allow_gids) else frozenset()
-        conn = _Conn(sock, pid, uid, gid, groups)
-        if not self._allowed(uid, gid, groups):
+        acls = self._acls
+        if acls is None:
+            groups = peer_groups(pid, uid) if acl_needs_groups(gid, self._allow_gids) else frozenset()
+            conn = _Conn(sock, pid, uid, gid, groups)
+            allowed = self._allowed(uid, gid, groups)
+        else:
+            groups = peer_groups(pid, uid) if acl_apps_need_groups(gid, acls) else frozenset()
+            apps = acl_apps(uid, gid, groups, acls, self._own_uid)
+            conn = _Conn(sock, pid, uid, gid, groups, apps)
+            allowed = bool(apps)
+        if not allowed:
             self._deny(conn, counted=False)
             return
         busy = None
@@ -535,10 +580,11 @@ class Server:
                 "denied connection on %s from pid %d uid %d gid %d (attempt %d); allow it with socket.allow_uids "
                 "or socket.allow_gids", self.path, conn.pid, conn.uid, conn.gid, n,
             )
+        where = ("socket.allow_uids or a group in socket.allow_gids" if self._acls is None else
+                 "the allow_uids of an [[app]] table or one of its groups to allow_gids/allow_groups")
         line = rpc.error_line(
             None, rpc.DENIED,
-            "uid %d is not allowed to use the pass-agent socket; ask the integrator to add it to "
-            "socket.allow_uids or a group in socket.allow_gids" % conn.uid,
+            "uid %d is not allowed to use the pass-agent socket; ask the integrator to add it to %s" % (conn.uid, where),
             rpc.error_data("denied", OPERATOR),
         )
         if counted:  # an established connection: its queued answers, the error, then close
@@ -607,7 +653,7 @@ class Server:
             if len(data) > rpc.MAX_LINE + 1:
                 self._too_large(conn)
                 return
-            ans = self.dispatcher.handle_line(data[:-1], conn.uid)
+            ans = self.dispatcher.handle_line(data[:-1], conn.uid, conn.apps)
             if type(ans) is bytes:
                 n = self._send(conn, ans)
                 if n is None:
@@ -630,7 +676,7 @@ class Server:
         data = conn.inbuf
         start = 0
         handle = self.dispatcher.handle_line
-        uid = conn.uid
+        uid, apps = conn.uid, conn.apps
         out = conn.out
         while True:
             nl = data.find(b"\n", start)
@@ -639,7 +685,7 @@ class Server:
             if nl - start > rpc.MAX_LINE:
                 self._too_large(conn)
                 return
-            ans = handle(data[start:nl], uid)
+            ans = handle(data[start:nl], uid, apps)
             start = nl + 1
             if ans is not None:
                 if type(ans) is bytes:
@@ -682,13 +728,18 @@ class Server:
             self._nwaits += 1
             self._waits.add(act.wait, w)
             return
-        conn.subscribed = act.kind == "subscribe"
-        if conn.subscribed:
+        if act.kind == "subscribe":
+            conn.subs.add(act.app)
             self._subscribers.add(conn)
         else:
-            self._subscribers.discard(conn)
+            conn.subs.discard(act.app)
+            if not conn.subs:
+                self._subscribers.discard(conn)
         if act.reply:
-            self._emit(conn, self.dispatcher.result_line(act.id, {"subscribed": conn.subscribed}), flush=False)
+            result: dict = {"subscribed": act.app in conn.subs}
+            if act.app is not None and len(self.dispatcher.apps) > 1:
+                result["app"] = act.app
+            self._emit(conn, self.dispatcher.result_line(act.id, result), flush=False)
 
     def _too_large(self, conn: _Conn) -> None:
         self._c["closed_too_large"] += 1
@@ -818,13 +869,18 @@ class Server:
             self.loop.call_soon_threadsafe(lambda: self._token_changed(event))
 
     def _token_changed(self, event: dict) -> None:
+        app = (event.get("params") or {}).get("app")
         if self._subscribers:
             line = rpc.token_changed(event)
             for conn in list(self._subscribers):
-                self._c["notifications"] += 1
-                self._emit(conn, line)
+                # None: subscribed without a name to the service's only application (it has no other)
+                if app is None or app in conn.subs or None in conn.subs:
+                    self._c["notifications"] += 1
+                    self._emit(conn, line)
         for conn in [c for c in self._conns.values() if c.waits]:
             for w in list(conn.waits):
+                if w.act.app is not None and app is not None and w.act.app != app:
+                    continue  # another application's token: this wait cannot be answered by it
                 ans = self.dispatcher.resume(w.act, final=False)
                 if ans is not None:
                     self._c["waits_answered"] += 1
@@ -865,7 +921,7 @@ class Server:
         for conn in list(self._conns.values()):
             if conn.closed or now - conn.last < self.idle_timeout:
                 continue
-            if (conn.subscribed or conn.waits) and not conn.out:
+            if (conn.subs or conn.waits) and not conn.out:
                 continue  # a quiet subscriber or a parked wait is not idle, unless its answers sit unread
             self._c["closed_slow" if conn.out else "closed_idle"] += 1
             self._drop(conn)

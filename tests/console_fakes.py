@@ -47,20 +47,23 @@ class FakeService:
         self.error = NotReady("no token yet: registration in progress", retry_after=5,
                               hint="wait; the agent retries by itself")
 
-    def token(self, min_ttl: float = 0) -> dict | None:
+    def apps(self) -> list[str]:
+        return ["default"]
+
+    def token(self, min_ttl: float = 0, app: str | None = None) -> dict | None:
         self.calls.append("token")
         if self._token is None:
             return None
         return {"access_token": self._token, "token_type": "bearer", "expires_at": 1700021600.0,
                 "expires_in": 21000, "refresh_at": 1700010800.0}
 
-    def not_ready_error(self) -> AgentError:
+    def not_ready_error(self, app: str | None = None) -> AgentError:
         return self.error
 
-    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+    def wait_token(self, timeout: float, min_ttl: float = 0, app: str | None = None) -> dict | None:
         return self.token(min_ttl)
 
-    def identity(self) -> dict:
+    def identity(self, app: str | None = None) -> dict:
         xdi = base64.b64encode(json.dumps(FIELDS).encode()).decode()
         return {"fields": dict(FIELDS), "x_device_info": xdi,
                 "ap_device_identifier": "fingerprint ZmFrZS1kZXZpY2UtaWQ=", "device_id": "serial-0042",
@@ -68,10 +71,10 @@ class FakeService:
                 "warnings": ["displayWidth unknown on this board"]}
 
     def report_error(self, status: int, body: Any = None, access_token: str | None = None,
-                     management: bool = False, uid: int | None = None) -> dict:
+                     management: bool = False, uid: int | None = None, app: str | None = None) -> dict:
         return {"decision": "ignored", "reason": "fake"}
 
-    def status(self) -> dict:
+    def status(self, app: str | None = None) -> dict:
         last = None
         if self.leaky:
             last = UpstreamError("token call failed: Authorization: Bearer " + FAKE_TOKEN + " client_secret="
@@ -85,7 +88,7 @@ class FakeService:
     def status_line(self) -> str:
         return "token valid, token valid for 21000 s"
 
-    def health(self) -> dict:
+    def health(self, app: str | None = None) -> dict:
         return {"live": True, "ready": self._token is not None}
 
     def subscribe(self, callback: Callable[[dict], None]) -> None:
@@ -94,13 +97,13 @@ class FakeService:
     def unsubscribe(self, callback: Callable[[dict], None]) -> None:
         pass
 
-    def request_refresh(self) -> None:
+    def request_refresh(self, app: str | None = None) -> None:
         self.calls.append("refresh")
 
-    def force_register(self) -> None:
+    def force_register(self, app: str | None = None) -> None:
         self.calls.append("register")
 
-    def reset_credentials(self) -> None:
+    def reset_credentials(self, app: str | None = None) -> None:
         self.calls.append("reset")
 
     def config_view(self) -> dict:

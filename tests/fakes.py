@@ -72,7 +72,10 @@ class FakeService:
 
     # -- the facade ------------------------------------------------------------------------
 
-    def token(self, min_ttl: float = 0) -> dict | None:
+    def apps(self) -> list[str]:
+        return ["default"]
+
+    def token(self, min_ttl: float = 0, app: str | None = None) -> dict | None:
         if self.record_calls:
             self.token_calls.append(min_ttl)
         tok = self._tok
@@ -86,18 +89,18 @@ class FakeService:
         t["expires_in"] = int(left)
         return t
 
-    def not_ready_error(self) -> AgentError:
+    def not_ready_error(self, app: str | None = None) -> AgentError:
         return self.error
 
-    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+    def wait_token(self, timeout: float, min_ttl: float = 0, app: str | None = None) -> dict | None:
         raise AssertionError("servers must not call the blocking wait_token")
 
-    def identity(self) -> dict:
+    def identity(self, app: str | None = None) -> dict:
         return {"fields": {"model": "FakeBox", "osName": "Linux"}, "x_device_info": XDI,
                 "ap_device_identifier": APDI, "device_id": "fake-device-id", "sources": {}, "warnings": []}
 
     def report_error(self, status: int, body: Any = None, access_token: str | None = None,
-                     management: bool = False, uid: int | None = None) -> dict:
+                     management: bool = False, uid: int | None = None, app: str | None = None) -> dict:
         self.reports.append((status, body, access_token))
         self.report_uids.append(uid)
         self.report_management.append(management)
@@ -105,7 +108,7 @@ class FakeService:
             return {"decision": "refresh", "reason": "401 from a protected API: getting a new access token"}
         return {"decision": "ignored", "reason": "status %d needs no action" % status}
 
-    def status(self) -> dict:
+    def status(self, app: str | None = None) -> dict:
         tok = self._tok
         return {"state": "ready" if tok else "registering", "version": self.version, "uptime": 1.0,
                 "registered_at": 1700000000.0, "client_id_hint": "abcd…(36 chars)",
@@ -116,7 +119,7 @@ class FakeService:
     def status_line(self) -> str:
         return "holding a valid token" if self._tok else "registering with Adobe Pass, no valid token"
 
-    def health(self) -> dict:
+    def health(self, app: str | None = None) -> dict:
         return {"live": True, "ready": self._tok is not None}
 
     def subscribe(self, callback: Callable[[dict], None]) -> None:
@@ -128,13 +131,13 @@ class FakeService:
             if callback in self._subs:
                 self._subs.remove(callback)
 
-    def request_refresh(self) -> None:
+    def request_refresh(self, app: str | None = None) -> None:
         self.refresh_requests += 1
 
-    def force_register(self) -> None:
+    def force_register(self, app: str | None = None) -> None:
         pass
 
-    def reset_credentials(self) -> None:
+    def reset_credentials(self, app: str | None = None) -> None:
         pass
 
     def config_view(self) -> dict:

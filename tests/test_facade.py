@@ -48,9 +48,9 @@ def test_the_protocol_lists_the_documented_facade():
     assert facade.ATTRIBUTES == ("version", "logs")
     assert set(facade.METHODS) == {
         "token", "wait_token", "not_ready_error", "identity", "report_error", "status", "status_line", "health",
-        "subscribe", "unsubscribe", "request_refresh", "force_register", "reset_credentials", "config_view"}
+        "subscribe", "unsubscribe", "request_refresh", "force_register", "reset_credentials", "config_view", "apps"}
     params, _ = _shape(facade.ServiceFacade.report_error)
-    assert [p[0] for p in params] == ["self", "status", "body", "access_token", "management", "uid"]
+    assert [p[0] for p in params] == ["self", "status", "body", "access_token", "management", "uid", "app"]
 
 
 @pytest.mark.parametrize("name", list(IMPLEMENTATIONS))

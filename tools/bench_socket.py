@@ -47,7 +47,10 @@ class CachedService:
         self._tok = {"access_token": TOKEN, "token_type": "bearer", "expires_at": now + 21600.0,
                      "refresh_at": now + 16200.0}
 
-    def token(self, min_ttl: float = 0) -> dict | None:
+    def apps(self) -> list[str]:
+        return ["default"]
+
+    def token(self, min_ttl: float = 0, app: str | None = None) -> dict | None:
         with self._lock:
             t = dict(self._tok)
         left = t["expires_at"] - time.time()
@@ -56,27 +59,27 @@ class CachedService:
         t["expires_in"] = int(left)
         return t
 
-    def wait_token(self, timeout: float, min_ttl: float = 0) -> dict | None:
+    def wait_token(self, timeout: float, min_ttl: float = 0, app: str | None = None) -> dict | None:
         return self.token(min_ttl)
 
-    def not_ready_error(self) -> AgentError:
+    def not_ready_error(self, app: str | None = None) -> AgentError:
         return NotReady("no token with that min_ttl in the benchmark", retry_after=1.0)
 
-    def identity(self) -> dict:
+    def identity(self, app: str | None = None) -> dict:
         return {"x_device_info": "eyJtb2RlbCI6ImJlbmNoIn0=", "ap_device_identifier": "fingerprint YmVuY2g=",
                 "fields": {}}
 
     def report_error(self, status: int, body: Any = None, access_token: str | None = None,
-                     management: bool = False, uid: int | None = None) -> dict:
+                     management: bool = False, uid: int | None = None, app: str | None = None) -> dict:
         return {"decision": "ignored", "reason": "benchmark"}
 
-    def status(self) -> dict:
+    def status(self, app: str | None = None) -> dict:
         return {"state": "token_valid", "version": self.version, "token": None, "last_error": None}
 
     def status_line(self) -> str:
         return "holding a valid token"
 
-    def health(self) -> dict:
+    def health(self, app: str | None = None) -> dict:
         return {"live": True, "ready": True}
 
     def subscribe(self, callback: Callable[[dict], None]) -> None:
@@ -85,13 +88,13 @@ class CachedService:
     def unsubscribe(self, callback: Callable[[dict], None]) -> None:
         pass
 
-    def request_refresh(self) -> None:
+    def request_refresh(self, app: str | None = None) -> None:
         pass
 
-    def force_register(self) -> None:
+    def force_register(self, app: str | None = None) -> None:
         pass
 
-    def reset_credentials(self) -> None:
+    def reset_credentials(self, app: str | None = None) -> None:
         pass
 
     def config_view(self) -> dict:
