@@ -154,6 +154,55 @@ def _app_name(v: Any) -> tuple[bool, Any, str]:
 OverrideValue = Union[str, int, float, bool]
 
 
+# [storage.pkcs11] and [storage.kernel]: sub-tables of [storage], each one frozen dataclass; their
+# checkers take the TOML table (or an instance, for defaults and replace()) and reject unknown keys.
+@dataclass(frozen=True)
+class Pkcs11Config:
+    """[storage.pkcs11]: the token that seals the store key (key_provider = "pkcs11", agent/keys/pkcs11.py)."""
+
+    module: str = ""
+    token_label: str = ""
+    slot: Optional[int] = None
+    pin_file: str = ""
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """[storage.kernel]: the kernel key that seals the store key (key_provider = "kernel", agent/keys/kernel.py)."""
+
+    key_type: str = "trusted"
+    master: str = ""
+    blob_file: str = ""
+
+
+def _sub_table(cls: type, kinds: dict, example: str) -> Check:
+    @_produces(cls)
+    def check(v: Any) -> tuple[bool, Any, str]:
+        if isinstance(v, cls):
+            return True, v, ""
+        expected = "a table with %s, e.g. %s" % (", ".join(kinds), example)
+        if not isinstance(v, abc.Mapping):
+            return False, v, expected
+        bad = [k for k in v if k not in kinds]
+        if bad:
+            return False, v, "%s (unknown key %s)" % (expected, ", ".join(repr(k) for k in bad))
+        for k, (kind, what) in kinds.items():
+            if k in v and not (isinstance(v[k], kind) and not isinstance(v[k], bool)):
+                return False, v, "%s (%s must be %s)" % (expected, k, what)
+        return True, cls(**dict(v)), ""
+
+    return check
+
+
+_pkcs11_table = _sub_table(Pkcs11Config, {"module": (str, "a path"), "token_label": (str, "a string"),
+                                          "slot": (int, "a slot id"), "pin_file": (str, "a path")},
+                           '{ module = "/usr/lib/libckteec.so.0", token_label = "pass-agent", pin_file = '
+                           '"/etc/pass-agent/token.pin" }')
+_kernel_table = _sub_table(KernelConfig, {"key_type": (str, '"trusted" or "encrypted"'),
+                                          "master": (str, 'a master key, e.g. "trusted:kmk"'),
+                                          "blob_file": (str, "a path")}, '{ key_type = "trusted" }')
+
+
 @_produces(Mapping[str, OverrideValue])
 def _overrides(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, abc.Mapping) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
@@ -180,6 +229,12 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "dir": (_opt_str, None),
         "token_cache": (_choice("flash", "runtime", "memory"), "flash"),
         "runtime_dir": (_str, "/run/pass-agent"),
+        # Who seals the store key (issue 19, docs/SECURITY.md "Key providers"); anchor_dir: where the
+        # device/kernel providers keep the generation counter for rollback detection ("" none).
+        "key_provider": (_choice("device", "pkcs11", "kernel"), "device"),
+        "anchor_dir": (_str, ""),
+        "pkcs11": (_pkcs11_table, Pkcs11Config()),
+        "kernel": (_kernel_table, KernelConfig()),
     },
     "socket": {
         "path": (_str, "/run/pass-agent/agent.sock"),
@@ -280,6 +335,10 @@ class StorageConfig:
     dir: Optional[str] = None
     token_cache: str = "flash"
     runtime_dir: str = "/run/pass-agent"
+    key_provider: str = "device"
+    anchor_dir: str = ""
+    pkcs11: Pkcs11Config = field(default_factory=Pkcs11Config)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
 
 
 @dataclass(frozen=True)
@@ -429,6 +488,8 @@ def _freeze(v: Any) -> Any:
 
 
 def _thaw(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # [storage.pkcs11]: a sub-table
+        return {f.name: _thaw(getattr(v, f.name)) for f in dataclasses.fields(v) if getattr(v, f.name) is not None}
     if isinstance(v, tuple):
         return list(v)
     if isinstance(v, abc.Mapping):
@@ -542,6 +603,10 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             elif p and not os.access(p, os.R_OK):
                 problems.append("[%s] %s: file %s is not readable by this user" % (table, key, p))
     apps = _validate_apps(data, base_dir, check_files, problems) if "app" in data else ()
+    if cfg["storage"]["key_provider"] != "device" or cfg["storage"]["anchor_dir"]:
+        from agent import keys  # standard library only until a provider is used
+
+        problems.extend(keys.config_problems(cfg["storage"], check_files))
     if problems:
         raise ConfigError(problems, path)
     return dataclasses.replace(_build(cfg, path), app=apps)

@@ -55,9 +55,13 @@ class Daemon:
         sdir = storage_dir(cfg, profile)
         # One store per application (issue 16): "default" in the storage directory itself, so a store
         # written by a single-application agent is used in place; the others in apps/NAME below it.
+        from agent import keys  # [storage] key_provider: the pkcs11/kernel modules load only when configured
+
         for app in cfg.apps:
-            st = Store(app_storage_dir(sdir, app.name), identity["device_id"], token_cache=cfg.storage.token_cache,
-                       runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app.name), log=agentlog.get("store"))
+            adir = app_storage_dir(sdir, app.name)
+            st = Store(adir, identity["device_id"], token_cache=cfg.storage.token_cache,
+                       runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app.name), log=agentlog.get("store"),
+                       keys=keys.keyset(cfg.storage, identity["device_id"], adir, log=agentlog.get("store")))
             self.stores[app.name] = st
             st.open()
         self.store = self.stores[cfg.apps[0].name]

@@ -231,16 +231,18 @@ class KeySet:
     """The store's keys: `primary` seals new slots; every provider in `readers` (the primary
     included) may open slots. Unsealed keys are cached by (provider, salt, sealed form)."""
 
-    def __init__(self, primary: Any, readers: list | tuple = ()) -> None:
+    def __init__(self, primary: Any, readers: list | tuple = (), anchor: GenerationAnchor | None = None) -> None:
         self.primary = primary
         self.readers: dict[int, Any] = {primary.provider_id: primary}
         for r in readers:
             self.readers.setdefault(r.provider_id, r)
+        self._anchor = anchor
         self._cache: dict[tuple, tuple[bytes, bytes]] = {}
 
     @property
     def anchor(self) -> GenerationAnchor | None:
-        return getattr(self.primary, "anchor", None)
+        """This store's generation counter: the one given, else the primary provider's (if any)."""
+        return self._anchor if self._anchor is not None else getattr(self.primary, "anchor", None)
 
     def key_for(self, provider_id: int, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
         """(slot key, key check) for a slot header. Raises KeyUnavailable when no configured
