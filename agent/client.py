@@ -107,8 +107,12 @@ class Client:
     wait for an agent that is not running yet (no socket, or nothing listening on it).
     """
 
-    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 5.0, connect_wait: float = 0.0) -> None:
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: float = 5.0, connect_wait: float = 0.0,
+                 app: str | None = None) -> None:
+        """app: the registered application every call is about (None: the caller's only one; a caller
+        allowed several must name one, issue 16). Each method's own `app` overrides it."""
         self.path = path
+        self.app = app
         self.timeout = timeout
         self._next_id = 1
         self._buf = b""
@@ -179,44 +183,51 @@ class Client:
 
     # -- methods ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _ttl_wait(min_ttl: float | None, wait: float | None) -> dict:
+    def _app(self, app: str | None, p: dict | None = None) -> dict:
+        p = {} if p is None else p
+        app = app if app is not None else self.app
+        if app is not None:
+            p["app"] = app
+        return p
+
+    def _ttl_wait(self, min_ttl: float | None, wait: float | None, app: str | None) -> dict:
         p: dict = {}
         if min_ttl is not None:
             p["min_ttl"] = min_ttl
         if wait is not None:
             p["wait"] = wait
-        return p
+        return self._app(app, p)
 
-    def token(self, min_ttl: float | None = None, wait: float | None = None) -> dict:
-        return self.call("token.get", self._ttl_wait(min_ttl, wait), timeout=self.timeout + (wait or 0))
+    def token(self, min_ttl: float | None = None, wait: float | None = None, app: str | None = None) -> dict:
+        return self.call("token.get", self._ttl_wait(min_ttl, wait, app), timeout=self.timeout + (wait or 0))
 
-    def headers(self, min_ttl: float | None = None, wait: float | None = None) -> dict:
-        return self.call("headers.get", self._ttl_wait(min_ttl, wait), timeout=self.timeout + (wait or 0))
+    def headers(self, min_ttl: float | None = None, wait: float | None = None, app: str | None = None) -> dict:
+        return self.call("headers.get", self._ttl_wait(min_ttl, wait, app), timeout=self.timeout + (wait or 0))
 
-    def status(self) -> dict:
-        return self.call("agent.status")
+    def status(self, app: str | None = None) -> dict:
+        return self.call("agent.status", self._app(app))
 
-    def health(self) -> dict:
-        return self.call("agent.health")
+    def health(self, app: str | None = None) -> dict:
+        return self.call("agent.health", self._app(app))
 
-    def device_info(self) -> dict:
-        return self.call("device.info")
+    def device_info(self, app: str | None = None) -> dict:
+        return self.call("device.info", self._app(app))
 
-    def report(self, status: int, body: Any = None, access_token: str | None = None) -> dict:
+    def report(self, status: int, body: Any = None, access_token: str | None = None, app: str | None = None) -> dict:
         p: dict = {"status": status}
         if body is not None:
             p["body"] = body
         if access_token is not None:
             p["access_token"] = access_token
-        return self.call("error.report", p)
+        return self.call("error.report", self._app(app, p))
 
-    def subscribe(self, timeout: float | None = None) -> Iterator[dict]:
-        """Subscribe, then yield `token.changed` notifications ({"method", "params"}) as they come.
+    def subscribe(self, timeout: float | None = None, app: str | None = None) -> Iterator[dict]:
+        """Subscribe (to `app`'s token), then yield `token.changed` notifications ({"method", "params"},
+        params.app naming the application) as they come.
 
         Blocks between notifications (forever unless `timeout`, which raises AgentError "timeout").
         """
-        self.call("token.subscribe")
+        self.call("token.subscribe", self._app(app))
         while True:
             while self._notes:
                 yield self._notes.popleft()
