@@ -140,3 +140,11 @@ def describe(ks: sealing.KeySet) -> tuple[str, bool]:
     line += "; rollback detection: %s" % (("generation counter in %s" % anchor.where) if anchor is not None
                                           else "off (set [storage] anchor_dir)")
     return line, bool(primary.hardware)
+
+
+def close_all() -> None:
+    """Close the shared token sessions (the next use logs in again): tests' restarts, and shutdown."""
+    with _shared_lock:
+        for p in _shared.values():
+            p.close()
+        _shared.clear()

@@ -173,7 +173,10 @@ class Pkcs11Keys(sealing.WrappedKeys):
                                               " --login --test) to reset the counter" % KEY)
         pin = read_pin(self.pin_file)
         try:
-            self._session = token.open(user_pin=pin, rw=True)
+            try:
+                self._session = token.open(user_pin=pin, rw=True)
+            except p.exceptions.UserAlreadyLoggedIn:  # login is per process: another session of ours did it
+                self._session = token.open(rw=True)
         except (p.exceptions.PinIncorrect, p.exceptions.PinInvalid, p.exceptions.PinLenRange):
             raise sealing.KeyUnavailable("the PIN in %s is not the user PIN of %s" % (self.pin_file, self.where()),
                                          code="store_key_pin",
