@@ -130,6 +130,20 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
         check("runtime", lambda: _agent_dir(os.path.join(cfg.storage.runtime_dir, "token"),
                                             "runtime token dir", "[storage] runtime_dir"),
               "set [storage] runtime_dir to a tmpfs directory the agent can write (systemd: RuntimeDirectory=)")
+    def key_provider() -> str:
+        # Which provider seals the store key and whether it works now (logs in to a token; creates nothing).
+        from agent import keys, sealing
+
+        ks = keys.keyset(cfg.storage, boards.identify_for(cfg.device)["device_id"], storage_dir(cfg, profile))
+        try:
+            line, hardware = keys.describe(ks)
+        except sealing.KeyUnavailable as e:
+            raise _Problem(str(e), e.hint or "check [storage] key_provider and its settings (docs/SECURITY.md)")
+        finally:
+            keys.close_all()
+        return "%s; hardware-backed: %s" % (line, "yes" if hardware else "no")
+
+    check("keys", key_provider, "check [storage] key_provider and its settings (docs/SECURITY.md)")
     check("socket", lambda: _dir_usable(os.path.dirname(cfg.socket.path), "socket dir"),
           "set [socket] path to a writable runtime directory such as /run/pass-agent/agent.sock")
 
@@ -203,7 +217,16 @@ def run(cfg: Config, as_user: str | None = None) -> list:
     # Everything run_checks imports lazily is imported now: the user may not read this Python's files.
     import ssl  # noqa: F401
 
-    from agent import boards, deviceinfo, safedir, service  # noqa: F401
+    from agent import boards, deviceinfo, keys, safedir, sealing, service  # noqa: F401
+    from agent.keys import anchor  # noqa: F401 - keys.keyset imports it on use
+
+    if cfg.storage.key_provider == "pkcs11" or cfg.storage.pkcs11.module:
+        try:
+            import pkcs11  # noqa: F401
+
+            from agent.keys import pkcs11 as _p11  # noqa: F401
+        except ImportError:  # the check itself reports the missing package
+            pass
 
     try:
         return _as_user(as_user, lambda: run_checks(cfg))

@@ -103,8 +103,9 @@ def test_check_all_pass_exits_0(tmp_path, statement_file):
     r = cli("check", "--config", _check_config(tmp_path, statement_file))
     assert r.returncode == 0, r.stdout
     names = [ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("ok")]
-    assert names == ["config", "statement", "board", "device-info", "storage", "socket", "clock"]
+    assert names == ["config", "statement", "board", "device-info", "storage", "keys", "socket", "clock"]
     assert "Raspberry Pi" in r.stdout and "all checks passed" in r.stdout
+    assert "key provider device" in r.stdout and "hardware-backed: no" in r.stdout
 
 
 def test_check_environment_failure_exits_1_with_a_fix(tmp_path, statement_file):

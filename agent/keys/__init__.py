@@ -132,9 +132,9 @@ def describe(ks: sealing.KeySet) -> tuple[str, bool]:
     """(one line for `pass-agent check`, hardware-backed?) after making sure the provider works
     (logs in to the token; creates nothing). Raises sealing.KeyUnavailable."""
     primary = ks.primary
-    ready = getattr(primary, "ready", None)
-    if ready is not None:
-        ready()
+    probe = getattr(primary, "check", None) or getattr(primary, "ready", None)
+    if probe is not None:
+        probe()
     line = "key provider %s" % primary.describe()
     anchor = ks.anchor
     line += "; rollback detection: %s" % (("generation counter in %s" % anchor.where) if anchor is not None

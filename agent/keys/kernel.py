@@ -133,6 +133,17 @@ class KernelKeys:
         with self._lock:
             self._key()
 
+    def check(self) -> None:
+        """For `pass-agent check`: load the existing blob, or probe that the kernel could make one
+        (throwaway keys in this process's keyring only); never writes the blob file."""
+        if os.path.exists(self.blob_file):
+            self.ready()
+            return
+        why = unavailable(self._ops, self.key_type)
+        if why:
+            raise sealing.KeyUnavailable(why, hint="this kernel cannot seal the store key; use key_provider ="
+                                                   " \"pkcs11\" (a TEE's PKCS#11 module) or \"device\"")
+
     def _key(self) -> int:
         if self._serial is not None:
             return self._serial
