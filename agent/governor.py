@@ -52,8 +52,9 @@ Pause (a 429 for one application pauses all of them)
   send until the pause ends: now + max(1/rate, window x U(0, 1)), where `window` is the throttled
   application's lifecycle throttle window (a fraction of its 429 streak: the elapsed-time rule of
   agent/lifecycle.py, "Backoff policy"). A box with six applications in a crowd thereby probes the
-  address about once per draw, like a box with one, instead of six times (fleet simulation: 11
-  requests per application instead of 21 at 10 boxes x 6 applications per address, and sooner).
+  address about once per draw, like a box with one, instead of six times (fleet simulation, 100
+  boxes x 6 applications per address, same lifecycle settings: 28 requests per application
+  instead of 73 with a pause of one refill only, for a last token 3 % later).
   Not the application's next due time: after a refused refresh the lifecycle yields for hours,
   and the other applications must not wait for that. A Retry-After is a floor on the pause,
   capped at `pause_cap` (a proxy's `Retry-After: 86400` must not silence every application for a

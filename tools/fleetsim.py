@@ -744,8 +744,9 @@ def svg(results: list[dict]) -> str:
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
            'font-size="11">' % (cols * w, rows * h + 48),
            '<rect width="100%" height="100%" fill="white"/>',
-           '<text x="10" y="18" font-size="14">Devices holding a valid token over time, per scenario '
-           '(time since power-on / start of the scenario)</text>']
+           '<text x="10" y="18" font-size="14">%s holding a valid token over time, per scenario '
+           '(time since power-on / start of the scenario)</text>'
+           % ("Applications" if all(r["scenario"] == "apps" for r in results) else "Devices")]
     legend = [("agent", "agent (agent.lifecycle)"), ("naive", "naive client, fixed 1 s retries"),
               ("floor", "floor: best schedule under the throttle")]
     if any("ungoverned" in r for r in results):
@@ -760,8 +761,8 @@ def svg(results: list[dict]) -> str:
         ox, oy = (k % cols) * w, 48 + (k // cols) * h
         pw, ph = w - pad - 22, h - pad - 24
         x0, y0 = ox + pad, oy + 20
-        out.append('<text transform="translate(%d,%.1f) rotate(-90)" text-anchor="middle" fill="#555">'
-                   'devices with a token</text>' % (ox + 12, y0 + ph / 2))
+        out.append('<text transform="translate(%d,%.1f) rotate(-90)" text-anchor="middle" fill="#555">%s with a '
+                   'token</text>' % (ox + 12, y0 + ph / 2, "applications" if r["scenario"] == "apps" else "devices"))
         out.append('<text x="%.1f" y="%d" text-anchor="middle" fill="#555">time</text>' % (x0 + pw / 2, y0 + ph + 28))
         tmax = r["horizon"]
         n = r["devices"]
