@@ -2,9 +2,11 @@
 
 Drives the REAL credential lifecycle (agent.lifecycle.Lifecycle, one per device) and the real DCR
 response parsers (agent.dcr) through a discrete-event simulation (a heap of events, no time steps)
-against a model of Adobe Pass: a token bucket per public address (1 request/s, one-time burst of
-10, refused requests answered 429 with an HTML body and no Retry-After, refusals take no token)
-and a round-trip latency drawn per request. Compares, in the same run, the agent with a naive
+against a model of Adobe Pass: a token bucket per public address (1 request/s, burst of 10,
+refused requests answered 429 with an HTML body and no Retry-After, refusals take no token) and a
+round-trip latency drawn per request. City, outage and revocation use a bucket that refills up to
+the burst when idle (the model their figures were tuned with); the apps scenario uses the
+emulator's Throttle, whose burst is Adobe's one-time allowance (docs/FLEET.md, "Model"). Compares, in the same run, the agent with a naive
 client (fixed 1 s retries, no jitter) and with the floor (the best schedule the throttle allows).
 
 Scenarios (docs/FLEET.md explains each and the figures):
@@ -13,14 +15,18 @@ Scenarios (docs/FLEET.md explains each and the figures):
   outage      boxes hold tokens of random age; Adobe answers 503 for 2 hours, then recovers
   revocation  Adobe revokes the software statement (and its clients); an hour later a new
               statement is rolled out to every box at once
+  apps        the city power cut for boxes with several applications (1, 3, 6 by default), each
+              box's applications behind one agent.governor.Governor (issue 16), compared with one
+              agent per application ("ungoverned")
 
 Addresses never share state (the throttle is per address), so each address is simulated on its
 own and the results are summed: memory stays small for 100,000 devices. The naive client is
 simulated for a sample of addresses (it makes millions of requests) and scaled; the table says so.
 
-Usage: python -m tools.fleetsim [--scenario city|outage|revocation|all] [--devices N]
-         [--other-devices N] [--ratios 1,10,100,1000] [--ratio R] [--json FILE] [--svg FILE]
-         [--seed S] [--naive-sample K] [--policy JSON]
+Usage: python -m tools.fleetsim [--scenario city|outage|revocation|apps|all] [--devices N]
+         [--other-devices N] [--ratios 1,10,100,1000] [--ratio R] [--apps 1,3,6] [--app-ratios 1,10,100]
+         [--app-boxes N] [--json FILE] [--svg FILE] [--svg-apps FILE] [--seed S] [--naive-sample K]
+         [--policy JSON] [--governor JSON]
 Must never: re-implement the agent's policy (the agent column is agent.lifecycle itself), or
 use wall-clock time.
 """
