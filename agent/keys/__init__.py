@@ -53,8 +53,10 @@ def _kernel_provider(kc: Any, store_dir: str) -> Any:
 
 def keyset(storage: Any, device_id: str, store_dir: str, *, fs: Any = None, log: Any = None) -> sealing.KeySet:
     """The KeySet of the store in store_dir under this [storage] configuration (a StorageConfig)."""
+    from agent import log as agent_log
     from agent.keys.anchor import FileAnchor
 
+    log = log or agent_log.get("store")
     name = getattr(storage, "key_provider", "device") or "device"
     anchor_dir = getattr(storage, "anchor_dir", "") or ""
     file_anchor = FileAnchor(anchor_dir, store_dir, fs=fs, log=log) if anchor_dir else None
