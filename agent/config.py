@@ -588,7 +588,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
         except ConfigError as e:  # its message never echoes the hash
             problems.extend("[console] password_hash: " + p.split(": ", 1)[-1] for p in e.problems)
     if cfg["web"]["listen"]:
-        problems.extend(_web_problems(cfg["web"], check_files))
+        problems.extend(_web_problems(cfg["web"], check_files, data.get("app")))
     if check_files:
         port = cfg["console"]["port"]
         if isinstance(port, str) and port and importlib.util.find_spec("serial") is None:
@@ -684,12 +684,16 @@ def _validate_apps(data: Mapping[str, Any], base_dir: str, check_files: bool, pr
     return tuple(apps)
 
 
-def _web_problems(web: Mapping[str, Any], check_files: bool) -> list[str]:
-    """[web] when the endpoint is on: loopback only, origins, an authenticator, the optional packages.
-    The checks live in agent/web/guard.py (standard library only, no h11/wsproto), imported only here."""
+def _web_problems(web: Mapping[str, Any], check_files: bool, app_tables: Any) -> list[str]:
+    """[web] when the endpoint is on: loopback only, origins, an authenticator, the optional packages, and
+    a tokens file naming only configured applications. The checks live in agent/web/guard.py (standard
+    library only, no h11/wsproto), imported only here."""
     from agent.web import guard
 
-    return guard.config_problems(web, check_files)
+    names = ("default",)
+    if isinstance(app_tables, list) and app_tables:
+        names = tuple(a.get("name") for a in app_tables if isinstance(a, abc.Mapping) and isinstance(a.get("name"), str))
+    return guard.config_problems(web, check_files, names)
 
 
 def app_gids(app: AppConfig) -> list[int]:

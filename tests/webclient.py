@@ -11,8 +11,16 @@ import socket
 from typing import Any
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, CloseConnection, Message, Ping, RejectConnection, RejectData,
-                            Request, TextMessage)
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 
 
 class Refused(Exception):
@@ -48,15 +56,18 @@ class WsClient:
             req["params"] = params
         self.send(req)
         while True:
-            msg = self.recv()
+            msg = self._read()
             if msg.get("id") == self._next_id:
                 return msg
-            self._pending.append(msg)
+            self._pending.append(msg)  # a notification (or another answer): recv() returns it later
 
     def recv(self) -> dict:
         """The next message (JSON); raises ConnectionError with the close code when the server closes."""
         if self._pending:
             return self._pending.pop(0)
+        return self._read()
+
+    def _read(self) -> dict:
         while True:
             for ev in self.ws.events():
                 if isinstance(ev, TextMessage):

@@ -72,7 +72,7 @@ class Dialect:
         except (ValueError, RecursionError):
             req = None
         if type(req) is not dict or type(req.get("method")) is not str or req.get("jsonrpc") != "2.0":
-            return self._strip(self.dispatcher.handle_line(line))  # its envelope errors, word for word
+            return self._strip(self.dispatcher.handle_line(line, None, (session.app,)))  # its envelope errors
         req_id = req.get("id")
         is_call = "id" in req
         designator = req["method"]
@@ -98,7 +98,8 @@ class Dialect:
             return _error(req_id, rpc.METHOD_NOT_FOUND, "unknown method %r; available: %s"
                           % (designator[:64], self._available), "method_not_found") if is_call else None
         req["method"] = method
-        return self._strip(self.dispatcher.handle_line(rpc.encode(req)[:-1]))
+        # The connection may use its token's application only: the Dispatcher's peer applications.
+        return self._strip(self.dispatcher.handle_line(rpc.encode(req)[:-1], None, (session.app,)))
 
     @staticmethod
     def _strip(ans: Any) -> Any:

@@ -11,10 +11,13 @@ shell's validator thread). Also the `[web]` checks that agent/config.py runs at 
 Order matters: Host and Origin are checked before the token is looked at, so a foreign page learns
 nothing about tokens (no oracle) and never makes the agent call SecurityAgent.
 
-Applications (issue 16): a token maps to an application by name. Today the agent holds one, named
-"default" (APPS); a tokens-file line may name only a known application, and a SecurityAgent token
-maps to "default". When [[app]] tables arrive, APPS becomes the configured names and the SecurityAgent
-token's `url` claim (the app's origin) selects the application that lists that origin.
+Applications (issue 16): a token maps to one application, and the connection may use that one only
+(the Dispatcher gets it as the peer's applications). A tokens-file line names its application, which
+must be configured ([[app]] name, or "default" for a single-application file). A SecurityAgent token
+maps to the agent's application when it has exactly one; with several, SecurityAgent cannot say which
+(its token carries the app's URL, not an Adobe application): such a token is refused with a hint to
+list the app's token in the tokens file. (A later `[web]` table mapping origins to applications
+could lift that.)
 
 Must never: import anything outside the standard library (agent.config imports it), echo a token or
 its hash in an error or a log line, accept a tokens file another user could write or read, or trust
@@ -36,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.errors import OPERATOR, AgentError
 
-APPS: Tuple[str, ...] = ("default",)  # the applications a token may map to (issue 16: from [[app]])
+APPS: Tuple[str, ...] = ("default",)  # a single-application agent's one application (issue 16)
 PATH = "/jsonrpc"                      # Thunder's JSON-RPC endpoint path
 SUBPROTOCOLS = ("notification", "json", "jsonrpc")  # ThunderJS asks for "notification"
 MAX_TOKEN = 4096                       # characters of a token in the query string
@@ -340,7 +343,7 @@ def token_claims(token: str) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def verdict_from_securityagent(valid: Optional[bool], token: str, origin: str) -> Verdict:
+def verdict_from_securityagent(valid: Optional[bool], token: str, origin: str, apps: Sequence[str] = APPS) -> Verdict:
     """The application for a token SecurityAgent judged; a token issued for another origin is refused."""
     if valid is None:
         return Verdict(None, Refusal(503, "web_securityagent", "SecurityAgent could not be asked whether the token "
@@ -358,7 +361,12 @@ def verdict_from_securityagent(valid: Optional[bool], token: str, origin: str) -
             return Verdict(None, Refusal(403, "web_token_origin", "the token was issued for another origin than this "
                                          "page's", "ask SecurityAgent for a token for this app's own URL"),
                            "securityagent")
-    return Verdict(APPS[0], via="securityagent")
+    if len(apps) != 1:
+        return Verdict(None, Refusal(403, "web_app_ambiguous", "this agent serves %d applications and a SecurityAgent "
+                                     "token does not say which one this app is" % len(apps),
+                                     "list the app's token in [web] tokens_file with its application's name"),
+                       "securityagent")
+    return Verdict(apps[0], via="securityagent")
 
 
 def ask_securityagent(url: str, token: str, timeout: float) -> Optional[bool]:
@@ -386,8 +394,9 @@ def ask_securityagent(url: str, token: str, timeout: float) -> Optional[bool]:
 # -- configuration ---------------------------------------------------------------------------------
 
 
-def config_problems(web: Mapping[str, Any], check_files: bool) -> list:
-    """Problems with `[web]` when `listen` is set (agent/config.py adds them to the file's list)."""
+def config_problems(web: Mapping[str, Any], check_files: bool, apps: Sequence[str] = APPS) -> list:
+    """Problems with `[web]` when `listen` is set (agent/config.py adds them to the file's list); `apps`:
+    the configured applications' names."""
     problems: list = []
     try:
         parse_listen(web["listen"])
@@ -423,7 +432,7 @@ def config_problems(web: Mapping[str, Any], check_files: bool) -> list:
                             "(pip install 'pass-agent[web]'), or set listen = \"\"" % what)
         if tf:
             try:
-                load_tokens(tf)
+                load_tokens(tf, apps)
             except WebError as e:
                 problems.append(e.message)
     return problems

@@ -147,6 +147,7 @@ class WebServer:
         self.max_waits = max_waits
         self.max_waits_per_conn = max_waits_per_conn
         self.dialect = dialect.Dialect(rpc.Dispatcher(service))
+        self.apps: tuple = self.dialect.dispatcher.apps  # the service's applications (issue 16)
         self._web = web
         self._origins = frozenset(guard.normalise_origin(o) for o in web.allowed_origins)
         self._tokens: dict = {}
@@ -168,7 +169,7 @@ class WebServer:
         if self._sock is not None:
             return
         if self._web.tokens_file:
-            self._tokens = guard.load_tokens(self._web.tokens_file)
+            self._tokens = guard.load_tokens(self._web.tokens_file, self.apps)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -193,7 +194,7 @@ class WebServer:
         """SIGHUP: new origins and a re-read tokens file (a bad file keeps the old list and is logged).
         Listening address and limits need a restart."""
         try:
-            tokens = guard.load_tokens(web.tokens_file) if web.tokens_file else {}
+            tokens = guard.load_tokens(web.tokens_file, self.apps) if web.tokens_file else {}
         except guard.WebError as e:
             self.log.error("reload: [web] tokens file NOT reloaded: %s (%s)", e.message, e.hint)
             return
@@ -285,7 +286,7 @@ class WebServer:
         conn.state = VALIDATING
         self.loop.remove_reader(conn.fd)  # nothing more is read until the verdict
         self._validator.submit(verdict.token, lambda valid, c=conn: self._judged(
-            c, guard.verdict_from_securityagent(valid, c.up.token, c.up.origin) if c.up else None))
+            c, guard.verdict_from_securityagent(valid, c.up.token, c.up.origin, self.apps) if c.up else None))
 
     def _judged(self, conn: _Conn, verdict: Optional[guard.Verdict]) -> None:
         if conn.closed or verdict is None or conn.up is None:
@@ -435,8 +436,9 @@ class WebServer:
 
     def _token_changed(self, event: dict) -> None:
         params = None
+        app = (event.get("params") or {}).get("app")  # token.changed is per application (issue 16)
         for conn in list(self._conns.values()):
-            if conn.closed or conn.session is None:
+            if conn.closed or conn.session is None or (app is not None and app != conn.session.app):
                 continue
             if conn.session.ids:
                 params = params if params is not None else self.dialect.event_params(event)
