@@ -31,7 +31,10 @@ class Notifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.sendto("\n".join(lines).encode("utf-8", "replace"), self.addr)
+                # Never wait: this runs on the event loop, and a receiver whose queue is full (a slow or
+                # stuck manager; STATUS= after every upstream outcome of several applications) must not
+                # stall the player socket. A dropped STATUS= is replaced by the next one.
+                s.sendto("\n".join(lines).encode("utf-8", "replace"), socket.MSG_DONTWAIT, self.addr)
             self.sent += 1
             return True
         except OSError:

@@ -696,7 +696,9 @@ class Service:
         if self._only is not None:
             return self._one_line(s)
         ready = sum(1 for x in s["apps"] if x["token"])
-        parts = ["%s: %s" % (x["app"], self._one_line(x)) for x in s["apps"] if not x["token"]]
+        calm = (lifecycle.TOKEN_VALID, lifecycle.REFRESHING)  # nothing to say about these
+        parts = ["%s: %s" % (x["app"], self._one_line(x)) for x in s["apps"]
+                 if not x["token"] or x["state"] not in calm or x["last_error"]]
         line = "%d of %d applications hold a valid token" % (ready, len(s["apps"]))
         return line + ("; " + "; ".join(parts) if parts else "")
 
