@@ -104,8 +104,11 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
         except (AgentError, OSError, ValueError, UnicodeError) as e:
             results.append((name, False, str(e), getattr(e, "fix", None) or hint))
 
-    check("statement", lambda: check_statement(cfg.adobe.software_statement),
-          "download the software statement from the Adobe Pass TVE Dashboard to [adobe] software_statement")
+    several = len(cfg.apps) > 1 or bool(cfg.app)
+    for app in cfg.apps:  # each registered application's statement (issue 16)
+        where = "the [[app]] %r table's software_statement" % app.name if cfg.app else "[adobe] software_statement"
+        check("statement" + (" " + app.name if several else ""), lambda a=app: check_statement(a.software_statement),
+              "download the software statement from the Adobe Pass TVE Dashboard to " + where)
     profile: dict = {}
 
     def board() -> str:
@@ -124,8 +127,12 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
                                                      (" (%d warnings: %s)" % (len(w), "; ".join(w))) if w else "")
 
     check("device-info", identity, "fix [device] root/board or add [device.overrides]")
-    check("storage", lambda: _agent_dir(storage_dir(cfg, profile), "storage dir", "[storage] dir"),
-          "create the directory or set [storage] dir to a persistent, writable path")
+    from agent.service import app_storage_dir
+
+    for app in cfg.apps:  # one store per application: "default" in the storage dir, the others in apps/NAME
+        check("storage" + (" " + app.name if several else ""),
+              lambda a=app: _agent_dir(app_storage_dir(storage_dir(cfg, profile), a.name), "storage dir", "[storage] dir"),
+              "create the directory or set [storage] dir to a persistent, writable path")
     if cfg.storage.token_cache == "runtime":
         check("runtime", lambda: _agent_dir(os.path.join(cfg.storage.runtime_dir, "token"),
                                             "runtime token dir", "[storage] runtime_dir"),

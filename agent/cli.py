@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "print the agent's state (no secrets)")):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         _socket_arg(p)
+        p.add_argument("--app", "-a", metavar="NAME", help="the registered application ([[app]] name); needed "
+                       "when this user may use several")
         if name != "status":
             p.add_argument("--min-ttl", type=float, metavar="S", help="require at least S seconds of validity")
             p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for the agent to start and for a first token")
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Overwrite and remove the stored credentials. The next start registers "
                                    "again, which logs the user out of authenticated sessions. Stop the agent first.")
     _config_arg(p)
+    p.add_argument("--app", "-a", metavar="NAME", help="the registered application whose credentials to wipe "
+                   "([[app]] name; needed when several are configured)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     p = sub.add_parser("console-hash", help="make a console.password_hash value", add_help=False,

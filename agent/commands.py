@@ -61,13 +61,13 @@ def device_info(args: Any) -> int:
 
 def status(args: Any) -> int:
     """args.socket: the socket path agent/cli.py resolved (--socket, else the configuration's)."""
-    return status_command(args.socket, args.json, sys.stdout, sys.stderr)
+    return status_command(args.socket, args.json, sys.stdout, sys.stderr, app=args.app)
 
 
 def client(args: Any) -> int:
     """`token` and `headers`; args.socket as for status."""
     return client_command(args.command, args.socket, args.json, sys.stdout, min_ttl=args.min_ttl,
-                          wait=args.wait)
+                          wait=args.wait, app=args.app)
 
 
 def check(args: Any) -> int:
@@ -77,12 +77,19 @@ def check(args: Any) -> int:
 def reset(args: Any) -> int:
     from agent import boards
     from agent import config as configmod
-    from agent.service import storage_dir
+    from agent.service import app_runtime_dir, app_storage_dir, storage_dir
 
     cfg = configmod.load(args.config, check_files=False)
+    names = [a.name for a in cfg.apps]
+    app = args.app or (names[0] if len(names) == 1 else None)
+    if app not in names:
+        print("pass-agent reset: %s; say which with --app NAME (configured: %s)"
+              % ("this agent serves several applications" if args.app is None else "no application named %r" % app,
+                 ", ".join(names)), file=sys.stderr)
+        return 2
     ident = boards.identify_for(cfg.device)
-    return reset_command(storage_dir(cfg, ident["board"]), ident["device_id"], args.yes, sys.stdin, sys.stdout,
-                         runtime_dir=cfg.storage.runtime_dir)
+    return reset_command(app_storage_dir(storage_dir(cfg, ident["board"]), app), ident["device_id"], args.yes,
+                         sys.stdin, sys.stdout, runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app))
 
 
 def console_hash(args: Any) -> int:
@@ -185,6 +192,7 @@ def client_command(
     min_ttl: float | None = None,
     wait: float | None = None,
     err: TextIO | None = None,
+    app: str | None = None,
 ) -> int:
     """`pass-agent token|headers|status`: print the answer; 0 on success, 1 on any failure."""
     from agent.client import Client, scrub
@@ -197,7 +205,7 @@ def client_command(
     started = time.monotonic()
     try:
         # --wait covers an agent that is still starting (no socket yet) as well as a first token.
-        with Client(socket_path, connect_wait=wait or 0.0) as c:
+        with Client(socket_path, connect_wait=wait or 0.0, app=app) as c:
             if wait:
                 wait = max(0.0, wait - (time.monotonic() - started))
             if name == "token":
@@ -227,13 +235,14 @@ def client_command(
     return 0
 
 
-def status_command(socket_path: str, as_json: bool, out: TextIO, err: TextIO) -> int:
+def status_command(socket_path: str, as_json: bool, out: TextIO, err: TextIO, app: str | None = None) -> int:
+    """Exit 0 when the application shown (or, several and none chosen, every one) holds a valid token."""
     from agent.client import Client, scrub
     from agent.errors import AgentError
-    from agent.statusview import EXIT_NO_TOKEN, EXIT_TOKEN, EXIT_UNAVAILABLE, has_token, lines
+    from agent.statusview import EXIT_NO_TOKEN, EXIT_TOKEN, EXIT_UNAVAILABLE, app_blocks, has_token
 
     try:
-        with Client(socket_path) as c:
+        with Client(socket_path, app=app) as c:
             st = scrub(c.status())
     except AgentError as e:
         extra = "; retry in %gs" % e.retry_after if e.retry_after is not None else ""
@@ -245,8 +254,12 @@ def status_command(socket_path: str, as_json: bool, out: TextIO, err: TextIO) ->
     if as_json:
         out.write(json.dumps(st, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     else:
-        for label, text in lines(st):
-            out.write("%-13s %s\n" % (label + ":", text))
+        blocks = app_blocks(st)
+        for name, rows in blocks:
+            if len(blocks) > 1:
+                out.write("%s\n" % ("[%s]" % name if name else "[agent]"))
+            for label, text in rows:
+                out.write("%-13s %s\n" % (label + ":", text))
     return EXIT_TOKEN if has_token(st) else EXIT_NO_TOKEN
 
 

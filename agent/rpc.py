@@ -556,6 +556,8 @@ class Dispatcher:
         asked = _params(method, params, _APP_ONLY).get("app")
         mine = self.apps if self._peer_apps is None else self._peer_apps
         app = self.app_for(method, asked) if asked is not None or len(mine) == 1 else None
+        if len(self.apps) == 1:
+            app = None  # the service's only application: its status()/health() without a name, as before
         return app, mine
 
     def _status(self, req_id: Any, params: Any) -> dict:

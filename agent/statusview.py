@@ -120,4 +120,30 @@ def lines(st: dict, now: float | None = None) -> list[tuple[str, str]]:
 
 
 def has_token(st: dict) -> bool:
+    """A valid token is held: by the application shown, or (several applications, none chosen) by
+    every application listed."""
+    if "state" not in st and isinstance(st.get("apps"), list) and st["apps"]:
+        return all(isinstance(a, dict) and has_token(a) for a in st["apps"])
     return isinstance(st.get("token"), dict) and bool(st["token"])
+
+
+def app_blocks(st: dict, now: float | None = None) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Several applications (issue 16), none chosen: (name, rows) per application, then ("", the
+    agent's own rows). One application (or one chosen): [("", lines(st))]."""
+    apps = st.get("apps")
+    if "state" in st or not isinstance(apps, list) or not apps:
+        return [("", lines(st, now))]
+    out = []
+    for a in apps:
+        if isinstance(a, dict):
+            rows = [r for r in lines(a, now) if r[0] not in ("adobe", "agent")]
+            out.append((str(a.get("app") or "?"), rows))
+    gov = st.get("governor") if isinstance(st.get("governor"), dict) else {}
+    own = [("adobe", str(st.get("base_url") or "unknown"))]
+    if gov:
+        own.append(("budget", "%s requests granted, %s throttled, %s waiting" % (
+            gov.get("granted", 0), gov.get("throttled", 0), sum((gov.get("waiting") or {}).values()))))
+    up = st.get("uptime")
+    own.append(("agent", "version %s, up %s" % (st.get("version") or "unknown", duration(up) if _num(up) else "unknown")))
+    out.append(("", own))
+    return out

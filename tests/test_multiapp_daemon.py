@@ -325,3 +325,34 @@ def test_a_legacy_file_is_one_application_named_default(tmp_path, emu, agents):
         assert st["state"] == "token_valid" and [a["app"] for a in st["apps"]] == ["default"]
     assert configmod.load(agent.config_path).apps[0].name == "default"
     assert agent.stop() == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_token_headers_status_and_check_know_applications(tmp_path, emu, agents):
+    agent = multi_agent(tmp_path, emu, ["news", "sport"], agents).start()
+    toks = tokens(agent, ["news", "sport"])
+    sock = agent.socket_path
+    r = _cli("token", "--socket", sock, "--app", "sport", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["access_token"] == toks["sport"]["access_token"]
+    r = _cli("headers", "--socket", sock, "-a", "news")
+    assert r.returncode == 0 and "Authorization: Bearer " + toks["news"]["access_token"] in r.stdout
+    r = _cli("token", "--socket", sock)
+    assert r.returncode == 1 and "app_required" in r.stderr and "news, sport" in r.stderr
+    r = _cli("status", "--socket", sock)
+    assert r.returncode == 0, r.stderr
+    assert "[news]" in r.stdout and "[sport]" in r.stdout and "[agent]" in r.stdout
+    assert toks["news"]["access_token"] not in r.stdout
+    r = _cli("status", "--socket", sock, "--app", "sport")
+    assert r.returncode == 0 and "[news]" not in r.stdout and "holding a valid token" in r.stdout
+    r = _cli("check", "--config", agent.config_path)
+    for name in ("statement news", "statement sport", "storage news", "storage sport"):
+        assert any(line.startswith("ok") and name in line for line in r.stdout.splitlines()), (name, r.stdout)
+    r = _cli("reset", "--config", agent.config_path, "--yes")
+    assert r.returncode == 2 and "--app NAME" in r.stderr and "news, sport" in r.stderr
+    for t in toks.values():
+        agent.seen_secrets.add(t["access_token"])
+    assert agent.stop() == 0
