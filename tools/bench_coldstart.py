@@ -3,10 +3,13 @@
 Measures (median of --runs):
 - bare: a Python interpreter that starts and sends READY=1 to a NOTIFY_SOCKET (the floor);
 - agent: `pass-agent run` with a stored valid token and Adobe unreachable, from spawn to READY=1;
-- idle memory: RSS and PSS of the idle agent holding a token vs an idle bare interpreter.
+- idle memory: RSS and PSS of the idle agent holding a token vs an idle bare interpreter;
+- with SoftHSM2 installed (or --no-pkcs11 to skip): the same agent with `[storage] key_provider =
+  "pkcs11"` (its store re-sealed by a SoftHSM2 token), spawn -> READY=1 next to the device provider in
+  the same run, and `token.get` round trips of both (the token never touches the key provider).
 Targets (issue 10): READY within 150 ms; idle PSS within 10 MB of the bare interpreter.
 
-Usage: python -m tools.bench_coldstart [--runs N] [--json FILE]
+Usage: python -m tools.bench_coldstart [--runs N] [--json FILE] [--no-pkcs11]
 """
 
 from __future__ import annotations
@@ -79,10 +82,58 @@ BARE = ("import os, socket, time\n"
         "time.sleep(60)\n")
 
 
+def _softhsm(tmp: str) -> dict | None:
+    """A SoftHSM2 token for the pkcs11 figures (its own token dir), or None when SoftHSM2 is missing."""
+    import shutil
+
+    module = next((m for m in ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+                               "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so") if os.path.isfile(m)), None)
+    if module is None or shutil.which("softhsm2-util") is None:
+        return None
+    try:
+        import pkcs11  # noqa: F401
+    except ImportError:
+        return None
+    d = os.path.join(tmp, "softhsm")
+    os.makedirs(os.path.join(d, "tokens"))
+    conf = os.path.join(d, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write("directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n" % d)
+    env = dict(os.environ, SOFTHSM2_CONF=conf)
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin",
+                    "5678"], env=env, check=True, capture_output=True)
+    pin = os.path.join(d, "pin")
+    fd = os.open(pin, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"1234\n")
+    os.close(fd)
+    return {"module": module, "conf": conf, "pin": pin}
+
+
+def _token_gets(paths: dict, rounds: int = 1000, n: int = 1) -> dict:
+    """Median token.get round trip (µs) per agent, batches interleaved so that both see the same
+    machine (on shared cores the figure drifts by a factor of 4 within seconds)."""
+    from agent.client import Client
+
+    times: dict = {k: [] for k in paths}
+    clients = {k: Client(p, timeout=20) for k, p in paths.items()}
+    try:
+        for _ in range(rounds):
+            for k, c in clients.items():
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    c.token()
+                    times[k].append(time.perf_counter() - t0)
+    finally:
+        for c in clients.values():
+            c.close()
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
 def main(argv: list | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--no-pkcs11", action="store_true", help="skip the pkcs11 key provider figures")
     args = ap.parse_args(argv)
 
     tmp, emu, cfg, cfg_path = agent_against_emulator("bench-coldstart-")
@@ -96,9 +147,30 @@ def main(argv: list | None = None) -> dict:
         c.token(wait=15)
     p.terminate()
     p.wait()
+    hsm = None if args.no_pkcs11 else _softhsm(tmp)
+    p11_cmd, p11_env, p11_cfg = None, {}, None
+    if hsm is not None:  # a second store, registered the same way, re-sealed by the token at its first start
+        import shutil
+
+        from agent import config as configmod
+
+        p11_env = {"SOFTHSM2_CONF": hsm["conf"]}
+        p11_cfg = cfg.replace(storage={"dir": os.path.join(tmp, "store-p11"), "runtime_dir": os.path.join(tmp, "run-p11"),
+                                       "key_provider": "pkcs11", "pkcs11": configmod.Pkcs11Config(
+                                           module=hsm["module"], token_label="bench", pin_file=hsm["pin"])},
+                              socket={"path": os.path.join(tmp, "agent-p11.sock")})
+        shutil.copytree(cfg.storage.dir, p11_cfg.storage.dir)
+        p11_cmd = [sys.executable, "-m", "agent", "run", "--config",
+                   configmod.write(p11_cfg, os.path.join(tmp, "agent-p11.toml"))]
+        _, p = _spawn_until_ready(p11_cmd, tmp, p11_env)  # migration device -> pkcs11 happens here
+        with Client(p11_cfg.socket.path, timeout=20) as c:
+            c.token(wait=15)
+        p.terminate()
+        p.wait()
     emu.stop()
 
-    bare_t, agent_t = [], []
+    bare_t, agent_t, p11_t = [], [], []
+    gets: dict = {}
     bare_mem = agent_mem = {}
     for i in range(args.runs):
         dt, p = _spawn_until_ready([sys.executable, "-c", BARE], tmp)
@@ -115,6 +187,15 @@ def main(argv: list | None = None) -> dict:
                 assert c.health()["ready"], "the agent is not ready from its stored token"
             time.sleep(1.0)
             agent_mem = _mem(p.pid)
+        if p11_cmd is not None:
+            dt, p2 = _spawn_until_ready(p11_cmd, tmp, p11_env)
+            p11_t.append(dt)
+            if i == args.runs - 1:  # both agents up: token.get of each, interleaved
+                gets = _token_gets({"device": cfg.socket.path, "pkcs11": p11_cfg.socket.path})
+            p2.terminate()
+            p2.wait()
+        elif i == args.runs - 1:
+            gets = _token_gets({"device": cfg.socket.path})
         p.terminate()
         p.wait()
 
@@ -126,6 +207,11 @@ def main(argv: list | None = None) -> dict:
         "bare_pss_kb": bare_mem.get("pss_kb"), "agent_pss_kb": agent_mem.get("pss_kb"),
     }
     res["ready_ratio"] = round(res["agent_ready_ms"] / res["bare_ready_ms"], 2)
+    res["token_get_us_device"] = round(gets["device"], 1)
+    if p11_t:
+        res["pkcs11_ready_ms"] = round(statistics.median(p11_t) * 1000, 1)
+        res["pkcs11_vs_device_ratio"] = round(res["pkcs11_ready_ms"] / res["agent_ready_ms"], 2)
+        res["token_get_us_pkcs11"] = round(gets["pkcs11"], 1)
     if res["agent_pss_kb"] is not None and res["bare_pss_kb"] is not None:
         res["pss_delta_mb"] = round((res["agent_pss_kb"] - res["bare_pss_kb"]) / 1024, 2)
     res["targets"] = {"agent_ready_ms <= 150": res["agent_ready_ms"] <= 150,
@@ -134,6 +220,14 @@ def main(argv: list | None = None) -> dict:
     print("%-34s %12s %12s %8s" % ("figure", "bare python", "pass-agent", "ratio"))
     print("%-34s %12.1f %12.1f %8.2f" % ("spawn -> READY=1 (ms)", res["bare_ready_ms"], res["agent_ready_ms"],
                                           res["ready_ratio"]))
+    if p11_t:
+        print("%-34s %12.1f %12.1f %8.2f" % ("READY=1, key provider device vs pkcs11", res["agent_ready_ms"],
+                                              res["pkcs11_ready_ms"], res["pkcs11_vs_device_ratio"]))
+        print("%-34s %12.1f %12.1f %8.2f" % ("token.get round trip (us) dev/pkcs11", res["token_get_us_device"],
+                                              res["token_get_us_pkcs11"],
+                                              res["token_get_us_pkcs11"] / res["token_get_us_device"]))
+    else:
+        print("(pkcs11 figures skipped: SoftHSM2 or python-pkcs11 missing, or --no-pkcs11)")
     print("%-34s %12s %12s %8s" % ("idle RSS (kB)", res["bare_rss_kb"], res["agent_rss_kb"], ""))
     print("%-34s %12s %12s %8s" % ("idle PSS (kB)", res["bare_pss_kb"], res["agent_pss_kb"],
                                    ("+%.2f MB" % res["pss_delta_mb"]) if "pss_delta_mb" in res else ""))
