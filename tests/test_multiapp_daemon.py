@@ -356,3 +356,24 @@ def test_cli_token_headers_status_and_check_know_applications(tmp_path, emu, age
     for t in toks.values():
         agent.seen_secrets.add(t["access_token"])
     assert agent.stop() == 0
+
+
+def test_c_client_names_the_application(tmp_path, emu, agents):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = str(tmp_path / "token_client")
+    subprocess.run([cc, "-std=c99", "-O2", "-Wall", "-Werror", "-o", exe,
+                    os.path.join(ROOT, "tools", "clients", "token_client.c")], check=True)
+    agent = multi_agent(tmp_path, emu, ["news", "sport"], agents).start()
+    toks = tokens(agent, ["news", "sport"])
+    for n in ("news", "sport"):
+        r = subprocess.run([exe, "-s", agent.socket_path, "-a", n, "-m", "10"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.strip() == toks[n]["access_token"], r.stderr
+    r = subprocess.run([exe, "-s", agent.socket_path], capture_output=True, text=True)
+    assert r.returncode == 1 and "news, sport" in r.stderr
+    r = subprocess.run([exe, "-s", agent.socket_path, "-a", 'x","y'], capture_output=True, text=True)
+    assert r.returncode == 2 and "application name" in r.stderr  # never pasted into the request
+    for t in toks.values():
+        agent.seen_secrets.add(t["access_token"])
+    assert agent.stop() == 0

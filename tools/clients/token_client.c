@@ -7,12 +7,13 @@
  * link a real JSON library in a product.
  *
  *   cc -std=c99 -O2 -Wall -o token_client token_client.c
- *   ./token_client [-s /run/pass-agent/agent.sock] [-H] [-m MIN_TTL] [-w WAIT]
+ *   ./token_client [-s /run/pass-agent/agent.sock] [-a APP] [-H] [-m MIN_TTL] [-w WAIT]
  *
  *   default  prints the access token on one line
  *   -H       prints the three request headers ("Name: value" lines, ready for curl -H)
  *   -m N     token must stay valid at least N more seconds (the agent refreshes if needed)
  *   -w N     wait up to N seconds for a first token instead of failing at once
+ *   -a APP   the registered application ([[app]] name); needed when this user may use several
  *
  * Exit status: 0 success, 1 the agent answered with an error (message on stderr),
  * 2 usage, 3 cannot reach the agent.
@@ -91,30 +92,38 @@ static int write_all(int fd, const char *buf, size_t len)
 
 static void usage(const char *prog)
 {
-    fprintf(stderr, "usage: %s [-s SOCKET] [-H] [-m MIN_TTL] [-w WAIT]\n", prog);
+    fprintf(stderr, "usage: %s [-s SOCKET] [-a APP] [-H] [-m MIN_TTL] [-w WAIT]\n", prog);
 }
 
 int main(int argc, char **argv)
 {
     const char *path = "/run/pass-agent/agent.sock";
-    const char *min_ttl = NULL, *wait = NULL;
+    const char *min_ttl = NULL, *wait = NULL, *app = NULL;
     int headers = 0, opt, fd;
     struct sockaddr_un addr;
-    char req[512], params[160] = "", val[16384];
+    char req[512], params[200] = "", val[16384];
+    size_t n = 0;
     char *line;
     size_t have = 0;
 
-    while ((opt = getopt(argc, argv, "s:Hm:w:h")) != -1) {
+    while ((opt = getopt(argc, argv, "s:a:Hm:w:h")) != -1) {
         switch (opt) {
         case 's': path = optarg; break;
         case 'H': headers = 1; break;
         case 'm': min_ttl = optarg; break;
         case 'w': wait = optarg; break;
+        case 'a': app = optarg; break;
         default: usage(argv[0]); return 2;
         }
     }
     if ((min_ttl && strtod(min_ttl, NULL) < 0) || (wait && strtod(wait, NULL) < 0)) {
         usage(argv[0]);
+        return 2;
+    }
+    /* Application names are 1-32 of [a-z0-9_-] (the agent's configuration allows no other): checked
+     * here, so the name can be pasted into the JSON without escaping. */
+    if (app && (strlen(app) == 0 || strlen(app) > 32 || strspn(app, "abcdefghijklmnopqrstuvwxyz0123456789-_") != strlen(app))) {
+        fprintf(stderr, "token_client: -a %s: an application name is 1-32 lower-case letters, digits, '-' or '_'\n", app);
         return 2;
     }
     if (strlen(path) >= sizeof addr.sun_path) {
@@ -123,13 +132,16 @@ int main(int argc, char **argv)
     }
     /* Numbers are parsed and re-printed, never pasted: no JSON injection. The agent answers a
      * wait when a token arrives or the wait ends, so no client-side timeout is needed. */
-    if (min_ttl && wait)
-        snprintf(params, sizeof params, ",\"params\":{\"min_ttl\":%.3f,\"wait\":%.3f}",
-                 strtod(min_ttl, NULL), strtod(wait, NULL));
-    else if (min_ttl)
-        snprintf(params, sizeof params, ",\"params\":{\"min_ttl\":%.3f}", strtod(min_ttl, NULL));
-    else if (wait)
-        snprintf(params, sizeof params, ",\"params\":{\"wait\":%.3f}", strtod(wait, NULL));
+    if (min_ttl || wait || app) {
+        n += snprintf(params + n, sizeof params - n, ",\"params\":{");
+        if (min_ttl)
+            n += snprintf(params + n, sizeof params - n, "\"min_ttl\":%.3f,", strtod(min_ttl, NULL));
+        if (wait)
+            n += snprintf(params + n, sizeof params - n, "\"wait\":%.3f,", strtod(wait, NULL));
+        if (app)
+            n += snprintf(params + n, sizeof params - n, "\"app\":\"%s\",", app);
+        params[n - 1] = '}'; /* the last comma */
+    }
     snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"%s\"%s}\n",
              headers ? "headers.get" : "token.get", params);
 
