@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 
 import pytest
@@ -74,13 +75,16 @@ def test_installed_wheel_finds_its_board_profiles_without_the_checkout(wheel, tm
     assert r.returncode == 0, r.stdout + r.stderr
     # bin/ holds the console script (pip --target puts it there); the only importable thing is agent.
     assert {n for n in os.listdir(str(target)) if not n.endswith(".dist-info")} == {"agent", "bin"}
-    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+    # The wheel's dependencies (tomli before 3.11) come from this venv's site-packages, appended after
+    # the wheel without processing its .pth files: the editable install's path to the checkout stays out.
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path.append(sys.argv[2])\n"
             "from agent import boards\n"
             "print(boards.board_dir()); print(','.join(boards.list_boards()))\n"
             "print(boards.load_profile('raspberrypi')['name'])\n"
             "try:\n    import tools\nexcept ImportError:\n    print('no tools')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PASS_AGENT_"))}
-    r = subprocess.run([sys.executable, "-S", "-c", code, str(target)], capture_output=True, text=True,
+    deps = sysconfig.get_paths()["purelib"]
+    r = subprocess.run([sys.executable, "-S", "-c", code, str(target), deps], capture_output=True, text=True,
                        cwd="/", env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     where, listed, name, tools = r.stdout.split("\n")[:4]
