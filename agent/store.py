@@ -592,10 +592,10 @@ class Store:
             except sealing.KeyUnavailable as e:
                 raise self._key_error("the %s key provider of the credential store in %s cannot be used"
                                       % (self._keys.primary.name, self.directory), e)
+        best_gen = res[best]["generation"] if best is not None else None
         for n in SLOT_NAMES:
             r = res[n]
-            if r["status"] == "key_unavailable" and (
-                    best is None or gen_newer(r["generation"], res[best]["generation"])):
+            if r["status"] == "key_unavailable" and (best_gen is None or gen_newer(r["generation"], best_gen)):
                 raise self._key_error("the credential store slot %s (generation %d) cannot be opened"
                                       % (os.path.join(self.directory, n), r["generation"]),
                                       sealing.KeyUnavailable(r["detail"], hint=r["hint"]))
