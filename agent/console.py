@@ -167,10 +167,26 @@ def _cmd_version(con: Console, args: list) -> list:
     return ["pass-agent " + str(getattr(con.service, "version", __version__))]
 
 
-def _cmd_status(con: Console, args: list) -> list:
+def _app_arg(con: Console, args: list, usage: str, required: bool = False) -> str | None:
+    """The optional APP argument of a command (issue 16: several registered applications). With
+    `required`, a console of an agent with several applications must name one."""
+    names = list(con.service.apps())
+    if len(args) > 1:
+        raise CommandError("usage", "usage: " + usage)
     if args:
-        raise CommandError("usage", "usage: status (no arguments)")
-    st = dict(con.service.status())
+        if args[0] not in names:
+            raise CommandError("unknown_app", "no application named %r; this agent serves %s"
+                               % (args[0][:40], ", ".join(names)))
+        return args[0]
+    if required and len(names) > 1:
+        raise CommandError("app_required", "this agent serves several applications (%s); %s"
+                           % (", ".join(names), "usage: " + usage))
+    return None
+
+
+def _cmd_status(con: Console, args: list) -> list:
+    app = _app_arg(con, args, "status [APP]")
+    st = dict(con.service.status(app) if app is not None else con.service.status())
     rows = _flatten({k: st.pop(k) for k in ("state", "version") if k in st})
     if st.get("last_error") is None and "last_error" in st:
         st["last_error"] = "none"
@@ -206,11 +222,10 @@ def _cmd_device_info(con: Console, args: list) -> list:
 
 
 def _cmd_token(con: Console, args: list) -> list:
-    if args:
-        raise CommandError("usage", "usage: token (no arguments; the token is always shown masked)")
-    tok = con.service.token()
+    app = _app_arg(con, args, "token [APP] (the token is always shown masked)", required=True)
+    tok = con.service.token(0, app) if app is not None else con.service.token()
     if not tok:
-        e = con.service.not_ready_error()
+        e = con.service.not_ready_error(app) if app is not None else con.service.not_ready_error()
         extra = (" (retry in %d s)" % e.retry_after) if getattr(e, "retry_after", None) else ""
         raise CommandError(getattr(e, "code", "not_ready"), "no valid token: %s%s [%s]" % (
             _one_line(e), extra, getattr(e, "kind", "retry")))
@@ -222,30 +237,32 @@ def _cmd_token(con: Console, args: list) -> list:
 
 
 def _cmd_refresh(con: Console, args: list) -> list:
-    if args:
-        raise CommandError("usage", "usage: refresh (no arguments)")
-    con.service.request_refresh()
+    app = _app_arg(con, args, "refresh [APP] (no APP: every application)")
+    if app is not None:
+        con.service.request_refresh(app)
+    else:
+        con.service.request_refresh()
     return ["refresh requested: the agent fetches a new token in the background (watch status or log follow)"]
 
 
 def _cmd_register(con: Console, args: list) -> list:
-    if args:
-        raise CommandError("usage", "usage: register (no arguments; asks for confirmation)")
+    app = _app_arg(con, args, "register [APP] (asks for confirmation)", required=True)
     con._ask_confirm(
-        ["register: asks Adobe Pass for new client credentials that replace the stored ones;",
+        ["register: asks Adobe Pass for new client credentials that replace the stored ones%s;"
+         % (" of " + app if app else ""),
          "viewers may have to sign in again. Do this only when the credentials are rejected."],
-        con.service.force_register,
+        (lambda: con.service.force_register(app)) if app is not None else con.service.force_register,
         "re-registration requested: watch status or log follow")
     return []
 
 
 def _cmd_reset(con: Console, args: list) -> list:
-    if args:
-        raise CommandError("usage", "usage: reset (no arguments; asks for confirmation)")
+    app = _app_arg(con, args, "reset [APP] (asks for confirmation)", required=True)
     con._ask_confirm(
-        ["reset: WIPES the stored client credentials and token; the agent then registers again",
+        ["reset: WIPES the stored client credentials and token%s; the agent then registers again"
+         % (" of " + app if app else ""),
          "and viewers may have to sign in again."],
-        con.service.reset_credentials,
+        (lambda: con.service.reset_credentials(app)) if app is not None else con.service.reset_credentials,
         "credentials wiped: the agent registers again in the background")
     return []
 
@@ -292,13 +309,13 @@ def _cmd_unlock(con: Console, args: list) -> list:
 
 _TABLE = [
     Command("help", "show the commands, or one command's usage", "help [command]", _cmd_help),
-    Command("status", "agent state, token times, last error, counters", "status", _cmd_status),
+    Command("status", "agent state, token times, last error, counters", "status [APP]", _cmd_status),
     Command("device-info", "X-Device-Info and AP-Device-Identifier sent upstream", "device-info [--decode]",
             _cmd_device_info),
-    Command("token", "the current access token, masked (prefix, length, fingerprint)", "token", _cmd_token),
-    Command("refresh", "fetch a new access token now (in the background)", "refresh", _cmd_refresh),
-    Command("register", "register the box again with Adobe Pass (asks to confirm)", "register", _cmd_register),
-    Command("reset", "wipe the stored credentials and register again (asks to confirm)", "reset", _cmd_reset),
+    Command("token", "the current access token, masked (prefix, length, fingerprint)", "token [APP]", _cmd_token),
+    Command("refresh", "fetch a new access token now (in the background)", "refresh [APP]", _cmd_refresh),
+    Command("register", "register the box again with Adobe Pass (asks to confirm)", "register [APP]", _cmd_register),
+    Command("reset", "wipe the stored credentials and register again (asks to confirm)", "reset [APP]", _cmd_reset),
     Command("log", "last N log lines, or follow the log until Ctrl-C", "log [N] | log follow", _cmd_log),
     Command("config", "effective configuration, secrets masked", "config", _cmd_config),
     Command("version", "agent version", "version", _cmd_version),

@@ -288,3 +288,31 @@ def test_dispatcher_routes_by_peer_and_denies_without_closing():
     assert _call(d, "error.report", {"status": 500, "app": "sport"}, apps=("news", "sport"))["result"]["app"] == "sport"
     line = rpc.token_changed({"params": {"app": "sport", "expires_at": 1.0, "refresh_at": 0.5}})
     assert json.loads(line)["params"] == {"app": "sport", "expires_at": 1.0, "refresh_at": 0.5}
+
+
+def test_console_names_applications(tmp_path):
+    from agent.console import Console
+
+    svc, up = _multi(tmp_path, ["news", "sport"])
+    svc.start()
+    try:
+        toks = _wait_all(svc, ["news", "sport"])
+        con = Console(svc, dumb=True)
+        con.banner()
+
+        def run(text: str) -> str:
+            return con.feed(text.encode()).decode()
+
+        out = run("token\n")
+        assert "app_required" in out and "news, sport" in out
+        out = run("token sport\n")
+        assert "token" in out and toks["sport"]["access_token"] not in out  # masked, as always
+        out = run("status\n")
+        assert "news" in out and "sport" in out and toks["news"]["access_token"] not in out
+        assert "unknown_app" in run("status nope\n")
+        assert "app_required" in run("register\n")
+        before = svc.status("news")["client_id_hint"]
+        run("refresh sport\n")
+        assert svc.status("news")["client_id_hint"] == before
+    finally:
+        svc.stop()
