@@ -121,6 +121,11 @@ def summary_rows(res: dict) -> tuple[list[tuple], list[str]]:
         ("idle PSS (kB)", "bare python", c["bare_pss_kb"], c["agent_pss_kb"],
          c["agent_pss_kb"] / c["bare_pss_kb"], "<= +10 MB", c.get("pss_delta_mb", 99) <= 10),
     ]
+    if "pkcs11_ready_ms" in c:  # the key provider's price at start-up (issue 19), same run as the device figure
+        rows += [("spawn -> READY, key provider pkcs11 (ms)", "device", c["agent_ready_ms"], c["pkcs11_ready_ms"],
+                  c["pkcs11_vs_device_ratio"], "reported", True),
+                 ("token.get, pkcs11 agent (us)", "device", c["token_get_us_device"], c["token_get_us_pkcs11"],
+                  c["token_get_us_pkcs11"] / c["token_get_us_device"], "unaffected", True)]
     if "requests" in imp and "requests" in lat:
         req = imp["requests"]
         rows += [
