@@ -288,6 +288,28 @@ def test_oversized_messages_and_frames_close_the_connection(sa):
         assert web.stats()["closed_too_large"] == 3
 
 
+def test_split_pipelined_and_escaped_requests_are_answered(web):
+    from wsproto.events import Message
+
+    with web.connect() as c:
+        frame = c.ws.send(Message(data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "PassAgent.1.health"})))
+        c.send_raw(frame[:5])  # one frame over two writes: the connection leaves the hot path for wsproto
+        c.send_raw(frame[5:])
+        assert c.recv()["result"]["live"] is True
+        two = b"".join(c.ws.send(Message(data=json.dumps({"jsonrpc": "2.0", "id": i, "method": "PassAgent.1.token"})))
+                       for i in (2, 3))
+        c.send_raw(two)
+        assert [c.recv()["id"], c.recv()["id"]] == [2, 3]
+    with web.connect() as c:
+        # The designator escaped in the method and verbatim in the id: still the method that counts.
+        c.send_text('{"jsonrpc":"2.0","id":"PassAgent.1.token","method":"PassAgent.1.head\\u0065rs"}')
+        ans = c.recv()
+        assert ans["id"] == "PassAgent.1.token" and "headers" in ans["result"]
+        c.send_text(json.dumps({"jsonrpc": "2.0", "id": 5, "method": "PassAgent.1.token",
+                                "params": {"min_ttl": 1}, "x": "\u00e9" * 200}))
+        assert c.recv()["result"]["access_token"] == TOKEN  # a 16-bit-length frame of non-ASCII text
+
+
 def test_binary_messages_are_refused(web):
     with web.connect() as c:
         from wsproto.events import Message

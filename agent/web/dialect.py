@@ -97,9 +97,17 @@ class Dialect:
         if method is None:
             return _error(req_id, rpc.METHOD_NOT_FOUND, "unknown method %r; available: %s"
                           % (designator[:64], self._available), "method_not_found") if is_call else None
-        req["method"] = method
+        # The same request under the socket API's name. When the designator appears once in the text
+        # (then it is the method's value), a replace is enough; otherwise the request is re-encoded.
+        # (Without a backslash in the text, no string is escaped, so the method's value is there verbatim.)
+        quoted = '"%s"' % designator
+        if "\\" not in text and text.count(quoted) == 1:
+            line = text.replace(quoted, '"%s"' % method).encode("utf-8")
+        else:
+            req["method"] = method
+            line = rpc.encode(req)[:-1]
         # The connection may use its token's application only: the Dispatcher's peer applications.
-        return self._strip(self.dispatcher.handle_line(rpc.encode(req)[:-1], None, (session.app,)))
+        return self._strip(self.dispatcher.handle_line(line, None, (session.app,)))
 
     @staticmethod
     def _strip(ans: Any) -> Any:
