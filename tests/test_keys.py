@@ -340,3 +340,47 @@ def test_the_real_kernel_when_it_offers_trusted_keys(tmp_path):
     s = kernel_store(d, None)
     assert s.load() == make_state(4)
     s.close()
+
+
+def test_the_operator_command_shows_the_store_and_accepts_a_rollback(tmp_path, statement_file):
+    import subprocess
+    import sys
+
+    from tests.agentproc import ROOT
+
+    cfg = config.local(str(tmp_path), "https://127.0.0.1:9/o", statement_file,
+                       storage={"anchor_dir": str(tmp_path / "counter")})
+    path = config.write(cfg, str(tmp_path / "agent.toml"))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent.keys", "--config", path] + list(args), cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    from agent import boards
+
+    dev = boards.identify_for(cfg.device)["device_id"]
+    s = Store(cfg.storage.dir, dev, keys=keys.keyset(cfg.storage, dev, cfg.storage.dir))
+    s.open()
+    s.load()
+    s.save(make_state(1))
+    old = {n: open(os.path.join(cfg.storage.dir, n), "rb").read() for n in SLOT_NAMES
+           if os.path.exists(os.path.join(cfg.storage.dir, n))}
+    s.save(make_state(2))
+    s.close()
+    r = run("status")
+    assert r.returncode == 0 and "key provider device (software), generation 2, counter 2, client client-2" in r.stdout
+    assert "secret-2" not in r.stdout
+    for n in SLOT_NAMES:
+        p = os.path.join(cfg.storage.dir, n)
+        if n in old:
+            with open(p, "wb") as f:
+                f.write(old[n])
+        else:
+            os.unlink(p)
+    r = run("status")
+    assert r.returncode == 1 and "store_rollback" in r.stdout
+    r = run("accept-rollback")
+    assert r.returncode == 0 and "rollback accepted; the generation counter now says 1" in r.stdout
+    r = run("accept-rollback")
+    assert r.returncode == 0 and "not rolled back" in r.stdout
+    assert "client client-1" in run("status").stdout
