@@ -336,6 +336,14 @@ def test_a_silent_connection_is_closed_after_the_handshake_timeout(sa):
         s.close()
 
 
+def test_an_idle_open_connection_is_closed(sa):
+    with WebHarness(securityagent=sa.url, idle_timeout=0.2) as web, web.connect() as c:
+        assert c.call("PassAgent.1.health")["result"]["live"] is True
+        with pytest.raises(ConnectionError):
+            c.recv()  # nothing was asked: the agent closes it after idle_timeout
+        assert wait_for(lambda: web.stats()["closed_idle"] == 1 and web.stats()["connections"] == 0)
+
+
 def test_a_request_head_beyond_the_bound_is_refused(web):
     s = socket.create_connection(("127.0.0.1", web.port), timeout=30)
     s.sendall(b"GET /jsonrpc?token=x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Pad: " % web.port + b"a" * 40000)
