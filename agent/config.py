@@ -137,6 +137,24 @@ def _origin_list(v: Any) -> tuple[bool, Any, str]:
     return ok, tuple(v) if ok else v, "a list of web origins, e.g. [\"http://127.0.0.1:8080\"]"
 
 
+# [upstream]: the box-wide budget of agent/governor.py. Bounds: a rate above 10/s or a burst above 100
+# is no throttle any Adobe documentation describes (1/s, burst 10) and would only buy 429s.
+RATE_MAX, BURST_MAX = 10.0, 100
+
+
+@_produces(float)
+def _rate(v: Any) -> tuple[bool, Any, str]:
+    ok = _finite(v) and 0 < v <= RATE_MAX
+    return ok, float(v) if ok else v, ("a number from 0 (exclusive) to %g requests per second, e.g. 1.0 "
+                                       "(Adobe's documented rate)" % RATE_MAX)
+
+
+@_produces(int)
+def _burst(v: Any) -> tuple[bool, Any, str]:
+    ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= BURST_MAX
+    return ok, v, "an integer from 1 to %d, e.g. 10 (Adobe's documented burst)" % BURST_MAX
+
+
 APP_NAME_MAX = 32
 MAX_APPS = 32  # the governor's line holds one request per application (agent/governor.py max_waiters 64)
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -258,6 +276,15 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "jitter": (_fraction(0.0, 0.5), 0.1),
         "backoff_cap": (_pos_number, 300.0),
     },
+    # The box-wide upstream budget (agent/governor.py): Adobe throttles the public address, so every
+    # application's requests share it; an integrator behind a carrier NAT may assume less (docs/OPERATIONS.md).
+    "upstream": {
+        "rate": (_rate, 1.0),
+        "burst": (_burst, 10),
+        "assume_burst": (_bool, True),
+        "slack": (_fraction(0.0, 10.0), 0.1),
+        "pause_cap": (_fraction(1.0, 86400.0), 300.0),
+    },
     "log": {
         "level": (_choice("debug", "info", "warning", "error"), "info"),
     },
@@ -376,6 +403,20 @@ class RefreshConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """[upstream]: the box-wide budget every request to Adobe passes (agent/governor.py): `rate` requests
+    per second after a one-time `burst`; `assume_burst` false: assume the address already spent the burst
+    (another box behind the same NAT), `slack` seconds added to each spacing for arrival jitter,
+    `pause_cap` the longest pause a 429's Retry-After can impose on every application."""
+
+    rate: float = 1.0
+    burst: int = 10
+    assume_burst: bool = True
+    slack: float = 0.1
+    pause_cap: float = 300.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """[log]"""
 
@@ -399,7 +440,7 @@ class WebConfig:
 # TOML table -> its dataclass; the root's fields are these tables plus `path`.
 SECTIONS: dict[str, type] = {"adobe": AdobeConfig, "device": DeviceConfig, "storage": StorageConfig,
                              "socket": SocketConfig, "console": ConsoleConfig, "refresh": RefreshConfig,
-                             "log": LogConfig, "web": WebConfig}
+                             "upstream": UpstreamConfig, "log": LogConfig, "web": WebConfig}
 
 
 @dataclass(frozen=True)
@@ -427,6 +468,7 @@ class Config:
     socket: SocketConfig = field(default_factory=SocketConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     log: LogConfig = field(default_factory=LogConfig)
     web: WebConfig = field(default_factory=WebConfig)
     path: Optional[str] = None  # the file it was read from; None when built in code

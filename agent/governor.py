@@ -23,6 +23,10 @@ A shell (the service, tools/fleetsim.py) asks before every upstream request:
 - `withdraw(key)` -- the application no longer wants its queued request.
 - `on_throttled(now, window, retry_after, ticket)` -- Adobe answered 429 to any granted request:
   the budget is empty and EVERY application pauses (below).
+- `retune(rate, burst, initial, slack, pause_cap)` -- new settings ([upstream] on SIGHUP) for the
+  same budget: queued keys keep their place, a pause in force stays, and a burst the address has
+  spent is never assumed back (a bigger burst after the first grant or 429 adds nothing, a smaller
+  one caps what is left; before either, the model starts afresh from `initial`).
 A grant that the shell does not use is lost (never returned): returning it could only overstate
 the bucket, which the rule "never exceed Adobe's bucket" forbids.
 
@@ -124,6 +128,28 @@ class GovernorError(AgentError):
     kind = OPERATOR
 
 
+def _check(rate: float, burst: int, initial: int | None, slack: float, pause_cap: float, max_waiters: int,
+           gateway_waiters: int) -> None:
+    """Raise GovernorError naming every wrong setting (the constructor's and retune's)."""
+    problems = []
+    if not (isinstance(rate, (int, float)) and rate > 0):
+        problems.append("rate must be > 0 requests per second (got %r)" % (rate,))
+    if not (isinstance(burst, int) and burst >= 1):
+        problems.append("burst must be an integer >= 1 (got %r)" % (burst,))
+    if initial is not None and not (isinstance(initial, int) and isinstance(burst, int) and 1 <= initial <= burst):
+        problems.append("initial must be an integer between 1 and burst (got %r)" % (initial,))
+    if not (isinstance(slack, (int, float)) and 0 <= slack <= 10):
+        problems.append("slack must be between 0 and 10 seconds (got %r)" % (slack,))
+    if not (isinstance(pause_cap, (int, float)) and pause_cap >= 1):
+        problems.append("pause_cap must be >= 1 second (got %r)" % (pause_cap,))
+    for name, v in (("max_waiters", max_waiters), ("gateway_waiters", gateway_waiters)):
+        if not (isinstance(v, int) and v >= 0):
+            problems.append("%s must be an integer >= 0 (got %r)" % (name, v))
+    if problems:
+        raise GovernorError("upstream governor: " + "; ".join(problems),
+                            hint="fix the [upstream] settings (Adobe's documented budget is rate 1, burst 10)")
+
+
 class Decision:
     """The governor's answer. granted: go now (`ticket` identifies the grant for on_throttled).
     Otherwise `at` is when a grant is expected if nothing changes (queued) or when to try again
@@ -144,23 +170,7 @@ class Governor:
     def __init__(self, *, rate: float = 1.0, burst: int = 10, initial: int | None = None, slack: float = 0.1,
                  pause_cap: float = 300.0, max_waiters: int = 64, gateway_waiters: int = 16,
                  random: Callable[[], float] | None = None) -> None:
-        problems = []
-        if not (isinstance(rate, (int, float)) and rate > 0):
-            problems.append("rate must be > 0 requests per second (got %r)" % (rate,))
-        if not (isinstance(burst, int) and burst >= 1):
-            problems.append("burst must be an integer >= 1 (got %r)" % (burst,))
-        if initial is not None and not (isinstance(initial, int) and isinstance(burst, int) and 1 <= initial <= burst):
-            problems.append("initial must be an integer between 1 and burst (got %r)" % (initial,))
-        if not (isinstance(slack, (int, float)) and 0 <= slack <= 10):
-            problems.append("slack must be between 0 and 10 seconds (got %r)" % (slack,))
-        if not (isinstance(pause_cap, (int, float)) and pause_cap >= 1):
-            problems.append("pause_cap must be >= 1 second (got %r)" % (pause_cap,))
-        for name, v in (("max_waiters", max_waiters), ("gateway_waiters", gateway_waiters)):
-            if not (isinstance(v, int) and v >= 0):
-                problems.append("%s must be an integer >= 0 (got %r)" % (name, v))
-        if problems:
-            raise GovernorError("upstream governor: " + "; ".join(problems),
-                                hint="fix the [upstream] settings (Adobe's documented budget is rate 1, burst 10)")
+        _check(rate, burst, initial, slack, pause_cap, max_waiters, gateway_waiters)
         self.rate = float(rate)
         self.burst = burst
         self.step = 1.0 / self.rate + float(slack)   # spacing of grants once the burst is spent
@@ -181,6 +191,25 @@ class Governor:
         self._seq = 0
         self._waiting: dict[str, tuple[int, int]] = {}  # key -> (class, seq): the line
         self._gateway = 0                       # queued gateway keys
+
+    def retune(self, *, rate: float = 1.0, burst: int = 10, initial: int | None = None, slack: float = 0.1,
+               pause_cap: float = 300.0) -> None:
+        """New settings for this budget (see 'Theory of operation'). Raises GovernorError, changing
+        nothing, when a setting is wrong. The next steady grant moves to the last one + the new
+        spacing when that is later, never earlier (a lower rate applies from the next grant on)."""
+        _check(rate, burst, initial, slack, pause_cap, self.max_waiters, self.gateway_waiters)
+        step = 1.0 / float(rate) + float(slack)
+        if self.next_at != float("-inf"):  # next_at = the last steady grant + step + _EPS
+            self.next_at = max(self.next_at, self.next_at - self.step + step)
+        self.rate = float(rate)
+        self.step = step
+        self.slack = float(slack)
+        self.pause_cap = float(pause_cap)
+        self.burst = burst
+        if self.tickets == 0 and self.throttled == 0:   # nothing sent yet: assume afresh
+            self.extra = (burst if initial is None else initial) - 1
+        else:                                           # never assume back what the address spent
+            self.extra = min(self.extra, burst - 1)
 
     # ----------------------------------------------------------------- the bucket
     def _bucket_at(self) -> float:

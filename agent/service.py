@@ -188,6 +188,12 @@ def app_runtime_dir(base: str, name: str) -> str:
     return base if name == config.DEFAULT_APP else os.path.join(base, "apps", name)
 
 
+def governor_settings(up: config.UpstreamConfig) -> dict:
+    """The Governor keyword arguments of an [upstream] table (for the constructor and retune)."""
+    return {"rate": up.rate, "burst": up.burst, "initial": None if up.assume_burst else 1, "slack": up.slack,
+            "pause_cap": up.pause_cap}
+
+
 def app_required(names: list[str]) -> AgentError:
     """The error for a call that did not say which application, where several are possible."""
     return AgentError("this agent serves several applications (%s); say which one (param \"app\", --app NAME, "
@@ -227,8 +233,8 @@ class Service:
         # The application a call without `app` means: the only one, else none (app_required).
         self._only: _App | None = self._apps[self._names[0]] if len(self._names) == 1 else None
         # Every application's DCR request passes this one budget (agent/governor.py): Adobe throttles
-        # the box's public address, not an application.
-        self.governor = gov or governor.Governor()
+        # the box's public address, not an application. Its settings: [upstream].
+        self.governor = gov or governor.Governor(**governor_settings(cfg.upstream))
         # The worker sleeps in select() on a wake-up pipe and a CLOCK_BOOTTIME alarm (a Condition's
         # timeout counts on CLOCK_MONOTONIC and would end late by a suspend's length); every
         # notify on the condition also wakes the worker, so all existing notify_all() calls do.
@@ -316,12 +322,14 @@ class Service:
 
     def reload(self, cfg: config.Config) -> list[str]:
         """Apply a new configuration's lifecycle-relevant parts (statement paths, redirect URIs,
-        applicationIds, refresh tuning) in place. Returns the names of applications added or removed,
-        which need a restart (their stores and the socket's lists are built at start)."""
+        applicationIds, refresh tuning) and the [upstream] budget (agent/governor.py retune) in place.
+        Returns the names of applications added or removed, which need a restart (their stores and the
+        socket's lists are built at start)."""
         new = {a.name: a for a in cfg.apps}
         changed = sorted(set(new) ^ set(self._apps))
         with self._cond:
             self.cfg = cfg
+            self.governor.retune(**governor_settings(cfg.upstream))  # validated: [upstream]'s bounds are narrower
             for a in self._apps.values():
                 a.lc.refresh_at = cfg.refresh.at
                 a.lc.jitter = cfg.refresh.jitter
