@@ -113,6 +113,15 @@ def _choice(*choices: str) -> Check:
     return check
 
 
+def _int_range(lo: int, hi: int) -> Check:
+    @_produces(int)
+    def check(v: Any) -> tuple[bool, Any, str]:
+        ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+        return ok, v, "an integer from %d to %d" % (lo, hi)
+
+    return check
+
+
 @_produces(int)
 def _mode(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0o777
@@ -299,6 +308,24 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "idle_timeout": (_pos_number, 300.0),
         "handshake_timeout": (_pos_number, 10.0),
     },
+    # The REST API v2 gateway on a second Unix socket (issue 17, docs/GATEWAY.md); off unless enabled.
+    "gateway": {
+        "enabled": (_bool, False),
+        "path": (_str, "/run/pass-agent/api.sock"),
+        "mode": (_mode, 0o660),
+        "base_url": (_opt_str, None),
+        "max_header_bytes": (_pos_int, 16384),
+        "max_body_bytes": (_pos_int, 65536),
+        "max_answer_bytes": (_pos_int, 1048576),
+        "idle_timeout": (_pos_number, 60.0),
+        "max_connections": (_pos_int, 64),
+        "max_per_uid": (_pos_int, 16),
+        "max_inflight": (_pos_int, 4),
+        "config_cache_ttl": (_fraction(0.0, 300.0), 180.0),
+        "refresh_wait": (_fraction(0.0, 120.0), 35.0),
+        "item_retries": (_int_range(0, 3), 2),
+        "retry_backoff": (_fraction(0.01, 30.0), 1.0),
+    },
 }
 
 # One [[app]] table: (key) -> (checker, default). `name` and `software_statement` are required in a
@@ -437,10 +464,31 @@ class WebConfig:
     handshake_timeout: float = 10.0
 
 
+@dataclass(frozen=True)
+class GatewayConfig:
+    """[gateway]: the REST API v2 gateway on a second Unix socket (docs/GATEWAY.md); off unless enabled."""
+
+    enabled: bool = False
+    path: str = "/run/pass-agent/api.sock"
+    mode: int = 0o660
+    base_url: Optional[str] = None
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 65536
+    max_answer_bytes: int = 1048576
+    idle_timeout: float = 60.0
+    max_connections: int = 64
+    max_per_uid: int = 16
+    max_inflight: int = 4
+    config_cache_ttl: float = 180.0
+    refresh_wait: float = 35.0
+    item_retries: int = 2
+    retry_backoff: float = 1.0
+
+
 # TOML table -> its dataclass; the root's fields are these tables plus `path`.
 SECTIONS: dict[str, type] = {"adobe": AdobeConfig, "device": DeviceConfig, "storage": StorageConfig,
                              "socket": SocketConfig, "console": ConsoleConfig, "refresh": RefreshConfig,
-                             "upstream": UpstreamConfig, "log": LogConfig, "web": WebConfig}
+                             "upstream": UpstreamConfig, "log": LogConfig, "web": WebConfig, "gateway": GatewayConfig}
 
 
 @dataclass(frozen=True)
@@ -471,6 +519,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     log: LogConfig = field(default_factory=LogConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     path: Optional[str] = None  # the file it was read from; None when built in code
     app: Tuple[AppConfig, ...] = ()  # the [[app]] tables; () for a single-application file (see `apps`)
 
@@ -599,7 +648,8 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             cfg[table][key] = norm
     # Relative paths are relative to the config file, so a config dir can be moved as a whole.
     for table, key in (("adobe", "software_statement"), ("adobe", "ca_file"), ("storage", "dir"),
-                       ("storage", "runtime_dir"), ("socket", "path"), ("device", "root"), ("web", "tokens_file")):
+                       ("storage", "runtime_dir"), ("socket", "path"), ("device", "root"), ("web", "tokens_file"),
+                       ("gateway", "path")):
         v = cfg[table][key]
         if isinstance(v, str) and v and not os.path.isabs(v) and "://" not in v:
             cfg[table][key] = os.path.normpath(os.path.join(base_dir, v))
@@ -631,6 +681,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             problems.extend("[console] password_hash: " + p.split(": ", 1)[-1] for p in e.problems)
     if cfg["web"]["listen"]:
         problems.extend(_web_problems(cfg["web"], check_files, data.get("app")))
+    problems.extend(_gateway_problems(cfg["gateway"], cfg["adobe"]["base_url"], cfg["socket"]["path"]))
     if check_files:
         port = cfg["console"]["port"]
         if isinstance(port, str) and port and importlib.util.find_spec("serial") is None:
@@ -736,6 +787,42 @@ def _web_problems(web: Mapping[str, Any], check_files: bool, app_tables: Any) ->
     if isinstance(app_tables, list) and app_tables:
         names = tuple(a.get("name") for a in app_tables if isinstance(a, abc.Mapping) and isinstance(a.get("name"), str))
     return guard.config_problems(web, check_files, names)
+
+
+def gateway_origin(base_url: str) -> str:
+    """scheme://host[:port] of a base URL: where the gateway sends /api/v2/ calls ([gateway] base_url,
+    else the host of [adobe] base_url: REST API v2 lives on the same host as DCR, reference section 8)."""
+    parts = urlsplit(base_url)
+    return "%s://%s" % (parts.scheme, parts.netloc)
+
+
+def _gateway_problems(gw: Mapping[str, Any], adobe_url: Any, socket_path: Any) -> list[str]:
+    """[gateway]: its upstream must be https (plain http for loopback hosts only, like [adobe]), without
+    a path of its own, and its socket must not be the JSON-RPC socket."""
+    problems = []
+    url = gw["base_url"]
+    if isinstance(url, str) and url:
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:
+            parts, host = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
+            problems.append("[gateway] base_url: found %r, expected an https:// URL such as https://sp.auth.adobe.com"
+                            % url)
+        elif parts.scheme == "http" and not _is_loopback(host):
+            problems.append("[gateway] base_url: found %r; plain http:// is allowed only for loopback hosts "
+                            "(localhost, 127.0.0.1, ::1), use https://" % url)
+        elif parts.path not in ("", "/") or parts.query or parts.fragment:
+            problems.append("[gateway] base_url: found %r; give the host only (scheme://host[:port]): the gateway "
+                            "forwards the player's /api/v2/ path as it is" % url)
+    if gw["enabled"] and importlib.util.find_spec("h11") is None:
+        problems.append("[gateway] enabled: the gateway needs the Python package h11, which is not installed for "
+                        "this Python; pip install 'pass-agent[gateway]', or set enabled = false")
+    if gw["enabled"] and gw["path"] == socket_path:
+        problems.append("[gateway] path: %r is also [socket] path; the gateway needs its own socket, e.g. "
+                        "/run/pass-agent/api.sock" % gw["path"])
+    return problems
 
 
 def app_gids(app: AppConfig) -> list[int]:

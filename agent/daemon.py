@@ -34,6 +34,7 @@ class Daemon:
         self.loop: Any = None
         self.server: Any = None
         self.web: Any = None  # the optional web endpoint (agent/web), only with [web] listen
+        self.gateway: Any = None  # the optional REST API v2 gateway (agent/gateway), only with [gateway] enabled
         self.console: Any = None
         self.service: Any = None
         self.store: Any = None  # the first application's store (single-application code, tests)
@@ -81,6 +82,16 @@ class Daemon:
 
             self.web = WebServer(self.service, self.loop, cfg.web, log=agentlog.get("web"))
             self.web.start()
+        if cfg.gateway.enabled:  # imported only when configured: h11 is the optional extra [gateway]
+            from agent.gateway.server import GatewayServer, rpc_line
+
+            self.gateway = GatewayServer(self.service, self.loop, cfg, acls=configmod.app_acls(cfg),
+                                         log=agentlog.get("gateway"))
+            self.gateway.start()
+            gw = self.gateway.gateway
+            # JSON-RPC api.call on the player socket: the same Gateway.handle as the HTTP socket.
+            self.server.dispatcher.api_call = lambda req_id, params, app, uid, deliver: gw.rpc_call(
+                params, app, uid, lambda reply: deliver(rpc_line(req_id, reply)))
         self.service.add_listener(lambda: self.loop.call_soon_threadsafe(self._update_status))
         self.service.start()
         self._start_console(cfg)
@@ -143,6 +154,8 @@ class Daemon:
         restart = [t for t in ("device", "storage") if getattr(new, t) != getattr(self.cfg, t)]
         if (new.web.listen, new.web.securityagent) != (self.cfg.web.listen, self.cfg.web.securityagent):
             restart.append("web")
+        if new.gateway != self.cfg.gateway:  # the gateway's socket, limits and upstream are set at start
+            restart.append("gateway")
         self.log.info("configuration reloaded from %s%s", path,
                       "; changes in [%s] need a restart to take effect" % "], [".join(restart) if restart else "")
         agentlog.setup(new.log.level, self.logbuf)
@@ -152,6 +165,9 @@ class Daemon:
         self.server.set_acl(new.socket.allow_uids, configmod.allowed_gids(new), apps=acls)
         if self.web is not None:
             self.web.reload(new.web)
+        if self.gateway is not None:
+            self.gateway.set_acl({n: acl for n, acl in configmod.app_acls(new).items() if n in self.service.apps()})
+
         try:
             self._start_console(new)
         except Exception as e:  # a console problem must not stop the token service
@@ -171,7 +187,7 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.log.info("shutting down")
-        for part in (self.console, self.web, self.server):
+        for part in (self.console, self.web, self.gateway, self.server):
             if part is not None:
                 try:
                     part.stop() if part is self.console else part.close()

@@ -86,6 +86,21 @@ class ServiceFacade(Protocol):
         """The effective configuration for display, secrets masked (agent.config.view)."""
 
 
+class GatewayFacade(ServiceFacade, Protocol):
+    """What the REST API v2 gateway (agent/gateway, issue 17) needs besides the facade: the governor's try
+    mode, a 429 that pauses every application, and a wait for a refreshed token. Only the real Service and
+    the gateway's tests implement it (tests/test_gateway.py compares the signatures)."""
+
+    def api_acquire(self) -> dict:
+        """The box-wide governor's try mode: {"granted", "retry_after" (s), "ticket"}; nothing queues."""
+
+    def api_throttled(self, ticket: int | None, retry_after: float | None = None) -> float:
+        """Adobe answered 429 to the gateway request `ticket`: pause every application; the pause's seconds."""
+
+    def wait_new_token(self, old: str, timeout: float, app: str | None = None) -> dict | None:
+        """Block up to `timeout` s for a valid token other than `old` (threads that may block only)."""
+
+
 # The facade's members, in the order above: what every implementation must have (tests, docs).
 ATTRIBUTES: tuple[str, ...] = tuple(ServiceFacade.__annotations__)
 METHODS: tuple[str, ...] = tuple(n for n, v in vars(ServiceFacade).items() if not n.startswith("_") and callable(v))

@@ -151,7 +151,7 @@ class Action:
     with `Dispatcher.resume()` when the Service announces a token, or when `wait` expires.
     """
 
-    __slots__ = ("kind", "id", "method", "min_ttl", "wait", "reply", "app")
+    __slots__ = ("kind", "id", "method", "min_ttl", "wait", "reply", "app", "params")
 
     def __init__(self, kind: str, req_id: Any, method: str = "", min_ttl: float = 0.0, wait: float = 0.0,
                  app: str | None = None):
@@ -162,6 +162,7 @@ class Action:
         self.wait = wait
         self.reply = True  # False for a notification: act, but send no answer
         self.app = app     # the application (None: the service's only one)
+        self.params: Any = None  # "api": the checked api.call params for the gateway
 
 
 # -- param validation ------------------------------------------------------------------------
@@ -248,6 +249,16 @@ def _opt_bool(name: str) -> Callable[[Any], Any]:
     return check
 
 
+def _headers_param(v: Any) -> Any:
+    if v is not None and not (isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str)
+                                                           for k, x in v.items())):
+        raise RpcError(INVALID_PARAMS, "param 'headers' must be an object of string header values, got %s; fix the "
+                       "request" % _kind_of(v))
+    return v
+
+
+_API_PARAMS = {"method": _opt_str("method"), "path": _opt_str("path"), "headers": _headers_param,
+               "body": _opt_str("body"), "app": _APP_PARAM}
 _REPORT_PARAMS = {"status": _status, "body": _any, "access_token": _opt_str("access_token"),
                   "management": _opt_bool("management"), "app": _APP_PARAM}
 
@@ -300,6 +311,9 @@ class Dispatcher:
         self.apps: tuple = tuple(apps()) if apps is not None else ("default",)
         self._report_takes_uid = _accepts_keyword(service.report_error, "uid")
         self._report_takes_app = _accepts_keyword(service.report_error, "app")
+        # api.call (issue 17): set by the daemon when [gateway] is enabled; (req_id, params, app, uid,
+        # deliver(answer line)) -> None, answering later in the loop thread. None: the gateway is off.
+        self.api_call: Callable[..., None] | None = None
         self._methods: dict[str, Callable[[Any, Any], Any]] = {
             "token.get": self._token_get,
             "headers.get": self._headers_get,
@@ -309,6 +323,7 @@ class Dispatcher:
             "token.unsubscribe": self._unsubscribe,
             "agent.status": self._status,
             "agent.health": self._health,
+            "api.call": self._api_call,
         }
 
     @property
@@ -405,7 +420,7 @@ class Dispatcher:
             )
         if not is_call:
             # A notification gets no answer; a subscription change still happens.
-            if isinstance(out, Action) and out.kind != "park":
+            if isinstance(out, Action) and out.kind not in ("park", "api"):
                 out.reply = False
                 return out
             return None
@@ -542,6 +557,18 @@ class Dispatcher:
         if app is not None and self._report_takes_app:
             kw["app"] = app
         return self.service.report_error(p["status"], p.get("body"), p.get("access_token"), **kw)
+
+    def _api_call(self, req_id: Any, params: Any) -> Action:
+        """api.call: a REST API v2 request through the gateway (docs/GATEWAY.md); the shell carries out the
+        returned Action with `api_call` and sends the answer in order."""
+        if self.api_call is None:
+            raise RpcError(AGENT_ERROR, "api.call: the REST API v2 gateway is not enabled on this agent",
+                           error_data("gateway_off", OPERATOR, None,
+                                      hint="set [gateway] enabled = true (docs/GATEWAY.md) and restart the agent"))
+        p = _params("api.call", params, _API_PARAMS, required=("path",))
+        act = Action("api", req_id, "api.call", app=self.app_for("api.call", p.get("app")))
+        act.params = p
+        return act
 
     def _subscribe(self, req_id: Any, params: Any) -> Action:
         app = self.app_for("token.subscribe", _params("token.subscribe", params, _APP_ONLY).get("app"))

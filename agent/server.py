@@ -708,7 +708,7 @@ class Server:
         conn.inbuf = rest
 
     def _action(self, conn: _Conn, act: rpc.Action) -> None:
-        if act.kind == "park":
+        if act.kind in ("park", "api"):
             refused = None
             if len(conn.waits) >= self.max_waits_per_conn:
                 refused = ("this connection already holds %d parked waits (the per-connection limit); read their "
@@ -726,6 +726,10 @@ class Server:
             conn.queue.append(w)
             conn.qbytes += w.cost
             self._nwaits += 1
+            if act.kind == "api":  # api.call (the gateway, issue 17): answered when Adobe has answered, in order
+                self.dispatcher.api_call(act.id, act.params, act.app, conn.uid,
+                                         lambda line, w=w: None if w.done else self._answer(w, line))
+                return
             self._waits.add(act.wait, w)
             return
         if act.kind == "subscribe":
@@ -879,6 +883,8 @@ class Server:
                     self._emit(conn, line)
         for conn in [c for c in self._conns.values() if c.waits]:
             for w in list(conn.waits):
+                if w.act.kind != "park":
+                    continue  # an api.call in flight: the gateway answers it
                 if w.act.app is not None and app is not None and w.act.app != app:
                     continue  # another application's token: this wait cannot be answered by it
                 ans = self.dispatcher.resume(w.act, final=False)

@@ -653,6 +653,40 @@ class Service:
             return NotReady("no valid token yet: the last one expired; %s" % nxt, retry_after=retry_after)
         return NotReady("no valid token yet: %s" % STATE_WORDS.get(state, state), retry_after=retry_after)
 
+    # ------------------------------------------------------------------ the REST API v2 gateway (facade.GatewayFacade)
+    def api_acquire(self) -> dict:
+        """The governor's try mode for one gateway request (issue 17): granted now, or refused at once
+        with the seconds to wait; nothing queues. {"granted", "retry_after", "ticket"}."""
+        with self._cond:
+            now = self.clock()
+            d = self.governor.try_acquire(now, governor.GATEWAY)
+        return {"granted": d.granted, "retry_after": 0.0 if d.granted else max(0.0, d.at - now), "ticket": d.ticket}
+
+    def api_throttled(self, ticket: int | None, retry_after: float | None = None) -> float:
+        """Adobe answered 429 to the gateway request granted `ticket`: every application pauses (the
+        governor's "Pause"). Returns the seconds the pause lasts from now."""
+        with self._cond:
+            now = self.clock()
+            until = self.governor.on_throttled(now, None, retry_after, ticket)
+            self._cond.notify_all()
+        self.log.info("gateway: throttled by Adobe: every application waits %.1f s", until - now)
+        return max(0.0, until - now)
+
+    def wait_new_token(self, old: str, timeout: float, app: str | None = None) -> dict | None:
+        """Block up to `timeout` s until application `app` holds a valid token other than `old` (the one a
+        protected API refused); None at the deadline. For threads that may block (the gateway's runner)."""
+        a = self._app(app)
+        deadline = self.clock() + timeout
+        with self._cond:
+            while True:
+                now = self.clock()
+                t = a.lc.token(now, 0)
+                if t is not None and t["access_token"] != old:
+                    return self._token_view(t, now, self.wall())
+                if now >= deadline or self._stopping:
+                    return None
+                self._cond.wait(min(deadline - now, WAIT_SLICE))
+
     def identity(self, app: str | None = None) -> dict:
         if app is None and self._only is None:
             return self._identity  # the box's own, without an application's applicationId
