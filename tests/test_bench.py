@@ -62,3 +62,22 @@ def test_upstream_calls_per_device_day_drive_the_real_lifecycle():
     up = bench.upstream_per_device_day(days=2)
     assert up["calls"]["register"] == 1 and up["calls"]["token"] >= 2 * up["floor_per_device_day"]
     assert up["ratio"] <= 1.5
+
+
+def test_six_applications_row_stands_next_to_the_single_application_figure_of_the_same_run():
+    # Issue 16: token.get p50 with six applications within 10 % of one application, both from one
+    # `bench_socket --apps 6` run (its JSON as that benchmark writes it).
+    apps = {"requests": 20000, "apps": 6, "client": "uid 65534, no params (hot path)", "single_p50_us": 12.3,
+            "apps_p50_us": 12.4, "single_p99_us": 20.0, "apps_p99_us": 21.0, "ratio_p50": 1.008, "target_met": True}
+    shim = {"imports": {"agent.urequests + ssl": {"import_ms": 30.0, "pss_kib": 900}},
+            "latency_ms": {"agent.urequests": 2.0}}
+    res = dict(_other_sections(), shim=shim, socket_apps=apps)
+    rows, _ = bench.summary_rows(res)
+    (row,) = [r for r in rows if r[0] == "token.get p50, six applications (us)"]
+    assert row[1:] == ("1 application", 12.3, 12.4, 1.008, "<= 1.10x", True)
+    table = bench.format_table(res, rows, [])
+    line = next(x for x in table.splitlines() if x.startswith("token.get p50, six applications"))
+    assert "1 application" in line and "12.3" in line and "12.4" in line and "1.01" in line and line.endswith("met")
+    slow = dict(res, socket_apps=dict(apps, apps_p50_us=14.0, ratio_p50=1.138, target_met=False))
+    (row,) = [r for r in bench.summary_rows(slow)[0] if r[0] == "token.get p50, six applications (us)"]
+    assert row[-1] is False and "MISSED" in bench.format_table(slow, [row], [])
