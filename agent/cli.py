@@ -20,12 +20,12 @@ from agent import __version__
 DEFAULT_SOCKET = "/run/pass-agent/agent.sock"
 MIN_PYTHON = (3, 9)
 # What each command imports beyond the standard library (tomli: only where tomllib is missing).
-_NEEDS_CONFIG = ("run", "check", "reset", "device-info", "demo")
+_NEEDS_CONFIG = ("run", "check", "reset", "device-info", "demo", "login")
 _NEEDS_CRYPTO = ("run", "check", "reset", "demo")
 # Subcommand -> the agent.commands function that runs it (parsed arguments in, exit code out).
 COMMANDS = {"run": "run", "demo": "demo", "emulator": "emulator", "device-info": "device_info",
             "token": "client", "headers": "client", "status": "status", "check": "check", "reset": "reset",
-            "console-hash": "console_hash"}
+            "console-hash": "console_hash", "login": "login"}
 # Subcommands that talk to the agent: their socket path is resolved here (--socket, else the config's).
 _SOCKET_COMMANDS = ("token", "headers", "status")
 
@@ -126,6 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "status":
             p.add_argument("--min-ttl", type=float, metavar="S", help="require at least S seconds of validity")
             p.add_argument("--wait", type=float, metavar="S", help="wait up to S seconds for the agent to start and for a first token")
+
+    p = sub.add_parser("login", help="the second-screen login through the REST API v2 gateway",
+                       description="As a player would, through the gateway socket ([gateway] enabled): show a "
+                                   "registration code for a second screen, wait for the login (profiles every 3-5 s), "
+                                   "ask an authorize decision and show its media token, then log out. "
+                                   "docs/GATEWAY.md.")
+    p.add_argument("--socket", "-s", metavar="PATH", help="gateway socket (default: [gateway] path of the config, "
+                   "else /run/pass-agent/api.sock)")
+    _config_arg(p)
+    p.add_argument("--app", "-a", metavar="NAME", help="the registered application (X-Pass-App); needed when this "
+                   "user may use several")
+    p.add_argument("--sp", default="REF30", metavar="SP", help="service provider (requestor id; default REF30, "
+                   "Adobe's test requestor)")
+    p.add_argument("--mvpd", metavar="ID", help="the MVPD to log in with (default: the first listed)")
+    p.add_argument("--resource", metavar="ID", help="the resource to authorize (default: the service provider)")
+    p.add_argument("--emulate-browser", action="store_true", help="complete the login as the emulator's second "
+                   "screen would (emulator only: GET /api/v2/authenticate/SP/CODE?complete=1)")
+    p.add_argument("--poll", type=float, default=4.0, metavar="S", help="seconds between profile polls (3-5 s; "
+                   "never less than 3)")
+    p.add_argument("--stay", action="store_true", help="stay logged in (skip the logout)")
 
     p = sub.add_parser("check", help="validate the configuration and the environment",
                        description="Validate the configuration file and what it points to. Exit 2 when the "

@@ -70,6 +70,23 @@ def client(args: Any) -> int:
                           wait=args.wait, app=args.app)
 
 
+def login(args: Any) -> int:
+    """`pass-agent login` (issue 17): the second-screen user story through the gateway socket."""
+    from agent.gateway.login import login_command
+
+    path, origin = args.socket, None
+    from agent import config as configmod
+
+    cpath = configmod.resolve_path(args.config)
+    if args.config or os.path.exists(cpath):
+        cfg = configmod.load(cpath, check_files=False)
+        path = path or cfg.gateway.path
+        origin = configmod.gateway_origin(cfg.gateway.base_url or cfg.adobe.base_url)
+    return login_command(path or "/run/pass-agent/api.sock", args.sp, sys.stdout, sys.stderr, app=args.app,
+                         mvpd=args.mvpd, resource=args.resource, emulate_browser=args.emulate_browser,
+                         stay=args.stay, poll=args.poll, origin=origin)
+
+
 def check(args: Any) -> int:
     return check_command(args.config, sys.stdout, as_user=args.as_user)
 
