@@ -164,6 +164,18 @@ def summary_rows(res: dict) -> tuple[list[tuple], list[str]]:
         ("upstream calls per device-day (6 h tokens)", "1 per lifetime", up["floor_per_device_day"],
          up["per_device_day"], up["ratio"], "<= 1.5x", up["ratio"] <= 1.5),
     ]
+    if "gateway" in res:  # the REST API v2 gateway (issue 17), tools/bench_gateway.py
+        o, g = res["gateway"]["overhead"], res["gateway"]["startup"]
+        rows += [
+            ("gateway GET configuration p50 (ms)", "direct shim", o["direct_p50_ms"], o["proxied_p50_ms"],
+             o["proxied_p50_ms"] / o["direct_p50_ms"], "<= +1 ms", o["added_p50_ms"] <= 1.0),
+            ("gateway configuration cache hit p50 (ms)", "direct shim", o["direct_p50_ms"], o["cache_hit_p50_ms"],
+             o["cache_hit_p50_ms"] / o["direct_p50_ms"], "reported", True),
+            ("spawn -> READY, gateway off (ms)", "before gw", g["baseline_ready_ms"], g["off_ready_ms"],
+             g["off_vs_baseline_ready_ratio"], "unchanged", g["off_vs_baseline_ready_ratio"] <= 1.1),
+            ("idle PSS, gateway off (kB)", "before gw", g["baseline_pss_kb"], g["off_pss_kb"],
+             g["off_pss_kb"] / g["baseline_pss_kb"], "unchanged", g["off_minus_baseline_pss_kb"] <= 512),
+        ]
     return rows, skipped
 
 
@@ -199,6 +211,7 @@ def main(argv: list | None = None) -> int:
     res["shim"] = _sub("tools.bench_shim", ["--runs", "5" if q else "15"], tmp)
     res["store"] = _sub("tools.bench_store", [], tmp)
     res["upstream"] = upstream_per_device_day()
+    res["gateway"] = _sub("tools.bench_gateway", ["--requests", "100" if q else "300", "--runs", "5" if q else "9"], tmp)
 
     rows, skipped = summary_rows(res)
     table = format_table(res, rows, skipped, q)
