@@ -1,7 +1,7 @@
 """The `pass-agent` subcommands: each turns parsed arguments into output and an exit code.
 
 Job: one function per subcommand, dispatched from agent/cli.py's COMMANDS table (`run`, `demo`,
-`emulator`, `device-info`, `token`, `headers`, `status`, `check`, `reset`, `console-hash`), and the
+`emulator`, `device-info`, `token`, `headers`, `status`, `check`, `reset`, `console-hash`, `login`), and the
 `*_command` functions behind them, which take plain values and streams so tests drive them without
 argparse. The domain modules (store, boards, client, statusview, check, consolehash) do the work;
 this module only reads the configuration a command needs, asks, and prints. A configuration error
