@@ -37,7 +37,8 @@ SP = "REF30"
 
 
 class Rig:
-    def __init__(self, tmp_path, *, emu_kw: dict | None = None, gov: Governor | None = None, **gateway) -> None:
+    def __init__(self, tmp_path, *, emu_kw: dict | None = None, gov: Governor | None = None, apps: tuple = (),
+                 **gateway) -> None:
         self.emu = Emulator(tls=True, state_dir=str(tmp_path / "emu"), **(emu_kw or {})).start()
         statement = str(tmp_path / "statement.jwt")
         self.emu.write_statement(statement)
@@ -46,16 +47,23 @@ class Rig:
         self.cfg = config.defaults().replace(
             adobe={"base_url": self.emu.base_url, "ca_file": self.emu.ca_file, "software_statement": statement,
                    "timeout": 5.0}, storage={"dir": str(tmp_path / "store")}, gateway=g)
+        if apps:
+            for name in apps:
+                self.emu.write_statement(str(tmp_path / ("%s.jwt" % name)))
+            self.cfg = self.cfg.replace(app=[{"name": n, "software_statement": str(tmp_path / ("%s.jwt" % n))}
+                                             for n in apps])
         self.svc = Service(self.cfg, identity=IDENTITY, gov=gov)
-        self.svc.lc.min_token_interval = 0.2
-        self.svc.lc.refresh_report_interval = 0.0
+        for name in self.svc.apps():
+            self.svc._app(name).lc.min_token_interval = 0.2
+            self.svc._app(name).lc.refresh_report_interval = 0.0
         self.loop = Loop()
         self.gw = GatewayServer(self.svc, self.loop, self.cfg, acls=config.app_acls(self.cfg))
         self.path = self.cfg.gateway.path
 
     def start(self) -> Rig:
         self.svc.start()
-        assert self.svc.wait_token(20) is not None
+        for name in self.svc.apps():
+            assert self.svc.wait_token(20, app=name) is not None
         self.gw.start()
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
         self.thread.start()
@@ -291,3 +299,17 @@ def test_limits_head_and_body(rig):
     status, _, body = r.call("GET", "/api/v2/%s/configuration" % SP, headers={"X-Big": "a" * 4096})
     assert status == 431
     assert r.api_log() == []
+
+
+def test_a_peer_allowed_several_apps_names_one_with_x_pass_app(rig):
+    r = rig(apps=("news", "sports"))  # this test's uid is the agent's own: every application is allowed
+    status, _, body = r.call("GET", "/api/v2/%s/profiles" % SP)
+    assert status == 400 and json.loads(body)["code"] == "app_required"
+    assert "X-Pass-App" in json.loads(body)["message"]
+    assert r.call("GET", "/api/v2/%s/profiles" % SP, app="sports")[0] == 200
+    assert r.call("GET", "/api/v2/%s/profiles" % SP, app="sports")[0] == 200
+    assert r.call("GET", "/api/v2/%s/profiles" % SP, app="news")[0] == 200
+    assert r.call("GET", "/api/v2/%s/profiles" % SP, app="weather")[0] == 403
+    # Each call carried the named application's own token (its own client at the emulator).
+    per_client = sorted(v.get("protected", 0) for v in r.emu.stats()["per_client_id"].values())
+    assert per_client == [1, 2]
