@@ -1,13 +1,19 @@
 """Cold-start and idle-memory benchmark of `pass-agent run`, against a bare interpreter in the same run.
 
-Measures (median of --runs):
-- bare: a Python interpreter that starts and sends READY=1 to a NOTIFY_SOCKET (the floor);
-- agent: `pass-agent run` with a stored valid token and Adobe unreachable, from spawn to READY=1;
-- idle memory: RSS and PSS of the idle agent holding a token vs an idle bare interpreter;
-- with SoftHSM2 installed (or --no-pkcs11 to skip): the same agent with `[storage] key_provider =
+One baseline for every figure (stated in the output): BARE, a `python3 -I -c` that sends READY=1 to
+a NOTIFY_SOCKET and sleeps, run by the same interpreter with the same flags as the agent.
+Measures (median of --runs, the processes interleaved so that machine noise hits all alike):
+- box: the agent as installed on a box: the overlay of tools/build_overlay.py (zipapp with bytecode
+  for this Python, board profiles beside it) unpacked into a temp root, run as `python3 -I
+  <root>/usr/bin/pass-agent run` with a stored valid token and Adobe unreachable, spawn -> READY=1;
+- editable: the same from this source tree (`python3 -I -m agent run`, the editable install), for
+  comparison with earlier runs;
+- idle memory: RSS and PSS of each idle agent holding a token vs the idle bare interpreter;
+- with SoftHSM2 installed (or --no-pkcs11 to skip): the editable agent with `[storage] key_provider =
   "pkcs11"` (its store re-sealed by a SoftHSM2 token), spawn -> READY=1 next to the device provider in
   the same run, and `token.get` round trips of both (the token never touches the key provider).
-Targets (issue 10): READY within 150 ms; idle PSS within 10 MB of the bare interpreter.
+Targets: issue 10: READY within 150 ms, idle PSS within 10 MB of the bare interpreter (editable);
+issue 20 (as installed): READY <= 2.0x the bare interpreter, idle PSS <= bare + 6 MB.
 
 Usage: python -m tools.bench_coldstart [--runs N] [--json FILE] [--no-pkcs11]
 """
@@ -82,6 +88,20 @@ BARE = ("import os, socket, time\n"
         "time.sleep(60)\n")
 
 
+def install_box(tmp: str, board: str = "generic-linux") -> str:
+    """The agent as a box has it: the overlay tools/build_overlay.py makes for `board` (zipapp with
+    bytecode for this Python), unpacked under tmp/box; returns the path of its usr/bin/pass-agent."""
+    import tarfile
+
+    from tools import build_overlay
+
+    out, root = os.path.join(tmp, "overlay"), os.path.join(tmp, "box")
+    tarball = build_overlay.build([board], out, epoch=0, compile_pyc=True, echo=lambda *a: None)[board]
+    with tarfile.open(tarball) as tar:
+        tar.extractall(root)
+    return os.path.join(root, "usr", "bin", "pass-agent")
+
+
 def _softhsm(tmp: str) -> dict | None:
     """A SoftHSM2 token for the pkcs11 figures (its own token dir), or None when SoftHSM2 is missing."""
     import shutil
@@ -137,7 +157,10 @@ def main(argv: list | None = None) -> dict:
     args = ap.parse_args(argv)
 
     tmp, emu, cfg, cfg_path = agent_against_emulator("bench-coldstart-")
-    agent_cmd = [sys.executable, "-m", "agent", "run", "--config", cfg_path]
+    py = [sys.executable, "-I"]  # the baseline and every agent: same interpreter, same flags
+    bare_cmd = py + ["-c", BARE]
+    agent_cmd = py + ["-m", "agent", "run", "--config", cfg_path]
+    box_cmd = py + [install_box(tmp), "run", "--config", cfg_path]
 
     # Prime: register and store a token, then make Adobe unreachable.
     from agent.client import Client
@@ -160,8 +183,7 @@ def main(argv: list | None = None) -> dict:
                                            module=hsm["module"], token_label="bench", pin_file=hsm["pin"])},
                               socket={"path": os.path.join(tmp, "agent-p11.sock")})
         shutil.copytree(cfg.storage.dir, p11_cfg.storage.dir)
-        p11_cmd = [sys.executable, "-m", "agent", "run", "--config",
-                   configmod.write(p11_cfg, os.path.join(tmp, "agent-p11.toml"))]
+        p11_cmd = py + ["-m", "agent", "run", "--config", configmod.write(p11_cfg, os.path.join(tmp, "agent-p11.toml"))]
         _, p = _spawn_until_ready(p11_cmd, tmp, p11_env)  # migration device -> pkcs11 happens here
         with Client(p11_cfg.socket.path, timeout=20) as c:
             c.token(wait=15)
@@ -169,68 +191,84 @@ def main(argv: list | None = None) -> dict:
         p.wait()
     emu.stop()
 
-    bare_t, agent_t, p11_t = [], [], []
+    times: dict = {"bare": [], "box": [], "agent": [], "pkcs11": []}
+    mem: dict = {}
     gets: dict = {}
-    bare_mem = agent_mem = {}
-    for i in range(args.runs):
-        dt, p = _spawn_until_ready([sys.executable, "-c", BARE], tmp)
-        bare_t.append(dt)
-        if i == args.runs - 1:
-            time.sleep(0.5)
-            bare_mem = _mem(p.pid)
-        p.kill()
-        p.wait()
-        dt, p = _spawn_until_ready(agent_cmd, tmp)
-        agent_t.append(dt)
-        if i == args.runs - 1:
+
+    def idle(name: str, p: subprocess.Popen, settle: float) -> None:
+        if name != "bare":
             with Client(cfg.socket.path) as c:
-                assert c.health()["ready"], "the agent is not ready from its stored token"
-            time.sleep(1.0)
-            agent_mem = _mem(p.pid)
+                assert c.health()["ready"], "the %s agent is not ready from its stored token" % name
+        time.sleep(settle)
+        mem[name] = _mem(p.pid)
+
+    for i in range(args.runs):
+        last = i == args.runs - 1
+        for name, cmd in (("bare", bare_cmd), ("box", box_cmd), ("agent", agent_cmd)):
+            dt, p = _spawn_until_ready(cmd, tmp)
+            times[name].append(dt)
+            if last:
+                idle(name, p, 0.5 if name == "bare" else 1.0)
+            if name != "agent":  # the editable agent stays up for the pkcs11 token.get comparison
+                p.kill() if name == "bare" else p.terminate()
+                p.wait()
         if p11_cmd is not None:
             dt, p2 = _spawn_until_ready(p11_cmd, tmp, p11_env)
-            p11_t.append(dt)
-            if i == args.runs - 1:  # both agents up: token.get of each, interleaved
+            times["pkcs11"].append(dt)
+            if last:  # both agents up: token.get of each, interleaved
                 gets = _token_gets({"device": cfg.socket.path, "pkcs11": p11_cfg.socket.path})
             p2.terminate()
             p2.wait()
-        elif i == args.runs - 1:
+        elif last:
             gets = _token_gets({"device": cfg.socket.path})
         p.terminate()
         p.wait()
 
+    def ms(name: str) -> float:
+        return round(statistics.median(times[name]) * 1000, 1)
+
     res = {
         "runs": args.runs,
-        "bare_ready_ms": round(statistics.median(bare_t) * 1000, 1),
-        "agent_ready_ms": round(statistics.median(agent_t) * 1000, 1),
-        "bare_rss_kb": bare_mem.get("rss_kb"), "agent_rss_kb": agent_mem.get("rss_kb"),
-        "bare_pss_kb": bare_mem.get("pss_kb"), "agent_pss_kb": agent_mem.get("pss_kb"),
+        "baseline": "bare interpreter: %s -I -c BARE (sends READY=1, then sleeps)" % sys.executable,
+        "bare_cmd": bare_cmd[:-1] + ["BARE"], "box_cmd": box_cmd, "agent_cmd": agent_cmd,
+        "bare_ready_ms": ms("bare"), "box_ready_ms": ms("box"), "agent_ready_ms": ms("agent"),
+        "bare_rss_kb": mem["bare"].get("rss_kb"), "box_rss_kb": mem["box"].get("rss_kb"),
+        "agent_rss_kb": mem["agent"].get("rss_kb"),
+        "bare_pss_kb": mem["bare"].get("pss_kb"), "box_pss_kb": mem["box"].get("pss_kb"),
+        "agent_pss_kb": mem["agent"].get("pss_kb"),
     }
     res["ready_ratio"] = round(res["agent_ready_ms"] / res["bare_ready_ms"], 2)
+    res["box_ready_ratio"] = round(res["box_ready_ms"] / res["bare_ready_ms"], 2)
     res["token_get_us_device"] = round(gets["device"], 1)
-    if p11_t:
-        res["pkcs11_ready_ms"] = round(statistics.median(p11_t) * 1000, 1)
+    if times["pkcs11"]:
+        res["pkcs11_ready_ms"] = ms("pkcs11")
         res["pkcs11_vs_device_ratio"] = round(res["pkcs11_ready_ms"] / res["agent_ready_ms"], 2)
         res["token_get_us_pkcs11"] = round(gets["pkcs11"], 1)
     if res["agent_pss_kb"] is not None and res["bare_pss_kb"] is not None:
         res["pss_delta_mb"] = round((res["agent_pss_kb"] - res["bare_pss_kb"]) / 1024, 2)
+        res["box_pss_delta_mb"] = round((res["box_pss_kb"] - res["bare_pss_kb"]) / 1024, 2)
     res["targets"] = {"agent_ready_ms <= 150": res["agent_ready_ms"] <= 150,
-                      "pss_delta_mb <= 10": res.get("pss_delta_mb", 99) <= 10}
-    print("cold start and idle memory (median of %d runs)" % args.runs)
-    print("%-34s %12s %12s %8s" % ("figure", "bare python", "pass-agent", "ratio"))
-    print("%-34s %12.1f %12.1f %8.2f" % ("spawn -> READY=1 (ms)", res["bare_ready_ms"], res["agent_ready_ms"],
-                                          res["ready_ratio"]))
-    if p11_t:
-        print("%-34s %12.1f %12.1f %8.2f" % ("READY=1, key provider device vs pkcs11", res["agent_ready_ms"],
+                      "pss_delta_mb <= 10": res.get("pss_delta_mb", 99) <= 10,
+                      "box_ready_ratio <= 2.0": res["box_ready_ratio"] <= 2.0,
+                      "box_pss_delta_mb <= 6": res.get("box_pss_delta_mb", 99) <= 6}
+    print("cold start and idle memory (median of %d runs, interleaved)" % args.runs)
+    print("baseline: " + res["baseline"])
+    print("box:      %s -I <overlay root>/usr/bin/pass-agent run (zipapp with bytecode, as installed)" % sys.executable)
+    print("editable: %s -I -m agent run (this source tree)" % sys.executable)
+    print("%-38s %10s %10s %10s %8s" % ("figure", "bare", "box", "editable", "box/bare"))
+    print("%-38s %10.1f %10.1f %10.1f %8.2f" % ("spawn -> READY=1 (ms)", res["bare_ready_ms"], res["box_ready_ms"],
+                                                 res["agent_ready_ms"], res["box_ready_ratio"]))
+    print("%-38s %10s %10s %10s" % ("idle RSS (kB)", res["bare_rss_kb"], res["box_rss_kb"], res["agent_rss_kb"]))
+    print("%-38s %10s %10s %10s %8s" % ("idle PSS (kB)", res["bare_pss_kb"], res["box_pss_kb"], res["agent_pss_kb"],
+                                        ("+%.2f MB" % res["box_pss_delta_mb"]) if "box_pss_delta_mb" in res else ""))
+    if times["pkcs11"]:
+        print("%-38s %10.1f %10.1f %8.2f" % ("READY=1 (ms), key provider device/pkcs11", res["agent_ready_ms"],
                                               res["pkcs11_ready_ms"], res["pkcs11_vs_device_ratio"]))
-        print("%-34s %12.1f %12.1f %8.2f" % ("token.get round trip (us) dev/pkcs11", res["token_get_us_device"],
+        print("%-38s %10.1f %10.1f %8.2f" % ("token.get round trip (us) dev/pkcs11", res["token_get_us_device"],
                                               res["token_get_us_pkcs11"],
                                               res["token_get_us_pkcs11"] / res["token_get_us_device"]))
     else:
         print("(pkcs11 figures skipped: SoftHSM2 or python-pkcs11 missing, or --no-pkcs11)")
-    print("%-34s %12s %12s %8s" % ("idle RSS (kB)", res["bare_rss_kb"], res["agent_rss_kb"], ""))
-    print("%-34s %12s %12s %8s" % ("idle PSS (kB)", res["bare_pss_kb"], res["agent_pss_kb"],
-                                   ("+%.2f MB" % res["pss_delta_mb"]) if "pss_delta_mb" in res else ""))
     for k, v in res["targets"].items():
         print("target %-28s %s" % (k, "met" if v else "MISSED"))
     if args.json:
