@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "([[app]] name; needed when several are configured)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    p = sub.add_parser("keys", help="the store's key provider: status, accept-rollback (docs/SECURITY.md)",
+                       add_help=False, description="The store's key provider (python3 -m agent.keys).")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("console-hash", help="make a console.password_hash value", add_help=False,
                        description="Hash a console password for [console] password_hash.")
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -188,13 +192,17 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _forwarded(argv: list[str]) -> int | None:
-    """`emulator` and `console-hash` own their arguments: hand them over before argparse sees them."""
-    if not argv or argv[0] not in ("emulator", "console-hash"):
+    """`emulator`, `console-hash` and `keys` own their arguments: hand them over before argparse sees them."""
+    if not argv or argv[0] not in ("emulator", "console-hash", "keys"):
         return None
     from agent import commands
 
     if argv[0] == "emulator":
         return commands.emulator_command(argv[1:])
+    if argv[0] == "keys":
+        from agent.keys.__main__ import main as keys_main
+
+        return keys_main(argv[1:], prog="pass-agent keys")
     return commands.console_hash_command(argv[1:], sys.stdin, sys.stdout)
 
 

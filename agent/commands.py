@@ -105,8 +105,21 @@ def reset(args: Any) -> int:
                  ", ".join(names)), file=sys.stderr)
         return 2
     ident = boards.identify_for(cfg.device)
-    return reset_command(app_storage_dir(storage_dir(cfg, ident["board"]), app), ident["device_id"], args.yes,
-                         sys.stdin, sys.stdout, runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app))
+    directory = app_storage_dir(storage_dir(cfg, ident["board"]), app)
+    keys = None
+    if cfg.storage.key_provider != "device" or cfg.storage.anchor_dir:
+        # The configured provider opens the slots, so reset can say what it removes; when it cannot
+        # (token missing, wrong PIN) the store is still removable, only not described.
+        from agent import keys as keyproviders
+        from agent.errors import AgentError
+
+        try:
+            keys = keyproviders.keyset(cfg.storage, ident["device_id"], directory)
+        except AgentError as e:
+            print("pass-agent reset: the %s key provider is unavailable (%s); the store can still be removed"
+                  % (cfg.storage.key_provider, e.code), file=sys.stderr)
+    return reset_command(directory, ident["device_id"], args.yes, sys.stdin, sys.stdout,
+                         runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app), keys=keys)
 
 
 def console_hash(args: Any) -> int:
@@ -318,7 +331,7 @@ def _describe(store: Any, state: dict | None) -> str:
 
 
 def reset_command(storage_dir: str, device_id: str, assume_yes: bool, inp, out, *,
-                  runtime_dir: str | None = None) -> int:
+                  runtime_dir: str | None = None, keys: Any = None) -> int:
     """`pass-agent reset`: confirm, then overwrite and unlink the stored credentials.
 
     Exit codes: 0 removed (or nothing to remove), 1 cancelled or failed (message on out).
@@ -337,7 +350,8 @@ def reset_command(storage_dir: str, device_id: str, assume_yes: bool, inp, out, 
     quiet.propagate = False
     if not quiet.handlers:
         quiet.addHandler(logging.NullHandler())
-    store = Store(storage_dir, device_id or "unknown-device", token_cache="runtime", runtime_dir=rd, log=quiet)
+    store = Store(storage_dir, device_id or "unknown-device", token_cache="runtime", runtime_dir=rd, log=quiet,
+                  keys=keys)
     try:
         store.open()
     except StoreError as e:

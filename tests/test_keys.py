@@ -384,3 +384,15 @@ def test_the_operator_command_shows_the_store_and_accepts_a_rollback(tmp_path, s
     r = run("accept-rollback")
     assert r.returncode == 0 and "not rolled back" in r.stdout
     assert "client client-1" in run("status").stdout
+
+
+def test_pass_agent_keys_is_the_operator_command(tmp_path, capsys):
+    # `pass-agent keys ...` is `python3 -m agent.keys ...` (docs/SECURITY.md, Rollback): same parser.
+    from agent import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["keys", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pass-agent keys") and "accept-rollback" in out
+    assert cli.main(["keys", "--config", str(tmp_path / "missing.toml"), "status"]) == 2

@@ -267,3 +267,28 @@ def test_a_reset_store_starts_above_the_counter(tmp_path, hsm):
     s.close()
     keys.close_all()
     assert opened(st).load() == make_state(11)
+
+
+def test_reset_describes_and_removes_a_token_sealed_store(tmp_path, hsm):
+    import io
+
+    from agent.commands import reset_command
+
+    st = storage(tmp_path)
+    s = opened(st)
+    s.load()
+    s.save(make_state(12, 1))
+    s.close()
+    keys.close_all()
+    # Without the provider the store is still removable, but reset cannot say what it holds.
+    out = io.StringIO()
+    assert reset_command(st.dir, DEV, False, io.StringIO("no\n"), out, runtime_dir=str(tmp_path / "run")) == 1
+    assert "key_unavailable" in out.getvalue()
+    # With the configured provider (what `pass-agent reset` passes) it names the client and removes it.
+    out = io.StringIO()
+    rc = reset_command(st.dir, DEV, False, io.StringIO("yes\n"), out, runtime_dir=str(tmp_path / "run"),
+                       keys=keys.keyset(st, DEV, st.dir))
+    assert rc == 0, out.getvalue()
+    assert "client id client-1…" in out.getvalue() and "key_unavailable" not in out.getvalue()
+    assert SECRET not in out.getvalue()
+    assert not [n for n in os.listdir(st.dir) if n in SLOT_NAMES]

@@ -34,12 +34,12 @@ def _stores(cfg, ident) -> list:
     return out
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, prog: str = "python3 -m agent.keys") -> int:
     from agent import boards
     from agent import config as configmod
     from agent.errors import AgentError, StoreError
 
-    p = argparse.ArgumentParser(prog="python3 -m agent.keys", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="config file (default: $PASS_AGENT_CONFIG or /etc/pass-agent/agent.toml)")
     p.add_argument("command", choices=("status", "accept-rollback"))
     args = p.parse_args(argv)
