@@ -113,8 +113,8 @@ class _Conn(runner.Sink):
         self.busy = False
         self.chunked = False
         self.last = _now()
-        if self.http.our_state is h11.MUST_CLOSE or self.http.their_state is h11.MUST_CLOSE:
-            self.srv._close_after_flush(self)
+        if self.http.our_state is h11.MUST_CLOSE or self.http.their_state is h11.MUST_CLOSE or not self.apps:
+            self.srv._close_after_flush(self)  # not self.apps: a reload took every application from this peer
             return
         try:
             self.http.start_next_cycle()
@@ -287,11 +287,7 @@ class GatewayServer:
                     "its head exceeds [gateway] max_header_bytes" if status == 431 else dcr_safe(str(e))),
                     "send a plain HTTP/1.1 request, e.g. curl --unix-socket PATH http://localhost/api/v2/..."))
                 return
-            if ev is h11.NEED_DATA:
-                if conn.http.their_state is h11.DONE:
-                    return
-                return
-            if ev is h11.PAUSED:
+            if ev is h11.NEED_DATA or ev is h11.PAUSED:
                 return
             if isinstance(ev, h11.Request):
                 conn.req, conn.body, conn.too_big = ev, [], 0
