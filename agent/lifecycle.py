@@ -99,13 +99,24 @@ Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures eve
 - Throttled (429): Adobe's bucket is per public address, so a 429 means "the address is busy",
   and a box behind a crowded carrier NAT shares it with up to thousands of others that all
   started at the same moment (a power cut). The retry is drawn from U(0, W), at least 1 s
-  (Adobe's minimum), with W = `throttle_spread` (0.25) x the time the current 429 streak has
-  lasted, at least `throttle_min` (3 s), capped at `throttle_cap`: a box that has been refused
+  (Adobe's minimum), with W = `throttle_spread` (0.03) x the time the current 429 streak has
+  lasted, at least `throttle_min` (1 s), capped at `throttle_cap`: a box that has been refused
   for 10 minutes is in a queue that needs tens of minutes, so it spreads its retries over that
   time. Because every box of a crowd sees the same elapsed time, the crowd's retries track the
-  queue without any message between boxes (time-to-all-tokens within ~1.2x of the throttle's
-  floor, where plain exponential backoff needs 3-25x). Any other answer ends a streak.
-  (`throttle_spread=None` selects plain exponential windows, x `throttle_growth` per 429.)
+  queue without any message between boxes. Any other answer ends a streak. (`throttle_spread=None`
+  selects plain exponential windows, x `throttle_growth` per 429; `throttle_first`, default
+  None, gives a streak's first retry a window of its own: measured, not used.)
+  Why so tight (issue 20, docs/FLEET.md): Adobe's burst of 10 is a one-time allowance and its
+  bucket then holds at most one token, so a second in which no box of the address asks is lost
+  for good; the crowd must keep asking about every second until the last box is served. The
+  shell's governor (agent/governor.py) pauses the box for a draw from the same window. Measured
+  in tools/fleetsim.py (every box behind its governor, Adobe's one-time burst, 20,000 boxes):
+  time to all tokens 1.00-1.31x the floor at 1-20, 50, 100 and 1000 boxes per address (the
+  target: max(1.3x, the floor + 5 s)), at the price of 73 % / 97 % / 99 % of requests answered
+  429 at 10 / 100 / 1000 per address (0.25 x elapsed, at least 3 s, the old defaults tuned on a
+  bucket that banks idle seconds: 2.0x / 1.9x the floor). A search over this family
+  (tools/fleetsearch.py) found no policy in time with fewer than 72 % / 94 % 429s at 10 / 100;
+  issue 20's 40 / 90 / 95 % are not reached (docs/FLEET.md says why).
 - A registration that succeeds during a 429 streak is followed by its token request after 1 s
   (`token_spread` x W, at least 1 s): a box half-way through should finish first, so that few
   boxes still need two requests when the queue runs dry. The streak goes on.
@@ -250,12 +261,13 @@ class Lifecycle:
     def __init__(self, *, refresh_at: float = 0.8, jitter: float = 0.1,
                  random: Callable[[], float] | None = None, backoff_base: float = 1.0,
                  backoff_cap: float = 300.0, throttle_growth: float = 4.0, throttle_cap: float = 3600.0,
-                 throttle_spread: float | None = 0.25, throttle_min: float = 3.0, token_spread: float = 0.0,
+                 throttle_spread: float | None = 0.03, throttle_min: float = 1.0, token_spread: float = 0.0,
                  holder_yield: float = 0.5, expiry_margin: float = 60.0, outage_cap: float = 60.0,
                  operator_retry: float = 3600.0, refresh_report_interval: float = 30.0,
                  register_report_interval: float = 900.0, register_report_uid_interval: float = 21600.0,
                  register_report_daily: int = 4, min_token_interval: float = 30.0,
-                 undocumented_count: int = 3, undocumented_span: float = 600.0) -> None:
+                 undocumented_count: int = 3, undocumented_span: float = 600.0,
+                 throttle_first: float | None = None) -> None:
         self.refresh_at = refresh_at
         self.jitter = jitter
         self.random = random or _random.random
@@ -268,6 +280,7 @@ class Lifecycle:
         self.expiry_margin = expiry_margin
         self.token_spread = token_spread
         self.throttle_min = throttle_min
+        self.throttle_first = throttle_first
         self.outage_cap = outage_cap
         self.operator_retry = operator_retry
         self.refresh_report_interval = refresh_report_interval
@@ -504,7 +517,9 @@ class Lifecycle:
         if err.code == THROTTLED:
             if self.throttled == 0:
                 self.throttled_since = now
-            if self.throttle_spread is not None:
+            if self.throttled == 0 and self.throttle_first is not None:
+                w = self.throttle_first  # the streak's first retry (see 'Backoff policy')
+            elif self.throttle_spread is not None:
                 w = self.throttle_spread * (now - self.throttled_since)
             else:
                 w = self.backoff_base * self.throttle_growth ** min(self.throttled, 30)

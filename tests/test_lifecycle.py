@@ -627,11 +627,26 @@ def test_throttle_window_grows_with_the_time_the_streak_has_lasted():
 def test_the_first_retries_after_a_429_spread_over_the_minimum_window():
     early = []
     for seed in range(40):
-        box = Box(upstream=lambda op, b: THROTTLED(), seed=seed)
+        box = Box(upstream=lambda op, b: THROTTLED(), seed=seed, throttle_min=3.0)
         box.run_for(8.0)
         early += box.gaps()
     assert min(early) >= 1.0 and max(early) <= 3.0 + 1e-9
     assert max(early) > 2.5  # the 3 s minimum window is used, not a fixed 1 s
+
+
+def test_by_default_a_crowd_keeps_asking_every_second_then_spreads_with_the_streak():
+    # Issue 20: Adobe's bucket holds one token after its one-time burst, so an idle second is lost;
+    # the defaults retry at Adobe's 1 s minimum (never sooner) until 0.03 x the streak exceeds it.
+    box = Box(upstream=lambda op, b: THROTTLED(), seed=7)
+    box.run_for(600.0)
+    times = [r[0] for r in box.requests]
+    start = times[0]
+    gaps = [(a - start, b - a) for a, b in zip(times, times[1:])]
+    assert all(g >= 1.0 for _, g in gaps)
+    assert all(g == 1.0 for age, g in gaps if age < 1.0 / 0.03)
+    assert all(g <= max(1.0, 0.03 * age) + 1e-6 for age, g in gaps)
+    assert max(g for age, g in gaps if age > 300) > 4.0  # the window grows with the streak
+    assert box.ops("register", "ok") == []  # never re-registers on 429
 
 
 def test_after_a_throttled_registration_the_token_request_follows_after_one_second():

@@ -16,9 +16,9 @@ def test_city_herd_small_fleet_near_the_floor_with_far_fewer_requests_than_naive
     r = fleetsim.run_scenario(fleetsim.scenario_city(1000, 100), seed=3, naive_sample=1)
     a, n, f = r["agent"], r["naive"], r["floor"]
     assert a["gave_up"] == 0 and a["devices"] == 1000
-    assert f["time_to_all_s"] == 190.5
-    assert a["time_to_all_s"] <= 1.5 * f["time_to_all_s"]
-    assert a["requests_per_device"] * 2 < n["requests_per_device"]
+    assert f["time_to_all_s"] == 190.3  # one-time burst: 10 registers at once, then 190 requests 1 s apart
+    assert a["time_to_all_s"] <= r["time_allowed_s"] == pytest.approx(1.3 * 190.3)
+    assert a["requests_per_device"] < n["requests_per_device"]
     assert r["curves"]["agent"][-1][1] == 1000
 
 
@@ -49,30 +49,65 @@ def test_outage_and_revocation_recover_every_box(tmp_path):
     assert [r["scenario"] for r in data["results"]] == ["city", "city", "outage", "revocation"] + ["apps"] * 4
     assert [(r["ratio"], r["apps"]) for r in data["results"][4:]] == [(1, 1), (1, 3), (5, 1), (5, 3)]
     assert all("ungoverned" in r for r in data["results"][4:])
-    assert data["governor"]["burst"] == 10 and data["governed_policy"]["throttle_spread"] == 0.05
+    assert data["governor"]["burst"] == 10 and data["model"]["bucket"] == "one-time"
     assert svg_apps.read_text().count("<polyline") == 16   # floor, naive, ungoverned, agent per panel
     assert all(r["agent"]["gave_up"] == 0 for r in data["results"])
-    assert data["policy"]["throttle_spread"] == 0.25 and data["policy"]["outage_cap"] == 60.0
+    assert data["policy"]["throttle_spread"] == 0.03 and data["policy"]["outage_cap"] == 60.0
     for r in data["results"]:
         # No client in the run gets fewer 429s than the lower bound while meeting the time target.
         for who in ("agent", "naive"):
-            if r[who]["time_to_all_s"] is not None and r[who]["time_to_all_s"] <= 1.3 * r["floor"]["time_to_all_s"]:
+            if r[who]["time_to_all_s"] is not None and r[who]["time_to_all_s"] <= r["time_allowed_s"]:
                 assert r[who]["share_429"] >= r["share_429_floor"]
     out = [r for r in data["results"] if r["scenario"] == "outage"][0]["agent"]
     assert 60 <= out["down_req_per_hour_without_token"] <= 160  # ~120: the outage cap's bounded load
     assert out["down_req_per_hour_with_token"] < 10
-    assert svg.read_text().startswith("<svg") and svg.read_text().count("<polyline") == 12
+    # city panels for 1, 10, 20, 100 and 1000 per address only (here 1), then outage and revocation
+    assert svg.read_text().startswith("<svg") and svg.read_text().count("<polyline") == 9
 
 
 def test_the_429_floor_follows_from_the_first_wave():
-    # R boxes, register + token each: at most 10 requests get through by 0.525 s, at most 5 of them
-    # token requests, so at least R - 5 are refused; at most 10 + 1.3 x floor succeed in time.
+    # R boxes, register + token each. Alone a box may take 0.5 s + 5 s, so the first wave reaches
+    # Adobe by 5.375 s: at most 10 + 5 requests get through by then, at most 7 of them token
+    # requests, so at least R - 7 are refused; exactly 2 R requests are admitted in all.
     city = fleetsim.scenario_city
     assert fleetsim.floor_429(city(100, 1), 0.5) == 0.0
-    assert fleetsim.floor_429(city(100, 5), 0.5) == 0.0
-    assert abs(fleetsim.floor_429(city(100, 10), 10.5) - 5 / (5 + 23)) < 1e-9
-    assert abs(fleetsim.floor_429(city(1000, 1000), 1990.5) - 995 / (995 + 2597)) < 1e-9
+    assert fleetsim.floor_429(city(100, 7), 4.5) == 0.0
+    assert fleetsim.floor_429(city(100, 10), 10.25) == pytest.approx(3 / (3 + 20))
+    assert fleetsim.floor_429(city(1000, 1000), 1990.25) == pytest.approx(993 / (993 + 2000))
     assert fleetsim.floor_429(fleetsim.scenario_outage(1000, 1000), 200.0) == 0.0
+    # The elapsed-time reference is at least the first-wave bound and grows with the queue.
+    refs = [fleetsim.elapsed_429_ref(city(1000, r), fleetsim.floor_one_time(r)[-1]) for r in (10, 100, 1000)]
+    assert refs[0] >= fleetsim.floor_429(city(100, 10), 10.25) and refs[0] < refs[1] < refs[2] < 1.0
+
+
+def test_the_time_target_is_the_larger_of_1_3x_and_the_floor_plus_5_s():
+    assert fleetsim.time_target(fleetsim.scenario_city(10, 10), 10.25) == pytest.approx(15.25)
+    assert fleetsim.time_target(fleetsim.scenario_city(10, 10), 100.0) == pytest.approx(130.0)
+    assert fleetsim.time_target(fleetsim.scenario_outage(10, 10), 10.0) == pytest.approx(13.0)
+
+
+def test_every_scenario_runs_against_adobes_one_time_burst_unless_asked(capsys):
+    assert fleetsim.scenario_city(10, 10)["bucket"] == "one-time"
+    assert fleetsim.scenario_outage(10, 10)["bucket"] == "one-time"
+    assert fleetsim.scenario_revocation(10, 10)["bucket"] == "one-time"
+    # The city floor under the one-time burst: 10 registers at once, then one request per second.
+    sc = fleetsim.scenario_city(100, 10)
+    a, served, _, totals = fleetsim.run_case(sc, "agent", 1)
+    assert fleetsim.floor_case(sc, totals, served)[0]["time_to_all_s"] == 10.3
+    assert fleetsim.main(["--scenario", "city", "--devices", "20", "--ratios", "10", "--bucket", "refill"]) == 0
+    assert "REFILLING up to the burst" in capsys.readouterr().out
+    assert fleetsim.BUCKET[0] == "refill"
+    fleetsim.BUCKET[0] = "one-time"
+
+
+def test_the_herd_gets_its_tokens_in_time_at_every_small_crowd_size():
+    # Issue 20: time to all tokens within max(1.3x the floor, the floor + 5 s) at every crowd size,
+    # against Adobe's one-time burst, behind each box's governor. The defaults before issue 20
+    # (0.25 x the streak, at least 3 s) took 2x the floor at 10 per address.
+    for ratio in (6, 8, 10, 13, 16, 20):
+        r = fleetsim.run_scenario(fleetsim.scenario_city(40 * ratio, ratio), seed=2, naive_sample=1)
+        assert r["agent"]["gave_up"] == 0
+        assert r["agent"]["time_to_all_s"] <= r["time_allowed_s"], (ratio, r["agent"], r["floor"])
 
 
 def test_the_recovery_floor_serves_lacking_boxes_first_then_by_expiry():
@@ -83,6 +118,9 @@ def test_the_recovery_floor_serves_lacking_boxes_first_then_by_expiry():
     assert (1.0, -1) in events and requests == 13
     assert sum(d for _, d in events) == 12
     assert fleetsim.floor_recovery(0, [5000.0]) == (0.0, [], 0)
+    # Under Adobe's one-time burst an address that used Adobe before the outage holds one token:
+    # the 12 lacking boxes are served 1 s apart from the first.
+    assert fleetsim.floor_recovery(12, [], tokens=1.0)[0] == 11.0 + fleetsim.RTT[1]
 
 
 def test_a_client_acting_for_ever_at_one_instant_fails_loudly(monkeypatch):
@@ -98,7 +136,7 @@ def test_a_client_acting_for_ever_at_one_instant_fails_loudly(monkeypatch):
 
     monkeypatch.setattr(lifecycle, "Lifecycle", Spinning)
     with pytest.raises(RuntimeError, match=r"stuck at t=[0-9.]+ s: 10000 events without time moving"):
-        fleetsim.run_case(fleetsim.scenario_city(3, 3), "agent", seed=1)
+        fleetsim.run_case(fleetsim.scenario_city(3, 3), "agent-ungoverned", seed=1)
 
 
 # ------------------------------------------------------------------ several applications per box (issue 16)
@@ -121,11 +159,11 @@ def test_the_one_time_burst_floor_waits_for_tokens_to_follow_their_registers():
 def test_the_429_bound_for_boxes_with_several_applications():
     apps = fleetsim.scenario_apps
     assert fleetsim.floor_429(apps(10, 1, 6), 2.5) == 0.0
-    # 3 apps (all fit the burst alone): 30 first-wave registers, at most 5 admitted -> 25 refused;
-    # 10 + 1.3 x 50.25 = 75 admissions in time.
-    assert fleetsim.floor_429(apps(100, 10, 3), 50.25) == pytest.approx(25 / 100)
-    # 6 apps: alone the box must empty the burst by 1.125 s, at least 5 of it registers: 50 - 11.
-    assert fleetsim.floor_429(apps(100, 10, 6), 110.25) == pytest.approx(39 / (39 + 153))
+    # 3 apps (all fit the burst alone): 30 first-wave registers, at most 7 tokens admitted with them
+    # by 5.375 s -> 23 refused; 60 requests admitted in all.
+    assert fleetsim.floor_429(apps(100, 10, 3), 50.25) == pytest.approx(23 / (23 + 60))
+    # 6 apps: alone the box must empty the burst by 5.375 s, at least 5 of it registers: 50 - 15.
+    assert fleetsim.floor_429(apps(100, 10, 6), 110.25) == pytest.approx(35 / (35 + 120))
 
 
 def test_a_box_with_six_applications_alone_never_gets_a_429_and_beats_six_agents(monkeypatch):
@@ -144,7 +182,7 @@ def test_a_box_with_six_applications_alone_never_gets_a_429_and_beats_six_agents
     assert a["devices"] == 120 and a["gave_up"] == 0 and r["floor"]["time_to_all_s"] == 2.5
     assert a["share_429"] == 0.0 and a["requests_per_device"] == 2.0
     assert a["time_to_all_s"] <= 1.3 * 2.5
-    assert u["share_429"] > 0.1 and u["time_to_all_s"] > 2 * 2.5        # six agents collide in 429s
+    assert u["share_429"] > 0.1 and u["time_to_all_s"] > a["time_to_all_s"]  # six agents collide in 429s
 
 
 def test_crowded_boxes_with_several_applications_stay_near_the_floor(monkeypatch):
@@ -160,11 +198,11 @@ def test_crowded_boxes_with_several_applications_stay_near_the_floor(monkeypatch
     r = fleetsim.run_scenario(fleetsim.scenario_apps(60, 10, 6), seed=3, naive_sample=1)
     a, u = r["agent"], r["ungoverned"]
     assert a["devices"] == 360 and a["gave_up"] == 0 and u["gave_up"] == 0
-    assert a["time_to_all_s"] <= 1.3 * r["floor"]["time_to_all_s"]
+    assert a["time_to_all_s"] <= r["time_allowed_s"]
     assert a["time_to_all_s"] < u["time_to_all_s"] and a["requests_per_device"] < u["requests_per_device"]
     assert a["share_429"] >= r["share_429_floor"]
     governed = made[:360]   # the governed run comes first; every application ends with a token
-    assert all(lc.state == lifecycle.TOKEN_VALID and lc.throttle_spread == 0.05 for lc in governed)
+    assert all(lc.state == lifecycle.TOKEN_VALID and lc.throttle_spread == 0.03 for lc in governed)
 
 
 def test_the_simulated_addresses_never_refuse_what_a_lone_governor_grants():
