@@ -30,10 +30,15 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+# SHA-256 from CPython's built-in module: hashlib would load the system's OpenSSL (~1 MB of PSS and
+# ~6 ms at every start, docs/bench/weight.txt) for a hash the interpreter already carries.
+try:
+    from _sha256 import sha256 as _sha256
+except ImportError:  # pragma: no cover
+    try:
+        from _sha2 import sha256 as _sha256  # CPython 3.12+
+    except ImportError:
+        from hashlib import sha256 as _sha256  # other builds
 
 KEY_SIZE = 32
 CHECK_SIZE = 8
@@ -108,17 +113,41 @@ class WrongKey(Exception):
     """The sealed store key was not sealed by this provider's key (another token or box)."""
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) over the built-in SHA-256 (the hmac module imports OpenSSL's _hashlib)."""
+    if len(key) > 64:
+        key = _sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return _sha256(key.translate(_OPAD) + _sha256(key.translate(_IPAD) + msg).digest()).digest()
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 (RFC 5869): the store's key derivation, byte-identical to cryptography's HKDF
+    (tests/test_sealing_light.py checks RFC 5869's vectors and cryptography's own output)."""
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 gives 1 to 8160 bytes, not %d" % length)
+    prk = _hmac_sha256(salt or bytes(32), ikm)
+    out, block, i = b"", b"", 0
+    while len(out) < length:
+        i += 1
+        block = _hmac_sha256(prk, block + info + bytes((i,)))
+        out += block
+    return out[:length]
+
+
 def derive_key(device_id: str, salt: bytes) -> tuple[bytes, bytes]:
     """(AES-256 key, 8-byte key check) for this device identifier and store salt."""
-    okm = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE + CHECK_SIZE, salt=salt, info=_HKDF_INFO).derive(
-        device_id.encode("utf-8"))
+    okm = hkdf_sha256(device_id.encode("utf-8"), salt, _HKDF_INFO, KEY_SIZE + CHECK_SIZE)
     return okm[:KEY_SIZE], okm[KEY_SIZE:]
 
 
 def derive_from_store_key(store_key: bytes, salt: bytes, provider: str) -> tuple[bytes, bytes]:
     """(slot key, key check) from a hardware provider's unsealed store key K."""
-    okm = HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE + CHECK_SIZE, salt=salt,
-               info=_HKDF_INFO_V2 + provider.encode("ascii")).derive(store_key)
+    okm = hkdf_sha256(store_key, salt, _HKDF_INFO_V2 + provider.encode("ascii"), KEY_SIZE + CHECK_SIZE)
     return okm[:KEY_SIZE], okm[KEY_SIZE:]
 
 
@@ -274,14 +303,39 @@ class KeySet:
             p.close()
 
 
+_aesgcm_class: Any = None
+
+
+def aesgcm() -> Any:
+    """cryptography's AESGCM class, loaded at the first seal or open. Taken from the compiled binding
+    when it has one (cryptography >= 42: the public class *is* that object), which skips
+    cryptography's Python layers (typing, enum, re and the cipher registries: ~8 ms at start,
+    docs/bench/weight.txt); older releases through the public module. Raises ImportError without
+    cryptography (agent/cli.py checks before `run` starts)."""
+    global _aesgcm_class
+    if _aesgcm_class is None:
+        try:
+            from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+
+            cls = _rust_openssl.aead.AESGCM
+        except (ImportError, AttributeError):
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM as cls
+        _aesgcm_class = cls
+    return _aesgcm_class
+
+
 def encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
     """AES-256-GCM ciphertext with its 16-byte tag appended."""
-    return AESGCM(key).encrypt(nonce, plaintext, associated)
+    return aesgcm()(key).encrypt(nonce, plaintext, associated)
 
 
 def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
     """The plaintext; raises Damaged when the tag does not authenticate ciphertext and associated data."""
     try:
-        return AESGCM(key).decrypt(nonce, ciphertext, associated)
-    except InvalidTag:
-        raise Damaged("authentication tag mismatch") from None
+        return aesgcm()(key).decrypt(nonce, ciphertext, associated)
+    except Exception as e:
+        from cryptography.exceptions import InvalidTag  # only on failure: it imports typing
+
+        if isinstance(e, InvalidTag):
+            raise Damaged("authentication tag mismatch") from None
+        raise
