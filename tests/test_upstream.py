@@ -1,17 +1,19 @@
 """The box-wide upstream governor is configurable (issue 16): `[upstream]` in the configuration file,
 validated with clear errors, wired into the service's governor, paced as configured against the
-emulator (virtual clock: the emulator and the service read the same variable), re-tuned by SIGHUP."""
+emulator (virtual clock: the emulator and the service read the same variable), re-tuned by SIGHUP;
+and the service's lifecycles use the policy the fleet simulation measures for governed boxes."""
 
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import os
 import signal
 
 import pytest
 
-from agent import config, governor
+from agent import config, governor, lifecycle
 from agent.client import Client
 from agent.emulator import Emulator
 from agent.emulator.throttle import Throttle
@@ -256,6 +258,61 @@ def test_daemon_paces_at_the_configured_rate_and_sighup_retunes_it(tmp_path, emu
         assert agent.stop() == 0
     finally:
         agent.kill()
+
+
+# ------------------------------------------------------------------ the box runs what the fleet simulation measures
+
+POLICY_KEYS = [p for p in inspect.signature(lifecycle.Lifecycle.__init__).parameters if p not in ("self", "random")]
+
+
+def _policy(lc: lifecycle.Lifecycle) -> dict:
+    return {k: getattr(lc, k) for k in POLICY_KEYS}
+
+
+def _fleetsim_governed_lifecycles(monkeypatch) -> list[lifecycle.Lifecycle]:
+    """The lifecycles tools/fleetsim.py builds for a box of several applications behind its governor."""
+    from tools import fleetsim
+
+    made = []
+
+    class Recording(fleetsim.AgentClient):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            made.append(self.lc)
+
+    monkeypatch.setattr(fleetsim, "AgentClient", Recording)
+    fleetsim.run_case(fleetsim.scenario_apps(1, 1, 2), "agent", seed=1)
+    assert len(made) == 2
+    return made
+
+
+def test_policy_keys_are_lifecycle_attributes():
+    lc = lifecycle.Lifecycle()
+    assert POLICY_KEYS and all(hasattr(lc, k) for k in POLICY_KEYS)
+
+
+def test_service_lifecycles_use_the_fleet_simulations_governed_policy(monkeypatch, tmp_path):
+    # Every policy setting of every lifecycle the service builds for several applications behind its
+    # governor equals what tools/fleetsim.py runs for such boxes (it measures with GOVERNED_POLICY
+    # over the lifecycle's defaults): a tuning measured there and not shipped, or the reverse, fails here.
+    sim = _fleetsim_governed_lifecycles(monkeypatch)
+    apps = []
+    for n in ("news", "sport"):
+        p = tmp_path / ("%s.jwt" % n)
+        p.write_text(_statement("com.example." + n))
+        apps.append({"name": n, "software_statement": str(p)})
+    svc = _svc(config.defaults().replace(app=apps))
+    try:
+        want = _policy(sim[0])
+        assert all(_policy(lc) == want for lc in sim)
+        for a in svc._apps.values():
+            got = _policy(a.lc)
+            drift = {k: (got[k], want[k]) for k in POLICY_KEYS if got[k] != want[k]}
+            assert not drift, ("application %s: the service's lifecycle policy differs from what tools/fleetsim.py "
+                               "measures for governed boxes, {setting: (service, fleetsim)}: %r; ship the measured "
+                               "tuning as agent/lifecycle.py's defaults or a preset the service uses" % (a.name, drift))
+    finally:
+        svc.stop()
 
 
 # ------------------------------------------------------------------ the shipped configuration file
