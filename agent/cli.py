@@ -11,9 +11,11 @@ Must never: print a traceback for an expected failure, or a secret outside `toke
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import argparse  # imported by build_parser only: `run` never needs it (issue 20, start-up time)
 
 from agent import __version__
 
@@ -44,7 +46,9 @@ def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info
             missing.append("tomli")
     if command in _NEEDS_CRYPTO:
         try:
-            from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: F401
+            from agent.sealing import aesgcm
+
+            aesgcm()  # the compiled AES-GCM the store uses, loaded as `run` loads it
         except ImportError:
             missing.append("cryptography")
     if missing:
@@ -81,6 +85,8 @@ def has_emulator() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     emulator = has_emulator()
     parser = argparse.ArgumentParser(
         prog="pass-agent",
@@ -206,6 +212,22 @@ def _forwarded(argv: list[str]) -> int | None:
     return commands.console_hash_command(argv[1:], sys.stdin, sys.stdout)
 
 
+def _run_config(argv: list[str]) -> tuple | None:
+    """(config path or None,) when argv is `run` with at most its --config/-c option, the way the
+    unit starts the daemon: parsed by hand, since argparse with its help formatter costs the box
+    ~6 ms of start-up (docs/bench/weight.txt). Anything else (--help, a typo) goes to argparse."""
+    if argv[:1] != ["run"]:
+        return None
+    rest = argv[1:]
+    if not rest:
+        return (None,)
+    if len(rest) == 2 and rest[0] in ("--config", "-c") and not rest[1].startswith("-"):
+        return (rest[1],)
+    if len(rest) == 1 and rest[0].startswith("--config=") and len(rest[0]) > len("--config="):
+        return (rest[0][len("--config="):],)
+    return None
+
+
 def _command_of(argv: list) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
@@ -216,6 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    run = _run_config(argv)
+    if run is not None:  # the unit's `run --config FILE`, without argparse; errors as below
+        from agent import daemon
+        from agent.errors import ConfigError
+
+        try:
+            return daemon.run(run[0])
+        except ConfigError as e:
+            print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     try:
         rc = _forwarded(argv)
     except KeyboardInterrupt:

@@ -21,8 +21,6 @@ a descriptor open after `stop()`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import select
 import struct
@@ -43,11 +41,15 @@ def _libc():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        import ctypes  # here, not at import: only a watch that starts needs it
+
+        # The process's own symbols (libc among them, glibc or musl): ctypes.util.find_library("c")
+        # would run ldconfig in a subprocess at every start (~15 ms, docs/bench/weight.txt).
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         return libc
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # no ctypes in the image: the stat poll
         return None
 
 

@@ -54,12 +54,15 @@ def _kernel_provider(kc: Any, store_dir: str) -> Any:
 def keyset(storage: Any, device_id: str, store_dir: str, *, fs: Any = None, log: Any = None) -> sealing.KeySet:
     """The KeySet of the store in store_dir under this [storage] configuration (a StorageConfig)."""
     from agent import log as agent_log
-    from agent.keys.anchor import FileAnchor
 
     log = log or agent_log.get("store")
     name = getattr(storage, "key_provider", "device") or "device"
     anchor_dir = getattr(storage, "anchor_dir", "") or ""
-    file_anchor = FileAnchor(anchor_dir, store_dir, fs=fs, log=log) if anchor_dir else None
+    file_anchor = None
+    if anchor_dir:  # imported only when configured: it loads hashlib (OpenSSL), which the default start avoids
+        from agent.keys.anchor import FileAnchor
+
+        file_anchor = FileAnchor(anchor_dir, store_dir, fs=fs, log=log)
     device = sealing.DeviceIdKeys(device_id)
     readers: list = [device]
     p11 = getattr(storage, "pkcs11", None)
