@@ -136,7 +136,7 @@ def test_default_config_comments_every_key():
         lines = [line.rstrip("\n") for line in f]
     keys = 0
     for i, line in enumerate(lines):
-        if re.match(r"^[a-z_]+ = ", line) or re.match(r"^\[device\.overrides\]$", line):
+        if re.match(r"^[a-z_][a-z0-9_]* = ", line) or re.match(r"^\[device\.overrides\]$", line):
             keys += 1
             assert lines[i - 1].startswith("# "), "no comment above line %d: %s" % (i + 1, line)
     assert keys == sum(len(k) for k in configmod.SCHEMA.values())
