@@ -47,15 +47,14 @@ def emulator(args: Any) -> int:
 
 
 def device_info(args: Any) -> int:
-    import dataclasses
-
     from agent import config as configmod
+    from agent import record
 
     dev = configmod.load(args.config, check_files=False).device if args.config else configmod.defaults().device
     if args.board:
-        dev = dataclasses.replace(dev, board=args.board)
+        dev = record.replace(dev, board=args.board)
     if args.root:
-        dev = dataclasses.replace(dev, root=args.root)
+        dev = record.replace(dev, root=args.root)
     return device_info_command(dev, args.decode, args.explain, sys.stdout)
 
 

@@ -2,10 +2,10 @@
 
 Every problem is reported with the file, the key, what was found and what was expected; all
 problems are collected before failing, so an integrator fixes a file in one pass. The result is a
-typed, read-only `Config` (frozen dataclasses, one per TOML table: `cfg.adobe.software_statement`),
+typed, read-only `Config` (frozen records of agent/record.py, one per TOML table: `cfg.adobe.software_statement`),
 with every default filled in, so a misspelt key is an AttributeError the type checker and the first
 test see, not a KeyError on a box. `SCHEMA` (checker and default per key) is what validation
-runs; the dataclasses mirror it field for field, and tests/test_config_typed.py fails when the two
+runs; the records mirror it field for field, and tests/test_config_typed.py fails when the two
 disagree on a name, a type or a default. Validation covers every
 value the agent would otherwise reject later (the console password hash, pyserial for a console
 port), so `pass-agent check` passing means `run` gets past its configuration, and `run` fails
@@ -27,7 +27,6 @@ file, or hand out a configuration object that can be changed in place (reload bu
 
 from __future__ import annotations
 
-import dataclasses
 import grp
 import importlib.util
 import ipaddress
@@ -36,11 +35,12 @@ import os
 import sys
 import types
 from collections import abc
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
+from agent import record
 from agent.errors import ConfigError
+from agent.record import field
 
 DEFAULT_PATH = "/etc/pass-agent/agent.toml"
 ENV_VAR = "PASS_AGENT_CONFIG"
@@ -51,7 +51,7 @@ Check = Callable[[Any], "tuple[bool, Any, str]"]
 
 
 def _produces(kind: Any) -> Callable[[Check], Check]:
-    """Record the Python type a checker's normalised value has (the dataclass field's type)."""
+    """Record the Python type a checker's normalised value has (the record field's type)."""
     def mark(check: Check) -> Check:
         check.produces = kind  # type: ignore[attr-defined]
         return check
@@ -181,9 +181,9 @@ def _app_name(v: Any) -> tuple[bool, Any, str]:
 OverrideValue = Union[str, int, float, bool]
 
 
-# [storage.pkcs11] and [storage.kernel]: sub-tables of [storage], each one frozen dataclass; their
+# [storage.pkcs11] and [storage.kernel]: sub-tables of [storage], each one frozen record; their
 # checkers take the TOML table (or an instance, for defaults and replace()) and reject unknown keys.
-@dataclass(frozen=True)
+@record.record
 class Pkcs11Config:
     """[storage.pkcs11]: the token that seals the store key (key_provider = "pkcs11", agent/keys/pkcs11.py)."""
 
@@ -193,7 +193,7 @@ class Pkcs11Config:
     pin_file: str = ""
 
 
-@dataclass(frozen=True)
+@record.record
 class KernelConfig:
     """[storage.kernel]: the kernel key that seals the store key (key_provider = "kernel", agent/keys/kernel.py)."""
 
@@ -352,7 +352,7 @@ STORAGE_DEFAULT_DIR = "/var/lib/pass-agent"
 
 
 # -- the typed, read-only configuration ----------------------------------------------------------
-# One frozen dataclass per SCHEMA table, fields in SCHEMA order with the same defaults and the type
+# One frozen record (agent/record.py) per SCHEMA table, fields in SCHEMA order with the same defaults and the type
 # each key's checker produces (tests/test_config_typed.py keeps them in step). Lists are tuples and
 # [device.overrides] a read-only mapping, so nothing reachable from a Config can be changed in place.
 
@@ -361,7 +361,7 @@ def _empty_overrides() -> Mapping[str, OverrideValue]:
     return types.MappingProxyType({})
 
 
-@dataclass(frozen=True)
+@record.record
 class AdobeConfig:
     """[adobe]: where Adobe Pass is and which registered application this box is."""
 
@@ -372,7 +372,7 @@ class AdobeConfig:
     timeout: float = 15.0
 
 
-@dataclass(frozen=True)
+@record.record
 class DeviceConfig:
     """[device]: how this box describes itself in X-Device-Info (agent/boards.py)."""
 
@@ -382,7 +382,7 @@ class DeviceConfig:
     overrides: Mapping[str, OverrideValue] = field(default_factory=_empty_overrides)
 
 
-@dataclass(frozen=True)
+@record.record
 class StorageConfig:
     """[storage]: where credentials live (None dir: the board profile's, else STORAGE_DEFAULT_DIR)."""
 
@@ -395,7 +395,7 @@ class StorageConfig:
     kernel: KernelConfig = field(default_factory=KernelConfig)
 
 
-@dataclass(frozen=True)
+@record.record
 class SocketConfig:
     """[socket]: the local API's socket and who may connect."""
 
@@ -409,7 +409,7 @@ class SocketConfig:
     idle_timeout: float = 300.0
 
 
-@dataclass(frozen=True)
+@record.record
 class ConsoleConfig:
     """[console]: the serial console ("" port: off)."""
 
@@ -420,7 +420,7 @@ class ConsoleConfig:
     idle_lock: float = 300.0
 
 
-@dataclass(frozen=True)
+@record.record
 class RefreshConfig:
     """[refresh]: when to refresh the token, as fractions of its lifetime, and the backoff cap."""
 
@@ -429,7 +429,7 @@ class RefreshConfig:
     backoff_cap: float = 300.0
 
 
-@dataclass(frozen=True)
+@record.record
 class UpstreamConfig:
     """[upstream]: the box-wide budget every request to Adobe passes (agent/governor.py): `rate` requests
     per second after a one-time `burst`; `assume_burst` false: assume the address already spent the burst
@@ -443,14 +443,14 @@ class UpstreamConfig:
     pause_cap: float = 300.0
 
 
-@dataclass(frozen=True)
+@record.record
 class LogConfig:
     """[log]"""
 
     level: str = "info"
 
 
-@dataclass(frozen=True)
+@record.record
 class WebConfig:
     """[web]: the optional loopback WebSocket endpoint in Thunder's JSON-RPC dialect ("" listen: off)."""
 
@@ -464,7 +464,7 @@ class WebConfig:
     handshake_timeout: float = 10.0
 
 
-@dataclass(frozen=True)
+@record.record
 class GatewayConfig:
     """[gateway]: the REST API v2 gateway on a second Unix socket (docs/GATEWAY.md); off unless enabled."""
 
@@ -485,13 +485,13 @@ class GatewayConfig:
     retry_backoff: float = 1.0
 
 
-# TOML table -> its dataclass; the root's fields are these tables plus `path`.
+# TOML table -> its record class; the root's fields are these tables plus `path`.
 SECTIONS: dict[str, type] = {"adobe": AdobeConfig, "device": DeviceConfig, "storage": StorageConfig,
                              "socket": SocketConfig, "console": ConsoleConfig, "refresh": RefreshConfig,
                              "upstream": UpstreamConfig, "log": LogConfig, "web": WebConfig, "gateway": GatewayConfig}
 
 
-@dataclass(frozen=True)
+@record.record
 class AppConfig:
     """One registered application ([[app]], or the single-application form's "default"): its software
     statement, the applicationId of its X-Device-Info, and which local users may use its token."""
@@ -505,7 +505,7 @@ class AppConfig:
     allow_groups: Tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record.record
 class Config:
     """The whole validated configuration. Build it with load(), validate(), defaults() or local();
     derive a changed copy with replace() (tests, tools); never change one in place."""
@@ -540,33 +540,33 @@ class Config:
                 return a
         return None
 
-    def replace(self, *, path: Any = dataclasses.MISSING, app: Any = dataclasses.MISSING,
+    def replace(self, *, path: Any = record.MISSING, app: Any = record.MISSING,
                 **tables: Mapping[str, Any]) -> Config:
         """A copy with keys of some tables changed: cfg.replace(adobe={"timeout": 5.0}). An unknown table
         or key raises TypeError at once. Values are frozen (lists to tuples) but not validated: this is
         for code that builds configurations (tests, tools), the file goes through validate().
         `app`: the [[app]] tables, as AppConfigs or dicts of APP_SCHEMA keys ([] or (): single-application)."""
         changes: dict[str, Any] = {}
-        if app is not dataclasses.MISSING:
+        if app is not record.MISSING:
             changes["app"] = tuple(a if isinstance(a, AppConfig) else AppConfig(**{k: _freeze(v) for k, v in a.items()})
                                    for a in app)
         for table, values in tables.items():
             if table not in SECTIONS:
                 raise TypeError("unknown configuration table [%s]; expected one of %s" % (table, ", ".join(SECTIONS)))
-            changes[table] = dataclasses.replace(getattr(self, table), **{k: _freeze(v) for k, v in values.items()})
-        if path is not dataclasses.MISSING:
+            changes[table] = record.replace(getattr(self, table), **{k: _freeze(v) for k, v in values.items()})
+        if path is not record.MISSING:
             changes["path"] = path
-        return dataclasses.replace(self, **changes)
+        return record.replace(self, **changes)
 
     def to_dict(self) -> dict:
         """The tables as plain nested dicts and lists (TOML and JSON shaped); `path` left out. With
         [[app]] tables: "app" is their list, and the single-application keys they replace are left out."""
         out = {table: {f.name: _thaw(getattr(getattr(self, table), f.name))
-                       for f in dataclasses.fields(getattr(self, table))} for table in SECTIONS}
+                       for f in record.fields(getattr(self, table))} for table in SECTIONS}
         if self.app:
             for table, key in _LEGACY_APP_KEYS:
                 out[table].pop(key, None)
-            out["app"] = [{f.name: _thaw(getattr(a, f.name)) for f in dataclasses.fields(AppConfig)} for a in self.app]
+            out["app"] = [{f.name: _thaw(getattr(a, f.name)) for f in record.fields(AppConfig)} for a in self.app]
         return out
 
 
@@ -579,8 +579,8 @@ def _freeze(v: Any) -> Any:
 
 
 def _thaw(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # [storage.pkcs11]: a sub-table
-        return {f.name: _thaw(getattr(v, f.name)) for f in dataclasses.fields(v) if getattr(v, f.name) is not None}
+    if record.is_record(v) and not isinstance(v, type):  # [storage.pkcs11]: a sub-table
+        return {f.name: _thaw(getattr(v, f.name)) for f in record.fields(v) if getattr(v, f.name) is not None}
     if isinstance(v, tuple):
         return list(v)
     if isinstance(v, abc.Mapping):
@@ -589,7 +589,7 @@ def _thaw(v: Any) -> Any:
 
 
 def _section(table: str, values: Mapping[str, Any]) -> Any:
-    """One table's dataclass from its complete, normalised values (the multi-app [[app]] elements reuse it)."""
+    """One table's record from its complete, normalised values (the multi-app [[app]] elements reuse it)."""
     return SECTIONS[table](**{k: _freeze(v) for k, v in values.items()})
 
 
@@ -702,7 +702,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
         problems.extend(keys.config_problems(cfg["storage"], check_files))
     if problems:
         raise ConfigError(problems, path)
-    return dataclasses.replace(_build(cfg, path), app=apps)
+    return record.replace(_build(cfg, path), app=apps)
 
 
 def _validate_apps(data: Mapping[str, Any], base_dir: str, check_files: bool, problems: list[str]) -> tuple:

@@ -1,37 +1,36 @@
-"""The typed configuration (agent/config.py): the dataclasses and SCHEMA agree exactly, and a
+"""The typed configuration (agent/config.py): the records (agent/record.py) and SCHEMA agree exactly, and a
 misspelt key or an attempt to change a configuration fails at once (issue 21)."""
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import pytest
 
-from agent import config
+from agent import config, record
 
 
-def _field_default(f: dataclasses.Field) -> object:
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+def _field_default(f: record.Field) -> object:
+    if f.default_factory is not record.MISSING:
         return f.default_factory()  # type: ignore[misc]
     return f.default
 
 
 def test_one_dataclass_per_table_in_schema_order():
     assert list(config.SECTIONS) == list(config.SCHEMA)
-    root = dataclasses.fields(config.Config)
+    root = record.fields(config.Config)
     assert [f.name for f in root] == list(config.SCHEMA) + ["path", "app"]
     hints = typing.get_type_hints(config.Config)
     for table, cls in config.SECTIONS.items():
         assert hints[table] is cls, table
-        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, table
+        assert record.is_record(cls), table  # frozen: see test_a_misspelt_key_or_a_change_in_place_fails_at_once
     assert hints["path"] == typing.Optional[str]
 
 
 @pytest.mark.parametrize("table", list(config.SCHEMA))
 def test_fields_agree_with_schema_names_types_and_defaults(table):
     cls = config.SECTIONS[table]
-    fields = dataclasses.fields(cls)
+    fields = record.fields(cls)
     assert [f.name for f in fields] == list(config.SCHEMA[table]), table
     hints = typing.get_type_hints(cls)
     for f in fields:
@@ -46,7 +45,7 @@ def test_fields_agree_with_schema_names_types_and_defaults(table):
 
 def test_app_fields_agree_with_app_schema():
     """[[app]] (issue 16): AppConfig and APP_SCHEMA agree on names, order, types and defaults."""
-    fields = dataclasses.fields(config.AppConfig)
+    fields = record.fields(config.AppConfig)
     assert [f.name for f in fields] == list(config.APP_SCHEMA)
     hints = typing.get_type_hints(config.AppConfig)
     assert typing.get_type_hints(config.Config)["app"] == typing.Tuple[config.AppConfig, ...]
@@ -96,7 +95,7 @@ def test_a_misspelt_key_or_a_change_in_place_fails_at_once():
     cfg = config.defaults()
     with pytest.raises(AttributeError):
         cfg.adobe.sofware_statement  # noqa: B018 - the typo is the test
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(record.FrozenInstanceError):
         cfg.adobe.timeout = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.device.overrides["model"] = "X"  # type: ignore[index]

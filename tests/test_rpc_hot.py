@@ -59,3 +59,32 @@ def test_without_a_token_the_canonical_line_gets_the_generic_not_ready_answer():
     out = json.loads(rpc.Dispatcher(svc).handle_line(CANON % b"3"))
     want = json.loads(rpc.Dispatcher(svc).handle_line(b'{"id": 3, "jsonrpc": "2.0", "method": "token.get"}'))
     assert out == want and "error" in out and out["id"] == 3
+
+
+class _Svc:
+    def kw_only(self, status, body=None, *, uid=None): ...
+    def var_kw(self, status, **kw): ...
+    def pos_only(self, status, uid, /, app=None): ...
+    def plain(self, status): ...
+
+    @staticmethod
+    def static(status, uid=None): ...
+
+
+def test_whether_report_error_takes_uid_or_app_is_read_as_inspect_would():
+    # The Dispatcher asks this once per service; read from the code object (no inspect at start-up).
+    import functools
+    import inspect
+
+    s = _Svc()
+    fns = [s.kw_only, s.var_kw, s.pos_only, s.plain, s.static, _Svc.plain, functools.partial(_Svc.kw_only, s),
+           lambda status, uid: None, print]
+    for fn in fns:
+        for name in ("uid", "app", "status"):
+            try:
+                ps = inspect.signature(fn).parameters.values()
+                want = any((p.name == name and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+                           for p in ps)
+            except (TypeError, ValueError):
+                want = False
+            assert rpc._accepts_keyword(fn, name) is want, (fn, name)
