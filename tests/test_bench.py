@@ -81,3 +81,26 @@ def test_six_applications_row_stands_next_to_the_single_application_figure_of_th
     slow = dict(res, socket_apps=dict(apps, apps_p50_us=14.0, ratio_p50=1.138, target_met=False))
     (row,) = [r for r in bench.summary_rows(slow)[0] if r[0] == "token.get p50, six applications (us)"]
     assert row[-1] is False and "MISSED" in bench.format_table(slow, [row], [])
+
+
+def test_as_installed_rows_stand_next_to_the_earlier_start_up_figures_with_one_stated_baseline():
+    # Issue 20: spawn -> READY and idle PSS of the overlay's zipapp (python3 -I) against the same bare
+    # interpreter as the editable figures, which stay in the table; the baseline is printed.
+    cold = dict(_other_sections()["coldstart"], box_ready_ms=36.0, box_ready_ratio=1.8, box_pss_kb=14000,
+                box_pss_delta_mb=5.8, baseline="bare interpreter: /usr/bin/python3 -I -c BARE (sends READY=1, then sleeps)")
+    shim = {"imports": {"agent.urequests + ssl": {"import_ms": 30.0, "pss_kib": 900}},
+            "latency_ms": {"agent.urequests": 2.0}}
+    res = dict(_other_sections(), shim=shim, coldstart=cold)
+    rows, skipped = bench.summary_rows(res)
+    by_name = {r[0]: r for r in rows}
+    assert by_name["spawn -> READY from stored token (ms)"][2:4] == (20.0, 90.0)  # the earlier figure stays
+    assert by_name["spawn -> READY, as installed (ms)"][1:] == ("bare python", 20.0, 36.0, 1.8, "<= 2.0x", True)
+    assert by_name["idle PSS, as installed (kB)"][1:4] == ("bare python", 8000, 14000)
+    assert by_name["idle PSS, as installed (kB)"][5:] == ("<= +6 MB", True)
+    assert by_name["token.get p50, real daemon (us)"][5] == "<= 2.0x"
+    table = bench.format_table(res, rows, skipped)
+    assert "bare python: /usr/bin/python3 -I -c BARE (sends READY=1, then sleeps)" in table.splitlines()
+    assert table.splitlines()[-1].startswith("skipped: ")
+    slow = dict(res, coldstart=dict(cold, box_ready_ratio=4.3, box_pss_delta_mb=9.6, box_pss_kb=17800))
+    missed = {r[0]: r[-1] for r in bench.summary_rows(slow)[0]}
+    assert missed["spawn -> READY, as installed (ms)"] is False and missed["idle PSS, as installed (kB)"] is False

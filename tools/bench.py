@@ -117,7 +117,7 @@ def summary_rows(res: dict) -> tuple[list[tuple], list[str]]:
         ("token.get p50, stand-in service (us)", "echo p50", s["echo_p50_us"], s["token_p50_us"],
          s["token_p50_us"] / s["echo_p50_us"], "<= 2.5x", s["token_p50_us"] <= 2.5 * s["echo_p50_us"]),
         ("token.get p50, real daemon (us)", "echo p50", d["echo_p50_us"], d["token_p50_us"], d["ratio_p50"],
-         "<= 2.5x", d["ratio_p50"] <= 2.5),
+         "<= 2.0x", d["ratio_p50"] <= 2.0),  # issue 20 (issue 8 asked <= 2.5x)
         ("token.get p99, real daemon (us)", "echo p99", d["echo_p99_us"], d["token_p99_us"],
          d["token_p99_us"] / d["echo_p99_us"], "< 1000 us", d["token_p99_us"] < 1000),
     ]
@@ -134,6 +134,11 @@ def summary_rows(res: dict) -> tuple[list[tuple], list[str]]:
         ("idle PSS (kB)", "bare python", c["bare_pss_kb"], c["agent_pss_kb"],
          c["agent_pss_kb"] / c["bare_pss_kb"], "<= +10 MB", c.get("pss_delta_mb", 99) <= 10),
     ]
+    if "box_ready_ms" in c:  # issue 20: the agent as installed on a box (the overlay's zipapp, python3 -I)
+        rows += [("spawn -> READY, as installed (ms)", "bare python", c["bare_ready_ms"], c["box_ready_ms"],
+                  c["box_ready_ratio"], "<= 2.0x", c["box_ready_ratio"] <= 2.0),
+                 ("idle PSS, as installed (kB)", "bare python", c["bare_pss_kb"], c["box_pss_kb"],
+                  c["box_pss_kb"] / c["bare_pss_kb"], "<= +6 MB", c.get("box_pss_delta_mb", 99) <= 6)]
     if "pkcs11_ready_ms" in c:  # the key provider's price at start-up (issue 19), same run as the device figure
         rows += [("spawn -> READY, key provider pkcs11 (ms)", "device", c["agent_ready_ms"], c["pkcs11_ready_ms"],
                   c["pkcs11_vs_device_ratio"], "reported", True),
@@ -190,6 +195,8 @@ def format_table(res: dict, rows: list[tuple], skipped: list[str], quick: bool =
             name, bname, "" if base is None else ("%.1f" % base if isinstance(base, float) else base),
             "%.1f" % value if isinstance(value, float) else value, "" if ratio is None else "%.2f" % ratio,
             target, "" if met is None else "met" if met else "MISSED"))
+    if res.get("coldstart", {}).get("baseline"):  # one baseline process for every start-up and memory row
+        lines.append("bare python: " + res["coldstart"]["baseline"].split(": ", 1)[-1])
     lines += ["skipped: " + what for what in skipped]
     return "\n".join(lines)
 
