@@ -4,9 +4,10 @@ Drives the REAL credential lifecycle (agent.lifecycle.Lifecycle, one per device)
 response parsers (agent.dcr) through a discrete-event simulation (a heap of events, no time steps)
 against a model of Adobe Pass: a token bucket per public address (1 request/s, burst of 10,
 refused requests answered 429 with an HTML body and no Retry-After, refusals take no token) and a
-round-trip latency drawn per request. City, outage and revocation use a bucket that refills up to
-the burst when idle (the model their figures were tuned with); the apps scenario uses the
-emulator's Throttle, whose burst is Adobe's one-time allowance (docs/FLEET.md, "Model"). Compares, in the same run, the agent with a naive
+round-trip latency drawn per request. Every scenario uses the emulator's Throttle, whose burst is
+Adobe's one-time allowance (issue 20; --bucket refill: the bucket that refills up to the burst, the
+model of the figures before it, for comparison; docs/FLEET.md, "Model"). The agent is the lifecycle
+behind one governor per box, as agent/service.py runs it. Compares, in the same run, the agent with a naive
 client (fixed 1 s retries, no jitter) and with the floor (the best schedule the throttle allows).
 
 Scenarios (docs/FLEET.md explains each and the figures):
@@ -26,7 +27,7 @@ simulated for a sample of addresses (it makes millions of requests) and scaled; 
 Usage: python -m tools.fleetsim [--scenario city|outage|revocation|apps|all] [--devices N]
          [--other-devices N] [--ratios 1,10,100,1000] [--ratio R] [--apps 1,3,6] [--app-ratios 1,10,100]
          [--app-boxes N] [--json FILE] [--svg FILE] [--svg-apps FILE] [--seed S] [--naive-sample K]
-         [--policy JSON] [--governor JSON]
+         [--policy JSON] [--governor JSON] [--bucket one-time|refill] [--search FILE]
 Must never: re-implement the agent's policy (the agent column is agent.lifecycle itself), or
 use wall-clock time.
 """
@@ -63,11 +64,9 @@ BUCKETS = ("one-time", "refill")
 BUCKET = ["one-time"]
 POLICY: dict = {}              # Lifecycle keyword overrides (--policy), for experiments only
 GOVERNOR: dict = {}            # Governor keyword overrides (--governor), for experiments only
-# The lifecycle's 429 window when a governor paces the box (multi-application scenarios). Measured
-# (docs/FLEET.md, "Several applications per box"): with Adobe's one-time burst an idle second is lost
-# for good, and the default window (0.25 x the streak, at least 3 s) leaves the bucket idle in the
-# tail: 1.85-1.97x the floor. The governor's pause, drawn from this window, keeps the box's probes
-# to about one per draw. A proposal for agent/lifecycle.py's owner, not a change to its defaults.
+# Lifecycle overrides for governed boxes: none since issue 20. The issue 16 proposal (0.05 x the
+# streak, at least 1.2 s) is superseded by the lifecycle's defaults (0.03, 1 s), which every box uses
+# behind its governor; docs/FLEET.md ("Issue 20") gives the search that chose them.
 GOVERNED_POLICY: dict = {}
 
 
