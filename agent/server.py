@@ -43,13 +43,15 @@ import pwd
 import socket
 import stat
 import struct
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from agent import clock as _clock
 from agent import rpc
 from agent.errors import OPERATOR, RETRY, AgentError
-from agent.facade import ServiceFacade
 from agent.loop import Loop
+
+if TYPE_CHECKING:  # an annotation only: the Protocol class is not built at start-up
+    from agent.facade import ServiceFacade
 
 RECV_SIZE = 65536
 # Output limits count every answer the agent holds for a connection: those waiting for the kernel

@@ -28,6 +28,7 @@ NOT_BEFORE_READY = {
     "tempfile": "nothing on the start path makes temp files",
     "dataclasses": "the configuration's records are agent/record.py (dataclasses compiles methods with exec)",
     "inspect": "inspect (with ast, dis, tokenize) is ~4 ms and ~1.4 MB",
+    "agent.facade": "the service facade is an annotation for the server",
 }
 OPTIONAL = ("agent.web", "agent.gateway", "agent.keys.pkcs11", "pkcs11", "agent.emulator", "agent.demo", "h11",
             "wsproto")
