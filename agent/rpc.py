@@ -343,6 +343,14 @@ class Dispatcher:
         """
         self._peer_uid = uid
         self._peer_apps = apps
+        if line[:_HEAD_LEN] == _TOKEN_GET_HEAD and line[-_TAIL_LEN:] == _TOKEN_GET_TAIL:
+            digits = line[_HEAD_LEN:-_TAIL_LEN]
+            # Exactly what JSON reads as a non-negative int: digits, no leading zero; else parsed below.
+            if 0 < len(digits) <= 18 and digits.isdigit() and (digits[0] != 48 or len(digits) == 1):
+                out = self._token_hot(int(digits))  # never raises
+                if out is not None:
+                    self.requests += 1
+                    return out
         try:
             return self._handle_line(line)
         except Exception as e:
@@ -353,13 +361,6 @@ class Dispatcher:
 
     def _handle_line(self, line: bytes) -> bytes | Action | None:
         self.requests += 1
-        if line[:_HEAD_LEN] == _TOKEN_GET_HEAD and line[-_TAIL_LEN:] == _TOKEN_GET_TAIL:
-            digits = line[_HEAD_LEN:-_TAIL_LEN]
-            # Exactly what JSON reads as a non-negative int: digits, no leading zero; else parse below.
-            if 0 < len(digits) <= 18 and digits.isdigit() and (digits[0] != 48 or len(digits) == 1):
-                out = self._token_hot(int(digits))
-                if out is not None:
-                    return out
         try:
             req = parse(line)
         except (ValueError, RecursionError) as e:  # includes UnicodeDecodeError
@@ -474,6 +475,8 @@ class Dispatcher:
                 }
             ).encode("utf-8"))
             self._tok_cache[app] = cached
+        if type(req_id) is int:  # _prefix inlined: the hot path
+            return b'{"jsonrpc":"2.0","id":%d,"result":' % req_id + cached[1] + b"}\n"
         return self._prefix(req_id) + cached[1] + b"}\n"
 
     def _headers_line(self, req_id: Any, tok: dict, app: str | None) -> bytes:
