@@ -8,7 +8,8 @@ Measures (median of --runs, the processes interleaved so that machine noise hits
   <root>/usr/bin/pass-agent run` with a stored valid token and Adobe unreachable, spawn -> READY=1;
 - editable: the same from this source tree (`python3 -I -m agent run`, the editable install), for
   comparison with earlier runs;
-- idle memory: RSS and PSS of each idle agent holding a token vs the idle bare interpreter;
+- idle memory: RSS, PSS and USS of each idle agent holding a token vs the idle bare interpreter,
+  medians over the runs (PSS shares pages with whatever else runs, so one sample moves by ~1 MB);
 - with SoftHSM2 installed (or --no-pkcs11 to skip): the editable agent with `[storage] key_provider =
   "pkcs11"` (its store re-sealed by a SoftHSM2 token), spawn -> READY=1 next to the device provider in
   the same run, and `token.get` round trips of both (the token never touches the key provider).
@@ -43,8 +44,11 @@ def _mem(pid: int) -> dict:
     try:
         with open("/proc/%d/smaps_rollup" % pid) as f:
             for line in f:
-                if line.startswith("Pss:"):
-                    out["pss_kb"] = int(line.split()[1])
+                key, _, value = line.partition(":")
+                if key == "Pss":
+                    out["pss_kb"] = int(value.split()[0])
+                elif key in ("Private_Clean", "Private_Dirty"):  # USS: what this process alone holds
+                    out["uss_kb"] = out.get("uss_kb", 0) + int(value.split()[0])
     except OSError:
         out["pss_kb"] = None
     return out
@@ -192,7 +196,7 @@ def main(argv: list | None = None) -> dict:
     emu.stop()
 
     times: dict = {"bare": [], "box": [], "agent": [], "pkcs11": []}
-    mem: dict = {}
+    mems: dict = {"bare": [], "box": [], "agent": []}
     gets: dict = {}
 
     def idle(name: str, p: subprocess.Popen, settle: float) -> None:
@@ -200,15 +204,14 @@ def main(argv: list | None = None) -> dict:
             with Client(cfg.socket.path) as c:
                 assert c.health()["ready"], "the %s agent is not ready from its stored token" % name
         time.sleep(settle)
-        mem[name] = _mem(p.pid)
+        mems[name].append(_mem(p.pid))
 
     for i in range(args.runs):
         last = i == args.runs - 1
         for name, cmd in (("bare", bare_cmd), ("box", box_cmd), ("agent", agent_cmd)):
             dt, p = _spawn_until_ready(cmd, tmp)
             times[name].append(dt)
-            if last:
-                idle(name, p, 0.5 if name == "bare" else 1.0)
+            idle(name, p, 0.5 if name == "bare" else 1.0)  # PSS moves with what else runs: a median too
             if name != "agent":  # the editable agent stays up for the pkcs11 token.get comparison
                 p.kill() if name == "bare" else p.terminate()
                 p.wait()
@@ -227,6 +230,9 @@ def main(argv: list | None = None) -> dict:
     def ms(name: str) -> float:
         return round(statistics.median(times[name]) * 1000, 1)
 
+    mem = {name: {k: (round(statistics.median(m[k] for m in samples)) if all(m.get(k) is not None for m in samples) else None)
+                  for k in ("rss_kb", "pss_kb", "uss_kb")} for name, samples in mems.items()}
+
     res = {
         "runs": args.runs,
         "baseline": "bare interpreter: %s -I -c BARE (sends READY=1, then sleeps)" % sys.executable,
@@ -236,6 +242,8 @@ def main(argv: list | None = None) -> dict:
         "agent_rss_kb": mem["agent"].get("rss_kb"),
         "bare_pss_kb": mem["bare"].get("pss_kb"), "box_pss_kb": mem["box"].get("pss_kb"),
         "agent_pss_kb": mem["agent"].get("pss_kb"),
+        "bare_uss_kb": mem["bare"].get("uss_kb"), "box_uss_kb": mem["box"].get("uss_kb"),
+        "agent_uss_kb": mem["agent"].get("uss_kb"),
     }
     res["ready_ratio"] = round(res["agent_ready_ms"] / res["bare_ready_ms"], 2)
     res["box_ready_ratio"] = round(res["box_ready_ms"] / res["bare_ready_ms"], 2)
@@ -261,6 +269,7 @@ def main(argv: list | None = None) -> dict:
     print("%-38s %10s %10s %10s" % ("idle RSS (kB)", res["bare_rss_kb"], res["box_rss_kb"], res["agent_rss_kb"]))
     print("%-38s %10s %10s %10s %8s" % ("idle PSS (kB)", res["bare_pss_kb"], res["box_pss_kb"], res["agent_pss_kb"],
                                         ("+%.2f MB" % res["box_pss_delta_mb"]) if "box_pss_delta_mb" in res else ""))
+    print("%-38s %10s %10s %10s" % ("idle USS (kB)", res["bare_uss_kb"], res["box_uss_kb"], res["agent_uss_kb"]))
     if times["pkcs11"]:
         print("%-38s %10.1f %10.1f %8.2f" % ("READY=1 (ms), key provider device/pkcs11", res["agent_ready_ms"],
                                               res["pkcs11_ready_ms"], res["pkcs11_vs_device_ratio"]))
