@@ -125,7 +125,10 @@ Backoff policy (memory only: a restart starts afresh; docs/FLEET.md measures eve
   held waits a uniform ½..1 (`holder_yield`) of the token's remaining life, but no later than
   `expiry_margin` (60 s) before it expires: boxes with a token leave Adobe to boxes without one
   after an outage or in a crowd, and still retry, ever more often, as expiry nears. Not after
-  a re-registration (that token may belong to revoked credentials).
+  a re-registration (that token may belong to revoked credentials). A box that yields has left
+  the queue, so a yield ends its 429 streak: a 429 at the retry starts a new one (1 s window).
+  Counting the hours of yielding as the streak's age made a 429 in the last minute draw a window
+  of 0.03 x hours, and the token lapsed (the outage scenario took 39x its floor, issue 20).
 - A Retry-After (seconds or HTTP date, converted by agent/dcr.py) is a floor on any delay, but an
   upstream-dictated wait is capped: a box holding a valid token retries no later than
   `expiry_margin` before it expires, a box without one at least every `backoff_cap`. One 429 with
@@ -545,7 +548,13 @@ class Lifecycle:
             # boxes without one (the retry still comes before expiry, see on_error). Not after a
             # re-registration: that token may belong to revoked credentials.
             left = t["expires_mono"] - now
-            delay = max(delay, min(self.holder_yield * (1.0 + self.random()) * left, left - self.expiry_margin))
+            wait = min(self.holder_yield * (1.0 + self.random()) * left, left - self.expiry_margin)
+            if wait > delay:
+                delay = wait
+                # Yielding leaves the queue: the retry starts a new 429 streak. Counting the hours spent
+                # yielding as the streak's age made a 429 a minute before expiry draw a window of
+                # 0.03 x hours and the token lapse (the outage under Adobe's one-time burst, issue 20).
+                self.throttled = 0
         if err.retry_after is not None:
             # A floor, but capped (see 'Backoff policy'): before expiry with a token, backoff_cap without.
             if t is not None and t["expires_mono"] - now > self.expiry_margin:

@@ -212,3 +212,34 @@ def test_the_simulated_addresses_never_refuse_what_a_lone_governor_grants():
     sc = fleetsim.scenario_apps(1, 1, 6)
     fleetsim.run_address(sc, "agent", random.Random(5), fleetsim.Totals(sc["horizon"]), 6, trace=trace)
     assert len(trace) == 12 and {status for *_, status in trace} == {201}
+
+
+# ------------------------------------------------------------------ after an outage (issue 20)
+
+def test_a_holder_refused_until_its_last_minute_still_renews_before_its_token_expires():
+    """Field defect (issue 20, outage under Adobe's one-time burst): a box whose refresh was refused in
+    the recovery crowd yields for hours, comes back a minute before expiry and is refused once more
+    (its address holds at most one token; any other box's request that second takes it). The hours
+    it spent yielding counted as the age of its 429 streak, so that 429 drew a window of 0.03 x
+    hours (two minutes) and the token lapsed. A box that yielded left the queue: its next 429 starts
+    a new streak, and it keeps asking every second or two until its token is renewed."""
+    from lifecycle_sim import THROTTLED, Box, healthy
+
+    for seed in range(20):
+        busy = {"until": None}
+
+        def upstream(op, box):
+            if op == "token" and busy["until"] is not None and box.now < busy["until"]:
+                return THROTTLED()
+            return healthy(op, box)
+
+        box = Box(upstream=upstream, seed=seed)
+        box.run_for(60)
+        exp = box.lc.tok["expires_mono"]
+        busy["until"] = exp - 45.0       # every refresh refused until 45 s before expiry
+        box.run_until(exp - 1e-3)
+        refused = box.ops("token", "throttled")
+        assert any(exp - 60.0 - 1e-6 <= t < exp - 45.0 for t, _, _ in refused), seed  # asked in its last minute
+        renewed = [t for t, _, _ in box.ops("token", "ok") if t > exp - 3600.0]
+        assert renewed and renewed[0] <= exp - 40.0, (seed, refused[-3:], renewed)
+        assert len(refused) < 60 and box.ops("register") == [box.requests[0]]  # never re-registers on 429
