@@ -10,7 +10,8 @@
    order, and records per module the time of its import and the growth of the process's PSS and
    USS (/proc/self/smaps_rollup). Dependencies are already loaded when a module's turn comes, so
    each figure is the module's own (module body, its shared library), like importtime's "self",
-   plus its memory. Medians of --runs processes. Totals per group (agent, cryptography, the rest).
+   plus its memory; a package comes before its submodules and owns what its __init__ imports.
+   Medians of --runs processes. Totals per group (agent, cryptography, the rest).
 3. Alone: a fresh interpreter imports one module (with everything it pulls in) after the bare
    interpreter's imports: what each candidate would cost if nothing else loaded it.
 
@@ -57,7 +58,12 @@ def mem():
                 out[k] = int(v.split()[0])
     return out["Pss"], out["Private_Clean"] + out["Private_Dirty"]
 sys.path[0:0] = %(path)r
-names = %(names)r
+names = []
+for name in %(names)r:  # a package before its submodules: its __init__ imports them, so it owns their cost
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        if ".".join(parts[:i]) not in names:
+            names.append(".".join(parts[:i]))
 rows = []
 for name in names:
     if name in sys.modules:
@@ -161,7 +167,11 @@ def measure(runs: int, tmp: str) -> dict:
     alone: dict = {}
     for _ in range(runs):
         for name in ALONE:
-            (row,) = _probe([name], [box]) or [[name, None, None, None, "already loaded"]]
+            rows = _probe([name], [box])  # its parent packages first, then itself: the sum is its price
+            if not rows or rows[-1][1] is None:
+                row = [name, None, None, None, rows[-1][4] if rows else "already loaded"]
+            else:
+                row = [name] + [sum(r[i] for r in rows if r[i] is not None) for i in (1, 2, 3)] + [None]
             alone.setdefault(name, []).append(row)
     alone_rows = []
     for name in ALONE:
