@@ -257,3 +257,13 @@ def test_after_an_outage_every_box_holds_a_token_again_within_1_3x_the_backlog_f
     assert agent["gave_up"] == 0 and floor["time_to_all_s"] > 150.0
     assert [x for x, _ in totals.lapses if x > allowed] == []  # no holder let its token expire after the backlog
     assert agent["time_to_all_s"] <= allowed, (agent, floor)
+
+
+def test_retries_that_look_random_to_adobes_bucket_trade_429s_for_lost_seconds():
+    # docs/FLEET.md, "Why 40 %": after the burst every admission opens a 1 s dead time, so a random
+    # stream of retries is either sparse (few 429s, seconds lost) or dense (in time, mostly 429s).
+    from tools import fleetsearch
+
+    sparse, dense = fleetsearch.dead_time([1.0, 5.0], addresses=200)
+    assert sparse["share_429"] < 0.40 and sparse["mean_last_s"] > 15.25
+    assert dense["share_429"] > 0.65 and dense["mean_last_s"] < 13.0

@@ -17,6 +17,7 @@ The space (every policy the lifecycle can express with these parameters; see its
 
 Usage: python -m tools.fleetsearch [--samples N] [--ratios 10,100] [--boxes 10:3000,100:2000]
          [--seed S] [--jobs J] [--json FILE]
+       python -m tools.fleetsearch --dead-time   (what retries that look random to the bucket cost)
 Takes about 6 minutes with the defaults on 2 cores (--jobs 2). The grid (--grid) is the random
 sample's corners plus the defaults. Must never: change the lifecycle's defaults (it only measures),
 use wall-clock time inside the simulation.
@@ -100,6 +101,35 @@ def best(results: list[dict], ratios: list[str]) -> dict:
     return out
 
 
+def dead_time(rates: list[float], addresses: int = 2000, seed: int = 1) -> list[dict]:
+    """The cost of retries that look random to Adobe's bucket (docs/FLEET.md, "Why 40 %"): at 10 boxes
+    per address the 10 registers spend the one-time burst at once (RTT1/2); then the crowd's token
+    requests reach the emulator's Throttle as a Poisson stream of `rate` per second until 10 are
+    admitted. Every admission opens a 1 s dead time (the bucket refills to one token only), so each
+    costs about `rate` refusals and 1/rate s of lost time. Returns, per rate, the 429 share over
+    all requests (registers included), the mean and the slowest address's last token (s)."""
+    h = fleetsim.RTT[1] / 2
+    out = []
+    for rate in rates:
+        rng = random.Random(seed)
+        refused, last = 0, []
+        for _ in range(addresses):
+            bucket = fleetsim.Throttle(fleetsim.RATE, fleetsim.BURST)
+            for _ in range(10):
+                bucket.take("address", h)
+            t, got = 3 * h, 0
+            while got < 10:
+                t += rng.expovariate(rate)
+                if bucket.take("address", t)[0]:
+                    got += 1
+                else:
+                    refused += 1
+            last.append(t + h)
+        out.append({"rate": rate, "share_429": round(refused / float(refused + 20 * addresses), 4),
+                    "mean_last_s": round(sum(last) / addresses, 1), "slowest_last_s": round(max(last), 1)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.fleetsearch", description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=120, help="policies to try (default 120, the defaults included)")
@@ -108,7 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     p.add_argument("--json", metavar="FILE", help="write every result and the best as JSON")
+    p.add_argument("--dead-time", action="store_true",
+                   help="print only the random-retry reference at 10 boxes per address (a few seconds)")
     a = p.parse_args(argv)
+    if a.dead_time:
+        allowed = fleetsim.time_target(fleetsim.scenario_city(10, 10), fleetsim.floor_one_time(10)[-1])
+        print("random retries at 10 boxes per address, Adobe's one-time burst, 2000 addresses (time allowed %.2f s):"
+              % allowed)
+        for r in dead_time([1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0], seed=a.seed):
+            print("  %.1f requests/s: 429 share %.1f%%, last token %.1f s on average, %.1f s at the slowest address"
+                  % (r["rate"], 100 * r["share_429"], r["mean_last_s"], r["slowest_last_s"]))
+        return 0
     try:
         cases = [(int(x.split(":")[0]), int(x.split(":")[1])) for x in a.boxes.split(",") if x.strip()]
     except (ValueError, IndexError):
