@@ -22,7 +22,6 @@ a connection's memory after it is gone, or remove a socket file another process 
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -33,7 +32,7 @@ from typing import Any, Mapping
 import h11
 
 from agent import clock as _clock
-from agent import rpc
+from agent import rpc, sockshell
 from agent import server as rpcserver
 from agent.gateway import core, runner
 from agent.loop import Loop
@@ -151,8 +150,7 @@ class GatewayServer:
         self._ino: tuple | None = None
         self._conns: dict[int, _Conn] = {}
         self._per_uid: dict[int, int] = {}
-        self._sweep_timer: Any = None
-        self._sweep_every = min(max(g.idle_timeout / 4.0, 0.05), 30.0)
+        self._sweep = sockshell.IdleSweep(loop, sockshell.sweep_period(g.idle_timeout), self._conns, self._close_idle)
         self.c: dict = {"accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "bad_requests": 0,
                         "replies": 0}
 
@@ -184,9 +182,7 @@ class GatewayServer:
         except OSError:
             pass
         self._sock = None
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-            self._sweep_timer = None
+        self._sweep.cancel()
         for conn in list(self._conns.values()):
             self._drop(conn)
         self.gateway.stop()
@@ -206,20 +202,19 @@ class GatewayServer:
         lsock = self._sock
         if lsock is None:
             return
-        for _ in range(64):
-            try:
-                sock, _addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log.error("cannot accept on %s: %s; pausing accepts for 0.5 s", self.path, e.strerror)
-                    self.loop.remove_reader(lsock.fileno())
-                    self.loop.call_later(0.5, lambda: self._sock is not None and self.loop.add_reader(
-                        self._sock.fileno(), self._on_accept))
-                    return
-                continue
-            self._new_conn(sock)
+        sockshell.accept_batch(lsock, self._new_conn, self._accept_error)
+
+    def _accept_error(self, e: OSError) -> bool:
+        """Out of fds: pause accepts (False); anything else concerns that one peer: accept on (True)."""
+        lsock = self._sock
+        if lsock is None:
+            return False
+        if e.errno in sockshell.OUT_OF_FDS:
+            self.log.error("cannot accept on %s: %s; pausing accepts for 0.5 s", self.path, e.strerror)
+            sockshell.pause_accepts(self.loop, lsock, lambda: self._sock is not None and self.loop.add_reader(
+                self._sock.fileno(), self._on_accept))
+            return False
+        return True
 
     def _refuse(self, sock: socket.socket, refusal: core.Refusal) -> None:
         """Answer a peer we will not serve with one HTTP response, then close (it may not have sent yet)."""
@@ -246,11 +241,8 @@ class GatewayServer:
                                             "ask the integrator to add it to an [[app]] table's allow_uids or "
                                             "allow_gids (or [socket] allow_uids/allow_gids)"))
             return
-        busy = None
-        if len(self._conns) >= self.cfg.max_connections:
-            busy = "the gateway already serves %d connections ([gateway] max_connections)" % len(self._conns)
-        elif self._per_uid.get(uid, 0) >= self.cfg.max_per_uid:
-            busy = "uid %d already holds %d connections ([gateway] max_per_uid)" % (uid, self.cfg.max_per_uid)
+        busy = sockshell.busy_reason("the gateway", "[gateway] ", len(self._conns), self.cfg.max_connections,
+                                     self._per_uid, uid, self.cfg.max_per_uid)
         if busy is not None:
             self.c["rejected_busy"] += 1
             self._refuse(sock, core.Refusal(503, "busy", busy, "reuse one keep-alive connection", retry_after=1.0))
@@ -258,9 +250,9 @@ class GatewayServer:
         conn = _Conn(self, sock, pid, uid, gid, apps, self.cfg.max_header_bytes)
         self.c["accepted"] += 1
         self._conns[conn.fd] = conn
-        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        sockshell.count_peer(self._per_uid, uid)
         self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
-        self._arm_sweep()
+        self._sweep.arm()
 
     # -- reading -----------------------------------------------------------------------------------
     def _on_readable(self, conn: _Conn) -> None:
@@ -414,20 +406,12 @@ class GatewayServer:
             self._flush(conn)
 
     # -- idle connections --------------------------------------------------------------------------
-    def _arm_sweep(self) -> None:
-        if self._sweep_timer is None:
-            self._sweep_timer = self.loop.call_later(self._sweep_every, self._sweep)
-
-    def _sweep(self) -> None:
-        self._sweep_timer = None
-        if not self._conns:
-            return
-        now = _now()
+    def _close_idle(self, now: float) -> None:
+        """The sweep (sockshell.IdleSweep): a connection waiting for Adobe is not idle."""
         for conn in list(self._conns.values()):
             if not conn.busy and now - conn.last >= self.cfg.idle_timeout:
                 self.c["closed_idle"] += 1
                 self._drop(conn)
-        self._arm_sweep()
 
     def _drop(self, conn: _Conn) -> None:
         if conn.closed:
@@ -440,11 +424,7 @@ class GatewayServer:
         conn.out = bytearray()
         conn.body = []
         if self._conns.pop(conn.fd, None) is not None:
-            n = self._per_uid.get(conn.uid, 1) - 1
-            if n:
-                self._per_uid[conn.uid] = n
-            else:
-                self._per_uid.pop(conn.uid, None)
+            sockshell.release_peer(self._per_uid, conn.uid)
         try:
             conn.sock.close()
         except OSError:

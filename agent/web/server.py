@@ -40,7 +40,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError, generate_accept_token
 
 from agent import clock as _clock
-from agent import rpc
+from agent import rpc, sockshell
 from agent.errors import RETRY
 from agent.facade import ServiceFacade
 from agent.loop import Loop
@@ -196,8 +196,8 @@ class WebServer:
         self._conns: dict = {}
         self._nwaits = 0
         self._waits = _Deadlines(loop, self._expire, WAIT_GRAIN)
-        self._sweep_timer: Any = None
-        self._sweep_every = min(max(min(self.idle_timeout, self.handshake_timeout) / 4.0, 0.05), 30.0)
+        self._sweep = sockshell.IdleSweep(loop, sockshell.sweep_period(min(self.idle_timeout, self.handshake_timeout)),
+                                          self._conns, self._close_idle)
         self._c = {"accepted": 0, "opened": 0, "refused": {}, "rejected_busy": 0, "closed_idle": 0,
                    "closed_too_large": 0, "closed_slow": 0, "closed_protocol": 0, "notifications": 0,
                    "waits_answered": 0, "waits_expired": 0, "waits_refused": 0}
@@ -248,9 +248,7 @@ class WebServer:
         self.loop.remove_reader(self._sock.fileno())
         self._sock.close()
         self._sock = None
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-            self._sweep_timer = None
+        self._sweep.cancel()
         for conn in list(self._conns.values()):
             self._drop(conn)
         if self._validator is not None:
@@ -259,28 +257,27 @@ class WebServer:
     # -- accepting and the handshake -----------------------------------------------------------
 
     def _on_accept(self) -> None:
-        for _ in range(64):
-            if self._sock is None:
-                return
-            try:
-                sock, _addr = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self.log.warning("web: accept failed: %s", e.strerror)
-                return
-            sock.setblocking(False)
-            conn = _Conn(sock)
-            if len(self._conns) >= self.max_connections:
-                self._c["rejected_busy"] += 1
-                self._refuse(conn, guard.Refusal(503, "web_busy", "the agent already serves %d web connections "
-                                                 "([web] max_connections)" % len(self._conns),
-                                                 "reuse one connection; retry in a second"), counted=False)
-                continue
-            self._c["accepted"] += 1
-            self._conns[conn.fd] = conn
-            self.loop.add_reader(conn.fd, lambda c=conn: self._on_readable(c))
-            self._arm_sweep()
+        if self._sock is not None:
+            sockshell.accept_batch(self._sock, self._new_conn, self._accept_error)
+
+    def _accept_error(self, e: OSError) -> bool:
+        self.log.warning("web: accept failed: %s", e.strerror)
+        return False
+
+    def _new_conn(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        busy = sockshell.busy_reason("the agent", "[web] ", len(self._conns), self.max_connections,
+                                     noun="web connections")
+        if busy is not None:
+            self._c["rejected_busy"] += 1
+            self._refuse(conn, guard.Refusal(503, "web_busy", busy, "reuse one connection; retry in a second"),
+                         counted=False)
+            return
+        self._c["accepted"] += 1
+        self._conns[conn.fd] = conn
+        self.loop.add_reader(conn.fd, lambda c=conn: self._on_readable(c))
+        self._sweep.arm()
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
@@ -564,16 +561,8 @@ class WebServer:
 
     # -- timeouts and teardown -------------------------------------------------------------------
 
-    def _arm_sweep(self) -> None:
-        if self._sweep_timer is None:
-            self._sweep_timer = self.loop.call_later(self._sweep_every, self._sweep)
-
-    def _sweep(self) -> None:
-        """Close handshakes older than handshake_timeout and idle connections; not re-armed when none is left."""
-        self._sweep_timer = None
-        if not self._conns:
-            return
-        now = _now()
+    def _close_idle(self, now: float) -> None:
+        """The sweep (sockshell.IdleSweep): close handshakes older than handshake_timeout and idle connections."""
         for conn in list(self._conns.values()):
             if conn.closed or conn.state == CLOSING:
                 continue
@@ -588,7 +577,6 @@ class WebServer:
                 continue
             self._c["closed_slow" if conn.out else "closed_idle"] += 1
             self._drop(conn)
-        self._arm_sweep()
 
     def _drop(self, conn: _Conn) -> None:
         if conn.closed:
