@@ -46,7 +46,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from agent import clock as _clock
-from agent import rpc
+from agent import rpc, sockshell
 from agent.errors import OPERATOR, RETRY, AgentError
 from agent.loop import Loop
 
@@ -299,8 +299,8 @@ class Server:
         self._per_uid: dict[int, int] = {}
         self._subscribers: set = set()
         self._accept_timer: Any = None
-        self._sweep_timer: Any = None     # the one idle-check timer, armed while connections exist
-        self._sweep_every = min(max(idle_timeout / 4.0, 0.05), 30.0)
+        # The one idle-check timer, armed while connections exist.
+        self._sweep = sockshell.IdleSweep(loop, sockshell.sweep_period(idle_timeout), self._conns, self._close_idle)
         self._waits = _Deadlines(loop, self._expire, WAIT_GRAIN)
         self._nwaits = 0                  # parked waits of all connections
         self._denied_log: dict[int, int] = {}
@@ -457,9 +457,7 @@ class Server:
         self.loop.remove_reader(self._sock.fileno())
         if self._accept_timer is not None:
             self._accept_timer.cancel()
-        if self._sweep_timer is not None:
-            self._sweep_timer.cancel()
-            self._sweep_timer = None
+        self._sweep.cancel()
         if self.listen_fd is not None:
             self._sock.detach()  # systemd owns the fd and the file
         else:
@@ -510,25 +508,21 @@ class Server:
         lsock = self._sock
         if lsock is None:
             return
-        for _ in range(64):  # bounded: let established connections run between bursts
-            try:
-                sock, _addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of fds: stop accepting for a moment instead of spinning on a readable socket.
-                    self.log.error(
-                        "cannot accept on %s: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or lower "
-                        "socket.max_connections)", self.path, e.strerror,
-                    )
-                    self.loop.remove_reader(lsock.fileno())
-                    self._accept_timer = self.loop.call_later(0.5, self._resume_accept)
-                    return
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                raise
-            self._new_conn(sock)
+        sockshell.accept_batch(lsock, self._new_conn, self._accept_error)
+
+    def _accept_error(self, e: OSError) -> bool:
+        """Out of fds: pause accepts (False); a peer gone before accept(): accept on (True); else raise."""
+        lsock = self._sock
+        if e.errno in sockshell.OUT_OF_FDS and lsock is not None:
+            self.log.error(
+                "cannot accept on %s: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or lower "
+                "socket.max_connections)", self.path, e.strerror,
+            )
+            self._accept_timer = sockshell.pause_accepts(self.loop, lsock, self._resume_accept)
+            return False
+        if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+            return True
+        raise e
 
     def _resume_accept(self) -> None:
         self._accept_timer = None
@@ -555,11 +549,8 @@ class Server:
         if not allowed:
             self._deny(conn, counted=False)
             return
-        busy = None
-        if len(self._conns) >= self.max_connections:
-            busy = "the agent already serves %d connections (socket.max_connections)" % len(self._conns)
-        elif self._per_uid.get(uid, 0) >= self.max_per_uid:
-            busy = "uid %d already holds %d connections (socket.max_per_uid)" % (uid, self.max_per_uid)
+        busy = sockshell.busy_reason("the agent", "socket.", len(self._conns), self.max_connections,
+                                     self._per_uid, uid, self.max_per_uid)
         if busy is not None:
             self._c["rejected_busy"] += 1
             self._goodbye(sock, rpc.error_line(
@@ -569,7 +560,7 @@ class Server:
             return
         self._c["accepted"] += 1
         self._conns[conn.fd] = conn
-        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        sockshell.count_peer(self._per_uid, uid)
         self.loop.add_reader(conn.fd, functools.partial(self._on_readable, conn))
         self._arm_sweep()
 
@@ -914,18 +905,12 @@ class Server:
     # -- timeouts and teardown ------------------------------------------------------------------
 
     def _arm_sweep(self) -> None:
-        if self._sweep_timer is None and self.idle_timeout > 0:
-            self._sweep_timer = self.loop.call_later(self._sweep_every, self._sweep)
+        if self.idle_timeout > 0:
+            self._sweep.arm()
 
-    def _sweep(self) -> None:
-        """Close connections idle for idle_timeout (at most one sweep period late).
-
-        Not re-armed once no connection is left: an idle agent has no timer.
-        """
-        self._sweep_timer = None
-        if not self._conns:
-            return
-        now = _monotonic()
+    def _close_idle(self, now: float) -> None:
+        """The sweep (sockshell.IdleSweep): close connections idle for idle_timeout (at most one sweep
+        period late). Not re-armed once no connection is left: an idle agent has no timer."""
         for conn in list(self._conns.values()):
             if conn.closed or now - conn.last < self.idle_timeout:
                 continue
@@ -933,7 +918,6 @@ class Server:
                 continue  # a quiet subscriber or a parked wait is not idle, unless its answers sit unread
             self._c["closed_slow" if conn.out else "closed_idle"] += 1
             self._drop(conn)
-        self._arm_sweep()
 
     def _drop(self, conn: _Conn, linger: bool | None = None) -> None:
         """Forget a connection. linger=None closes the socket; False leaves it to the caller;
@@ -956,11 +940,7 @@ class Server:
         conn.inbuf = b""
         self._subscribers.discard(conn)
         if self._conns.pop(conn.fd, None) is not None:
-            n = self._per_uid.get(conn.uid, 1) - 1
-            if n:
-                self._per_uid[conn.uid] = n
-            else:
-                self._per_uid.pop(conn.uid, None)
+            sockshell.release_peer(self._per_uid, conn.uid)
         if linger:
             self._goodbye(conn.sock)
         elif linger is None:
