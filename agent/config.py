@@ -614,7 +614,8 @@ def _describe(v: Any) -> str:
     return "%s (%s)" % (text, type(v).__name__)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A loopback literal (127.0.0.0/8, ::1) or "localhost" (also agent/web/guard.py's test)."""
     if host == "localhost":
         return True
     try:
@@ -662,7 +663,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
             parts, host = None, None
         if parts is None or parts.scheme not in ("http", "https") or not host:
             problems.append("[adobe] base_url: found %r, expected an https:// URL such as %s" % (url, PRODUCTION_BASE_URL))
-        elif parts.scheme == "http" and not _is_loopback(host):
+        elif parts.scheme == "http" and not is_loopback(host):
             problems.append("[adobe] base_url: found %r; plain http:// is allowed only for loopback hosts "
                             "(localhost, 127.0.0.1, ::1), use https://" % url)
     for name in cfg["socket"]["allow_groups"]:  # a checked tuple (a wrong type stayed the default)
@@ -810,7 +811,7 @@ def _gateway_problems(gw: Mapping[str, Any], adobe_url: Any, socket_path: Any) -
         if parts is None or parts.scheme not in ("http", "https") or not host:
             problems.append("[gateway] base_url: found %r, expected an https:// URL such as https://sp.auth.adobe.com"
                             % url)
-        elif parts.scheme == "http" and not _is_loopback(host):
+        elif parts.scheme == "http" and not is_loopback(host):
             problems.append("[gateway] base_url: found %r; plain http:// is allowed only for loopback hosts "
                             "(localhost, 127.0.0.1, ::1), use https://" % url)
         elif parts.path not in ("", "/") or parts.query or parts.fragment:

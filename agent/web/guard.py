@@ -30,13 +30,13 @@ import base64
 import binascii
 import hashlib
 import importlib.util
-import ipaddress
 import json
 import os
 import stat
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from agent.config import is_loopback
 from agent.errors import OPERATOR, AgentError
 
 APPS: Tuple[str, ...] = ("default",)  # a single-application agent's one application (issue 16)
@@ -110,16 +110,6 @@ def split_hostport(text: str, default_port: Optional[int] = None) -> Tuple[str, 
     if not host or not 0 < port < 65536:
         raise ValueError("bad host or port in %r" % text)
     return host.lower(), port
-
-
-def is_loopback(host: str) -> bool:
-    """A loopback literal (127.0.0.0/8, ::1) or "localhost"."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_listen(listen: str) -> Tuple[str, int]:
