@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from agent.errors import AgentError
 
@@ -173,28 +173,19 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
     return results
 
 
-def _as_user(user: str, fn: Callable[[], list]) -> list:
-    """fn() in a forked child running as `user` (uid, gid, supplementary groups); its JSON result."""
-    import json as _json
-    import pwd
-
-    try:
-        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except (KeyError, ValueError):
-        raise _Problem("no user %r on this system" % user, "pass the service's user (systemd: User=)")
-    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
-        raise _Problem("checking as user %s needs root (this is uid %d)" % (pw.pw_name, os.geteuid()),
-                       "run pass-agent check --as-user as root")
+def fork_as(uid: int, gid: int, groups: Callable[[], list], fn: Callable[[], Any]) -> Any:
+    """fn() in a forked child running as uid/gid with the supplementary `groups()` (asked in the child);
+    its result through JSON, or None when the child failed (it always _exits, never returns here)."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: drop to the user, run the checks, report, always _exit
+    if pid == 0:  # child: drop to the user, run fn, report, always _exit
         code = 0
         try:
             os.close(r)
-            os.setgroups(os.getgrouplist(pw.pw_name, pw.pw_gid))
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            data = _json.dumps(fn()).encode("utf-8")
+            os.setgroups(groups())
+            os.setgid(gid)
+            os.setuid(uid)
+            data = json.dumps(fn()).encode("utf-8")
             while data:
                 data = data[os.write(w, data):]
         except BaseException:
@@ -211,9 +202,26 @@ def _as_user(user: str, fn: Callable[[], list]) -> list:
     os.close(r)
     _, status = os.waitpid(pid, 0)
     if status != 0 or not chunks:
+        return None
+    return json.loads(b"".join(chunks))
+
+
+def _as_user(user: str, fn: Callable[[], list]) -> list:
+    """fn() in a forked child running as `user` (uid, gid, supplementary groups); its JSON result."""
+    import pwd
+
+    try:
+        pw = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise _Problem("no user %r on this system" % user, "pass the service's user (systemd: User=)")
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise _Problem("checking as user %s needs root (this is uid %d)" % (pw.pw_name, os.geteuid()),
+                       "run pass-agent check --as-user as root")
+    res = fork_as(pw.pw_uid, pw.pw_gid, lambda: os.getgrouplist(pw.pw_name, pw.pw_gid), fn)
+    if res is None:
         raise _Problem("the checks as user %s did not complete" % pw.pw_name, "run them as root to see why")
-    return [tuple(x) for x in _json.loads(b"".join(chunks))] + [("user", True, "checked as user %s (uid %d, gid %d)"
-                                                                % (pw.pw_name, pw.pw_uid, pw.pw_gid), "")]
+    return [tuple(x) for x in res] + [("user", True, "checked as user %s (uid %d, gid %d)"
+                                       % (pw.pw_name, pw.pw_uid, pw.pw_gid), "")]
 
 
 def run(cfg: Config, as_user: str | None = None) -> list:

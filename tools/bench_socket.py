@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from agent.check import fork_as
 from agent.errors import AgentError, NotReady
 from agent.log import LogBuffer
 
@@ -243,34 +244,10 @@ def apps_latency(n: int, apps: int = 6, peer_uid: int = 65534) -> dict:
 
 def _as_uid(uid: int, fn: Callable[[], dict]) -> dict:
     """fn() in a forked child running as uid/gid `uid` (no supplementary groups); its JSON-able result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            data = json.dumps({str(k): v for k, v in fn().items()}).encode()
-            while data:
-                data = data[os.write(w, data):]
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks = []
-    while True:
-        chunk = os.read(r, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
+    res = fork_as(uid, uid, list, lambda: {str(k): v for k, v in fn().items()})
+    if res is None:
         raise RuntimeError("the benchmark client as uid %d failed" % uid)
-    return {int(k): v for k, v in json.loads(b"".join(chunks)).items()}
+    return {int(k): v for k, v in res.items()}
 
 
 def _throughput_client(path: str, duration: float, start_at, results) -> None:
