@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from agent import dcr
 from agent.errors import RETRY, UpstreamError
+
+sys.path.insert(0, str(Path(__file__).parent / "compat"))
+from urequests_servers import Trap  # noqa: E402
 
 
 class OneShotServer:
@@ -123,32 +128,6 @@ def test_send_malformed_http_is_a_malformed_response(server_factory, reply):
 
 
 # -- redirects: the DCR requests never follow one (issue 15 item 2) ------------------------------
-
-
-class Trap:
-    """A listening socket nobody accepts on: after a synchronous client call returns, a connection the
-    client made is already in the backlog (the loopback handshake completes inside connect()), so a
-    non-blocking accept() tells for certain whether anything connected."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-
-    def connections(self) -> int:
-        self.sock.setblocking(False)
-        n = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return n
-            conn.close()
-            n += 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

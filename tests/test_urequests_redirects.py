@@ -20,7 +20,7 @@ from typing import Callable
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "compat"))
-from urequests_servers import Pki, RawServer, response, send  # noqa: E402
+from urequests_servers import Pki, RawServer, Trap, response, send  # noqa: E402
 
 from agent import urequests  # noqa: E402
 
@@ -33,33 +33,6 @@ SECRETS = [b"the-body-secret", b"auth-secret", b"cookie-secret", b"proxy-secret"
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     return Pki(tmp_path_factory.mktemp("pki"))
-
-
-class Trap:
-    """A listening socket nobody accepts on (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-
-    def connections(self) -> int:
-        self.sock.setblocking(False)
-        n = 0
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return n
-            conn.close()
-            n += 1
-
-    def __enter__(self) -> Trap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
 
 
 class DualServer:

@@ -203,6 +203,38 @@ class RawServer:
         self.close()
 
 
+class Trap:
+    """A listening socket nobody accepts on: after a synchronous client call returns, a connection the
+    client made is already in the backlog (the loopback handshake completes inside connect()), so a
+    non-blocking accept() tells for certain whether anything connected. close() or a with block."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    def connections(self) -> int:
+        self.sock.setblocking(False)
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return n
+            conn.close()
+            n += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Trap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def send(data: bytes) -> Route:
     """A route that writes fixed bytes."""
     return lambda req, sock: sock.sendall(data)
