@@ -49,3 +49,33 @@ def write_config(tmp_path):
         return str(p)
 
     return write
+
+
+@pytest.fixture
+def emu(tmp_path):
+    """A started TLS emulator (Adobe's throttle on) under tmp_path/emulator, stopped at teardown.
+    A test file that needs another emulator defines its own `emu`."""
+    from agent.emulator import Emulator
+
+    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def make_agent(tmp_path):
+    """make_agent(emu, **overrides) -> tests.agentproc.AgentProc under tmp_path, killed at teardown
+    whatever the test did."""
+    from tests.agentproc import AgentProc
+
+    made = []
+
+    def make(emu, **kw) -> AgentProc:
+        made.append(AgentProc(tmp_path, emu, **kw))
+        return made[-1]
+
+    yield make
+    for agent in made:
+        agent.kill()
+

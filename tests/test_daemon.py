@@ -10,30 +10,7 @@ import time
 import pytest
 
 from agent.client import Client
-from agent.emulator import Emulator
 from tests.agentproc import AgentProc
-
-
-@pytest.fixture
-def make_agent(tmp_path):
-    """AgentProc(tmp_path, ...) that is killed at teardown whatever the test did."""
-    made = []
-
-    def make(emu, **kw) -> AgentProc:
-        made.append(AgentProc(tmp_path, emu, **kw))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.kill()
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
 
 
 def _token(agent: AgentProc, **kw) -> dict:

@@ -18,31 +18,9 @@ import time
 import pytest
 
 from agent.client import Client, RpcCallError
-from agent.emulator import Emulator
 from tests.agentproc import AgentProc
 
 LIMIT = 60.0  # guard against hangs only
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def make_agent(tmp_path):
-    made = []
-
-    def make(emu, **kw) -> AgentProc:
-        made.append(AgentProc(tmp_path, emu, **kw))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.kill()
 
 
 def _suspend(fifo: str, boottime: float, monotonic: float) -> None:

@@ -13,31 +13,11 @@ import pytest
 
 from agent.client import Client
 from agent.emulator import Emulator
-from tests.agentproc import ROOT, AgentProc
-
-
-@pytest.fixture
-def make_agent(tmp_path):
-    made = []
-
-    def make(emu, **kw) -> AgentProc:
-        made.append(AgentProc(tmp_path, emu, **kw))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.kill()
+from tests.agentproc import ROOT
 
 
 def _emulator(tmp_path, **kw):
     return Emulator(state_dir=str(tmp_path / "emulator"), tls=True, **kw).start()
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = _emulator(tmp_path)
-    yield e
-    e.stop()
 
 
 def _until(predicate, timeout: float) -> bool:

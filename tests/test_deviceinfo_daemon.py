@@ -7,20 +7,9 @@ import os
 import shutil
 import signal
 
-import pytest
-
-from agent.emulator import Emulator
 from tests.agentproc import AgentProc
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "boards")
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
 
 
 def test_run_warns_at_start_naming_each_unknown_field(tmp_path, emu):

@@ -256,16 +256,6 @@ def test_refresh_network_survives_a_vanished_tree(tmp_path):
     assert any("connectionType" in w for w in ident["warnings"])
 
 
-@pytest.fixture
-def emu(tmp_path):
-    from agent.emulator.server import Emulator
-
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
-
-
 def test_next_upstream_request_carries_the_new_connection_type(tmp_path, emu, monkeypatch):
     """Real Service, real dcr.send over TLS to the emulator; the network files change between requests."""
     from agent.service import Service

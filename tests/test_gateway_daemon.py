@@ -17,7 +17,6 @@ import threading
 import pytest
 
 from agent.client import Client
-from agent.emulator.server import Emulator
 from agent.emulator.throttle import Throttle
 from agent.gateway import client as gwclient
 from tests.agentproc import ROOT, AgentProc
@@ -25,14 +24,6 @@ from tests.agentproc import ROOT, AgentProc
 pytest.importorskip("h11")
 SP = "REF30"
 CURL = shutil.which("curl")
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture

@@ -9,35 +9,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from agent import config
 from agent.client import Client
-from agent.emulator import Emulator
 from agent.store import SLOT_NAMES
 from tests import softhsm
 from tests.agentproc import ROOT, AgentProc
-
-
-@pytest.fixture
-def make_agent(tmp_path):
-    made = []
-
-    def make(emu, **kw) -> AgentProc:
-        made.append(AgentProc(tmp_path, emu, **kw))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.kill()
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
 
 
 def _token(agent: AgentProc, **kw) -> dict:

@@ -19,21 +19,12 @@ import pytest
 from agent import config as configmod
 from agent import rpc
 from agent.client import Client, RpcCallError
-from agent.emulator import Emulator
 from agent.emulator.throttle import Throttle
 from tests.agentproc import ROOT, AgentProc
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root")
 BASELINE = "805438f"  # the last single-application main
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)  # Adobe's throttle: 1/s, one-time burst 10
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture

@@ -12,11 +12,7 @@ the causes from coming back.
 
 from __future__ import annotations
 
-import pytest
-
 from agent.client import Client
-from agent.emulator import Emulator
-from tests.agentproc import AgentProc
 
 NOT_BEFORE_READY = {
     "argparse": "the run command line is parsed without argparse (agent/cli.py)",
@@ -32,27 +28,6 @@ NOT_BEFORE_READY = {
 }
 OPTIONAL = ("agent.web", "agent.gateway", "agent.keys.pkcs11", "pkcs11", "agent.emulator", "agent.demo", "h11",
             "wsproto")
-
-
-@pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def make_agent(tmp_path):
-    made = []
-
-    def make(emu, **kw) -> AgentProc:
-        made.append(AgentProc(tmp_path, emu, **kw))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.kill()
 
 
 def _imported(log: str) -> list[str]:

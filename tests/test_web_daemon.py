@@ -22,27 +22,6 @@ EVENT_ID = "client.PassAgent.events"
 
 
 @pytest.fixture
-def emu(tmp_path):
-    e = Emulator(state_dir=str(tmp_path / "emulator"), tls=True)
-    e.start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def make_agent(tmp_path):
-    made = []
-
-    def make(emu, **kw) -> AgentProc:
-        made.append(AgentProc(tmp_path, emu, **kw))
-        return made[-1]
-
-    yield make
-    for agent in made:
-        agent.kill()
-
-
-@pytest.fixture
 def sa():
     with FakeSecurityAgent({GOOD}) as s:
         yield s
