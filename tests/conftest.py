@@ -79,3 +79,26 @@ def make_agent(tmp_path):
     for agent in made:
         agent.kill()
 
+
+@pytest.fixture(scope="module")
+def keydir(tmp_path_factory):
+    """One emulator state directory per test module: its keys are generated once, not per test."""
+    return str(tmp_path_factory.mktemp("emukeys"))
+
+
+# The Service tests' device identity and hand-moved clocks (tests/test_service*.py).
+IDENTITY = {"x_device_info": "eyJtb2RlbCI6IngifQ==", "ap_device_identifier": "fingerprint eA==",
+            "device_id": "serial:1", "fields": {"model": "x"}, "sources": {}, "warnings": []}
+
+
+class Clocks:
+    """Monotonic (m) and wall (w) clocks for agent.service.Service that the test sets by hand."""
+
+    def __init__(self) -> None:
+        self.mono, self.wall = 1000.0, 1.8e9
+
+    def m(self) -> float:
+        return self.mono
+
+    def w(self) -> float:
+        return self.wall

@@ -25,35 +25,17 @@ import pytest
 
 from agent import dcr, urequests
 from agent.emulator import Emulator, cli
-from agent.emulator.client import admin, device_info, request
+from agent.emulator.client import admin, device_info
+from tests.emuhelpers import Clock, call
 
 JSON_CT = "application/json;charset=utf-8"
 FORM_CT = "application/x-www-form-urlencoded"
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(scope="module")
-def keydir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("emukeys"))
 
 
 @pytest.fixture
 def emu(keydir):
     with Emulator(state_dir=keydir, throttle=False) as e:
         yield e
-
-
-def call(emu, method, path, body=None, headers=None):
-    return request(emu.origin, method, path, body, headers, ca_file=emu.ca_file)
 
 
 def hit(emu, headers=None):

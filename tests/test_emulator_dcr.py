@@ -13,24 +13,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent.emulator import DEFAULT_APP_ID, Emulator, jwtutil
 from agent.emulator.client import admin, device_info, request
+from tests.emuhelpers import call
 
 JSON_CT = "application/json;charset=utf-8"
 FORM_CT = "application/x-www-form-urlencoded"
-
-
-@pytest.fixture(scope="module")
-def keydir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("emukeys"))
 
 
 @pytest.fixture
 def emu(keydir):
     with Emulator(state_dir=keydir, throttle=False) as e:
         yield e
-
-
-def call(emu, method, path, body=None, headers=None):
-    return request(emu.origin, method, path, body, headers, ca_file=emu.ca_file)
 
 
 def register(emu, statement=None, headers=None, **fields):

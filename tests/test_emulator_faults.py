@@ -19,11 +19,6 @@ from agent.emulator.faults import FaultQueue, parse_spec
 JSON_CT = "application/json;charset=utf-8"
 
 
-@pytest.fixture(scope="module")
-def keydir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("emukeys"))
-
-
 @pytest.fixture(params=[False, True], ids=["http", "https"])
 def emu(request, keydir):
     with Emulator(state_dir=keydir, tls=request.param, throttle=False) as e:

@@ -11,16 +11,9 @@ import json
 import threading
 import time
 
-import pytest
-
 from agent.emulator import Emulator
 from agent.emulator.client import request
 from agent.emulator.throttle import Throttle
-
-
-@pytest.fixture(scope="module")
-def keydir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("emukeys"))
 
 
 def hit(emu, path="/o/client/token", headers=None):

@@ -17,21 +17,7 @@ import pytest
 from agent import config as configmod
 from agent import log as agentlog
 from agent.service import Service
-from tests.conftest import fake_statement
-
-IDENTITY = {"x_device_info": "eyJtb2RlbCI6IngifQ==", "ap_device_identifier": "fingerprint eA==",
-            "device_id": "serial:1", "fields": {"model": "x"}, "sources": {}, "warnings": []}
-
-
-class Clocks:
-    def __init__(self) -> None:
-        self.mono, self.wall = 1000.0, 1.8e9
-
-    def m(self) -> float:
-        return self.mono
-
-    def w(self) -> float:
-        return self.wall
+from tests.conftest import IDENTITY, Clocks, fake_statement
 
 
 class BuggySend:
