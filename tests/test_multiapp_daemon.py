@@ -18,6 +18,7 @@ import pytest
 
 from agent import config as configmod
 from agent import rpc
+from agent.check import fork_as
 from agent.client import Client, RpcCallError
 from agent.emulator.throttle import Throttle
 from tests.agentproc import ROOT, AgentProc
@@ -144,54 +145,35 @@ def test_revocation_stays_with_its_application(tmp_path, emu, agents):
 
 
 def as_peer(path: str, uid: int, gid: int, groups: tuple, lines: list[dict]) -> dict:
-    """Connect as another user in a forked child, send `lines`, return the answers (or the refusal)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: syscalls only, always _exit
-        code = 0
+    """Connect as another user in a forked child (agent.check.fork_as), send `lines`, return the
+    answers (or the refusal)."""
+    def peer() -> dict:  # in the child: syscalls only
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        answers, eof = [], False
         try:
-            os.close(r)
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(20)
-            answers, eof = [], False
-            try:
-                s.connect(path)
-                f = s.makefile("rb")
-                for i, params in enumerate(lines):
-                    req = {"jsonrpc": "2.0", "id": i + 1, "method": params.pop("method", "token.get")}
-                    if params:
-                        req["params"] = params
-                    s.sendall(json.dumps(req).encode() + b"\n")
-                    line = f.readline()
-                    if not line:
-                        eof = True
-                        break
-                    answers.append(json.loads(line))
-                    if answers[-1].get("id") is None:  # refused at connect: the server closes
-                        eof = f.readline() == b""
-                        break
-                out = {"answers": answers, "eof": eof}
-            except OSError as e:
-                out = {"errno": e.errno}
-            os.write(w, json.dumps(out).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    data = b""
-    while True:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            break
-        data += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0, "child as uid %d failed" % uid
-    return json.loads(data)
+            s.connect(path)
+            f = s.makefile("rb")
+            for i, params in enumerate(lines):
+                req = {"jsonrpc": "2.0", "id": i + 1, "method": params.pop("method", "token.get")}
+                if params:
+                    req["params"] = params
+                s.sendall(json.dumps(req).encode() + b"\n")
+                line = f.readline()
+                if not line:
+                    eof = True
+                    break
+                answers.append(json.loads(line))
+                if answers[-1].get("id") is None:  # refused at connect: the server closes
+                    eof = f.readline() == b""
+                    break
+            return {"answers": answers, "eof": eof}
+        except OSError as e:
+            return {"errno": e.errno}
+
+    res = fork_as(uid, gid, lambda: list(groups), peer)
+    assert res is not None, "child as uid %d failed" % uid
+    return res
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import tempfile
 import pytest
 
 from agent import rpc
+from agent.check import fork_as
 from agent.server import Server, ServerError, listen_fds_from_env
 
 try:
@@ -38,48 +39,29 @@ def pubdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def as_user(path: str, uid: int, gid: int, groups: tuple = ()) -> tuple[str, bytes]:
-    """Connect as another user in a forked child; return ("ok", first answer line) or ("error", errno name)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: no pytest, no logging, just syscalls; always _exit
-        code = 0
+def as_user(path: str, uid: int, gid: int, groups: tuple = ()) -> dict:
+    """Connect as another user in a forked child (agent.check.fork_as); return {"status": "ok", "line":
+    first answer line, "eof": closed after an error} or {"status": "error", "errno": errno}."""
+    def peer() -> dict:  # in the child: no pytest, no logging, just syscalls
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
         try:
-            os.close(r)
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(5)
-            try:
-                s.connect(path)
-                s.sendall(request("token.get"))
-                buf = b""
-                while not buf.endswith(b"\n"):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                eof = s.recv(1) == b"" if b'"error"' in buf else False
-                out = json.dumps({"status": "ok", "line": buf.decode(), "eof": eof})
-            except OSError as e:
-                out = json.dumps({"status": "error", "errno": e.errno})
-            os.write(w, out.encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    data = b""
-    while True:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            break
-        data += chunk
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0, "child as uid %d failed" % uid
-    return json.loads(data)
+            s.connect(path)
+            s.sendall(request("token.get"))
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            eof = s.recv(1) == b"" if b'"error"' in buf else False
+            return {"status": "ok", "line": buf.decode(), "eof": eof}
+        except OSError as e:
+            return {"status": "error", "errno": e.errno}
+
+    res = fork_as(uid, gid, lambda: list(groups), peer)
+    assert res is not None, "child as uid %d failed" % uid
+    return res
 
 
 @needs_root
