@@ -102,3 +102,22 @@ class Clocks:
 
     def w(self) -> float:
         return self.wall
+
+
+def app_statement(app_id: str) -> str:
+    """A statement-shaped JWT whose subject is `app_id` (for multi-application Service tests)."""
+    def b64(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    return "%s.%s.c2ln" % (b64({"alg": "RS256"}), b64({"sub": app_id, "iss": "auth.adobe.com"}))
+
+
+def machine_identity(root: str) -> dict:
+    """The device identity agent.deviceinfo derives under `root` from a machine-id alone (fallbacks
+    otherwise: a complete, valid header)."""
+    from agent import deviceinfo
+
+    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
+    with open(os.path.join(root, "etc", "machine-id"), "w") as f:
+        f.write("0123456789abcdef0123456789abcdef\n")
+    return deviceinfo.identify(root=root)

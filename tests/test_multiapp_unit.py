@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import threading
 
 import pytest
@@ -15,6 +14,7 @@ from agent import config, governor, lifecycle, rpc
 from agent.errors import AgentError
 from agent.server import acl_apps, acl_apps_need_groups
 from agent.service import Service, app_runtime_dir, app_storage_dir
+from tests.conftest import app_statement, machine_identity
 
 ACLS = {"news": (frozenset({1001}), frozenset()),
         "sport": (frozenset(), frozenset({2002})),
@@ -80,22 +80,6 @@ def _denied_message(asked: str) -> str:
 # -- the dispatcher over a real Service with a scripted upstream ------------------------------------
 
 
-def _statement(app_id: str) -> str:
-    def b64(d: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
-
-    return "%s.%s.c2ln" % (b64({"alg": "RS256"}), b64({"sub": app_id, "iss": "auth.adobe.com"}))
-
-
-def _identity(root: str) -> dict:
-    from agent import deviceinfo
-
-    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
-    with open(os.path.join(root, "etc", "machine-id"), "w") as f:
-        f.write("0123456789abcdef0123456789abcdef\n")
-    return deviceinfo.identify(root=root)  # otherwise empty: fallbacks, a complete valid header
-
-
 class Upstream:
     """Adobe in a script: every register gets a new client, every token a new token; records the
     order of requests (which application asked) and answers 429 when told."""
@@ -135,11 +119,11 @@ def _multi(tmp_path, names, **kw) -> tuple[Service, Upstream]:
     apps = []
     for n in names:
         p = tmp_path / ("%s.jwt" % n)
-        p.write_text(_statement("com.example." + n))
+        p.write_text(app_statement("com.example." + n))
         apps.append({"name": n, "software_statement": str(p), "application_id": "com.example." + n})
     cfg = config.local(str(tmp_path), "https://127.0.0.1:9/o", str(tmp_path / "unused.jwt")).replace(app=apps)
     up = Upstream()
-    return Service(cfg, identity=_identity(str(tmp_path)), send=up.send, **kw), up
+    return Service(cfg, identity=machine_identity(str(tmp_path)), send=up.send, **kw), up
 
 
 def _wait_all(svc: Service, names) -> dict:

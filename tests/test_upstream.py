@@ -5,9 +5,7 @@ and the service's lifecycles use the policy the fleet simulation measures for go
 
 from __future__ import annotations
 
-import base64
 import inspect
-import json
 import os
 import signal
 
@@ -20,6 +18,7 @@ from agent.emulator.throttle import Throttle
 from agent.errors import ConfigError
 from agent.service import Service
 from tests.agentproc import AgentProc
+from tests.conftest import app_statement, machine_identity
 
 # ------------------------------------------------------------------ configuration
 
@@ -92,21 +91,6 @@ def test_upstream_round_trips_through_toml(tmp_path):
 
 # ------------------------------------------------------------------ the service paces as configured
 
-def _statement(app_id: str) -> str:
-    def b64(d: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
-
-    return "%s.%s.c2ln" % (b64({"alg": "RS256"}), b64({"sub": app_id, "iss": "auth.adobe.com"}))
-
-
-def _identity(root: str) -> dict:
-    from agent import deviceinfo
-
-    os.makedirs(os.path.join(root, "etc"), exist_ok=True)
-    with open(os.path.join(root, "etc", "machine-id"), "w") as f:
-        f.write("0123456789abcdef0123456789abcdef\n")
-    return deviceinfo.identify(root=root)
-
 
 def _drive(svc: Service, clock: list, limit: int = 200) -> list[tuple[float, str, str]]:
     """The service's worker in virtual time: perform what _pick grants, else jump to _deadline.
@@ -146,7 +130,7 @@ def test_rate_half_paces_every_applications_requests_against_the_emulator(tmp_pa
             apps.append({"name": n, "software_statement": p})
         cfg = config.local(str(tmp_path), emu.base_url, str(tmp_path / "unused.jwt"),
                            upstream={"rate": 0.5, "burst": 2}).replace(app=apps)
-        svc = Service(cfg, identity=_identity(str(tmp_path)), clock=lambda: clock[0], wall=lambda: 1.7e9 + clock[0])
+        svc = Service(cfg, identity=machine_identity(str(tmp_path)), clock=lambda: clock[0], wall=lambda: 1.7e9 + clock[0])
         try:
             sent = _drive(svc, clock)
         finally:
@@ -299,7 +283,7 @@ def test_service_lifecycles_use_the_fleet_simulations_governed_policy(monkeypatc
     apps = []
     for n in ("news", "sport"):
         p = tmp_path / ("%s.jwt" % n)
-        p.write_text(_statement("com.example." + n))
+        p.write_text(app_statement("com.example." + n))
         apps.append({"name": n, "software_statement": str(p)})
     svc = _svc(config.defaults().replace(app=apps))
     try:
