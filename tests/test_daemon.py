@@ -10,20 +10,12 @@ import time
 import pytest
 
 from agent.client import Client
-from tests.agentproc import AgentProc
-
-
-def _token(agent: AgentProc, **kw) -> dict:
-    with Client(agent.socket_path, timeout=20) as c:
-        t = c.token(**kw)
-    agent.seen_secrets.add(t["access_token"])
-    return t
 
 
 def test_ready_status_watchdog_and_sigterm(make_agent, emu):
     agent = make_agent(emu, watchdog_usec=200000)
     ready = agent.start().notifications
-    t = _token(agent, wait=15)
+    t = agent.token(wait=15)
     assert t["token_type"] == "bearer" and t["expires_in"] > 0
     # Watchdog pings keep coming while the agent is idle.
     agent.wait_notify("WATCHDOG=1", timeout=5)
@@ -74,11 +66,11 @@ def test_sighup_reload_good_and_bad_config_keeps_token_and_connection(make_agent
 def test_restart_offline_serves_stored_token_at_once(make_agent, emu):
     agent = make_agent(emu)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert agent.stop() == 0
     emu.stop()  # Adobe unreachable from now on
     agent.start()  # READY must come without the network
-    again = _token(agent)  # no wait: it must be there at once
+    again = agent.token()  # no wait: it must be there at once
     assert again["access_token"] == first["access_token"]
     assert abs(again["expires_at"] - first["expires_at"]) < 5
     assert agent.stop() == 0
@@ -88,12 +80,12 @@ def test_restart_with_expired_token_refreshes_without_registering(make_agent, em
     emu.configure(token_ttl=2)
     agent = make_agent(emu)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert agent.stop() == 0
     time.sleep(2.5)  # the stored token expires while the agent is down
     emu.configure(token_ttl=3600)
     agent.start()
-    second = _token(agent, wait=15)
+    second = agent.token(wait=15)
     assert second["access_token"] != first["access_token"]
     assert second["expires_in"] > 3000
     assert agent.stop() == 0
@@ -105,11 +97,11 @@ def test_restart_with_expired_token_refreshes_without_registering(make_agent, em
 def test_store_survives_sigkill(make_agent, emu):
     agent = make_agent(emu)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     agent.send(signal.SIGKILL)
     agent.proc.wait()
     agent.start()
-    assert _token(agent)["access_token"] == first["access_token"]
+    assert agent.token()["access_token"] == first["access_token"]
     assert agent.stop() == 0
     assert emu.stats()["register"]["ok"] == 1
 
@@ -118,7 +110,7 @@ def test_socket_file_mode_and_health(make_agent, emu):
     agent = make_agent(emu)
     agent.start()
     assert oct(os.stat(agent.socket_path).st_mode & 0o777) == oct(0o600)
-    _token(agent, wait=15)
+    agent.token(wait=15)
     with Client(agent.socket_path) as c:
         assert c.health() == {"live": True, "ready": True}
         st = c.status()
@@ -149,7 +141,7 @@ def test_idle_is_idle_no_periodic_wakeups(make_agent, emu, with_console):
     agent = make_agent(emu, **overrides)
     try:
         agent.start()
-        _token(agent, wait=15)
+        agent.token(wait=15)
         time.sleep(0.5)  # let the client's connection close and the loop settle
         before = _wakeups(agent.proc.pid)
         time.sleep(3.0)
@@ -194,7 +186,7 @@ def test_daemon_is_not_dumpable_and_leaves_no_core_file(make_agent, emu, tmp_pat
     agent = make_agent(emu)
     agent.popen_kw = {"preexec_fn": allow_cores, "cwd": str(cwd)}
     agent.start()
-    _token(agent, wait=15)
+    agent.token(wait=15)
     pid = agent.proc.pid
     with open("/proc/%d/limits" % pid) as f:
         core = [ln.split()[4:6] for ln in f if ln.startswith("Max core file size")]
@@ -235,13 +227,13 @@ def _files(directory: str) -> dict:
 def test_read_only_store_starts_and_serves_the_stored_token(make_agent, emu):
     agent = make_agent(emu)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert agent.stop() == 0
     store_dir = agent.cfg.storage.dir
     before = _files(store_dir)
     agent.argv_prefix = _ro_prefix(store_dir)  # the eMMC came back read-only after errors
     agent.start()  # before the fix: exit 1, "cannot open the store lock file ... Read-only file system"
-    assert _token(agent)["access_token"] == first["access_token"]  # at once, from the store
+    assert agent.token()["access_token"] == first["access_token"]  # at once, from the store
     with Client(agent.socket_path, timeout=20) as c:
         st = c.status()
     assert st["store"]["problem"] == "read_only" and st["store"]["read_only"] is True
@@ -263,7 +255,7 @@ def test_read_only_store_fetches_tokens_in_memory_with_the_stored_credentials(ma
     before = _files(store_dir)
     agent.argv_prefix = _ro_prefix(store_dir)
     agent.start()
-    t = _token(agent, wait=15)  # fetched with the stored credentials, kept in memory
+    t = agent.token(wait=15)  # fetched with the stored credentials, kept in memory
     assert t["expires_in"] > 0
     with Client(agent.socket_path, timeout=20) as c:
         assert c.status()["store"]["problem"] == "read_only"
@@ -288,7 +280,7 @@ def test_runtime_token_cache_leaves_the_player_its_socket(make_agent, emu, tmp_p
                            socket__path=os.path.join(pub, "agent.sock"), socket__mode=0o666,
                            socket__allow_uids=[NOBODY])
         agent.start()
-        _token(agent, wait=15)  # the token has been saved to the runtime directory by now
+        agent.token(wait=15)  # the token has been saved to the runtime directory by now
         assert os.stat(pub).st_mode & 0o777 == 0o755
         res = as_user(agent.socket_path, NOBODY, NOBODY)
         assert res["status"] == "ok", res
@@ -306,7 +298,7 @@ def test_the_daemon_never_imports_the_emulator(make_agent, emu):
     agent = make_agent(emu)
     agent.argv_prefix = ["env", "PYTHONPROFILEIMPORTTIME=1"]  # python -X importtime: every import, on stderr
     agent.start()
-    _token(agent, wait=15)
+    agent.token(wait=15)
     agent.send(signal.SIGHUP)
     agent.wait_notify("READY=1")
     with Client(agent.socket_path, timeout=20) as c:

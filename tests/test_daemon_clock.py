@@ -18,7 +18,6 @@ import time
 import pytest
 
 from agent.client import Client, RpcCallError
-from tests.agentproc import AgentProc
 
 LIMIT = 60.0  # guard against hangs only
 
@@ -40,18 +39,11 @@ def _hooked(make_agent, emu, tmp_path) -> tuple:
     return agent, fifo
 
 
-def _token(agent: AgentProc, **kw) -> dict:
-    with Client(agent.socket_path, timeout=20) as c:
-        t = c.token(**kw)
-    agent.seen_secrets.add(t["access_token"])
-    return t
-
-
 def test_daemon_refreshes_at_resume_and_never_serves_the_expired_token(make_agent, emu, tmp_path):
     emu.configure(token_ttl=7200)
     agent, fifo = _hooked(make_agent, emu, tmp_path)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert first["expires_in"] > 7000
     with Client(agent.socket_path, timeout=LIMIT) as sub:
         sub.call("token.subscribe")
@@ -59,7 +51,7 @@ def test_daemon_refreshes_at_resume_and_never_serves_the_expired_token(make_agen
         # The refresh starts on its own at resume: nobody asked for a token.
         changed = next(sub.subscribe(timeout=LIMIT))
     assert changed["method"] == "token.changed"
-    again = _token(agent)
+    again = agent.token()
     assert again["access_token"] != first["access_token"], "the token that expired in standby was served"
     assert again["expires_in"] > 7000
     assert agent.stop() == 0
@@ -72,7 +64,7 @@ def test_daemon_never_serves_a_token_that_expired_in_standby(make_agent, emu, tm
     emu.configure(token_ttl=7200)
     agent, fifo = _hooked(make_agent, emu, tmp_path)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     emu.add_fault("token", hang=True)  # the refresh after resume cannot complete
     try:
         _suspend(fifo, 9 * 3600, 3600)
@@ -111,7 +103,7 @@ def test_daemon_in_a_time_namespace_with_boottime_far_ahead_refreshes_on_schedul
     agent = make_agent(emu)
     agent.argv_prefix = ["unshare", "-T", "--boottime", "1000000"]
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     arrivals = [time.monotonic()]
     with Client(agent.socket_path, timeout=LIMIT) as sub:
         for note in sub.subscribe(timeout=3 * ttl):
@@ -122,7 +114,7 @@ def test_daemon_in_a_time_namespace_with_boottime_far_ahead_refreshes_on_schedul
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     # On schedule: never early (a clock mix-up refreshes at once, over and over) ...
     assert all(g >= 0.6 * ttl for g in gaps), gaps
-    t = _token(agent)
+    t = agent.token()
     assert t["access_token"] != first["access_token"] and 0 < t["expires_in"] <= ttl
     assert agent.stop() == 0
     st = emu.stats()

@@ -10,17 +10,9 @@ import subprocess
 import sys
 
 from agent import config
-from agent.client import Client
 from agent.store import SLOT_NAMES
 from tests import softhsm
 from tests.agentproc import ROOT, AgentProc
-
-
-def _token(agent: AgentProc, **kw) -> dict:
-    with Client(agent.socket_path, timeout=20) as c:
-        t = c.token(**kw)
-    agent.seen_secrets.add(t["access_token"])
-    return t
 
 
 def _providers(store_dir: str) -> set:
@@ -41,7 +33,7 @@ def test_the_default_daemon_never_imports_the_pkcs11_provider(make_agent, emu):
     agent = make_agent(emu)
     agent.argv_prefix = ["env", "PYTHONPROFILEIMPORTTIME=1"]
     agent.start()
-    _token(agent, wait=15)
+    agent.token(wait=15)
     assert agent.stop() == 0
     imported = _imports(agent)
     assert {"agent.daemon", "agent.store", "agent.keys", "agent.sealing"} <= imported  # the profile is real
@@ -60,14 +52,14 @@ def test_the_daemon_registers_sealed_by_the_token_and_a_restart_does_not_registe
     agent = _pkcs11_agent(make_agent, emu, tmp_path)
     agent.argv_prefix = ["env", "PYTHONPROFILEIMPORTTIME=1"]
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert agent.stop() == 0
     assert {"pkcs11", "agent.keys.pkcs11"} <= _imports(agent)
     store_dir = agent.cfg.storage.dir
     assert _providers(store_dir) == {"pkcs11"}
     agent.argv_prefix = []
     agent.start()
-    assert _token(agent)["access_token"] == first["access_token"]
+    assert agent.token()["access_token"] == first["access_token"]
     assert agent.stop() == 0
     assert emu.stats()["register"]["ok"] == 1
     r = subprocess.run([sys.executable, "-m", "agent", "check", "--config", agent.config_path], cwd=ROOT,
@@ -80,7 +72,7 @@ def test_the_daemon_registers_sealed_by_the_token_and_a_restart_does_not_registe
 def test_a_running_box_migrates_to_the_token_and_back_without_registering_again(make_agent, emu, tmp_path):
     agent = make_agent(emu)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert agent.stop() == 0
     store_dir = agent.cfg.storage.dir
     assert _providers(store_dir) == {"device"}
@@ -90,13 +82,13 @@ def test_a_running_box_migrates_to_the_token_and_back_without_registering_again(
     agent.cfg = agent.cfg.replace(storage={"key_provider": "pkcs11", "pkcs11": p11})
     agent.write_config()
     agent.start()
-    assert _token(agent)["access_token"] == first["access_token"]
+    assert agent.token()["access_token"] == first["access_token"]
     assert agent.stop() == 0
     assert _providers(store_dir) == {"pkcs11"} and "re-sealing" in agent.log()
     agent.cfg = agent.cfg.replace(storage={"key_provider": "device"})  # [storage.pkcs11] kept: it reads the slots
     agent.write_config()
     agent.start()
-    assert _token(agent)["access_token"] == first["access_token"]
+    assert agent.token()["access_token"] == first["access_token"]
     assert agent.stop() == 0
     assert _providers(store_dir) == {"device"}
     assert emu.stats()["register"]["ok"] == 1
@@ -105,7 +97,7 @@ def test_a_running_box_migrates_to_the_token_and_back_without_registering_again(
 def test_a_wrong_pin_stops_the_start_with_a_clear_error_and_loses_nothing(make_agent, emu, tmp_path):
     agent = _pkcs11_agent(make_agent, emu, tmp_path)
     agent.start()
-    first = _token(agent, wait=15)
+    first = agent.token(wait=15)
     assert agent.stop() == 0
     store_dir = agent.cfg.storage.dir
     before = {n: open(os.path.join(store_dir, n), "rb").read() for n in SLOT_NAMES
@@ -127,6 +119,6 @@ def test_a_wrong_pin_stops_the_start_with_a_clear_error_and_loses_nothing(make_a
     agent.cfg = good
     agent.write_config()
     agent.start()
-    assert _token(agent)["access_token"] == first["access_token"]
+    assert agent.token()["access_token"] == first["access_token"]
     assert agent.stop() == 0
     assert emu.stats()["register"]["ok"] == 1
