@@ -23,7 +23,6 @@ pytest.importorskip("wsproto", reason="the web endpoint needs the optional packa
 
 from agent.client import Client  # noqa: E402
 from tests.test_web import GOOD, FakeSecurityAgent, free_port  # noqa: E402
-from tests.test_web_daemon import emu, make_agent  # noqa: E402,F401  (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LIMIT = 120.0  # guard against hangs only
