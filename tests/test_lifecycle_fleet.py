@@ -12,6 +12,20 @@ from agent import lifecycle
 from tools import fleetsim
 
 
+def record_instances(monkeypatch, module, name: str) -> list:
+    """Replace module.name by a subclass that records every instance it makes; returns that list."""
+    made: list = []
+    real = getattr(module, name)
+
+    class Recording(real):
+        def __init__(self, *a, **k):
+            real.__init__(self, *a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(module, name, Recording)
+    return made
+
+
 def test_city_herd_small_fleet_near_the_floor_with_far_fewer_requests_than_naive():
     r = fleetsim.run_scenario(fleetsim.scenario_city(1000, 100), seed=3, naive_sample=1)
     a, n, f = r["agent"], r["naive"], r["floor"]
@@ -23,15 +37,7 @@ def test_city_herd_small_fleet_near_the_floor_with_far_fewer_requests_than_naive
 
 
 def test_the_simulation_drives_the_real_lifecycle(monkeypatch):
-    made = []
-    real = lifecycle.Lifecycle
-
-    class Spy(real):
-        def __init__(self, *a, **k):
-            real.__init__(self, *a, **k)
-            made.append(self)
-
-    monkeypatch.setattr(lifecycle, "Lifecycle", Spy)
+    made = record_instances(monkeypatch, lifecycle, "Lifecycle")
     fleetsim.run_case(fleetsim.scenario_city(30, 10), "agent", seed=1)
     assert len(made) == 30
     assert all(lc.state == lifecycle.TOKEN_VALID and lc.counters["register"]["ok"] == 1 for lc in made)
@@ -167,15 +173,7 @@ def test_the_429_bound_for_boxes_with_several_applications():
 
 
 def test_a_box_with_six_applications_alone_never_gets_a_429_and_beats_six_agents(monkeypatch):
-    made = []
-    real = fleetsim.governor.Governor
-
-    class Spy(real):
-        def __init__(self, *a, **k):
-            real.__init__(self, *a, **k)
-            made.append(self)
-
-    monkeypatch.setattr(fleetsim.governor, "Governor", Spy)
+    made = record_instances(monkeypatch, fleetsim.governor, "Governor")
     r = fleetsim.run_scenario(fleetsim.scenario_apps(20, 1, 6), seed=3, naive_sample=1)
     assert len(made) == 20 and all(g.tickets == 12 for g in made)   # one governor per box, 2 requests per app
     a, u = r["agent"], r["ungoverned"]
@@ -186,15 +184,7 @@ def test_a_box_with_six_applications_alone_never_gets_a_429_and_beats_six_agents
 
 
 def test_crowded_boxes_with_several_applications_stay_near_the_floor(monkeypatch):
-    made = []
-    real = lifecycle.Lifecycle
-
-    class Spy(real):
-        def __init__(self, *a, **k):
-            real.__init__(self, *a, **k)
-            made.append(self)
-
-    monkeypatch.setattr(lifecycle, "Lifecycle", Spy)
+    made = record_instances(monkeypatch, lifecycle, "Lifecycle")
     r = fleetsim.run_scenario(fleetsim.scenario_apps(60, 10, 6), seed=3, naive_sample=1)
     a, u = r["agent"], r["ungoverned"]
     assert a["devices"] == 360 and a["gave_up"] == 0 and u["gave_up"] == 0
