@@ -628,10 +628,10 @@ class Lifecycle:
         refresh = endpoint == "token" and not self.pending_register and not self.trigger_spent
         self.due = self._backoff(now, err, refresh)
         # A held token stays served; if the backoff ends after it expires, try once shortly before.
-        # (Only once: from the last two minutes on, the plain backoff applies, so it cannot loop.)
+        # (Only once: from two margins before expiry on, the plain backoff applies, so it cannot loop.)
         t = self.tok
-        if t is not None and now < t["expires_mono"] - 120.0 and self.due >= t["expires_mono"]:
-            self.due = t["expires_mono"] - 60.0
+        if t is not None and now < t["expires_mono"] - 2 * self.expiry_margin and self.due >= t["expires_mono"]:
+            self.due = t["expires_mono"] - self.expiry_margin
         return []
 
     # ----------------------------------------------------------------- callers

@@ -268,6 +268,23 @@ def test_a_day_of_retry_after_while_holding_a_ten_minute_token_retries_before_ex
     assert box.lc.token(box.now) is not None  # and the box never lost its token
 
 
+@pytest.mark.parametrize("margin", [20.0, 200.0])
+def test_the_one_try_before_expiry_follows_a_configured_expiry_margin(margin):
+    """Server errors from the first refresh on, with a backoff that outgrows the token's life: the
+    one extra try comes `expiry_margin` before expiry whatever the margin (it was fixed at 60 s)."""
+    def upstream(op, box):
+        if op == "token" and box.lc.tok is not None:
+            return SERVER_ERROR()
+        return healthy(op, box)
+
+    box = Box(upstream=upstream, ttl=3600, expiry_margin=margin, backoff_cap=3600.0)
+    box.run_for(60)
+    exp = box.lc.tok["expires_mono"]
+    box.run_until(exp - 1.0)
+    tries = [t for t, op, code in box.ops("token") if code == "server_error"]
+    assert any(abs(t - (exp - margin)) < 1e-6 for t in tries)
+
+
 @pytest.mark.parametrize("op", ["register", "token"])
 def test_a_day_of_retry_after_without_a_token_retries_within_backoff_cap(op):
     state = {"n": 0}
