@@ -27,31 +27,36 @@ file, or hand out a configuration object that can be changed in place (reload bu
 
 from __future__ import annotations
 
+import _collections_abc as abc  # what collections.abc re-exports; `collections` itself costs ~0.6 ms (issue 20)
 import grp
-import importlib.util
-import ipaddress
 import math
 import os
 import sys
 import types
-from collections import abc
-from typing import Any, Callable, Mapping, Optional, Tuple, Union
-from urllib.parse import urlsplit
 
 from agent import record
 from agent.errors import ConfigError
 from agent.record import field
 
+# What this module imports is on the daemon's start path (issue 20: agent/startup.py builds the Config
+# from the validated-configuration cache before READY=1): no typing (annotations only; each checker's
+# `produces` is the record field's annotation as text), and ipaddress, urllib.parse and importlib.util
+# only inside the checks that need them (validation runs them; a cache hit does not).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Optional, Tuple, Union  # noqa: F401
+
+    # One checker per value kind: returns (ok, normalised value, expected-description).
+    Check = Callable[[Any], "tuple[bool, Any, str]"]
+    OverrideValue = Union[str, int, float, bool]
+
 DEFAULT_PATH = "/etc/pass-agent/agent.toml"
 ENV_VAR = "PASS_AGENT_CONFIG"
 PRODUCTION_BASE_URL = "https://sp.auth.adobe.com/o"
 
-# One checker per value kind: returns (ok, normalised value, expected-description).
-Check = Callable[[Any], "tuple[bool, Any, str]"]
-
-
-def _produces(kind: Any) -> Callable[[Check], Check]:
-    """Record the Python type a checker's normalised value has (the record field's type)."""
+def _produces(kind: str) -> Callable[[Check], Check]:
+    """Record the Python type a checker's normalised value has, as the record field's annotation text
+    (tests/test_config_typed.py evaluates both and compares)."""
     def mark(check: Check) -> Check:
         check.produces = kind  # type: ignore[attr-defined]
         return check
@@ -59,12 +64,12 @@ def _produces(kind: Any) -> Callable[[Check], Check]:
     return mark
 
 
-@_produces(str)
+@_produces("str")
 def _str(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, str), v, "a string"
 
 
-@_produces(Optional[str])
+@_produces("Optional[str]")
 def _opt_str(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, str), (v or None), "a string (empty for none)"
 
@@ -79,25 +84,25 @@ def _finite(v: Any) -> bool:
         return False
 
 
-@_produces(float)
+@_produces("float")
 def _pos_number(v: Any) -> tuple[bool, Any, str]:
     ok = _finite(v) and v > 0
     return ok, float(v) if ok else v, "a positive, finite number"
 
 
-@_produces(int)
+@_produces("int")
 def _pos_int(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
     return ok, v, "a positive integer"
 
 
-@_produces(bool)
+@_produces("bool")
 def _bool(v: Any) -> tuple[bool, Any, str]:
     return isinstance(v, bool), v, "true or false"
 
 
 def _fraction(lo: float, hi: float) -> Check:
-    @_produces(float)
+    @_produces("float")
     def check(v: Any) -> tuple[bool, Any, str]:
         ok = _finite(v) and lo <= v <= hi
         return ok, float(v) if ok else v, "a number from %g to %g" % (lo, hi)
@@ -106,7 +111,7 @@ def _fraction(lo: float, hi: float) -> Check:
 
 
 def _choice(*choices: str) -> Check:
-    @_produces(str)
+    @_produces("str")
     def check(v: Any) -> tuple[bool, Any, str]:
         return v in choices, v, "one of " + ", ".join('"%s"' % c for c in choices)
 
@@ -114,7 +119,7 @@ def _choice(*choices: str) -> Check:
 
 
 def _int_range(lo: int, hi: int) -> Check:
-    @_produces(int)
+    @_produces("int")
     def check(v: Any) -> tuple[bool, Any, str]:
         ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
         return ok, v, "an integer from %d to %d" % (lo, hi)
@@ -122,25 +127,25 @@ def _int_range(lo: int, hi: int) -> Check:
     return check
 
 
-@_produces(int)
+@_produces("int")
 def _mode(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0o777
     return ok, v, "a file mode as an integer, e.g. 0o660 (TOML octal)"
 
 
-@_produces(Tuple[int, ...])
+@_produces("Tuple[int, ...]")
 def _int_list(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
     return ok, tuple(v) if ok else v, "a list of non-negative integers, e.g. [1000, 1001]"
 
 
-@_produces(Tuple[str, ...])
+@_produces("Tuple[str, ...]")
 def _str_list(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v)
     return ok, tuple(v) if ok else v, "a list of group names, e.g. [\"pass-client\"]"
 
 
-@_produces(Tuple[str, ...])
+@_produces("Tuple[str, ...]")
 def _origin_list(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v)
     return ok, tuple(v) if ok else v, "a list of web origins, e.g. [\"http://127.0.0.1:8080\"]"
@@ -151,14 +156,14 @@ def _origin_list(v: Any) -> tuple[bool, Any, str]:
 RATE_MAX, BURST_MAX = 10.0, 100
 
 
-@_produces(float)
+@_produces("float")
 def _rate(v: Any) -> tuple[bool, Any, str]:
     ok = _finite(v) and 0 < v <= RATE_MAX
     return ok, float(v) if ok else v, ("a number from 0 (exclusive) to %g requests per second, e.g. 1.0 "
                                        "(Adobe's documented rate)" % RATE_MAX)
 
 
-@_produces(int)
+@_produces("int")
 def _burst(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= BURST_MAX
     return ok, v, "an integer from 1 to %d, e.g. 10 (Adobe's documented burst)" % BURST_MAX
@@ -169,7 +174,7 @@ MAX_APPS = 32  # the governor's line holds one request per application (agent/go
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-@_produces(str)
+@_produces("str")
 def _app_name(v: Any) -> tuple[bool, Any, str]:
     # A directory name (storage), a command-line word and a JSON string: keep it plain.
     ok = (isinstance(v, str) and 0 < len(v) <= APP_NAME_MAX and v[0] not in "-_"
@@ -177,8 +182,6 @@ def _app_name(v: Any) -> tuple[bool, Any, str]:
     return ok, v, ("a name of 1-%d characters: lower-case letters, digits, '-' and '_', starting with a letter "
                    "or digit, e.g. \"news-app\"" % APP_NAME_MAX)
 
-
-OverrideValue = Union[str, int, float, bool]
 
 
 # [storage.pkcs11] and [storage.kernel]: sub-tables of [storage], each one frozen record; their
@@ -203,7 +206,7 @@ class KernelConfig:
 
 
 def _sub_table(cls: type, kinds: dict, example: str) -> Check:
-    @_produces(cls)
+    @_produces(cls.__name__)
     def check(v: Any) -> tuple[bool, Any, str]:
         if isinstance(v, cls):
             return True, v, ""
@@ -230,7 +233,7 @@ _kernel_table = _sub_table(KernelConfig, {"key_type": (str, '"trusted" or "encry
                                           "blob_file": (str, "a path")}, '{ key_type = "trusted" }')
 
 
-@_produces(Mapping[str, OverrideValue])
+@_produces("Mapping[str, OverrideValue]")
 def _overrides(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, abc.Mapping) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
     return ok, types.MappingProxyType(dict(v)) if ok else v, \
@@ -618,14 +621,25 @@ def is_loopback(host: str) -> bool:
     """A loopback literal (127.0.0.0/8, ::1) or "localhost" (also agent/web/guard.py's test)."""
     if host == "localhost":
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
+def _has_module(name: str) -> bool:
+    """Whether a package is installed for this Python, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool = True) -> Config:
     """Merge `data` (parsed TOML) over the defaults; raise ConfigError listing every problem."""
+    from urllib.parse import urlsplit
+
     problems: list[str] = []
     cfg = _default_tables()
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
@@ -685,7 +699,7 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
     problems.extend(_gateway_problems(cfg["gateway"], cfg["adobe"]["base_url"], cfg["socket"]["path"]))
     if check_files:
         port = cfg["console"]["port"]
-        if isinstance(port, str) and port and importlib.util.find_spec("serial") is None:
+        if isinstance(port, str) and port and not _has_module("serial"):
             problems.append("[console] port: set to %r, but pyserial is not installed for this Python; install "
                             "pyserial, or set port = \"\" to run without the console" % port)
         for table, key in _MUST_EXIST:
@@ -704,6 +718,62 @@ def validate(data: Mapping[str, Any], path: str | None = None, check_files: bool
     if problems:
         raise ConfigError(problems, path)
     return record.replace(_build(cfg, path), app=apps)
+
+
+# -- the validated-configuration cache's side (agent/configcache.py) --------------------------------
+# validate() depends on the file's bytes, on the file's directory (relative paths) and on the box:
+# groups named by allow_groups, files named by software_statement/ca_file, pyserial for a console
+# port, and, for optional parts, packages and files of their own. A cached configuration keeps only
+# what the bytes and the path decide; environment_ok() re-runs the box's checks on every start.
+
+
+def cacheable(cfg: Config) -> bool:
+    """Whether a validated configuration may be cached: its box-dependent checks are those of
+    environment_ok(). A [web] endpoint, the [gateway] and a key provider other than the default
+    "device" (or an anchor_dir) check packages and files of their own: such a file is always
+    validated in full, as before the cache."""
+    s = cfg.storage
+    return (not cfg.web.listen and not cfg.gateway.enabled and s.key_provider == "device" and not s.anchor_dir
+            and not s.pkcs11.module)
+
+
+def environment_ok(cfg: Config) -> bool:
+    """True when every box-dependent check validate() made on this (cacheable) configuration still
+    passes (check_files=True). False sends the caller to the full validate(), which says what is wrong."""
+    for name in cfg.socket.allow_groups + tuple(g for a in cfg.app for g in a.allow_groups):
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            return False
+    if cfg.console.port and not _has_module("serial"):
+        return False
+    files = [a.software_statement for a in cfg.app] if cfg.app else [cfg.adobe.software_statement]
+    files += [cfg.adobe.ca_file] if cfg.adobe.ca_file else []
+    return all(f and os.path.isfile(f) and os.access(f, os.R_OK) for f in files)
+
+
+def to_plain(cfg: Config) -> dict:
+    """A validated Config as plain dicts, lists and scalars (what marshal stores); from_plain inverts it."""
+    out = cfg.to_dict()
+    for table, key in _LEGACY_APP_KEYS:  # [[app]] files: to_dict leaves these out, they hold the defaults
+        out[table].setdefault(key, _thaw(getattr(getattr(cfg, table), key)))
+    out["app"] = [{f.name: _thaw(getattr(a, f.name)) for f in record.fields(AppConfig)} for a in cfg.app]
+    out["storage"]["pkcs11"] = {f.name: getattr(cfg.storage.pkcs11, f.name) for f in record.fields(Pkcs11Config)}
+    out["storage"]["kernel"] = {f.name: getattr(cfg.storage.kernel, f.name) for f in record.fields(KernelConfig)}
+    return out
+
+
+def from_plain(plain: Mapping[str, Any], path: str | None) -> Config:
+    """The Config to_plain() described (raises KeyError/TypeError on a malformed description)."""
+    tables = {}
+    for table, cls in SECTIONS.items():
+        values = dict(plain[table])
+        if table == "storage":
+            values["pkcs11"] = Pkcs11Config(**values["pkcs11"])
+            values["kernel"] = KernelConfig(**values["kernel"])
+        tables[table] = cls(**{k: _freeze(v) for k, v in values.items()})
+    apps = tuple(AppConfig(**{k: _freeze(v) for k, v in a.items()}) for a in plain["app"])
+    return Config(path=path, app=apps, **tables)
 
 
 def _validate_apps(data: Mapping[str, Any], base_dir: str, check_files: bool, problems: list[str]) -> tuple:
@@ -793,6 +863,8 @@ def _web_problems(web: Mapping[str, Any], check_files: bool, app_tables: Any) ->
 def gateway_origin(base_url: str) -> str:
     """scheme://host[:port] of a base URL: where the gateway sends /api/v2/ calls ([gateway] base_url,
     else the host of [adobe] base_url: REST API v2 lives on the same host as DCR, reference section 8)."""
+    from urllib.parse import urlsplit
+
     parts = urlsplit(base_url)
     return "%s://%s" % (parts.scheme, parts.netloc)
 
@@ -803,6 +875,8 @@ def _gateway_problems(gw: Mapping[str, Any], adobe_url: Any, socket_path: Any) -
     problems = []
     url = gw["base_url"]
     if isinstance(url, str) and url:
+        from urllib.parse import urlsplit
+
         try:
             parts = urlsplit(url)
             host = parts.hostname
@@ -817,7 +891,7 @@ def _gateway_problems(gw: Mapping[str, Any], adobe_url: Any, socket_path: Any) -
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
             problems.append("[gateway] base_url: found %r; give the host only (scheme://host[:port]): the gateway "
                             "forwards the player's /api/v2/ path as it is" % url)
-    if gw["enabled"] and importlib.util.find_spec("h11") is None:
+    if gw["enabled"] and not _has_module("h11"):
         problems.append("[gateway] enabled: the gateway needs the Python package h11, which is not installed for "
                         "this Python; pip install 'pass-agent[gateway]', or set enabled = false")
     if gw["enabled"] and gw["path"] == socket_path:

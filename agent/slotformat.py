@@ -21,19 +21,34 @@ now: the token is missing, the PIN wrong; nothing is wrong with the bytes) or mi
 (authentic bytes that a migration of this agent failed on: a bug, never reported as damage).
 Generations are u32 compared with serial-number arithmetic (RFC 1982), so the counter may wrap.
 
+Canonical JSON without the `json` package (issue 20): `canonical` and `loads` drive the C encoder
+and scanner of `_json` (what `json` itself uses) directly, because importing `json` also imports
+`re` and costs the daemon's start ~2 ms before READY=1. The bytes are exactly json.dumps(obj,
+sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False); `loads` takes the fast
+path only for text the scanner consumes whole and hands anything else (whitespace around the
+value, an error) to json.loads, so both accept and reject exactly what json does
+(tests/test_store.py compares them).
+
 Must never: raise on bad bytes, decide what the store does about a status (agent/store.py does),
 touch the file system, or put a secret or plaintext in a detail string.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import zlib
-from typing import Any, Callable
 
 from agent import sealing
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: `typing` costs the daemon's start ~2 ms (issue 20)
+    from typing import Any, Callable
+
+try:
+    import _json
+except ImportError:  # pragma: no cover - a Python without the C accelerator: json does it all
+    _json = None
 
 MAGIC = b"PAGS"
 MAGIC2 = b"PAG2"
@@ -82,10 +97,54 @@ def seal(key: bytes, check: bytes, salt: bytes, generation: int, payload: bytes,
     return header + sealing.encrypt(key, nonce, payload, header)
 
 
+def _not_serializable(o: Any) -> Any:
+    raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
+
+
+class _ScanContext:
+    """The attributes _json.make_scanner reads from a json.JSONDecoder (its defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+    memo: dict = {}
+
+
+_scan = _json.make_scanner(_ScanContext()) if _json is not None else None
+
+
 def canonical(obj: Any) -> bytes:
     """Deterministic JSON bytes: equal states give equal bytes, which is what skips unchanged saves."""
+    if _json is not None:
+        try:
+            encode = _json.make_encoder({}, _not_serializable, _json.encode_basestring, None, ":", ",",
+                                        True, False, False)
+        except TypeError:  # pragma: no cover - another _json signature: json knows it
+            pass
+        else:
+            return "".join(encode(obj, 0)).encode("utf-8")
+    import json
+
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def loads(text: str) -> Any:
+    """json.loads(text), through the C scanner when it consumes the whole text (canonical bytes)."""
+    if _scan is not None and text:
+        try:
+            value, end = _scan(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            pass  # json.loads raises its own error (or recurses the same way) below
+        else:
+            if end == len(text):
+                return value
+    import json
+
+    return json.loads(text)
 
 
 def erased(blob: bytes) -> bool:
@@ -176,7 +235,7 @@ def unseal(blob: bytes, keys: Any, kind: int) -> dict:
     head_end = size
     try:
         plain = sealing.decrypt(key, h["nonce"], blob[head_end:], blob[:head_end])
-        payload = json.loads(plain.decode("utf-8"))
+        payload = loads(plain.decode("utf-8"))
         if not isinstance(payload, dict):
             raise ValueError("payload is not an object")
     except sealing.Damaged:

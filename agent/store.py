@@ -62,13 +62,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
-import logging
 import os
 import stat
-from typing import Any
 
-from agent import log as agent_log
 from agent import safedir, sealing
 from agent.errors import FATAL, OPERATOR, StoreError
 from agent.slotformat import (
@@ -82,10 +78,16 @@ from agent.slotformat import (
     canonical,
     gen_newer,
     header_generation,
+    loads,
     result,
     seal,
     unseal,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: the daemon opens its stores before READY=1 without typing or logging
+    import logging
+    from typing import Any
 
 SLOT_NAMES = ("slot-a.bin", "slot-b.bin")
 TOKEN_NAME = "token.bin"
@@ -371,7 +373,11 @@ class Store:
         self.runtime_dir = runtime_dir or DEFAULT_RUNTIME_DIR
         self.token_dir = os.path.join(self.runtime_dir, RUNTIME_SUBDIR)
         self.fs = fs or FsOps()
-        self.log = log or agent_log.get("store")
+        if log is None:
+            from agent import log as agent_log  # the daemon passes its own (agent/startup.py)
+
+            log = agent_log.get("store")
+        self.log = log
         self._keys = keys if isinstance(keys, sealing.KeySet) else sealing.KeySet(sealing.as_sealer(keys, device_id))
         self._lock_fd: int | None = None
         self._loaded = False
@@ -570,7 +576,7 @@ class Store:
             state["token"] = self._load_runtime_token(state) or slot_token
         else:
             state["token"] = None
-        self.state = json.loads(canonical(state))
+        self.state = loads(canonical(state).decode("utf-8"))
         self._reseal(res, best, payload)
         return state
 
@@ -785,7 +791,7 @@ class Store:
             wrote = self._write_runtime(rt_payload) or wrote
         if not wrote:
             self.stats["skipped_unchanged"] += 1
-        self.state = json.loads(canonical(state))
+        self.state = loads(canonical(state).decode("utf-8"))
         return wrote
 
     def _write_slot(self, payload: bytes) -> None:

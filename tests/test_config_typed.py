@@ -9,6 +9,20 @@ import pytest
 
 from agent import config, record
 
+# agent/config.py imports typing for type checkers only (issue 20: it is on the daemon's start path), so
+# its annotations and its checkers' `produces` (the same annotation text) are evaluated here, with
+# the typing names they use.
+_NS = dict(vars(config), Optional=typing.Optional, Tuple=typing.Tuple, Mapping=typing.Mapping,
+           OverrideValue=typing.Union[str, int, float, bool])
+
+
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls, globalns=_NS)
+
+
+def _produces(check: object) -> object:
+    return eval(check.produces, _NS)  # type: ignore[attr-defined]
+
 
 def _field_default(f: record.Field) -> object:
     if f.default_factory is not record.MISSING:
@@ -20,7 +34,7 @@ def test_one_dataclass_per_table_in_schema_order():
     assert list(config.SECTIONS) == list(config.SCHEMA)
     root = record.fields(config.Config)
     assert [f.name for f in root] == list(config.SCHEMA) + ["path", "app"]
-    hints = typing.get_type_hints(config.Config)
+    hints = _hints(config.Config)
     for table, cls in config.SECTIONS.items():
         assert hints[table] is cls, table
         assert record.is_record(cls), table  # frozen: see test_a_misspelt_key_or_a_change_in_place_fails_at_once
@@ -32,10 +46,10 @@ def test_fields_agree_with_schema_names_types_and_defaults(table):
     cls = config.SECTIONS[table]
     fields = record.fields(cls)
     assert [f.name for f in fields] == list(config.SCHEMA[table]), table
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in fields:
         check, default = config.SCHEMA[table][f.name]
-        assert hints[f.name] == check.produces, "[%s] %s: field type %r, checker produces %r" % (
+        assert hints[f.name] == _produces(check), "[%s] %s: field type %r, checker produces %r" % (
             table, f.name, hints[f.name], check.produces)
         got = _field_default(f)
         assert got == default and type(got) is type(config._freeze(default)), (table, f.name, got, default)
@@ -47,11 +61,11 @@ def test_app_fields_agree_with_app_schema():
     """[[app]] (issue 16): AppConfig and APP_SCHEMA agree on names, order, types and defaults."""
     fields = record.fields(config.AppConfig)
     assert [f.name for f in fields] == list(config.APP_SCHEMA)
-    hints = typing.get_type_hints(config.AppConfig)
-    assert typing.get_type_hints(config.Config)["app"] == typing.Tuple[config.AppConfig, ...]
+    hints = _hints(config.AppConfig)
+    assert _hints(config.Config)["app"] == typing.Tuple[config.AppConfig, ...]
     for f in fields:
         check, default = config.APP_SCHEMA[f.name]
-        assert hints[f.name] == check.produces, f.name
+        assert hints[f.name] == _produces(check), f.name
         got = _field_default(f)
         assert got == default and type(got) is type(config._freeze(default)), (f.name, got, default)
         ok, norm, _ = check(default) if default is not None else (True, None, "")
@@ -83,7 +97,7 @@ def test_a_validated_file_has_values_of_the_declared_types(tmp_path, statement_f
     for table, cls in config.SECTIONS.items():
         section = getattr(cfg, table)
         assert type(section) is cls
-        for name, t in typing.get_type_hints(cls).items():
+        for name, t in _hints(cls).items():
             allowed = tuple(collections.abc.Mapping if x is collections.abc.Mapping else x for x in _runtime_type(t))
             assert isinstance(getattr(section, name), allowed), (table, name, getattr(section, name))
     assert cfg.adobe.timeout == 7.0 and type(cfg.adobe.timeout) is float

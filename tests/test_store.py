@@ -521,3 +521,40 @@ def test_a_key_provider_replaces_the_device_id_derivation(paths):
     assert Store(d, "dev-A", keys=fixed_keys).load() == make_state()
     other = Store(d, "dev-A")
     assert other.load() is None and other.problem == "foreign_device"
+
+
+# -- canonical JSON without the json package (issue 20: the store opens before READY=1) -----------------
+_JSON_CASES = [{}, {"b": 1, "a": [1, 2.5, None, True, False, "\u00e9\u2028\"\\\x00\x1f"]}, {"z": {"y": {"x": -0.0}}},
+               {"big": 10 ** 30, "f": 1e300, "third": 1 / 3, "neg": -7}, [], ["x", {"k": []}], "s", 3, None]
+
+
+def test_canonical_bytes_are_json_dumps_bytes_exactly():
+    import json
+
+    from agent import slotformat
+
+    for obj in _JSON_CASES:
+        want = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        assert slotformat.canonical(obj) == want.encode("utf-8"), obj
+    for bad, exc in (([float("nan")], ValueError), ({"a": object()}, TypeError), ({"a": float("inf")}, ValueError)):
+        with pytest.raises(exc):
+            slotformat.canonical(bad)
+
+
+@pytest.mark.parametrize("text", [
+    "{}", ' {"a":1}', '{"a": 1} ', "", "{", "[1,]", '"\\ud800"', "1 2", "NaN", "-Infinity", '{"a":[1,{"b":null}]}',
+    "\u00e9", '"\u00e9"', "[" * 50 + "]" * 50])
+def test_loads_accepts_and_rejects_exactly_what_json_loads_does(text):
+    import json
+
+    from agent import slotformat
+
+    def outcome(fn):
+        try:
+            return ("ok", repr(fn(text)))
+        except ValueError as e:
+            return ("ValueError", type(e).__name__)
+
+    assert outcome(slotformat.loads) == outcome(json.loads)
+    for obj in _JSON_CASES:
+        assert slotformat.loads(slotformat.canonical(obj).decode("utf-8")) == obj
