@@ -7,6 +7,12 @@ A profile is returned as a plain JSON-able dict (the shape `agent.deviceinfo.ide
 can also be handed to MicroPython as JSON): name, description, path, fields, sources, identity,
 network_interfaces, display_connectors, console_port, storage_dir.
 
+`device_id_for` finds only the device id (what the store key derives from) with the same reads
+identify() makes for it, for the daemon's first stage (agent/startup.py), which must reach READY=1
+without building X-Device-Info; the second stage runs identify_for with the same profile and checks
+that both found the same id. tomllib is imported only when a profile file is parsed (the daemon's
+validated-configuration cache holds the parsed profile, agent/configcache.py).
+
 CPython only (tomllib/tomli, socket/fcntl for the interface IPv4). Must never: accept a profile with
 an unknown key or source (a typo would silently change a box's identity), or look up the real
 machine's interfaces when identifying a fixture root.
@@ -18,19 +24,16 @@ import os
 import socket
 import struct
 import sys
-from typing import TYPE_CHECKING, Any, Callable
 
 import agent
 from agent import devfields, devfiles, deviceinfo
 from agent.errors import ConfigError, DeviceInfoError
 
-if TYPE_CHECKING:
-    from agent.config import DeviceConfig
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: typing is not on the daemon's start path (issue 20)
+    from typing import Any, Callable
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.9/3.10 only
-    import tomli as tomllib
+    from agent.config import DeviceConfig
 
 ENV_BOARD_DIR = "PASS_AGENT_BOARD_DIR"
 DEFAULT_BOARD = "generic-linux"
@@ -73,8 +76,22 @@ def _resolve(name_or_path: str) -> str:
     return os.path.join(board_dir(), name_or_path, "board.toml")
 
 
+def profile_path(name_or_path: str) -> str:
+    """Where load_profile reads the profile of a board name or path ("" is the default board)."""
+    return _resolve(name_or_path or DEFAULT_BOARD)
+
+
 def load_profile(name_or_path: str) -> dict:
     """The validated profile dict for a board name (under board_dir()) or a path to a .toml file."""
+    return load_profile_bytes(name_or_path)[0]
+
+
+def load_profile_bytes(name_or_path: str) -> tuple[dict, bytes]:
+    """load_profile(), and the exact bytes the profile was parsed from (the configuration cache's key)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.9/3.10 only
+        import tomli as tomllib
     path = _resolve(name_or_path)
     if not os.path.isfile(path):
         known = ", ".join(list_boards()) or "none"
@@ -82,7 +99,8 @@ def load_profile(name_or_path: str) -> dict:
                           % (name_or_path, path, known))
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
+        data = tomllib.loads(raw.decode("utf-8"))  # what tomllib.load(f) does, keeping the bytes
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("cannot read board profile: %s" % e, path)
     problems: list[str] = []
@@ -92,7 +110,7 @@ def load_profile(name_or_path: str) -> dict:
     profile["path"] = path
     if not profile["name"]:
         profile["name"] = os.path.basename(os.path.dirname(path))
-    return profile
+    return profile, raw
 
 
 def _strings(v: Any) -> bool:
@@ -218,13 +236,28 @@ class Identity(dict):
         return True
 
 
-def identify_for(device_cfg: DeviceConfig, ip_lookup: Callable[[str], str | None] | None = None) -> Identity:
+def device_id_for(device_cfg: DeviceConfig, profile: dict) -> str:
+    """The device id identify_for() finds for this [device] table and (loaded) board profile, and
+    nothing else: no X-Device-Info field is read or built. Raises what identify() raises first: a
+    bad override (DeviceInfoError), then no usable identity source (DeviceInfoError)."""
+    overrides = dict(device_cfg.overrides or {})
+    for key in overrides:  # identify() checks these before reading anything: the same error first
+        devfields.check_field(key, overrides[key])
+    p = dict(deviceinfo.DEFAULT_PROFILE, **profile)  # the keys identity reading uses, as _merge_profile
+    box = deviceinfo._Box(device_cfg.root or "/", p.get("network_interfaces"), [])
+    return deviceinfo.device_identity(box, p.get("identity") or deviceinfo.DEFAULT_PROFILE["identity"])[0]
+
+
+def identify_for(device_cfg: DeviceConfig, ip_lookup: Callable[[str], str | None] | None = None,
+                 profile: dict | None = None) -> Identity:
     """identify() for the configuration's `[device]` table (board, root, application_id, overrides).
 
     The result is an Identity: `agent.deviceinfo.identify`'s dict plus `board` (the profile dict).
-    The real interfaces' IPv4 is looked up only when root is the real `/`.
+    The real interfaces' IPv4 is looked up only when root is the real `/`. `profile`: the board's
+    profile when the caller loaded it already (the daemon), else it is loaded here.
     """
-    profile = load_profile(device_cfg.board or DEFAULT_BOARD)
+    if profile is None:
+        profile = load_profile(device_cfg.board or DEFAULT_BOARD)
     root = device_cfg.root or "/"
     if ip_lookup is None and _is_real_root(root):
         ip_lookup = interface_ipv4

@@ -11,7 +11,6 @@ connectionIp, or depend on dict ordering.
 """
 
 import binascii
-import json
 
 from agent.errors import DeviceInfoError
 from agent.netinfo import ip_class, valid_ip
@@ -182,6 +181,8 @@ def decode(value):
     body = value.rstrip("=")
     if len(value) - len(body) > 2 or not all(c in alphabet for c in body):
         raise DeviceInfoError("X-Device-Info contains characters outside standard Base64")
+    import json  # here only: json imports re, which the daemon's start path avoids (issue 20)
+
     try:
         obj = json.loads(binascii.a2b_base64(value).decode("utf-8"))
     except (ValueError, UnicodeError, RuntimeError) as e:  # RuntimeError: nesting too deep

@@ -117,6 +117,31 @@ def test_board_fixture_header(board):
 
 
 @pytest.mark.parametrize("board", BOARDS)
+def test_device_id_for_finds_the_id_identify_for_finds_without_the_header(board, monkeypatch):
+    # The daemon's first stage (issue 20) derives the store key from device_id_for: it must be the id
+    # the second stage's identify_for reports, read without building X-Device-Info.
+    calls = []
+    monkeypatch.setattr(di, "encode", lambda fields: calls.append(fields))  # identify() builds the header here
+    profile, raw = boards.load_profile_bytes(board)
+    assert boards.device_id_for(cfg(board), profile) == DEVICE_IDS[board][0]
+    assert not calls
+    with open(boards.profile_path(board), "rb") as f:
+        assert f.read() == raw
+    monkeypatch.undo()
+    assert boards.identify_for(cfg(board), ip_lookup=IPS.get, profile=profile)["device_id"] == DEVICE_IDS[board][0]
+
+
+def test_device_id_for_rejects_a_bad_override_first_as_identify_does():
+    bad = cfg("generic-linux", overrides={"displayWidth": "wide"})
+    profile = boards.load_profile("generic-linux")
+    with pytest.raises(DeviceInfoError) as a:
+        boards.device_id_for(bad, profile)
+    with pytest.raises(DeviceInfoError) as b:
+        boards.identify_for(bad, ip_lookup=IPS.get, profile=profile)
+    assert a.value.message == b.value.message
+
+
+@pytest.mark.parametrize("board", BOARDS)
 def test_board_fixture_has_no_unexpected_warnings(board):
     r = boards.identify_for(cfg(board), ip_lookup=IPS.get)
     assert r["warnings"] == []

@@ -18,15 +18,18 @@ does, when it logs in); put a PIN or key in a problem string.
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
-from typing import Any
 
 from agent import sealing
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: the daemon builds its key set before READY=1 without typing (issue 20)
+    from typing import Any
+
 PROVIDERS = ("device", "pkcs11", "kernel")
 _shared: dict[tuple, Any] = {}  # one token session per process, shared by the stores of all applications
-_shared_lock = threading.Lock()
+_shared_lock = _thread.allocate_lock()  # threading.Lock() is this; threading itself waits for stage 2
 
 
 def _pkcs11_configured(p: Any) -> bool:
