@@ -946,19 +946,32 @@ def load(path: str | None = None, check_files: bool = True) -> Config:
     """Read and validate the config file (`--config`, else $PASS_AGENT_CONFIG, else the default path)."""
     path = resolve_path(path)
     try:
-        tomllib = _toml()
+        _toml()  # a missing tomli is said before anything else, as always
     except ImportError:
         raise ConfigError(["cannot be read: Python %d.%d has no tomllib and the package tomli is not installed; "
                            "install tomli" % sys.version_info[:2]], path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(["file not found; create it (see README.md, Configuration) or pass --config FILE"], path)
     except IsADirectoryError:
         raise ConfigError(["is a directory, expected a TOML file"], path)
     except PermissionError:
         raise ConfigError(["not readable by this user"], path)
+    return parse(raw, path, check_files)
+
+
+def parse(raw: bytes, path: str, check_files: bool = True) -> Config:
+    """Parse and validate a configuration file's bytes (load() after reading them; the daemon's start
+    reads the bytes itself, for the validated-configuration cache's key, agent/configcache.py)."""
+    try:
+        tomllib = _toml()
+    except ImportError:
+        raise ConfigError(["cannot be read: Python %d.%d has no tomllib and the package tomli is not installed; "
+                           "install tomli" % sys.version_info[:2]], path)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))  # what tomllib.load(f) does
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(["not valid TOML: %s" % e], path)
     except UnicodeDecodeError:

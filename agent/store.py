@@ -381,6 +381,7 @@ class Store:
         self._keys = keys if isinstance(keys, sealing.KeySet) else sealing.KeySet(sealing.as_sealer(keys, device_id))
         self._lock_fd: int | None = None
         self._loaded = False
+        self._preloaded: tuple | None = None  # (state,) from preload(), for the next load() only
         self._cur: dict | None = None      # {"slot", "gen", "payload" (bytes|None), "salt", "provider", "sealed"}
         self._rt: bytes | None = None      # runtime token payload as on tmpfs (None: unknown/absent)
         self._rt_known = False
@@ -484,6 +485,7 @@ class Store:
 
     def close(self) -> None:
         self._open = False
+        self._preloaded = None
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
             try:
@@ -523,10 +525,21 @@ class Store:
             return result("corrupt", "larger than %d bytes" % MAX_FILE_SIZE)
         return unseal(blob, self._keys, kind)
 
+    def preload(self) -> dict | None:
+        """load(), for the daemon's first stage (agent/startup.py: the state is loaded before READY=1);
+        the next load() call (the service's, right after) returns this result instead of reading and
+        decrypting the slots a second time. Raises what load() raises."""
+        state = self.load()
+        self._preloaded = (state,)
+        return state
+
     def load(self) -> dict | None:
         """The newest valid state, or None with self.problem saying why. Never raises on bad data;
         raises StoreError store_migration_failed when a migration fails on the newest slot (a bug in
         this agent, not bad data: see _refuse_failed_migration)."""
+        if self._preloaded is not None:  # preload() just did it: nothing ran in between
+            state, self._preloaded = self._preloaded[0], None
+            return state
         res = {n: self._read(self.directory, n, KIND_SLOT) for n in SLOT_NAMES}
         self.slots = {n: {"status": r["status"], "detail": r["detail"], "generation": r["generation"],
                           "provider": r["provider"]} for n, r in res.items()}
@@ -643,6 +656,7 @@ class Store:
         """Operator decision after store_rollback: keep the restored copy. Records the newest valid
         slot's generation as the counter (the next saves go above the old counter anyway).
         Returns that generation, or None when no slot is valid (nothing to accept)."""
+        self._preloaded = None
         anchor = self._keys.anchor
         res = {n: self._read(self.directory, n, KIND_SLOT) for n in SLOT_NAMES}
         gens = [r["generation"] for r in res.values() if r["status"] == "ok"]
@@ -759,6 +773,7 @@ class Store:
         """Persist state. True if bytes were written (flash slot or runtime token file), False if
         nothing changed. Raises StoreError on I/O failure (store_read_only when the slot cannot be
         written on a read-only file system); the previous state then stays current."""
+        self._preloaded = None  # a later load() reads what this save left
         if not self._open:
             raise StoreError("save() on the credential store %s before open()" % self.directory,
                              code="store_not_open", kind=FATAL, hint="call Store.open() first")
@@ -905,6 +920,7 @@ class Store:
 
     def wipe(self) -> None:
         """Overwrite both slots (and temp files, and the runtime token) with zeros, fsync, unlink."""
+        self._preloaded = None
         if not self._open:
             raise StoreError("wipe() on the credential store %s before open()" % self.directory,
                              code="store_not_open", kind=FATAL, hint="call Store.open() first")

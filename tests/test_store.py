@@ -558,3 +558,34 @@ def test_loads_accepts_and_rejects_exactly_what_json_loads_does(text):
     assert outcome(slotformat.loads) == outcome(json.loads)
     for obj in _JSON_CASES:
         assert slotformat.loads(slotformat.canonical(obj).decode("utf-8")) == obj
+
+
+def test_preload_serves_the_next_load_once_without_reading_the_slots_again(tmp_path):
+    # The daemon's first stage loads the stores before READY=1 (issue 20); the service's load() right after
+    # must not read and decrypt every slot a second time, and nothing later may be served from that copy.
+    d = str(tmp_path / "s")
+    with Store(d, "dev-1") as s:
+        s.save(make_state(1))
+    s = Store(d, "dev-1")
+    s.open()
+    first = s.preload()
+    assert first["token"]["access_token"] == TOKEN + "1"
+    for name in SLOT_NAMES:  # damage both slots: a real read now finds nothing valid
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            with open(p, "r+b") as f:
+                f.seek(60)
+                f.write(b"\xff" * 8)
+    assert s.load() is first  # the preloaded result, once
+    assert s.load() is None and s.problem == "corrupt"  # then the slots as they are
+    s.close()
+
+
+def test_a_save_after_preload_makes_the_next_load_read_again(tmp_path):
+    d = str(tmp_path / "s")
+    with Store(d, "dev-1") as s:
+        s.save(make_state(1))
+    with Store(d, "dev-1") as s:
+        s.preload()
+        s.save(make_state(2))
+        assert s.load()["token"]["access_token"] == TOKEN + "2"
