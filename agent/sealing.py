@@ -20,15 +20,26 @@ by the token once per start, not once per read. The key check is part of the slo
 A provider may also keep the store's generation counter outside the slots (`anchor`, a
 `GenerationAnchor`): the store uses it to notice a rollback (an older valid slot put back).
 
+Where AES-GCM runs is a backend (`use_backend`): by default this process, through cryptography's
+compiled binding (the CLI's check, reset and keys); the daemon installs its helper process
+(agent/helperproc.py) so that cryptography is never loaded in the resident process. Either way the
+bytes are the same (`local_encrypt`/`local_decrypt` are what the helper runs). The provider
+interfaces (KeyProvider, GenerationAnchor, Sealer) exist for type checkers only: the daemon's import
+of this module does not import typing.
+
 Must never: log a key, a key check, a PIN or plaintext, or put one in an exception message; reuse a
 nonce (callers pass a fresh random one per seal); import anything from the store (this module is
-below it); import a hardware binding (agent/keys/ does, only when configured).
+below it); import a hardware binding (agent/keys/ does, only when configured); import cryptography
+or typing at import time.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms and ~0.5 MB in the daemon)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Protocol
 
 # SHA-256 from CPython's built-in module: hashlib would load the system's OpenSSL (~1 MB of PSS and
 # ~6 ms at every start, docs/bench/weight.txt) for a hash the interpreter already carries.
@@ -54,45 +65,46 @@ PROVIDER_KERNEL = 2
 PROVIDER_NAMES = {PROVIDER_DEVICE: "device", PROVIDER_PKCS11: "pkcs11", PROVIDER_KERNEL: "kernel"}
 
 
-class KeyProvider(Protocol):
-    """The original, minimal provider: salt -> (AES-256 key, 8-byte key check). Still accepted by
-    Store(keys=...); it seals slots in the original format, like the device provider."""
+if TYPE_CHECKING:  # the provider interfaces, for type checkers (mypy, pyright) only
+    class KeyProvider(Protocol):
+        """The original, minimal provider: salt -> (AES-256 key, 8-byte key check). Still accepted by
+        Store(keys=...); it seals slots in the original format, like the device provider."""
 
-    def __call__(self, salt: bytes) -> tuple[bytes, bytes]: ...
-
-
-class GenerationAnchor(Protocol):
-    """The store's generation counter kept outside the slots (token data object, another directory).
-    read(): the last generation recorded, or None when none was; write(gen) after a slot is durable.
-    Both raise KeyUnavailable when the place cannot be reached."""
-
-    where: str
-
-    def read(self) -> int | None: ...
-
-    def write(self, generation: int) -> None: ...
+        def __call__(self, salt: bytes) -> tuple[bytes, bytes]: ...
 
 
-class Sealer(Protocol):
-    """A key provider for the store."""
+    class GenerationAnchor(Protocol):
+        """The store's generation counter kept outside the slots (token data object, another directory).
+        read(): the last generation recorded, or None when none was; write(gen) after a slot is durable.
+        Both raise KeyUnavailable when the place cannot be reached."""
 
-    name: str            # "device", "pkcs11", "kernel"
-    provider_id: int     # PROVIDER_* (in the slot header)
-    hardware: bool       # the sealing key cannot be read by software on the box
-    anchor: GenerationAnchor | None
+        where: str
 
-    def new_store_key(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
-        """A fresh store key for this salt: (slot key, key check, sealed form for the header)."""
-        ...
+        def read(self) -> int | None: ...
 
-    def open_store_key(self, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
-        """(slot key, key check) from a header's salt and sealed form. Raises WrongKey when this
-        provider's key did not seal it, KeyUnavailable when the provider cannot be used now."""
-        ...
+        def write(self, generation: int) -> None: ...
 
-    def describe(self) -> str: ...
 
-    def close(self) -> None: ...
+    class Sealer(Protocol):
+        """A key provider for the store."""
+
+        name: str            # "device", "pkcs11", "kernel"
+        provider_id: int     # PROVIDER_* (in the slot header)
+        hardware: bool       # the sealing key cannot be read by software on the box
+        anchor: GenerationAnchor | None
+
+        def new_store_key(self, salt: bytes) -> tuple[bytes, bytes, bytes]:
+            """A fresh store key for this salt: (slot key, key check, sealed form for the header)."""
+            ...
+
+        def open_store_key(self, salt: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+            """(slot key, key check) from a header's salt and sealed form. Raises WrongKey when this
+            provider's key did not seal it, KeyUnavailable when the provider cannot be used now."""
+            ...
+
+        def describe(self) -> str: ...
+
+        def close(self) -> None: ...
 
 
 class Damaged(Exception):
@@ -324,13 +336,49 @@ def aesgcm() -> Any:
     return _aesgcm_class
 
 
+_backend: Any = None
+
+
+def use_backend(backend: Any) -> Any:
+    """Route encrypt/decrypt through `backend` (an object with encrypt and decrypt of the same
+    signatures, e.g. agent.helperproc.Helper), or back to this process with None. Returns the
+    backend it replaces."""
+    global _backend
+    prev, _backend = _backend, backend
+    return prev
+
+
+def crypto_installed() -> bool:
+    """Whether the cryptography package can be found, without loading it (the daemon's AES-GCM runs
+    in its helper process; `run` checks this before it starts)."""
+    from importlib.machinery import PathFinder
+
+    return PathFinder.find_spec("cryptography") is not None
+
+
 def encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
-    """AES-256-GCM ciphertext with its 16-byte tag appended."""
-    return aesgcm()(key).encrypt(nonce, plaintext, associated)
+    """AES-256-GCM ciphertext with its 16-byte tag appended (through the installed backend)."""
+    b = _backend
+    if b is not None:
+        return b.encrypt(key, nonce, plaintext, associated)
+    return local_encrypt(key, nonce, plaintext, associated)
 
 
 def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
     """The plaintext; raises Damaged when the tag does not authenticate ciphertext and associated data."""
+    b = _backend
+    if b is not None:
+        return b.decrypt(key, nonce, ciphertext, associated)
+    return local_decrypt(key, nonce, ciphertext, associated)
+
+
+def local_encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    """encrypt() in this process, with cryptography."""
+    return aesgcm()(key).encrypt(nonce, plaintext, associated)
+
+
+def local_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+    """decrypt() in this process, with cryptography."""
     try:
         return aesgcm()(key).decrypt(nonce, ciphertext, associated)
     except Exception as e:
