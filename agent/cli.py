@@ -44,11 +44,16 @@ def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info
             import tomli  # noqa: F401
         except ImportError:
             missing.append("tomli")
-    if command in _NEEDS_CRYPTO:
+    if command == "run":  # the daemon's AES-GCM runs in its helper process: found, not loaded here
+        from agent.sealing import crypto_installed
+
+        if not crypto_installed():
+            missing.append("cryptography")
+    elif command in _NEEDS_CRYPTO:
         try:
             from agent.sealing import aesgcm
 
-            aesgcm()  # the compiled AES-GCM the store uses, loaded as `run` loads it
+            aesgcm()  # the compiled AES-GCM the store uses, loaded as the command loads it
         except ImportError:
             missing.append("cryptography")
     if missing:

@@ -39,6 +39,7 @@ class Daemon:
         self.service: Any = None
         self.store: Any = None  # the first application's store (single-application code, tests)
         self.stores: dict = {}  # application name -> its Store
+        self.helper: Any = None  # agent/helperproc.Helper: TLS and AES-GCM in a short-lived child
         self._last_status = ""
 
     def start(self) -> None:
@@ -56,8 +57,12 @@ class Daemon:
         sdir = storage_dir(cfg, profile)
         # One store per application (issue 16): "default" in the storage directory itself, so a store
         # written by a single-application agent is used in place; the others in apps/NAME below it.
-        from agent import keys  # [storage] key_provider: the pkcs11/kernel modules load only when configured
+        from agent import helperproc, keys, sealing  # keys: pkcs11/kernel load only when configured
 
+        # TLS and AES-GCM run in a short-lived helper process (agent/helperproc.py): ssl and
+        # cryptography are never loaded here. Installed before the stores open: their first decrypt uses it.
+        self.helper = helperproc.Helper(log=agentlog.get("helper"))
+        sealing.use_backend(self.helper)
         for app in cfg.apps:
             adir = app_storage_dir(sdir, app.name)
             st = Store(adir, identity["device_id"], token_cache=cfg.storage.token_cache,
@@ -66,7 +71,7 @@ class Daemon:
             self.stores[app.name] = st
             st.open()
         self.store = self.stores[cfg.apps[0].name]
-        self.service = Service(cfg, identity=identity, stores=self.stores, logbuf=self.logbuf)
+        self.service = Service(cfg, identity=identity, stores=self.stores, logbuf=self.logbuf, send=self.helper.send)
         self.loop = Loop()
         fds = listen_fds_from_env()
         s = cfg.socket
@@ -197,6 +202,8 @@ class Daemon:
             self.service.stop(0.5)
         for st in self.stores.values():
             st.close()
+        if self.helper is not None:
+            self.helper.close()
         if self.loop is not None:
             self.loop.close()
 
