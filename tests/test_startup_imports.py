@@ -25,6 +25,8 @@ NOT_BEFORE_READY = {
     "dataclasses": "the configuration's records are agent/record.py (dataclasses compiles methods with exec)",
     "inspect": "inspect (with ast, dis, tokenize) is ~4 ms and ~1.4 MB",
     "agent.facade": "the service facade is an annotation for the server",
+    "cryptography.hazmat.bindings._rust": "AES-GCM runs in the helper process (agent/helperproc.py)",
+    "ssl": "TLS runs in the helper process (agent/helperproc.py)",
 }
 OPTIONAL = ("agent.web", "agent.gateway", "agent.keys.pkcs11", "pkcs11", "agent.emulator", "agent.demo", "h11",
             "wsproto")
@@ -49,7 +51,7 @@ def test_a_start_from_a_stored_token_imports_only_what_serving_it_needs(make_age
         assert c.token()["access_token"] in agent.seen_secrets  # served from the store, Adobe not asked
     assert agent.stop() == 0
 
-    assert {"agent.daemon", "agent.store", "agent.server", "cryptography.hazmat.bindings._rust"} <= set(at_ready)
+    assert {"agent.daemon", "agent.store", "agent.server", "agent.helperproc"} <= set(at_ready)
     heavy = {m: why for m, why in NOT_BEFORE_READY.items() if m in at_ready}
     assert not heavy
     assert not [m for m in at_ready if m.startswith("cryptography.hazmat.primitives")]
