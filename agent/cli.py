@@ -12,12 +12,13 @@ Must never: print a traceback for an expected failure, or a secret outside `toke
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Sequence
-
-if TYPE_CHECKING:
-    import argparse  # imported by build_parser only: `run` never needs it (issue 20, start-up time)
 
 from agent import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing (with re) is not on `run`'s start path (issue 20)
+    import argparse  # imported by build_parser only: `run` never needs it (issue 20, start-up time)
+    from typing import Sequence
 
 DEFAULT_SOCKET = "/run/pass-agent/agent.sock"
 MIN_PYTHON = (3, 9)
@@ -45,9 +46,7 @@ def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info
         except ImportError:
             missing.append("tomli")
     if command == "run":  # the daemon's AES-GCM runs in its helper process: found, not loaded here
-        from agent.sealing import crypto_installed
-
-        if not crypto_installed():
+        if not _crypto_found():
             missing.append("cryptography")
     elif command in _NEEDS_CRYPTO:
         try:
@@ -63,6 +62,18 @@ def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info
                     "are" if len(missing) > 1 else "is", here, "them" if len(missing) > 1 else "it",
                     " ".join(missing), "them" if len(missing) > 1 else "it"))
     return None
+
+
+def _crypto_found() -> bool:
+    """Whether cryptography's compiled binding is installed, found by the path finder without running
+    anything of the package (not even its __init__: stage 1 of `run` imports no cryptography at all,
+    tests/test_startup_imports.py). A package that cannot be imported there lacks the binding's file."""
+    import os
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec("cryptography")
+    places = (spec.submodule_search_locations or []) if spec is not None else []
+    return any(PathFinder.find_spec("_rust", [os.path.join(p, "hazmat", "bindings")]) is not None for p in places)
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -245,11 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     run = _run_config(argv)
     if run is not None:  # the unit's `run --config FILE`, without argparse; errors as below
-        from agent import daemon
+        from agent import startup  # stage 1 (issue 20): agent.daemon is imported after READY=1
         from agent.errors import ConfigError
 
         try:
-            return daemon.run(run[0])
+            return startup.run(run[0])
         except ConfigError as e:
             print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
             return 2

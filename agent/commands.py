@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 
 def run(args: Any) -> int:
-    from agent import daemon
+    from agent import startup  # stage 1; agent.daemon (stage 2) after READY=1
 
-    return daemon.run(args.config)
+    return startup.run(args.config)
 
 
 def demo(args: Any) -> int:

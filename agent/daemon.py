@@ -1,12 +1,17 @@
-"""`pass-agent run`: wires config, identity, store, service, socket server and console into one process.
+"""`pass-agent run`, stage 2: the daemon built around what stage 1 (agent/startup.py) made.
 
-Start-up order matters: the stored state is loaded and the socket bound before READY=1, so a
-player can get a stored valid token at once with the network down. The main thread runs the
-event loop (socket server, signals, watchdog); the service's worker thread talks to Adobe; the
-console has its own thread.
+Stage 1 reaches READY=1 with the configuration, the device id, the stores loaded and the player
+socket bound (docs/ARCHITECTURE.md, "Start-up"); this module imports everything else (service,
+lifecycle, rpc, loop, server, logging, console, X-Device-Info, fswatch, governor...) and wires
+config, identity, stores, service, socket server and console into one process around the already
+bound socket and the already opened stores. Clients that connected meanwhile wait in the listen
+backlog and are served when the loop runs. The main thread runs the event loop (socket server,
+signals, watchdog); the service's worker thread talks to Adobe (through the helper process,
+agent/helperproc.py); the console has its own thread.
 
-Must never: exit on an upstream failure, drop the token or connections on SIGHUP, or wake up
-periodically when idle (only the watchdog, when systemd asked for one, and the scheduled refresh).
+Must never: exit on an upstream failure, drop the token or connections on SIGHUP, lose a signal
+received before its loop ran (stage 1 records them), or wake up periodically when idle (only the
+watchdog, when systemd asked for one, and the scheduled refresh).
 """
 
 from __future__ import annotations
@@ -18,68 +23,61 @@ from typing import Any
 
 from agent import config as configmod
 from agent import log as agentlog
-from agent.errors import AgentError, ConfigError
-from agent.notify import Notifier
+from agent import startup
+from agent.errors import FATAL, AgentError, ConfigError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = startup.EXIT_OK, startup.EXIT_FAIL, startup.EXIT_USAGE
+PR_SET_DUMPABLE = startup.PR_SET_DUMPABLE
+no_core_dumps = startup.no_core_dumps  # where it always was, for callers of agent.daemon
 
 
 class Daemon:
-    def __init__(self, cfg: configmod.Config, *, notifier: Notifier | None = None) -> None:
-        self.cfg = cfg
-        self.notifier = notifier or Notifier()
-        self.logbuf = agentlog.LogBuffer(1000)
-        self.log = agentlog.setup(cfg.log.level, self.logbuf)
+    def __init__(self, boot: startup.Boot) -> None:
+        self.boot = boot
+        self.cfg = boot.cfg
+        self.notifier = boot.notifier
+        if boot.logbuf is None:  # no line logged in stage 1: the agent's log starts here
+            boot.logbuf = agentlog.LogBuffer(1000)
+        self.logbuf = boot.logbuf
+        self.log = agentlog.setup(self.cfg.log.level, self.logbuf)
         self.loop: Any = None
         self.server: Any = None
         self.web: Any = None  # the optional web endpoint (agent/web), only with [web] listen
         self.gateway: Any = None  # the optional REST API v2 gateway (agent/gateway), only with [gateway] enabled
         self.console: Any = None
         self.service: Any = None
-        self.store: Any = None  # the first application's store (single-application code, tests)
-        self.stores: dict = {}  # application name -> its Store
-        self.helper: Any = None  # agent/helperproc.Helper: TLS and AES-GCM in a short-lived child
+        self.stores: dict = boot.stores  # application name -> its Store, opened and loaded by stage 1
+        self.store: Any = next(iter(self.stores.values()), None)  # the first application's (tests)
+        self.helper: Any = boot.helper  # agent/helperproc.Helper: TLS and AES-GCM in a short-lived child
         self._last_status = ""
 
     def start(self) -> None:
         from agent import boards
         from agent.loop import Loop
-        from agent.server import Server, listen_fds_from_env
-        from agent.service import Service, app_runtime_dir, app_storage_dir, storage_dir
-        from agent.store import Store
+        from agent.server import Server
+        from agent.service import Service
 
-        cfg = self.cfg
-        identity = boards.identify_for(cfg.device)
-        profile = identity["board"]  # identify_for loaded it: do not parse the board file twice at start
+        cfg, boot = self.cfg, self.boot
+        # X-Device-Info and AP-Device-Identifier, from the profile stage 1 loaded (parsed once per start
+        # at most); the device id must be the one the stores' key was derived from.
+        identity = boards.identify_for(cfg.device, profile=boot.profile)
+        if identity["device_id"] != boot.device_id:
+            raise AgentError("the device identifier changed while the agent started (%s, then %s)" % (
+                boot.device_id, identity["device_id"]), code="device_id_changed", kind=FATAL,
+                hint="check the identity sources of the board profile ([identity] sources); start the agent again")
         for w in identity.get("warnings", []):
             self.log.warning("device info: %s", w)
-        sdir = storage_dir(cfg, profile)
-        # One store per application (issue 16): "default" in the storage directory itself, so a store
-        # written by a single-application agent is used in place; the others in apps/NAME below it.
-        from agent import helperproc, keys, sealing  # keys: pkcs11/kernel load only when configured
-
-        # TLS and AES-GCM run in a short-lived helper process (agent/helperproc.py): ssl and
-        # cryptography are never loaded here. Installed before the stores open: their first decrypt uses it.
-        self.helper = helperproc.Helper(log=agentlog.get("helper"))
-        sealing.use_backend(self.helper)
-        for app in cfg.apps:
-            adir = app_storage_dir(sdir, app.name)
-            st = Store(adir, identity["device_id"], token_cache=cfg.storage.token_cache,
-                       runtime_dir=app_runtime_dir(cfg.storage.runtime_dir, app.name), log=agentlog.get("store"),
-                       keys=keys.keyset(cfg.storage, identity["device_id"], adir, log=agentlog.get("store")))
-            self.stores[app.name] = st
-            st.open()
-        self.store = self.stores[cfg.apps[0].name]
-        self.service = Service(cfg, identity=identity, stores=self.stores, logbuf=self.logbuf, send=self.helper.send)
+        if self.helper is not None:
+            self.helper.log = agentlog.get("helper")
+        extra = {"send": self.helper.send} if self.helper is not None else {}
+        self.service = Service(cfg, identity=identity, stores=self.stores, logbuf=self.logbuf, **extra)
         self.loop = Loop()
-        fds = listen_fds_from_env()
         s = cfg.socket
         self.server = Server(self.service, self.loop, s.path, mode=s.mode, allow_uids=s.allow_uids,
                              allow_gids=configmod.allowed_gids(cfg), apps=self._acls(cfg),
                              max_connections=s.max_connections,
                              max_per_uid=s.max_per_uid,
-                             idle_timeout=s.idle_timeout, listen_fd=fds[0] if fds else None,
+                             idle_timeout=s.idle_timeout, listen_fd=boot.listen_fd,
                              log=agentlog.get("server"))
         self.server.start()
         if cfg.web.listen:  # imported only when configured: h11 and wsproto are the optional extra [web]
@@ -100,19 +98,49 @@ class Daemon:
         self.service.add_listener(lambda: self.loop.call_soon_threadsafe(self._update_status))
         self.service.start()
         self._start_console(cfg)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.loop.call_soon_threadsafe(self.loop.stop))
-        signal.signal(signal.SIGHUP, lambda *_: self.loop.call_soon_threadsafe(self.reload))
+        self._signals()
         if self.notifier.watchdog_interval:
             self._watchdog()
+        sdir = startup.storage_dir(cfg, boot.profile)
         self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s.path,
                       cfg.device.board, sdir, self.service.status_line())
         from agent import clock
 
         # Which clock schedules refreshes and timers, and what a suspend does to them (docs/ARCHITECTURE.md).
         self.log.info("time: %s", clock.SOURCE)
+        self._config_cache()
         self._last_status = self.service.status_line()
-        self.notifier.ready(self._last_status)
+        if boot.ready_sent:
+            self.notifier.status(self._last_status)
+        else:  # [web] or [gateway]: their sockets are up only now
+            self.notifier.ready(self._last_status)
+
+    def _signals(self) -> None:
+        """The loop's signal handlers, then the signals stage 1 recorded before they existed."""
+        stop = lambda *_: self.loop.call_soon_threadsafe(self.loop.stop)  # noqa: E731
+        hup = lambda *_: self.loop.call_soon_threadsafe(self.reload)  # noqa: E731
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, stop)
+        signal.signal(signal.SIGHUP, hup)
+        for sig in self.boot.pending:
+            (hup if sig == signal.SIGHUP else stop)()
+        self.boot.pending.clear()
+
+    def _config_cache(self) -> None:
+        """The validated-configuration cache (agent/configcache.py): say once why a file there was not
+        used; write the new one after a miss (READY=1 is out: this is off the start's critical path)."""
+        cache = self.boot.cache
+        if cache is None:
+            return
+        if cache.problem:
+            self.log.warning("configuration cache %s %s: ignored; the configuration was validated in full",
+                             cache.path, cache.problem)
+        if self.boot.cache_entry is not None:
+            why = cache.write(self.boot.cache_entry)
+            if why:
+                self.log.warning("configuration cache not written: %s", why)
+            else:
+                self.log.debug("configuration cache written to %s", cache.path)
 
     @staticmethod
     def _acls(cfg: configmod.Config) -> dict | None:
@@ -204,41 +232,16 @@ class Daemon:
             st.close()
         if self.helper is not None:
             self.helper.close()
+        self.boot.release_socket()  # the socket stage 1 bound: closed, and its file removed
         if self.loop is not None:
             self.loop.close()
 
 
-def no_core_dumps() -> str | None:
-    """Keep secrets out of core files: RLIMIT_CORE 0 and PR_SET_DUMPABLE 0 (also bars ptrace and
-    /proc/PID/mem from other processes of the agent's user). Returns what could not be done, or None."""
-    import resource
-
-    failed = []
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    except (OSError, ValueError) as e:
-        failed.append("RLIMIT_CORE 0: %s" % e)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % os.strerror(ctypes.get_errno()))
-    except (OSError, AttributeError) as e:  # no libc prctl (not Linux)
-        failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % e)
-    return "; ".join(failed) or None
-
-
-def run(config_path: str | None) -> int:
-    core = no_core_dumps()  # first: nothing secret is in memory yet
-    try:
-        cfg = configmod.load(config_path)
-    except ConfigError as e:
-        print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
-        return EXIT_USAGE
-    d = Daemon(cfg)
-    if core:
-        d.log.warning("core dumps could not be disabled (%s); a crash could write secrets to disk", core)
+def serve(boot: startup.Boot) -> int:
+    """Stage 2 of `pass-agent run` (agent/startup.py calls it after READY=1): build, run, stop."""
+    d = Daemon(boot)
+    if boot.core_problem and boot.logbuf is None:  # stage 1 logged it when its log was up
+        d.log.warning("core dumps could not be disabled (%s); a crash could write secrets to disk", boot.core_problem)
     try:
         d.start()
     except ConfigError as e:
@@ -254,6 +257,11 @@ def run(config_path: str | None) -> int:
         d.shutdown()
         return EXIT_FAIL
     return d.run()
+
+
+def run(config_path: str | None) -> int:
+    """`pass-agent run` (agent/startup.py run: stage 1, then serve())."""
+    return startup.run(config_path)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,9 +56,10 @@ def _kernel_provider(kc: Any, store_dir: str) -> Any:
 
 def keyset(storage: Any, device_id: str, store_dir: str, *, fs: Any = None, log: Any = None) -> sealing.KeySet:
     """The KeySet of the store in store_dir under this [storage] configuration (a StorageConfig)."""
-    from agent import log as agent_log
+    if log is None:  # the daemon passes its own (agent/startup.py: logging is not imported before READY=1)
+        from agent import log as agent_log
 
-    log = log or agent_log.get("store")
+        log = agent_log.get("store")
     name = getattr(storage, "key_provider", "device") or "device"
     anchor_dir = getattr(storage, "anchor_dir", "") or ""
     file_anchor = None

@@ -1,0 +1,422 @@
+"""`pass-agent run`, stage 1: everything READY=1 needs and nothing else (issue 20).
+
+Job: bring the daemon from a bare interpreter to READY=1 with the least work and the fewest imports,
+then hand over to stage 2 (agent/daemon.py), which imports the rest and builds the daemon around
+what this stage made. READY=1 keeps its meaning (docs/ARCHITECTURE.md, "Start-up"): the socket is
+bound and the stored state loaded, so a player gets a stored valid token at once.
+
+Theory of operation, in order:
+1. Core dumps off (RLIMIT_CORE 0, PR_SET_DUMPABLE 0): first, while nothing secret is in memory.
+2. SIGTERM, SIGINT and SIGHUP are recorded, not acted on (through `_signal`: `signal` imports
+   enum); stage 2 replays them once its loop runs, so a stop or reload sent right after READY=1
+   is neither lost nor fatal.
+3. The configuration: from the validated-configuration cache (agent/configcache.py) when its key
+   matches and the box-dependent checks still pass; otherwise config.parse (tomllib + validation)
+   of the same bytes, and stage 2 rewrites the cache after READY=1. A bad configuration exits 2 here,
+   before store, socket or network, with the message it always had (`check` = `run`).
+4. The board profile (cached with the configuration, else parsed) and the device id alone
+   (boards.device_id_for): the store key derives from it. Stage 2 builds X-Device-Info with the
+   same profile and checks that it finds the same id.
+5. The helper process (agent/helperproc.py) forked while this process is single-threaded, and the
+   store's AES-GCM routed through it (sealing.use_backend): cryptography is not imported here.
+6. Every application's store opened and loaded (Store.preload; the service's first load() then
+   reuses that result).
+7. The player socket: taken from systemd socket activation, or bound here (created with its mode
+   through the umask, so it never exists with looser permissions, then chmod as agent/server.py
+   does; a stale socket nobody listens on is replaced, a live one or another file never).
+8. READY=1, unless a [web] endpoint or the [gateway] is configured: stage 2 binds those and sends
+   READY=1 itself, so READY=1 still means every configured socket is up.
+A client that connects between READY=1 and the loop waits in the listen backlog (BACKLOG, tens of
+ms) and is served once stage 2 runs the loop (tests/test_startup_imports.py connects right at READY).
+
+Errors: the messages and exit codes of the one-stage start. An invalid configuration or board
+profile: "pass-agent: invalid configuration:" on stderr, exit 2; any other failure: "cannot start:"
+through the agent's log (agent/log.py is imported for that, on the failure path only), exit 2 for
+an operator's `*_invalid` error, else 1. Log lines of this stage (a store warning) go through the
+agent's log too; it is set up at the first line, so a start without one never imports logging.
+
+Must never: import typing, re, tomllib, datetime, logging, json, ipaddress, urllib, threading,
+cryptography or ssl when the configuration cache hits and nothing needs logging
+(tests/test_startup_imports.py runs the real daemon and checks); start a thread before the
+helper is forked; send READY=1 before the state is loaded and the socket bound; leave behind a
+socket file it created when the start fails.
+"""
+
+from __future__ import annotations
+
+import _signal
+import os
+import socket
+import stat
+import sys
+
+from agent.errors import OPERATOR, AgentError, ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+BACKLOG = max(socket.SOMAXCONN, 4096)  # as agent/server.py: the kernel caps it at net.core.somaxconn
+READY_STATUS = "starting: stored state loaded, socket bound"
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent.config import Config
+    from agent.notify import Notifier
+
+
+def no_core_dumps() -> str | None:
+    """Keep secrets out of core files: RLIMIT_CORE 0 and PR_SET_DUMPABLE 0 (also bars ptrace and
+    /proc/PID/mem from other processes of the agent's user). Returns what could not be done, or None."""
+    import resource
+
+    failed = []
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (OSError, ValueError) as e:
+        failed.append("RLIMIT_CORE 0: %s" % e)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as e:  # no libc prctl (not Linux)
+        failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % e)
+    return "; ".join(failed) or None
+
+
+class StageLog:
+    """A logger for stage 1: agent/log.py (logging, re, threading) is set up at the first line that
+    passes the configured level, so a quiet start imports none of it."""
+
+    def __init__(self, boot: Boot, name: str | None) -> None:
+        self._boot = boot
+        self._name = name
+
+    def _emit(self, level: str, msg: str, *args: Any, **kw: Any) -> None:
+        if _LEVELS[level] >= _LEVELS.get(self._boot.cfg.log.level, 20):
+            getattr(self._boot.logger(self._name), level)(msg, *args, **kw)
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._emit("debug", msg, *args, **kw)
+
+    def info(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._emit("info", msg, *args, **kw)
+
+    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._emit("warning", msg, *args, **kw)
+
+    def error(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._emit("error", msg, *args, **kw)
+
+    def exception(self, msg: str, *args: Any, **kw: Any) -> None:
+        kw.setdefault("exc_info", True)
+        self._emit("error", msg, *args, **kw)
+
+
+class Boot:
+    """What stage 1 made, handed to stage 2 (agent/daemon.py Daemon)."""
+
+    def __init__(self, cfg: Config, notifier: Notifier, core_problem: str | None = None) -> None:
+        self.cfg = cfg
+        self.notifier = notifier
+        self.core_problem = core_problem
+        self.profile: dict = {}
+        self.device_id = ""
+        self.stores: dict = {}            # application name -> its opened, loaded Store
+        self.helper: Any = None           # agent/helperproc.Helper, when that module is there
+        self.listen_fd: int | None = None  # the player socket (bound here, or systemd's)
+        self.bound: tuple | None = None   # (path, st_dev, st_ino) of a socket file this process created
+        self.ready_sent = False
+        self.cache: Any = None            # agent/configcache.Cache, when $STATE_DIRECTORY is set
+        self.cache_entry: dict | None = None  # what stage 2 writes to the cache after READY=1 (a miss)
+        self.pending: list[int] = []      # signals received before stage 2's loop (replayed there)
+        self.logbuf: Any = None           # agent/log.LogBuffer, made with the first log line
+
+    def log(self, name: str | None = None) -> StageLog:
+        return StageLog(self, name)
+
+    def logger(self, name: str | None = None) -> Any:
+        """The real agent logger (agent/log.py set up on first use, with the ring buffer stage 2 keeps)."""
+        from agent import log as agentlog
+
+        if self.logbuf is None:
+            self.logbuf = agentlog.LogBuffer(1000)
+            agentlog.setup(self.cfg.log.level, self.logbuf)
+        return agentlog.get(name)
+
+    def release_socket(self) -> None:
+        """Close the player socket, and remove its file if this process created it (and it is still
+        ours: a successor may have replaced it). systemd's socket stays open: systemd owns it."""
+        if self.bound is None or self.listen_fd is None:
+            return
+        fd, self.listen_fd = self.listen_fd, None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        path, dev, ino = self.bound
+        try:
+            st = os.lstat(path)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """After a failed stage 1: what Daemon.shutdown does for the parts made so far."""
+        self.notifier.stopping()
+        self.logger().info("shutting down")
+        for st in self.stores.values():
+            st.close()
+        if self.helper is not None:
+            self.helper.close()
+        self.release_socket()
+
+
+# -- the configuration --------------------------------------------------------------------------
+
+def load_config(path: str | None, boot_cache: dict) -> tuple:
+    """(Config, board profile or None) for `path`: from the cache when it may be used, else parsed and
+    validated in full. Raises ConfigError as config.load does. `boot_cache` receives "cache" (the
+    Cache or None) and "entry" (what to write after READY=1, on a miss)."""
+    from agent import config as configmod
+    from agent import configcache
+
+    path = configmod.resolve_path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return configmod.load(path), None  # its exact error (missing, a directory, not readable)
+    cdir = configcache.cache_dir()
+    cache = boot_cache["cache"] = configcache.Cache(cdir) if cdir else None
+    key = configcache.config_key(path, raw)
+    if cache is not None:
+        entry = cache.read()
+        if entry is not None and entry["config"] == key:
+            try:
+                cfg = configmod.from_plain(entry["plain"], path)
+            except (KeyError, TypeError, ValueError) as e:
+                cache.problem, cfg = "is damaged (%s)" % type(e).__name__, None
+            if cfg is not None and configmod.cacheable(cfg) and configmod.environment_ok(cfg):
+                return cfg, _cached_profile(cfg, entry, key, boot_cache)
+    cfg = configmod.parse(raw, path)
+    if cache is not None and configmod.cacheable(cfg):
+        boot_cache["entry"] = {"config": key, "plain": configmod.to_plain(cfg)}  # the board is added below
+    return cfg, None
+
+
+def _cached_profile(cfg: Config, entry: dict, key: tuple, boot_cache: dict) -> dict | None:
+    """The cached board profile when the profile file's bytes are those it was made from, else None
+    (the caller parses it; the cache is then rewritten with the new profile)."""
+    from agent import boards, configcache
+
+    bpath = boards.profile_path(cfg.device.board)
+    try:
+        with open(bpath, "rb") as f:
+            braw = f.read()
+    except OSError:
+        braw = None
+    if braw is not None and entry["board"] == (bpath, configcache.digest(braw)):
+        return entry["profile"]
+    boot_cache["entry"] = {"config": key, "plain": entry["plain"]}
+    return None
+
+
+def storage_dir(cfg: Config, profile: dict | None) -> str:
+    """The storage directory (the same rule as agent/service.py storage_dir, which stage 1 cannot import)."""
+    from agent.config import STORAGE_DEFAULT_DIR
+
+    return cfg.storage.dir or (profile or {}).get("storage_dir") or STORAGE_DEFAULT_DIR
+
+
+def app_dir(base: str, name: str) -> str:
+    """An application's directory below a storage or runtime directory (agent/service.py app_storage_dir
+    and app_runtime_dir): the directory itself for "default", apps/NAME for the others."""
+    from agent.config import DEFAULT_APP
+
+    return base if name == DEFAULT_APP else os.path.join(base, "apps", name)
+
+
+# -- the player socket --------------------------------------------------------------------------
+
+def listen_fds() -> list[int]:
+    """systemd socket activation (sd_listen_fds, as agent/server.py listen_fds_from_env): the fds
+    when LISTEN_PID is this process, close-on-exec; the variables are removed for children."""
+    try:
+        pid = int(os.environ.get("LISTEN_PID", ""))
+        n = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    finally:
+        for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(k, None)
+    if pid != os.getpid() or n <= 0:
+        return []
+    fds = list(range(3, 3 + n))
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    return fds
+
+
+def _socket_error(message: str, hint: str) -> AgentError:
+    return AgentError(message, code="socket_error", kind=OPERATOR, hint=hint)
+
+
+def bind_socket(path: str, mode: int, log: StageLog) -> tuple[int, tuple]:
+    """Bind and listen on the Unix socket `path` with `mode`; returns (fd, (path, st_dev, st_ino)).
+    The checks and messages of agent/server.py Server._bind (which the daemon no longer calls)."""
+    if len(os.fsencode(path)) >= 108:
+        raise _socket_error("socket path %s is %d bytes long; Unix socket paths must be shorter than 108 bytes"
+                            % (path, len(os.fsencode(path))),
+                            "set socket.path to a shorter path such as /run/pass-agent/agent.sock")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            os.chmod(parent, 0o755)  # makedirs' mode is filtered by the umask
+        except OSError as e:
+            raise _socket_error("cannot create the socket directory %s: %s" % (parent, e.strerror),
+                                "create it or set socket.path (systemd: RuntimeDirectory=pass-agent)")
+    else:
+        st = os.stat(parent)
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            log.warning("socket directory %s is world-writable without the sticky bit: any local user could "
+                        "replace the agent socket; use a directory such as /run/pass-agent (mode 0755)", parent)
+    _remove_stale(path, log)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o777 & ~mode)  # the file is born with `mode` (or tighter): never looser, not even briefly
+    try:
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        sock.listen(BACKLOG)
+        st = os.lstat(path)
+    except OSError as e:
+        sock.close()
+        raise _socket_error("cannot create the agent socket %s: %s" % (path, e.strerror),
+                            "check that the directory is writable by the agent's user and on a local filesystem")
+    return sock.detach(), (path, st.st_dev, st.st_ino)
+
+
+def _remove_stale(path: str, log: StageLog) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise _socket_error("%s exists and is not a socket; refusing to remove it" % path,
+                            "remove the file or set socket.path to another location")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: a leftover from a crash
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise _socket_error("cannot check whether another process listens on %s: %s" % (path, e.strerror),
+                                "remove the stale socket by hand if no pass-agent is running")
+    else:
+        raise _socket_error("another process is already listening on %s" % path,
+                            "stop the other pass-agent (systemctl stop pass-agent) or set socket.path elsewhere")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+        log.info("removed stale socket %s (nothing was listening on it)", path)
+    except FileNotFoundError:
+        pass
+
+
+# -- the stage itself ---------------------------------------------------------------------------
+
+def prepare(boot: Boot, profile: dict | None, boot_cache: dict) -> None:
+    """Steps 4-8 of the module docstring. Raises ConfigError, AgentError or OSError."""
+    from agent import boards, configcache, keys, sealing
+    from agent.store import Store
+
+    cfg = boot.cfg
+    if profile is None:
+        profile, braw = boards.load_profile_bytes(cfg.device.board or boards.DEFAULT_BOARD)
+        if boot_cache.get("entry") is not None:
+            boot_cache["entry"] = configcache.entry(boot_cache["entry"]["config"], boot_cache["entry"]["plain"],
+                                                    (profile["path"], configcache.digest(braw)), profile)
+    boot.profile = profile
+    boot.device_id = boards.device_id_for(cfg.device, profile)
+    try:
+        from agent import helperproc
+    except ModuleNotFoundError as e:  # pragma: no cover - a build without the helper process
+        if e.name != "agent.helperproc":
+            raise
+    else:
+        boot.helper = helperproc.Helper(log=boot.log("helper"))
+        boot.helper.prefork()  # single-threaded here, and nothing secret is loaded yet
+        sealing.use_backend(boot.helper)
+    sdir = storage_dir(cfg, profile)
+    log = boot.log("store")
+    # One store per application (issue 16): "default" in the storage directory itself, so a store written
+    # by a single-application agent is used in place; the others in apps/NAME below it.
+    for app in cfg.apps:
+        adir = app_dir(sdir, app.name)
+        st = Store(adir, boot.device_id, token_cache=cfg.storage.token_cache,
+                   runtime_dir=app_dir(cfg.storage.runtime_dir, app.name), log=log,
+                   keys=keys.keyset(cfg.storage, boot.device_id, adir, log=log))
+        boot.stores[app.name] = st
+        st.open()
+        st.preload()
+    fds = listen_fds()
+    if fds:
+        boot.listen_fd = fds[0]
+    else:
+        boot.listen_fd, boot.bound = bind_socket(cfg.socket.path, cfg.socket.mode, boot.log("server"))
+    if not (cfg.web.listen or cfg.gateway.enabled):
+        boot.notifier.ready(READY_STATUS)
+        boot.ready_sent = True
+
+
+def run(config_path: str | None) -> int:
+    """`pass-agent run`: stage 1, then stage 2 (agent/daemon.py) until the daemon stops; the exit code."""
+    core = no_core_dumps()  # first: nothing secret is in memory yet
+    pending: list[int] = []
+    for sig in _SIGNALS:  # acted on by stage 2 (Daemon.start replays them)
+        _signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    boot_cache: dict = {"cache": None, "entry": None}
+    try:
+        cfg, profile = load_config(config_path, boot_cache)
+    except ConfigError as e:
+        print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    from agent.notify import Notifier
+
+    boot = Boot(cfg, Notifier(), core)
+    boot.pending = pending
+    boot.cache = boot_cache["cache"]
+    if core:
+        boot.log().warning("core dumps could not be disabled (%s); a crash could write secrets to disk", core)
+    try:
+        prepare(boot, profile, boot_cache)
+    except ConfigError as e:
+        print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+        boot.abort()
+        return EXIT_USAGE
+    except AgentError as e:
+        boot.logger().error("cannot start: %s", e)
+        boot.abort()
+        return EXIT_USAGE if e.kind == OPERATOR and e.code.endswith("_invalid") else EXIT_FAIL
+    except OSError as e:
+        boot.logger().error("cannot start: %s", e)
+        boot.abort()
+        return EXIT_FAIL
+    boot.cache_entry = boot_cache["entry"] if boot_cache["entry"] and "board" in boot_cache["entry"] else None
+    from agent import daemon  # stage 2
+
+    return daemon.serve(boot)
