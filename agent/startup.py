@@ -227,6 +227,21 @@ def _cached_profile(cfg: Config, entry: dict, key: tuple, boot_cache: dict) -> d
     return None
 
 
+def board_profile(cfg: Config, profile: dict | None, boot_cache: dict) -> dict:
+    """The board profile: `profile` (the cache's) when given, else parsed (boards.load_profile_bytes,
+    raising ConfigError as it does); a cache entry to write gets the parsed profile and its key."""
+    if profile is not None:
+        return profile
+    from agent import boards, configcache
+
+    profile, braw = boards.load_profile_bytes(cfg.device.board or boards.DEFAULT_BOARD)
+    todo = boot_cache.get("entry")
+    if todo is not None:
+        boot_cache["entry"] = configcache.entry(todo["config"], todo["plain"], (profile["path"], configcache.digest(braw)),
+                                                profile)
+    return profile
+
+
 def storage_dir(cfg: Config, profile: dict | None) -> str:
     """The storage directory (the same rule as agent/service.py storage_dir, which stage 1 cannot import)."""
     from agent.config import STORAGE_DEFAULT_DIR
@@ -341,16 +356,11 @@ def _remove_stale(path: str, log: StageLog) -> None:
 
 def prepare(boot: Boot, profile: dict | None, boot_cache: dict) -> None:
     """Steps 4-8 of the module docstring. Raises ConfigError, AgentError or OSError."""
-    from agent import boards, configcache, keys, sealing
+    from agent import boards, keys, sealing
     from agent.store import Store
 
     cfg = boot.cfg
-    if profile is None:
-        profile, braw = boards.load_profile_bytes(cfg.device.board or boards.DEFAULT_BOARD)
-        if boot_cache.get("entry") is not None:
-            boot_cache["entry"] = configcache.entry(boot_cache["entry"]["config"], boot_cache["entry"]["plain"],
-                                                    (profile["path"], configcache.digest(braw)), profile)
-    boot.profile = profile
+    boot.profile = profile = board_profile(cfg, profile, boot_cache)
     boot.device_id = boards.device_id_for(cfg.device, profile)
     try:
         from agent import helperproc
