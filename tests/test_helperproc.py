@@ -93,6 +93,19 @@ def test_helper_exits_when_idle_and_the_next_refresh_starts_another(make_agent, 
     assert emu.stats()["register"]["ok"] == 1
 
 
+def test_the_daemon_side_imports_are_light():
+    """What the daemon imports for the helper and the store's sealing: no ssl, cryptography, typing,
+    threading or subprocess (on 4bdc2b1 sealing imported typing)."""
+    import subprocess
+
+    code = ("import sys\nfrom agent import helperproc, sealing\nh = helperproc.Helper()\n"
+            "print(' '.join(m for m in ('ssl', '_ssl', 'cryptography', 'typing', 'threading', 'subprocess')"
+            " if m in sys.modules))\nh.close()\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and out.stdout.split() == [], (out.stdout, out.stderr)
+
+
 # ------------------------------------------------------------------------------------- the Helper
 
 
