@@ -141,7 +141,11 @@ class Loop:
         # A CLOCK_BOOTTIME alarm at the earliest timer (only when time is the agent's clock: an
         # injected test clock has no kernel timer behind it).
         self._alarm = _clock.Alarm() if clock is _clock.now else None
+        if self._alarm is not None and not self._alarm.available:
+            self._alarm = None  # no timerfd here: bounded sleeps (clock.wait_timeout) instead
         self._alarm_fd = self._alarm.fileno() if self._alarm is not None else None
+        # The `when` of the timer the alarm is armed at (None: not armed, or fired since). While it is
+        # the earliest timer's, the loop sleeps without a timeout: the alarm fd ends the sleep.
         self._armed: float | None = None
         if self._alarm_fd is not None:
             self._sel.register(self._alarm_fd, _READ)
@@ -241,33 +245,43 @@ class Loop:
         return _clock.wait_timeout(when, self._now(), self._alarm)
 
     def _run_once(self) -> None:
+        timers = self._timers
+        if not self._ready and timers and timers[0].when == self._armed:
+            # The common case on the token hot path (the idle sweep is armed while connections exist):
+            # the alarm already wakes us at the earliest timer, so sleep without a timeout and skip the
+            # timer phase unless the alarm fired. This saves _timeout()'s calls and two clock reads per
+            # wake-up. A timer added by a callback is seen next turn: _timeout() re-arms the alarm for it.
+            timeout = None
+        else:
+            timeout = self._timeout()  # a finite timeout (or the ready queue): check timers below
         try:
-            events = self._poll(self._timeout())
+            events = self._poll(timeout)
         except InterruptedError:
             events = []
-        readers, writers, wake = self._readers, self._writers, self._wake_r
+        due = timeout is not None
+        readers, writers = self._readers, self._writers
         rmask, wmask = self._sel.READ_MASK, self._sel.WRITE_MASK
         for fd, mask in events:
-            if fd == wake:
-                self._drain_wake()
-                continue
-            if fd == self._alarm_fd:
-                self._alarm.clear()  # type: ignore[union-attr]
-                self._armed = None  # re-armed for the next timer by _timeout()
-                continue
             if mask & rmask:
-                cb = readers.get(fd)
+                cb = readers.get(fd)  # first: a connection is the common case
                 if cb is not None:
                     try:
                         cb()
                     except Exception:
                         _log.exception("event loop callback %r failed; the loop continues", cb)
+                elif fd == self._wake_r:
+                    self._drain_wake()
+                    continue
+                elif fd == self._alarm_fd:
+                    self._alarm.clear()  # type: ignore[union-attr]
+                    self._armed = None  # re-armed for the next timer by _timeout()
+                    due = True
+                    continue
             if mask & wmask:
                 cb = writers.get(fd)  # looked up again: the read callback may have removed it
                 if cb is not None:
                     self._call(cb)
-        timers = self._timers
-        if timers:
+        if due and timers:
             now = self._now()
             while timers and (timers[0].cancelled or timers[0].when <= now):
                 h = heapq.heappop(timers)
@@ -276,8 +290,9 @@ class Loop:
                     h.cancel()
                     self._call(cb)
         ready = self._ready
-        for _ in range(len(ready)):  # only what is queued now; new work waits a turn
-            self._call(ready.popleft())
+        if ready:
+            for _ in range(len(ready)):  # only what is queued now; new work waits a turn
+                self._call(ready.popleft())
 
     def _drain_wake(self) -> None:
         try:

@@ -66,6 +66,7 @@ BACKLOG = max(socket.SOMAXCONN, 4096)  # the kernel caps it at net.core.somaxcon
 LINGER_TIME = 2.0           # after a last error line, drain a peer's input this long before closing
 LINGER_BYTES = 1024 * 1024
 MAX_LINGER = 64
+_MAX_DATA = rpc.MAX_LINE + 1  # one request line with its newline
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _monotonic = _clock.now  # the loop's clock (CLOCK_BOOTTIME): idle time counts suspend too
 
@@ -641,15 +642,22 @@ class Server:
             self._on_eof(conn)
             return
         conn.last = _monotonic()
-        if not conn.inbuf and not conn.out and not conn.queue and data[-1] == 10 and data.find(b"\n") == len(data) - 1:
-            # Hot path: exactly one complete request and nothing pending: answer straight to the kernel.
-            if len(data) > rpc.MAX_LINE + 1:
+        if data.find(b"\n") == len(data) - 1 and not conn.inbuf and not conn.out and not conn.queue:
+            # Hot path (issue 20): exactly one complete request (its only newline is its last byte) and
+            # nothing pending: answer straight to the kernel. The same limits as _process: line length,
+            # and what the kernel does not take goes through conn.out and _flush.
+            if len(data) > _MAX_DATA:
                 self._too_large(conn)
                 return
             ans = self.dispatcher.handle_line(data[:-1], conn.uid, conn.apps)
             if type(ans) is bytes:
-                n = self._send(conn, ans)
-                if n is None:
+                try:  # _send inlined (one Python frame less per request); the same outcomes
+                    n = conn.sock.send(ans)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    self._c["closed_by_peer"] += 1
+                    self._drop(conn)
                     return
                 if n < len(ans):
                     conn.out += ans[n:]
@@ -799,8 +807,8 @@ class Server:
 
     def _send(self, conn: _Conn, data: bytes | bytearray) -> int | None:
         """One send() to the peer: the bytes the kernel took (0 when its buffer is full), or None when
-        the peer is gone (the connection is dropped). The only place answers reach the socket: the
-        hot path sends an answer directly, _flush sends conn.out."""
+        the peer is gone (the connection is dropped). _flush sends conn.out through it; the hot path in
+        _on_readable has a copy inlined (keep the two alike)."""
         try:
             return conn.sock.send(data)
         except (BlockingIOError, InterruptedError):
