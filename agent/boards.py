@@ -21,8 +21,6 @@ machine's interfaces when identifying a fixture root.
 from __future__ import annotations
 
 import os
-import socket
-import struct
 import sys
 
 import agent
@@ -163,6 +161,9 @@ def _validate(data: dict, problems: list[str]) -> dict:
 
 def interface_ipv4(ifname: str) -> str | None:
     """The IPv4 address of a local interface (SIOCGIFADDR), or None when it has none or on error."""
+    import socket  # here, not at the top: the daemon's first stage reads the device id without it
+    import struct
+
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not Linux

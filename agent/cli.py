@@ -69,11 +69,14 @@ def _crypto_found() -> bool:
     anything of the package (not even its __init__: stage 1 of `run` imports no cryptography at all,
     tests/test_startup_imports.py). A package that cannot be imported there lacks the binding's file."""
     import os
-    from importlib.machinery import PathFinder
 
-    spec = PathFinder.find_spec("cryptography")
+    # The import system's own PathFinder (importlib.machinery's, without importing importlib and warnings).
+    finder = next((f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder"), None)
+    if finder is None:  # pragma: no cover - an unusual import system
+        from importlib.machinery import PathFinder as finder
+    spec = finder.find_spec("cryptography")
     places = (spec.submodule_search_locations or []) if spec is not None else []
-    return any(PathFinder.find_spec("_rust", [os.path.join(p, "hazmat", "bindings")]) is not None for p in places)
+    return any(finder.find_spec("_rust", [os.path.join(p, "hazmat", "bindings")]) is not None for p in places)
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:

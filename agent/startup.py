@@ -17,8 +17,9 @@ Theory of operation, in order:
 4. The board profile (cached with the configuration, else parsed) and the device id alone
    (boards.device_id_for): the store key derives from it. Stage 2 builds X-Device-Info with the
    same profile and checks that it finds the same id.
-5. The helper process (agent/helperproc.py) forked while this process is single-threaded, and the
-   store's AES-GCM routed through it (sealing.use_backend): cryptography is not imported here.
+5. The helper process (agent/helperproc.py), forked first thing (after step 2) while this process is
+   single-threaded and holds no secret, so it imports cryptography while steps 3-4 run; the store's
+   AES-GCM is routed through it (sealing.use_backend): cryptography is not imported here.
 6. Every application's store opened and loaded (Store.preload; the service's first load() then
    reuses that result).
 7. The player socket: taken from systemd socket activation, or bound here (created with its mode
@@ -45,8 +46,8 @@ socket file it created when the start fails.
 from __future__ import annotations
 
 import _signal
+import _socket  # not `socket`: it imports enum, selectors and collections (~5 ms); stage 2 imports it
 import os
-import socket
 import stat
 import sys
 
@@ -54,7 +55,7 @@ from agent.errors import OPERATOR, AgentError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
-BACKLOG = max(socket.SOMAXCONN, 4096)  # as agent/server.py: the kernel caps it at net.core.somaxconn
+BACKLOG = max(_socket.SOMAXCONN, 4096)  # as agent/server.py: the kernel caps it at net.core.somaxconn
 READY_STATUS = "starting: stored state loaded, socket bound"
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
@@ -303,7 +304,7 @@ def bind_socket(path: str, mode: int, log: StageLog) -> tuple[int, tuple]:
             log.warning("socket directory %s is world-writable without the sticky bit: any local user could "
                         "replace the agent socket; use a directory such as /run/pass-agent (mode 0755)", parent)
     _remove_stale(path, log)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     old = os.umask(0o777 & ~mode)  # the file is born with `mode` (or tighter): never looser, not even briefly
     try:
         try:
@@ -328,7 +329,7 @@ def _remove_stale(path: str, log: StageLog) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise _socket_error("%s exists and is not a socket; refusing to remove it" % path,
                             "remove the file or set socket.path to another location")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
@@ -362,14 +363,8 @@ def prepare(boot: Boot, profile: dict | None, boot_cache: dict) -> None:
     cfg = boot.cfg
     boot.profile = profile = board_profile(cfg, profile, boot_cache)
     boot.device_id = boards.device_id_for(cfg.device, profile)
-    try:
-        from agent import helperproc
-    except ModuleNotFoundError as e:  # pragma: no cover - a build without the helper process
-        if e.name != "agent.helperproc":
-            raise
-    else:
-        boot.helper = helperproc.Helper(log=boot.log("helper"))
-        boot.helper.prefork()  # single-threaded here, and nothing secret is loaded yet
+    if boot.helper is not None:
+        boot.helper.log = boot.log("helper")
         sealing.use_backend(boot.helper)
     sdir = storage_dir(cfg, profile)
     log = boot.log("store")
@@ -393,21 +388,40 @@ def prepare(boot: Boot, profile: dict | None, boot_cache: dict) -> None:
         boot.ready_sent = True
 
 
+def start_helper() -> Any:
+    """The helper process (agent/helperproc.py), forked now: this process is single-threaded and holds
+    no secret yet, and the child imports cryptography while stage 1 goes on, so the store's first
+    decrypt does not wait for it. None in a build without the module."""
+    try:
+        from agent import helperproc
+    except ModuleNotFoundError as e:  # pragma: no cover - a build without the helper process
+        if e.name != "agent.helperproc":
+            raise
+        return None
+    helper = helperproc.Helper()
+    helper.prefork()
+    return helper
+
+
 def run(config_path: str | None) -> int:
     """`pass-agent run`: stage 1, then stage 2 (agent/daemon.py) until the daemon stops; the exit code."""
     core = no_core_dumps()  # first: nothing secret is in memory yet
     pending: list[int] = []
     for sig in _SIGNALS:  # acted on by stage 2 (Daemon.start replays them)
         _signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    helper = start_helper()  # now: it imports cryptography while this process reads its configuration
     boot_cache: dict = {"cache": None, "entry": None}
     try:
         cfg, profile = load_config(config_path, boot_cache)
     except ConfigError as e:
         print("pass-agent: invalid configuration:\n%s" % e, file=sys.stderr)
+        if helper is not None:
+            helper.close()
         return EXIT_USAGE
     from agent.notify import Notifier
 
     boot = Boot(cfg, Notifier(), core)
+    boot.helper = helper
     boot.pending = pending
     boot.cache = boot_cache["cache"]
     if core:
