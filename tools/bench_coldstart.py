@@ -289,12 +289,18 @@ def main(argv: list | None = None) -> dict:
         time.sleep(settle)
         mems[name].append(_mem(p.pid))
 
+    # The unit's StateDirectory=pass-agent: systemd sets STATE_DIRECTORY, where the validated-configuration
+    # cache lives (agent/configcache.py; the first start fills it). One per install, as on a box.
+    states = {n: os.path.join(tmp, "state-" + n) for n in ("box", "agent")}
+    for d in states.values():
+        os.mkdir(d, 0o700)
     for i in range(args.runs):
         last = i == args.runs - 1
         for name, cmd in (("bare", bare_cmd), ("box", box_cmd), ("agent", agent_cmd)):
             # The helper process (forked at start, it decrypted the store) exits after 1 s idle instead of 30:
             # while it lives it shares the agent's pages, which halves their share in the agent's PSS.
-            dt, p = _spawn_until_ready(cmd, tmp, None if name == "bare" else {"PASS_AGENT_HELPER_IDLE": "1"})
+            dt, p = _spawn_until_ready(cmd, tmp, None if name == "bare" else {"PASS_AGENT_HELPER_IDLE": "1",
+                                                                             "STATE_DIRECTORY": states[name]})
             times[name].append(dt)
             idle(name, p, 0.5 if name == "bare" else 1.0)  # PSS moves with what else runs: a median too
             if name != "agent":  # the editable agent stays up for the pkcs11 token.get comparison
