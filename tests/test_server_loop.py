@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from agent import clock
 from agent.loop import Loop
 
 try:
@@ -166,3 +167,83 @@ def test_server_leaves_no_timers_once_connections_are_gone(tmp_path) -> None:
         assert wait_for(lambda: h.stats()["connections"] == 0)
         # The sweep does not re-arm once no connection is left: the idle loop has no timeout.
         assert wait_for(lambda: h.call(h.loop._timeout) is None)
+
+
+def _recording_poll(loop: Loop) -> list:
+    """Replace the loop's poll by one that records each timeout it is given."""
+    timeouts: list = []
+    real = loop._poll
+
+    def poll(timeout=None):
+        timeouts.append(timeout)
+        return real(timeout)
+
+    loop._poll = poll
+    return timeouts
+
+
+needs_alarm = pytest.mark.skipif(not clock.HAVE_ALARM, reason="no CLOCK_BOOTTIME timerfd: bounded sleeps apply")
+
+
+@needs_alarm
+def test_an_armed_alarm_lets_the_loop_sleep_without_a_timeout(loop: Loop) -> None:
+    """Issue 20: while the alarm is armed at the earliest timer, a wake-up computes no timeout and reads
+    no clock (the token hot path wakes once per request while the idle sweep's timer is pending)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    loop.add_reader(a.fileno(), lambda: a.recv(100))
+    loop.call_later(100, lambda: None)
+    timeouts = _recording_poll(loop)
+    reads = []
+    real_now = loop._now
+    loop._now = lambda: (reads.append(1), real_now())[1]
+    per_turn = []
+    for _ in range(3):
+        b.send(b"x")
+        loop._run_once()
+        per_turn.append(len(reads))
+        del reads[:]
+    assert timeouts[0] is not None and timeouts[0] > 50  # the first turn arms the alarm
+    assert timeouts[1:] == [None, None]
+    assert per_turn[0] > 0 and per_turn[1:] == [0, 0]  # later turns read no clock
+    a.close()
+    b.close()
+
+
+@needs_alarm
+def test_the_alarm_ends_a_sleep_without_timeout_and_runs_the_timer(loop: Loop) -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    loop.add_reader(a.fileno(), lambda: a.recv(100))
+    fired = []
+    loop.call_later(0.2, lambda: (fired.append(1), loop.stop()))
+    b.send(b"x")
+    loop._run_once()  # arms the alarm for the timer; returns at once for the readable socket
+    assert not fired
+    timeouts = _recording_poll(loop)
+    t = run_in_thread(loop)
+    t.join(30)  # a guard against a hang only: the alarm ends the sleep after 0.2 s
+    assert not t.is_alive() and fired == [1]
+    assert timeouts[0] is None  # it slept without a timeout, and the alarm woke it
+    a.close()
+    b.close()
+
+
+@needs_alarm
+def test_a_timer_added_by_a_callback_runs_while_the_alarm_waits_for_a_later_one(loop: Loop) -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    fired = []
+
+    def on_read() -> None:
+        a.recv(100)
+        loop.call_later(0, lambda: (fired.append(1), loop.stop()))
+
+    loop.add_reader(a.fileno(), on_read)
+    loop.call_later(1000, lambda: None)  # the alarm is armed for this one, far away
+    t = run_in_thread(loop)
+    b.send(b"x")
+    t.join(30)  # a guard against a hang only
+    assert not t.is_alive() and fired == [1]
+    a.close()
+    b.close()
