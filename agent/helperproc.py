@@ -409,6 +409,7 @@ class Helper:
         finally:
             os.close(cr)
             os.close(cw)
+        os.set_blocking(req_w, False)
         return self._started(_Child(pid, req_w, ans_r, "spawned"))
 
     def _fork(self) -> _Child:
@@ -432,6 +433,7 @@ class Helper:
                 os._exit(code)
         os.close(req_r)
         os.close(ans_w)
+        os.set_blocking(req_w, False)
         return self._started(_Child(pid, req_w, ans_r, "forked"))
 
 
@@ -451,7 +453,10 @@ def _write_all(fd: int, data: bytes, deadline: float) -> None:
         left = deadline - _now()
         if left <= 0 or not p.poll(left * 1000):
             raise _Failed("no answer in time", timed_out=True)
-        n = os.write(fd, view[:65536])  # a pipe: writes of up to PIPE_BUF... 64 KiB never block after POLLOUT long
+        try:
+            n = os.write(fd, view)  # non-blocking (set at start): what fits now, a hung child cannot stall us
+        except BlockingIOError:
+            continue
         view = view[n:]
 
 
@@ -532,9 +537,15 @@ def _after_fork() -> None:
 
 
 def _child_main(idle_exit: float) -> None:
-    """The spawned child's entry point (the bootstrap calls it)."""
-    _no_dumps()
-    _serve(REQ_FD, ANS_FD, idle_exit, preload=False)
+    """The spawned child's entry point (the bootstrap calls it). Exits quietly whatever happens (a
+    parent gone mid-answer is EPIPE: nothing to say, and a traceback is output)."""
+    code = 1
+    try:
+        _no_dumps()
+        _serve(REQ_FD, ANS_FD, idle_exit, preload=False)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def _serve(rfd: int, wfd: int, idle_exit: float, preload: bool) -> None:

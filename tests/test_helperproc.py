@@ -144,7 +144,14 @@ def test_encrypt_decrypt_through_the_helper_are_byte_identical(helper):
     assert helper.pid is not None
 
 
-def test_send_answers_and_errors_cross_the_process_boundary_unchanged(helper, emu, tmp_path):
+def test_a_request_larger_than_a_pipe_buffer_crosses(helper):
+    key, nonce, big = os.urandom(32), os.urandom(12), os.urandom(300 * 1024)
+    sealed = helper.encrypt(key, nonce, big, b"aad")
+    assert sealed == sealing.local_encrypt(key, nonce, big, b"aad")
+    assert helper.decrypt(key, nonce, sealed, b"aad") == big
+
+
+def test_send_answers_and_errors_cross_the_process_boundary_unchanged(helper, emu, tmp_path, capfd):
     status, headers, body = helper.send(_req(emu), timeout=5, ca_file=emu.ca_file)
     assert (status, body) == dcr.send(_req(emu), timeout=5, ca_file=emu.ca_file)[::2]
     assert status == 400 and isinstance(headers, dict) and b"invalid_client" in body
@@ -161,6 +168,8 @@ def test_send_answers_and_errors_cross_the_process_boundary_unchanged(helper, em
     assert (type(a), a.code, a.kind, a.status, a.retry_after, a.undocumented, a.hint, a.message) == \
            (type(b), b.code, b.kind, b.status, b.retry_after, b.undocumented, b.hint, b.message)
     assert b.code == "tls_verify"
+    helper.close()
+    assert capfd.readouterr().err == ""  # the child (stderr inherited) printed nothing
 
 
 def _self_signed_pem() -> str:
