@@ -195,6 +195,24 @@ def test_the_helper_is_not_dumpable_while_it_runs(helper):
     assert probe["dumpable"] == 0
 
 
+def test_a_helper_spawned_from_the_zipapp_finds_the_agent_inside_it(tmp_path):
+    """As installed: agent.__file__ is inside the zipapp; the child's sys.path must hold the zip."""
+    import subprocess
+
+    from tools import build_overlay
+
+    pyz = str(tmp_path / "pass-agent.pyz")
+    with open(pyz, "wb") as f:
+        f.write(build_overlay.build_zipapp(0)[0])
+    code = ("import os, sys\nsys.path.insert(0, %r)\nfrom agent import helperproc, sealing\n"
+            "assert sealing.__file__.startswith(%r)\n"
+            "h = helperproc.Helper()\nk, n = os.urandom(32), os.urandom(12)\n"
+            "assert h.decrypt(k, n, h.encrypt(k, n, b'x', b''), b'') == b'x'\n"
+            "print(h.probe()['dumpable'], 'cryptography' in sys.modules)\nh.close()\n" % (pyz, pyz))
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=str(tmp_path))
+    assert out.returncode == 0 and out.stdout.split() == ["0", "False"], (out.stdout, out.stderr)
+
+
 def test_a_forked_helper_works_and_is_not_dumpable():
     h = helperproc.Helper(idle_exit=30.0)
     try:
