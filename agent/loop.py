@@ -8,7 +8,10 @@ timeout: an idle agent costs no CPU and no wake-ups.
 Time is `agent.clock.now()` (CLOCK_BOOTTIME: it counts suspend). Timers are also watched by a
 CLOCK_BOOTTIME alarm fd (`agent.clock.Alarm`) armed at the earliest timer, because the
 epoll timeout counts on CLOCK_MONOTONIC and would end late by the length of a suspend; after a
-resume the alarm makes every timer that fell due during the suspend run at once.
+resume the alarm makes every timer that fell due during the suspend run at once. While the alarm is
+armed at the earliest timer the loop sleeps without a timeout and checks timers only when the alarm
+fired: a wake-up for a connection (the token.get hot path, issue 20) then reads no clock at all.
+Without an alarm (an injected clock, no timerfd) every sleep has its timeout and every turn checks.
 
 Must never: block inside a callback on anything but a quick system call, spin or poll on a
 period, or let one failing callback stop the loop (failures are logged and the loop goes on).

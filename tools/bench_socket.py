@@ -4,11 +4,14 @@ Measures in one run, each server in its own process (so the client's GIL never m
   (a) echo:      a raw blocking Unix-socket echo round trip in Python: the floor for any Python server;
   (b) token.get: on one persistent connection against the real agent.server.Server + agent.loop.Loop,
                  with a stand-in Service that returns a cached token (the hot path): p50, p99, ratio;
-  (c) throughput: token.get with N concurrent clients, each in its own process, closed loop.
+  (c) throughput: token.get with N concurrent clients, each in its own process, closed loop;
+  (d) token.get on the real daemon: `pass-agent run` against the emulator (HTTPS), its token cached,
+      the series interleaved with (a) and (b) so that all three see the same machine.
 
-Targets (issue 8): token.get p50 <= 2.5x echo p50, p99 < 1 ms, >= 10,000 requests/s with 32 clients.
+Targets: token.get p50 <= 2.5x echo p50 with the stand-in (issue 8), <= 2.0x on the real daemon
+(issue 20), p99 < 1 ms, >= 10,000 requests/s with 32 clients.
 
-    python tools/bench_socket.py [--requests 20000] [--clients 32] [--duration 3] [--json FILE]
+    python -m tools.bench_socket [--requests 20000] [--clients 32] [--duration 3] [--no-daemon] [--json FILE]
 
 Must never: leave server processes or socket files behind (both are cleaned up on every exit path).
 """
@@ -16,6 +19,7 @@ Must never: leave server processes or socket files behind (both are cleaned up o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -117,6 +121,43 @@ def _run_agent(path: str, ready, cpu: int | None) -> None:
     srv.start()
     ready.set()
     loop.run()
+
+
+class RealDaemon:
+    """`pass-agent run` against the emulator, holding a token; `path` is its socket. Use as a context
+    manager: the daemon, the emulator and the temp dir are gone on every exit path."""
+
+    def __init__(self, cpu: int | None) -> None:
+        self.cpu = cpu
+        self.path = ""
+
+    def __enter__(self) -> RealDaemon:
+        from agent.client import Client
+        from tools.bench_coldstart import _spawn_until_ready, agent_against_emulator
+
+        self.tmp, self.emu, cfg, cfg_path = agent_against_emulator("bench-daemon-")
+        self.proc = None
+        try:
+            _, self.proc = _spawn_until_ready([sys.executable, "-m", "agent", "run", "--config", cfg_path], self.tmp)
+            self.path = cfg.socket.path
+            with Client(self.path, timeout=20) as c:
+                c.token(wait=15)
+            if self.cpu is not None:
+                os.sched_setaffinity(self.proc.pid, {self.cpu})
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import shutil
+
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        self.emu.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _run_echo(path: str, ready, cpu: int | None) -> None:
@@ -299,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     ap.add_argument("--apps", type=int, default=0, metavar="N",
                     help="only the issue 16 figure: token.get p50 on the real daemon with N applications vs one")
+    ap.add_argument("--no-daemon", action="store_true",
+                    help="leave out (d), token.get on the real daemon (it starts the emulator and `pass-agent run`)")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not pin the latency series to one CPU (cross-CPU wake-ups then dominate both series)")
     args = ap.parse_args(argv)
@@ -322,20 +365,25 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="bench-sock-")
     echo_path, agent_path = os.path.join(tmp, "echo.sock"), os.path.join(tmp, "agent.sock")
     procs = []
+    stack = contextlib.ExitStack()
     try:
         procs.append(_start(_run_echo, echo_path, cpu))
         procs.append(_start(_run_agent, agent_path, cpu))
+        daemon = None if args.no_daemon else stack.enter_context(RealDaemon(cpu))
         warm = max(200, args.requests // 10)
-        # Interleave the two series in halves so machine noise hits both alike.
-        echo, tok = [], []
+        # Interleave the series in quarters so machine noise hits them alike.
+        echo, tok, real = [], [], []
         _pin(cpu)
-        for _ in range(2):
-            echo += _roundtrips(echo_path, args.requests // 2, warm)
-            tok += _roundtrips(agent_path, args.requests // 2, warm)
+        for _ in range(4):
+            echo += _roundtrips(echo_path, args.requests // 4, warm)
+            tok += _roundtrips(agent_path, args.requests // 4, warm)
+            if daemon is not None:
+                real += _roundtrips(daemon.path, args.requests // 4, warm)
         if saved is not None:
             os.sched_setaffinity(0, saved)
         rps = _throughput(agent_path, args.clients, args.duration)
     finally:
+        stack.close()
         for p in procs:
             p.kill()
             p.join(10)
@@ -359,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         ("token.get p99 < 1000 us", fig["token_p99_us"] < 1000),
         ("throughput >= 10000 req/s", rps >= 10000),
     ]
+    if real:
+        fig.update(daemon_p50_us=_pct(real, 0.50), daemon_p99_us=_pct(real, 0.99), daemon_mean_us=statistics.fmean(real))
+        fig["daemon_ratio_p50"] = fig["daemon_p50_us"] / fig["echo_p50_us"]
+        checks[1:1] = [("real daemon token.get p50 <= 2.0x echo p50", fig["daemon_ratio_p50"] <= 2.0),
+                       ("real daemon token.get p99 < 1000 us", fig["daemon_p99_us"] < 1000)]
     fig["targets_met"] = all(ok for _, ok in checks)
 
     where = "one CPU" if cpu is not None else "unpinned"
@@ -368,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     print("%-34s %10.1f %10.1f %10.1f" % ("(b) token.get, persistent conn", fig["token_p50_us"], fig["token_p99_us"],
                                         fig["token_mean_us"]))
     print("%-34s %10.2fx" % ("ratio token.get/echo (p50)", fig["ratio_p50"]))
+    if real:
+        print("%-34s %10.1f %10.1f %10.1f" % ("(d) token.get, real daemon", fig["daemon_p50_us"],
+                                            fig["daemon_p99_us"], fig["daemon_mean_us"]))
+        print("%-34s %10.2fx" % ("ratio real daemon/echo (p50)", fig["daemon_ratio_p50"]))
     print("%-34s %10.0f req/s" % ("(c) throughput, %d client procs" % args.clients, rps))
     for name, ok in checks:
         print("  [%s] %s" % ("ok" if ok else "MISSED", name))
