@@ -525,7 +525,7 @@ def _close_others(keep: tuple) -> None:
 
 def _after_fork() -> None:
     """The forked child drops the parent's signal handlers and descriptors (sockets, logs, notify)."""
-    import signal
+    import _signal as signal  # what `signal` wraps: not its enum import (~2 ms the parent's first decrypt waits for)
 
     _no_dumps()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -6,7 +6,8 @@ what this stage made. READY=1 keeps its meaning (docs/ARCHITECTURE.md, "Start-up
 bound and the stored state loaded, so a player gets a stored valid token at once.
 
 Theory of operation, in order:
-1. Core dumps off (RLIMIT_CORE 0, PR_SET_DUMPABLE 0): first, while nothing secret is in memory.
+1. Core dumps off (RLIMIT_CORE 0, PR_SET_DUMPABLE 0), while nothing secret is in memory (right after
+   the helper is forked, step 5, which comes first so that it works while this process goes on).
 2. SIGTERM, SIGINT and SIGHUP are recorded, not acted on (through `_signal`: `signal` imports
    enum); stage 2 replays them once its loop runs, so a stop or reload sent right after READY=1
    is neither lost nor fatal.
@@ -17,9 +18,10 @@ Theory of operation, in order:
 4. The board profile (cached with the configuration, else parsed) and the device id alone
    (boards.device_id_for): the store key derives from it. Stage 2 builds X-Device-Info with the
    same profile and checks that it finds the same id.
-5. The helper process (agent/helperproc.py), forked first thing (after step 2) while this process is
-   single-threaded and holds no secret, so it imports cryptography while steps 3-4 run; the store's
-   AES-GCM is routed through it (sealing.use_backend): cryptography is not imported here.
+5. The helper process (agent/helperproc.py), forked first thing while this process is single-
+   threaded and holds no secret, so it imports cryptography while steps 1-4 run (it turns its own
+   core dumps off first); the store's AES-GCM is routed through it (sealing.use_backend):
+   cryptography is not imported here.
 6. Every application's store opened and loaded (Store.preload; the service's first load() then
    reuses that result).
 7. The player socket: taken from systemd socket activation, or bound here (created with its mode
@@ -405,11 +407,13 @@ def start_helper() -> Any:
 
 def run(config_path: str | None) -> int:
     """`pass-agent run`: stage 1, then stage 2 (agent/daemon.py) until the daemon stops; the exit code."""
-    core = no_core_dumps()  # first: nothing secret is in memory yet
+    # The helper first: it imports cryptography while this process does the rest (it turns its own core
+    # dumps off first thing, agent/helperproc.py). Before the handlers below: it must not inherit them.
+    helper = start_helper()
+    core = no_core_dumps()  # nothing secret is in memory yet
     pending: list[int] = []
     for sig in _SIGNALS:  # acted on by stage 2 (Daemon.start replays them)
         _signal.signal(sig, lambda signum, _frame: pending.append(signum))
-    helper = start_helper()  # now: it imports cryptography while this process reads its configuration
     boot_cache: dict = {"cache": None, "entry": None}
     try:
         cfg, profile = load_config(config_path, boot_cache)
