@@ -447,8 +447,9 @@ class Dispatcher:
         return self.result_line(req_id, out)
 
     def _token_hot(self, req_id: int) -> bytes | None:
-        """token.get without params: the hot path, without the generic dispatch (measured: ~1 us of
-        ~3 us per request). None on no token or any failure: the generic path builds that answer."""
+        """token.get without params, spelled otherwise than the canonical line (handle_line answers that
+        one itself): without the generic dispatch. None on no token or any failure: the generic path
+        builds that answer."""
         apps = self._peer_apps
         if apps is None or len(apps) == 1:  # the peer's only application (else: app_required, generic)
             try:
