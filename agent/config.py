@@ -32,7 +32,6 @@ import grp
 import math
 import os
 import sys
-import types
 
 from agent import record
 from agent.errors import ConfigError
@@ -49,6 +48,8 @@ if TYPE_CHECKING:
     # One checker per value kind: returns (ok, normalised value, expected-description).
     Check = Callable[[Any], "tuple[bool, Any, str]"]
     OverrideValue = Union[str, int, float, bool]
+
+_MappingProxy = type(type.__dict__)  # types.MappingProxyType, as types.py itself defines it (no import)
 
 DEFAULT_PATH = "/etc/pass-agent/agent.toml"
 ENV_VAR = "PASS_AGENT_CONFIG"
@@ -236,7 +237,7 @@ _kernel_table = _sub_table(KernelConfig, {"key_type": (str, '"trusted" or "encry
 @_produces("Mapping[str, OverrideValue]")
 def _overrides(v: Any) -> tuple[bool, Any, str]:
     ok = isinstance(v, abc.Mapping) and all(isinstance(x, (str, int, float, bool)) for x in v.values())
-    return ok, types.MappingProxyType(dict(v)) if ok else v, \
+    return ok, _MappingProxy(dict(v)) if ok else v, \
         "a table of X-Device-Info fields with string, number or boolean values"
 
 
@@ -361,7 +362,7 @@ STORAGE_DEFAULT_DIR = "/var/lib/pass-agent"
 
 
 def _empty_overrides() -> Mapping[str, OverrideValue]:
-    return types.MappingProxyType({})
+    return _MappingProxy({})
 
 
 @record.record
@@ -577,7 +578,7 @@ def _freeze(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(v)
     if isinstance(v, dict):
-        return types.MappingProxyType(dict(v))
+        return _MappingProxy(dict(v))
     return v
 
 
