@@ -3,8 +3,13 @@
     python -m tools.bench_weight [--runs 7] [--out docs/bench/weight.txt] [--json FILE]
 
 1. The modules `pass-agent run` imports until READY=1: the agent as installed on a box (the overlay's
-   zipapp, tools/bench_coldstart.install_box) is started with a stored token and `python3 -I -X
-   importtime`; the profile lists every module in the order its import finished (dependencies first).
+   zipapp, tools/bench_coldstart.install_box) is started with a stored token, its validated-
+   configuration cache in STATE_DIRECTORY (as the unit's StateDirectory= gives it; the first start
+   fills it) and `python3 -I -X importtime`, under an audit hook that records sys.modules when the
+   process sends READY=1: the modules of the first stage (agent/startup.py), listed in the order
+   importtime saw their imports finish (dependencies first). The hook, not importtime, says which:
+   importtime also prints what the helper process (forked at start, agent/helperproc.py) and the
+   second stage (after READY=1) import, on the same stderr.
 2. Own cost of each: a fresh `python3 -I` (the zipapp first on sys.path, as on the box) imports
    `os, socket, time` (the benchmark's bare interpreter), then every module of that list in that
    order, and records per module the time of its import and the growth of the process's PSS and
@@ -43,7 +48,7 @@ ALONE = (
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.hazmat.primitives.kdf.hkdf",
     "agent.sealing", "agent.config", "agent.log", "agent.store", "agent.service", "agent.server", "agent.daemon",
-    "agent.cli",
+    "agent.cli", "agent.startup", "agent.configcache",
 )
 
 PROBE = r'''
@@ -83,6 +88,26 @@ print(json.dumps(rows))
 '''
 
 
+# The zipapp run as `python3 -I <zipapp> run --config FILE` runs it (the zip first on sys.path, then
+# runpy._run_module_as_main("__main__", False), as CPython's main does for a zip), under an audit hook
+# that writes sys.modules at the process's first datagram to NOTIFY_SOCKET: READY=1.
+AT_READY = r'''
+import os, sys
+out, notify, done = %(out)r, os.environ["NOTIFY_SOCKET"], []
+def hook(event, args):
+    if event == "socket.sendto" and not done and args[1] == notify:
+        done.append(1)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, "\n".join(sys.modules).encode())
+        os.close(fd)
+sys.addaudithook(hook)
+sys.argv = [%(box)r, "run", "--config", %(config)r]
+sys.path.insert(0, %(box)r)
+import runpy
+runpy._run_module_as_main("__main__", False)
+'''
+
+
 def _probe(names: list, path: list) -> list:
     code = PROBE % {"base": BASE, "path": path, "names": names}
     r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
@@ -100,13 +125,17 @@ def daemon_imports(tmp: str) -> tuple[list, str]:
     tmp2, emu, cfg, cfg_path = agent_against_emulator("bench-weight-")
     try:
         box = install_box(tmp)
-        _, p = _spawn_until_ready([sys.executable, "-I", box, "run", "--config", cfg_path], tmp)
-        with Client(cfg.socket.path, timeout=20) as c:
-            c.token(wait=15)
-        p.terminate()
-        p.wait()
+        state = os.path.join(tmp, "state")  # the unit's StateDirectory=: the configuration cache
+        os.mkdir(state, 0o700)
+        env_extra = {"STATE_DIRECTORY": state}
+        for _ in range(2):  # registers and stores a token; then a start that fills the cache after READY=1
+            _, p = _spawn_until_ready([sys.executable, "-I", box, "run", "--config", cfg_path], tmp, env_extra)
+            with Client(cfg.socket.path, timeout=20) as c:
+                c.token(wait=15)
+            p.terminate()
+            p.wait()
         emu.stop()
-        err = os.path.join(tmp, "importtime.txt")
+        err, at_ready = os.path.join(tmp, "importtime.txt"), os.path.join(tmp, "at-ready.txt")
         with open(err, "w") as f:
             path = os.path.join(tmp, "notify.sock")
             import socket
@@ -114,19 +143,24 @@ def daemon_imports(tmp: str) -> tuple[list, str]:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             s.bind(path)
             s.settimeout(30)
-            env = dict(os.environ, NOTIFY_SOCKET=path)
-            p = subprocess.Popen([sys.executable, "-I", "-X", "importtime", box, "run", "--config", cfg_path],
+            env = dict(os.environ, NOTIFY_SOCKET=path, **env_extra)
+            code = AT_READY % {"out": at_ready, "box": box, "config": cfg_path}
+            p = subprocess.Popen([sys.executable, "-I", "-X", "importtime", "-c", code],
                                  stderr=f, stdout=subprocess.DEVNULL, env=env)
             while b"READY=1" not in s.recv(4096):
                 pass
             s.close()
             p.send_signal(signal.SIGTERM)
             p.wait(20)
-        names = []
+        with open(at_ready) as f:
+            loaded = set(f.read().split())
+        names: list = []
         with open(err) as f:
             for line in f:
                 if line.startswith("import time:") and "[us]" not in line:
-                    names.append(line.rsplit("|", 1)[1].strip())
+                    name = line.rsplit("|", 1)[1].strip()
+                    if name in loaded and name not in names:
+                        names.append(name)
         return names, box
     finally:
         emu.stop()
@@ -189,7 +223,9 @@ def report(res: dict, top: int = 40) -> str:
     lines = ["Where `pass-agent run` (as installed: the overlay's zipapp, python3 -I) spends its start-up and memory",
              "Python %s; medians of %d fresh interpreters; baseline: an interpreter that imported %s (the bare"
              " process of tools/bench_coldstart.py)." % (res["python"], res["runs"], BASE.split(" ", 1)[1]),
-             "%d modules are imported until READY=1." % res["modules_at_ready"], "",
+             "%d modules are imported until READY=1 (stage 1, agent/startup.py, from a stored token and the"
+             " validated-configuration cache; stage 2 and the helper process import the rest)." % res["modules_at_ready"],
+             "",
              "Own cost per group (each module imported after its dependencies, in the daemon's order):",
              "%-20s %8s %10s %10s %10s" % ("group", "modules", "ms", "+PSS kB", "+USS kB")]
     for g, v in sorted(res["groups"].items(), key=lambda kv: -kv[1]["ms"]):
