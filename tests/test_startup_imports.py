@@ -136,3 +136,23 @@ def test_a_client_connecting_right_at_ready_is_served_the_stored_token(make_agen
             assert c.token()["access_token"] == stored
         assert agent.stop() == 0
     agent.assert_no_secrets()
+
+
+def test_signals_sent_right_at_ready_are_acted_on_once_the_loop_runs(make_agent, emu):
+    # Between READY=1 (stage 1) and the loop's signal handlers (stage 2) SIGHUP and SIGTERM are recorded,
+    # then replayed: a reload is done, not fatal (SIGHUP's default action), and a stop exits 0.
+    import signal
+
+    agent = make_agent(emu)
+    agent.start()
+    agent.token(wait=15)
+    assert agent.stop() == 0
+    agent.start()
+    agent.send(signal.SIGHUP)
+    agent.wait_notify("RELOADING=1")
+    assert agent.token()["access_token"] in agent.seen_secrets
+    assert agent.stop() == 0 and "configuration reloaded" in agent.log()
+    agent.start()
+    assert agent.stop(signal.SIGTERM) == 0
+    assert any("STOPPING=1" in m for m in agent.notifications)
+    agent.assert_no_secrets()
