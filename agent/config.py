@@ -749,8 +749,8 @@ def environment_ok(cfg: Config) -> bool:
     if cfg.console.port and not _has_module("serial"):
         return False
     files = [a.software_statement for a in cfg.app] if cfg.app else [cfg.adobe.software_statement]
-    files += [cfg.adobe.ca_file] if cfg.adobe.ca_file else []
-    return all(f and os.path.isfile(f) and os.access(f, os.R_OK) for f in files)
+    files.append(cfg.adobe.ca_file)
+    return all(not f or (os.path.isfile(f) and os.access(f, os.R_OK)) for f in files)  # as validate(): set ones
 
 
 def to_plain(cfg: Config) -> dict:
