@@ -23,7 +23,7 @@ from typing import Any
 
 from agent import config as configmod
 from agent import log as agentlog
-from agent import startup
+from agent import startup, storagepaths
 from agent.errors import FATAL, AgentError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = startup.EXIT_OK, startup.EXIT_FAIL, startup.EXIT_USAGE
@@ -78,7 +78,7 @@ class Daemon:
                              max_connections=s.max_connections,
                              max_per_uid=s.max_per_uid,
                              idle_timeout=s.idle_timeout, listen_fd=boot.listen_fd,
-                             log=agentlog.get("server"))
+                             listen_fd_bound=boot.bound is not None, log=agentlog.get("server"))
         self.server.start()
         if cfg.web.listen:  # imported only when configured: h11 and wsproto are the optional extra [web]
             from agent.web.server import WebServer
@@ -101,7 +101,7 @@ class Daemon:
         self._signals()
         if self.notifier.watchdog_interval:
             self._watchdog()
-        sdir = startup.storage_dir(cfg, boot.profile)
+        sdir = storagepaths.storage_dir(cfg, boot.profile)
         self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s.path,
                       cfg.device.board, sdir, self.service.status_line())
         from agent import clock

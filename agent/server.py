@@ -1,6 +1,7 @@
 """The player's API: JSON-RPC 2.0 over a local Unix socket (I/O shell around agent/rpc.py).
 
-Job: own the listening socket (or adopt one from systemd socket activation), authorise each
+Job: own the listening socket (created by agent/listensock.py, or adopted: from systemd socket
+activation, or bound by stage 1 of the start, agent/startup.py), authorise each
 peer by SO_PEERCRED, read newline-framed requests without blocking, answer them in order
 (pipelining), park `wait` requests until the Service announces a token, and push
 `token.changed` notifications to subscribers. Everything runs in the agent's event loop
@@ -41,13 +42,12 @@ import logging
 import os
 import pwd
 import socket
-import stat
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from agent import clock as _clock
-from agent import rpc, sockshell
-from agent.errors import OPERATOR, RETRY, AgentError
+from agent import listensock, rpc, sockshell
+from agent.errors import OPERATOR, RETRY
 from agent.loop import Loop
 
 if TYPE_CHECKING:  # an annotation only: the Protocol class is not built at start-up
@@ -62,7 +62,7 @@ OUT_MAX = 1024 * 1024       # hard cap (notifications to a reader that never rea
 MAX_WAITS_PER_CONN = 32     # parked waits one connection may hold; more answer LIMIT at once
 MAX_WAITS = 1024            # parked waits the agent holds for all connections together
 WAIT_GRAIN = 0.1            # a parked wait expires at most this late (see _Deadlines)
-BACKLOG = max(socket.SOMAXCONN, 4096)  # the kernel caps it at net.core.somaxconn
+BACKLOG = listensock.BACKLOG  # the kernel caps it at net.core.somaxconn
 LINGER_TIME = 2.0           # after a last error line, drain a peer's input this long before closing
 LINGER_BYTES = 1024 * 1024
 MAX_LINGER = 64
@@ -71,34 +71,12 @@ _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _monotonic = _clock.now  # the loop's clock (CLOCK_BOOTTIME): idle time counts suspend too
 
 
-class ServerError(AgentError):
-    """The socket cannot be set up (path in use, not a socket, bad inherited fd, too long)."""
-
-    code = "socket_error"
-    kind = OPERATOR
+# The socket cannot be set up (path in use, not a socket, bad inherited fd, too long): one class with
+# what agent/listensock.py raises, so `except ServerError` catches a failed bind too.
+ServerError = listensock.SocketError
 
 
-def listen_fds_from_env(unset: bool = True) -> list[int]:
-    """File descriptors passed by systemd socket activation (sd_listen_fds semantics).
-
-    Returns [] unless LISTEN_PID names this process. The fds start at 3 and are marked
-    close-on-exec; with `unset` the variables are removed so children do not inherit them.
-    """
-    try:
-        pid = int(os.environ.get("LISTEN_PID", ""))
-        n = int(os.environ.get("LISTEN_FDS", ""))
-    except ValueError:
-        return []
-    finally:
-        if unset:
-            for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-                os.environ.pop(k, None)
-    if pid != os.getpid() or n <= 0:
-        return []
-    fds = list(range(3, 3 + n))
-    for fd in fds:
-        os.set_inheritable(fd, False)
-    return fds
+listen_fds_from_env = listensock.listen_fds  # systemd socket activation (docs/PROTOCOL.md names it here)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -274,6 +252,7 @@ class Server:
         idle_timeout: float = 300.0,
         backlog: int = BACKLOG,
         listen_fd: int | None = None,
+        listen_fd_bound: bool = False,
         log: logging.Logger | None = None,
     ) -> None:
         self.service = service
@@ -287,6 +266,9 @@ class Server:
         self.idle_timeout = idle_timeout
         self.backlog = backlog
         self.listen_fd = listen_fd
+        # True: this process bound listen_fd itself before READY=1 (agent/startup.py, which removes the
+        # file at exit); False: systemd's socket activation passed it.
+        self.listen_fd_bound = listen_fd_bound
         self.log = log or logging.getLogger("pass-agent.server")
         self.dispatcher = rpc.Dispatcher(service)
         self._allow_uids = frozenset(allow_uids)
@@ -326,10 +308,18 @@ class Server:
         self._sock = sock
         self.loop.add_reader(sock.fileno(), self._on_accept)
         self.service.subscribe(self._on_service_event)
-        self.log.info(
-            "serving JSON-RPC on %s (%s, mode %o)",
-            self.path, "socket activation" if self.listen_fd is not None else "bound", self.mode,
-        )
+        if self.listen_fd is None:
+            origin = "bound"
+        else:
+            origin = "bound before READY=1" if self.listen_fd_bound else "socket activation"
+        self.log.info("serving JSON-RPC on %s (%s, mode %s)", self.path, origin, self._file_mode())
+
+    def _file_mode(self) -> str:
+        """The socket file's mode as it is (systemd's SocketMode= for an inherited socket, not socket.mode)."""
+        try:
+            return "%o" % (os.stat(self.path).st_mode & 0o7777)
+        except OSError as e:
+            return "unknown: %s" % e.strerror
 
     def _adopt(self, fd: int) -> socket.socket:
         try:
@@ -360,95 +350,9 @@ class Server:
         return sock
 
     def _bind(self) -> socket.socket:
-        path = self.path
-        if len(os.fsencode(path)) >= 108:
-            raise ServerError(
-                "socket path %s is %d bytes long; Unix socket paths must be shorter than 108 bytes"
-                % (path, len(os.fsencode(path))),
-                hint="set socket.path to a shorter path such as /run/pass-agent/agent.sock",
-            )
-        parent = os.path.dirname(os.path.abspath(path))
-        self._make_parent(parent)
-        self._remove_stale(path)
-        # Bind under a temporary name, fix the mode, then rename into place: the socket never
-        # exists at `path` with the process umask's (possibly looser) permissions.
-        tmp = os.path.join(parent, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(tmp)
-            os.chmod(tmp, self.mode)
-            sock.listen(self.backlog)
-            os.rename(tmp, path)
-            st = os.lstat(path)
-        except OSError as e:
-            sock.close()
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise ServerError(
-                "cannot create the agent socket %s: %s" % (path, e.strerror),
-                hint="check that the directory is writable by the agent's user and on a local filesystem",
-            )
-        self._ino = (st.st_dev, st.st_ino)
-        return sock
-
-    def _make_parent(self, parent: str) -> None:
-        if not os.path.isdir(parent):
-            try:
-                os.makedirs(parent, mode=0o755, exist_ok=True)
-                os.chmod(parent, 0o755)  # makedirs' mode is filtered by the umask
-            except OSError as e:
-                raise ServerError(
-                    "cannot create the socket directory %s: %s" % (parent, e.strerror),
-                    hint="create it or set socket.path (systemd: RuntimeDirectory=pass-agent)",
-                )
-            return
-        st = os.stat(parent)
-        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-            self.log.warning(
-                "socket directory %s is world-writable without the sticky bit: any local user could replace "
-                "the agent socket; use a directory such as /run/pass-agent (mode 0755)", parent,
-            )
-
-    def _remove_stale(self, path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ServerError(
-                "%s exists and is not a socket; refusing to remove it" % path,
-                hint="remove the file or set socket.path to another location",
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            pass  # nobody listens: a leftover from a crash
-        except OSError as e:
-            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise ServerError(
-                    "cannot check whether another process listens on %s: %s" % (path, e.strerror),
-                    hint="remove the stale socket by hand if no pass-agent is running",
-                )
-        else:
-            raise ServerError(
-                "another process is already listening on %s" % path,
-                hint="stop the other pass-agent (systemctl stop pass-agent) or set socket.path elsewhere",
-            )
-        finally:
-            probe.close()
-        try:
-            os.unlink(path)
-            self.log.info("removed stale socket %s (nothing was listening on it)", path)
-        except FileNotFoundError:
-            pass
+        """A new socket file at self.path (agent/listensock.py bind; the gateway borrows this method)."""
+        fd, self._ino = listensock.bind(self.path, self.mode, self.backlog, self.log)
+        return socket.socket(fileno=fd)
 
     def close(self) -> None:
         """Stop listening, drop every connection, remove the socket file if we created it."""
@@ -463,12 +367,7 @@ class Server:
             self._sock.detach()  # systemd owns the fd and the file
         else:
             self._sock.close()
-            try:
-                st = os.lstat(self.path)
-                if (st.st_dev, st.st_ino) == self._ino:
-                    os.unlink(self.path)  # only our own: a successor may already have replaced it
-            except OSError:
-                pass
+            listensock.unlink_if_ours(self.path, self._ino)  # only our own: a successor may have replaced it
         self._sock = None
         for conn in list(self._conns.values()):
             self._drop(conn)

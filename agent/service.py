@@ -28,6 +28,7 @@ from agent import clock as clockmod
 from agent import log as agentlog
 from agent.deviceinfo import sha256
 from agent.errors import FATAL, OPERATOR, AgentError, NotReady, StoreError
+from agent.storagepaths import app_runtime_dir, app_storage_dir, storage_dir  # noqa: F401 - callers import them from here
 
 STATE_WORDS = {
     lifecycle.UNREGISTERED: "not registered yet",
@@ -84,10 +85,6 @@ def internal_error(op: str, exc: BaseException) -> tuple[AgentError, str]:
         lines.extend(agentlog.escape_controls(line) for line in frame.rstrip("\n").split("\n"))
     lines.append("%s: %s" % (type(exc).__name__, what))
     return err, agentlog.REDACTOR.redact("\n".join(lines))
-
-
-def storage_dir(cfg: config.Config, identity_profile: dict | None = None) -> str:
-    return cfg.storage.dir or (identity_profile or {}).get("storage_dir") or config.STORAGE_DEFAULT_DIR
 
 
 class _WakingCondition(threading.Condition):
@@ -174,18 +171,6 @@ class _App:
         self.ticket: int | None = None  # the governor's grant for the request in flight
         self.ident_base: Any = None     # the box identity's x_device_info the cached `ident` was built from
         self.ident: dict | None = None  # the identity with this application's applicationId
-
-
-def app_storage_dir(base: str, name: str) -> str:
-    """Where an application's store lives: the storage directory itself for "default" (so a store
-    written before issue 16, by a single-application agent, is used in place without registering
-    again), `apps/NAME` below it for every other application."""
-    return base if name == config.DEFAULT_APP else os.path.join(base, "apps", name)
-
-
-def app_runtime_dir(base: str, name: str) -> str:
-    """The runtime (tmpfs) directory of an application's token cache, like app_storage_dir."""
-    return base if name == config.DEFAULT_APP else os.path.join(base, "apps", name)
 
 
 def governor_settings(up: config.UpstreamConfig) -> dict:

@@ -24,13 +24,15 @@ Theory of operation, in order:
    cryptography is not imported here.
 6. Every application's store opened and loaded (Store.preload; the service's first load() then
    reuses that result).
-7. The player socket: taken from systemd socket activation, or bound here (created with its mode
-   through the umask, so it never exists with looser permissions, then chmod as agent/server.py
-   does; a stale socket nobody listens on is replaced, a live one or another file never).
+7. The player socket (agent/listensock.py, as agent/server.py): taken from systemd socket
+   activation, or bound here at its path, born with no looser mode than socket.mode (a stale socket
+   nobody listens on is replaced, a live one or another file never). Stage 2's server adopts the fd
+   and logs which of the two it was.
 8. READY=1, unless a [web] endpoint or the [gateway] is configured: stage 2 binds those and sends
    READY=1 itself, so READY=1 still means every configured socket is up.
-A client that connects between READY=1 and the loop waits in the listen backlog (BACKLOG, tens of
-ms) and is served once stage 2 runs the loop (tests/test_startup_imports.py connects right at READY).
+A client that connects between READY=1 and the loop waits in the listen backlog (listensock.BACKLOG,
+tens of ms) and is served once stage 2 runs the loop (tests/test_startup_imports.py connects right at
+READY).
 
 Errors: the messages and exit codes of the one-stage start. An invalid configuration or board
 profile: "pass-agent: invalid configuration:" on stderr, exit 2; any other failure: "cannot start:"
@@ -48,16 +50,14 @@ socket file it created when the start fails.
 from __future__ import annotations
 
 import _signal
-import _socket  # not `socket`: it imports enum, selectors and collections (~5 ms); stage 2 imports it
 import os
-import stat
 import sys
 
+from agent import listensock
 from agent.errors import OPERATOR, AgentError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 PR_SET_DUMPABLE = 4  # <linux/prctl.h>
-BACKLOG = max(_socket.SOMAXCONN, 4096)  # as agent/server.py: the kernel caps it at net.core.somaxconn
 READY_STATUS = "starting: stored state loaded, socket bound"
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
@@ -149,7 +149,7 @@ class Boot:
         self.stores: dict = {}            # application name -> its opened, loaded Store
         self.helper: Any = None           # agent/helperproc.Helper, when that module is there
         self.listen_fd: int | None = None  # the player socket (bound here, or systemd's)
-        self.bound: tuple | None = None   # (path, st_dev, st_ino) of a socket file this process created
+        self.bound: tuple | None = None   # (path, (st_dev, st_ino)) of the socket file this process created
         self.ready_sent = False
         self.cache: Any = None            # agent/configcache.Cache, when $STATE_DIRECTORY is set
         self.cache_entry: dict | None = None  # what stage 2 writes to the cache after READY=1 (a miss)
@@ -178,13 +178,7 @@ class Boot:
             os.close(fd)
         except OSError:
             pass
-        path, dev, ino = self.bound
-        try:
-            st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
-        except OSError:
-            pass
+        listensock.unlink_if_ours(*self.bound)
 
     def abort(self) -> None:
         """After a failed stage 1: what Daemon.shutdown does for the parts made so far."""
@@ -262,121 +256,12 @@ def board_profile(cfg: Config, profile: dict | None, boot_cache: dict) -> dict:
     return profile
 
 
-def storage_dir(cfg: Config, profile: dict | None) -> str:
-    """The storage directory (the same rule as agent/service.py storage_dir, which stage 1 cannot import)."""
-    from agent.config import STORAGE_DEFAULT_DIR
-
-    return cfg.storage.dir or (profile or {}).get("storage_dir") or STORAGE_DEFAULT_DIR
-
-
-def app_dir(base: str, name: str) -> str:
-    """An application's directory below a storage or runtime directory (agent/service.py app_storage_dir
-    and app_runtime_dir): the directory itself for "default", apps/NAME for the others."""
-    from agent.config import DEFAULT_APP
-
-    return base if name == DEFAULT_APP else os.path.join(base, "apps", name)
-
-
-# -- the player socket --------------------------------------------------------------------------
-
-def listen_fds() -> list[int]:
-    """systemd socket activation (sd_listen_fds, as agent/server.py listen_fds_from_env): the fds
-    when LISTEN_PID is this process, close-on-exec; the variables are removed for children."""
-    try:
-        pid = int(os.environ.get("LISTEN_PID", ""))
-        n = int(os.environ.get("LISTEN_FDS", ""))
-    except ValueError:
-        return []
-    finally:
-        for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-            os.environ.pop(k, None)
-    if pid != os.getpid() or n <= 0:
-        return []
-    fds = list(range(3, 3 + n))
-    for fd in fds:
-        os.set_inheritable(fd, False)
-    return fds
-
-
-def _socket_error(message: str, hint: str) -> AgentError:
-    return AgentError(message, code="socket_error", kind=OPERATOR, hint=hint)
-
-
-def bind_socket(path: str, mode: int, log: StageLog) -> tuple[int, tuple]:
-    """Bind and listen on the Unix socket `path` with `mode`; returns (fd, (path, st_dev, st_ino)).
-    The checks and messages of agent/server.py Server._bind (which the daemon no longer calls)."""
-    if len(os.fsencode(path)) >= 108:
-        raise _socket_error("socket path %s is %d bytes long; Unix socket paths must be shorter than 108 bytes"
-                            % (path, len(os.fsencode(path))),
-                            "set socket.path to a shorter path such as /run/pass-agent/agent.sock")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-            os.chmod(parent, 0o755)  # makedirs' mode is filtered by the umask
-        except OSError as e:
-            raise _socket_error("cannot create the socket directory %s: %s" % (parent, e.strerror),
-                                "create it or set socket.path (systemd: RuntimeDirectory=pass-agent)")
-    else:
-        st = os.stat(parent)
-        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
-            log.warning("socket directory %s is world-writable without the sticky bit: any local user could "
-                        "replace the agent socket; use a directory such as /run/pass-agent (mode 0755)", parent)
-    _remove_stale(path, log)
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    old = os.umask(0o777 & ~mode)  # the file is born with `mode` (or tighter): never looser, not even briefly
-    try:
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, mode)
-        sock.listen(BACKLOG)
-        st = os.lstat(path)
-    except OSError as e:
-        sock.close()
-        raise _socket_error("cannot create the agent socket %s: %s" % (path, e.strerror),
-                            "check that the directory is writable by the agent's user and on a local filesystem")
-    return sock.detach(), (path, st.st_dev, st.st_ino)
-
-
-def _remove_stale(path: str, log: StageLog) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise _socket_error("%s exists and is not a socket; refusing to remove it" % path,
-                            "remove the file or set socket.path to another location")
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        pass  # nobody listens: a leftover from a crash
-    except OSError as e:
-        import errno
-
-        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise _socket_error("cannot check whether another process listens on %s: %s" % (path, e.strerror),
-                                "remove the stale socket by hand if no pass-agent is running")
-    else:
-        raise _socket_error("another process is already listening on %s" % path,
-                            "stop the other pass-agent (systemctl stop pass-agent) or set socket.path elsewhere")
-    finally:
-        probe.close()
-    try:
-        os.unlink(path)
-        log.info("removed stale socket %s (nothing was listening on it)", path)
-    except FileNotFoundError:
-        pass
-
-
 # -- the stage itself ---------------------------------------------------------------------------
 
 def prepare(boot: Boot, profile: dict | None, boot_cache: dict) -> None:
     """Steps 4-8 of the module docstring. Raises ConfigError, AgentError or OSError."""
     from agent import boards, keys, sealing
+    from agent.storagepaths import app_dir, storage_dir
     from agent.store import Store
 
     cfg = boot.cfg
@@ -397,11 +282,13 @@ def prepare(boot: Boot, profile: dict | None, boot_cache: dict) -> None:
         boot.stores[app.name] = st
         st.open()
         st.preload()
-    fds = listen_fds()
+    fds = listensock.listen_fds()
     if fds:
         boot.listen_fd = fds[0]
     else:
-        boot.listen_fd, boot.bound = bind_socket(cfg.socket.path, cfg.socket.mode, boot.log("server"))
+        path = cfg.socket.path
+        boot.listen_fd, ident = listensock.bind(path, cfg.socket.mode, log=boot.log("server"))
+        boot.bound = (path, ident)
     if not (cfg.web.listen or cfg.gateway.enabled):
         boot.notifier.ready(READY_STATUS)
         boot.ready_sent = True

@@ -126,11 +126,9 @@ class _Conn(runner.Sink):
 class GatewayServer:
     """Serves the REST API v2 gateway on a Unix socket in `loop` (docs/GATEWAY.md)."""
 
-    # The socket file is created exactly like the JSON-RPC socket's (bind under a temporary name, chmod,
-    # rename; refuse to remove a socket someone listens on): the same code, not a copy of it.
+    # The socket file is created exactly like the JSON-RPC socket's (agent/listensock.py: born at its path
+    # with no looser mode; refuse to remove a socket someone listens on): the same code, not a copy of it.
     _bind = rpcserver.Server._bind
-    _make_parent = rpcserver.Server._make_parent
-    _remove_stale = rpcserver.Server._remove_stale
 
     def __init__(self, service: Any, loop: Loop, cfg: Any, *, acls: Mapping[str, tuple[frozenset, frozenset]],
                  request: Any = None, log: logging.Logger | None = None) -> None:
