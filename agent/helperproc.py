@@ -57,6 +57,10 @@ import marshal
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: select is imported where a deadline is waited for
+    import select
+
 MAX_FRAME = 4 * 1024 * 1024
 ACK = b"A"
 DEFAULT_IDLE_EXIT = 30.0
@@ -443,40 +447,51 @@ def _oserror(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, "error") + " " + (e.strerror or "")
 
 
-def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    import select
-
+def _write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
+    """All of data. With a deadline (the daemon's side: the fd is non-blocking, a hung child cannot
+    stall us) each write waits for room by poll and _Failed(timed_out) is raised at it; without (the
+    child's blocking pipe) writes simply block."""
     view = memoryview(data)
-    p = select.poll()
-    p.register(fd, select.POLLOUT)
+    p = _poller(fd, out=True) if deadline is not None else None
     while view:
-        left = deadline - _now()
-        if left <= 0 or not p.poll(left * 1000):
-            raise _Failed("no answer in time", timed_out=True)
+        if p is not None:
+            _wait(p, deadline)
         try:
-            n = os.write(fd, view)  # non-blocking (set at start): what fits now, a hung child cannot stall us
+            n = os.write(fd, view)
         except BlockingIOError:
             continue
         view = view[n:]
 
 
-def _read_exact(fd: int, n: int, deadline: float) -> bytes:
-    """n bytes, fewer on EOF. Raises _Failed(timed_out) at the deadline."""
-    import select
-
-    p = select.poll()
-    p.register(fd, select.POLLIN)
+def _read_exact(fd: int, n: int, deadline: float | None = None) -> bytes:
+    """n bytes, fewer on EOF. With a deadline each read waits by poll and _Failed(timed_out) is raised
+    at it (the daemon's side); without, reads block (the child)."""
+    p = _poller(fd, out=False) if deadline is not None else None
     chunks, got = [], 0
     while got < n:
-        left = deadline - _now()
-        if left <= 0 or not p.poll(left * 1000):
-            raise _Failed("no answer in time", timed_out=True)
+        if p is not None:
+            _wait(p, deadline)
         b = os.read(fd, min(n - got, 1 << 20))
         if not b:
             break
         chunks.append(b)
         got += len(b)
     return b"".join(chunks)
+
+
+def _poller(fd: int, out: bool) -> select.poll:
+    """A poll object for fd becoming writable (out) or readable."""
+    import select
+
+    p = select.poll()
+    p.register(fd, select.POLLOUT if out else select.POLLIN)
+    return p
+
+
+def _wait(p: select.poll, deadline: float) -> None:
+    left = deadline - _now()
+    if left <= 0 or not p.poll(left * 1000):
+        raise _Failed("no answer in time", timed_out=True)
 
 
 def _error_from(fields: dict, op: str) -> Exception:
@@ -564,37 +579,20 @@ def _serve(rfd: int, wfd: int, idle_exit: float, preload: bool) -> None:
     while True:
         if not p.poll(idle_exit * 1000):
             return  # idle: exit; the parent starts another on the next need
-        head = _read_blocking(rfd, 4)
+        head = _read_exact(rfd, 4)
         if len(head) < 4:
             return  # EOF: the daemon closed us or went away
         n = int.from_bytes(head, "big")
         if n > MAX_FRAME:
             return  # not our parent's frame: stop rather than allocate
-        data = _read_blocking(rfd, n)
+        data = _read_exact(rfd, n)
         if len(data) < n:
             return
         os.write(wfd, ACK)
         out = marshal.dumps(_run(data))
         if len(out) > MAX_FRAME:
             out = marshal.dumps(("err", {"type": "internal", "exc": "AnswerTooLarge"}))
-        _write_blocking(wfd, len(out).to_bytes(4, "big") + out)
-
-
-def _read_blocking(fd: int, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        b = os.read(fd, n - got)
-        if not b:
-            break
-        chunks.append(b)
-        got += len(b)
-    return b"".join(chunks)
-
-
-def _write_blocking(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+        _write_all(wfd, len(out).to_bytes(4, "big") + out)
 
 
 def _run(data: bytes) -> tuple:
