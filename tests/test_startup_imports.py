@@ -19,9 +19,13 @@ give the figures; this test keeps the causes from coming back.
 from __future__ import annotations
 
 import os
-import sys
 
 from agent.client import Client
+
+try:
+    from tests.atready import at_ready
+except ImportError:  # tests/ on sys.path instead of the repo root
+    from atready import at_ready
 
 NOT_BEFORE_READY = {
     "argparse": "the run command line is parsed without argparse (agent/cli.py)",
@@ -58,27 +62,16 @@ NOT_IN_STAGE_1 = {
 OPTIONAL = ("agent.web", "agent.gateway", "agent.keys.pkcs11", "pkcs11", "agent.emulator", "agent.demo", "h11",
             "wsproto")
 
-# Runs the real command line (agent/__main__.py does exactly this) with an audit hook: at the first
-# sendto() to NOTIFY_SOCKET (READY=1), sys.modules is written to the file named in argv[1].
-_AT_READY = r"""
-import os, sys
-out, notify = sys.argv[1], os.environ["NOTIFY_SOCKET"]
-done = []
-def hook(event, args):
-    if event == "socket.sendto" and not done and args[1] == notify:
-        done.append(1)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.write(fd, "\n".join(sorted(sys.modules)).encode())
-        os.close(fd)
-sys.addaudithook(hook)
-from agent.cli import main
-sys.exit(main(sys.argv[5:]))
+# At READY=1, in the daemon's own process (tests/atready.py): sys.modules into the file named by `arg`.
+_WRITE_MODULES = """
+fd = os.open(arg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(fd, "\\n".join(sorted(sys.modules)).encode())
+os.close(fd)
 """
 
 
 def _profiled(agent, out: str, state_dir: str) -> None:
-    # AgentProc runs argv_prefix + [python, -m, agent, run, --config, FILE]: the wrapper takes it from there.
-    agent.argv_prefix = ["env", "STATE_DIRECTORY=" + state_dir, sys.executable, "-c", _AT_READY, out]
+    agent.argv_prefix = at_ready(_WRITE_MODULES, out, env=("STATE_DIRECTORY=" + state_dir,))
 
 
 def _modules(out: str) -> set:

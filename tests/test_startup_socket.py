@@ -20,8 +20,10 @@ from agent.loop import Loop
 from agent.server import Server
 
 try:
+    from tests.atready import at_ready
     from tests.fakes import FakeService
 except ImportError:  # tests/ on sys.path instead of the repo root
+    from atready import at_ready
     from fakes import FakeService
 
 
@@ -125,18 +127,9 @@ def test_the_log_says_a_socket_from_systemd_is_inherited_with_its_own_mode(make_
 
 # At READY=1 (stage 1 has derived the device id and the store key from /etc/machine-id under the
 # device root), the machine-id is replaced: stage 2 reads the box again and finds another id.
-_CHANGE_ID_AT_READY = r"""
-import os, sys
-machine_id, notify = sys.argv[1], os.environ["NOTIFY_SOCKET"]
-done = []
-def hook(event, args):
-    if event == "socket.sendto" and not done and args[1] == notify:
-        done.append(1)
-        with open(machine_id, "w") as f:
-            f.write("fedcba9876543210fedcba9876543210\n")
-sys.addaudithook(hook)
-from agent.cli import main
-sys.exit(main(sys.argv[5:]))
+_NEW_MACHINE_ID = """
+with open(arg, "w") as f:
+    f.write("fedcba9876543210fedcba9876543210\\n")
 """
 
 
@@ -146,7 +139,7 @@ def test_a_device_id_that_changes_between_the_stages_stops_the_start(make_agent,
     machine_id = root / "etc" / "machine-id"
     machine_id.write_text("0123456789abcdef0123456789abcdef\n")
     agent = make_agent(emu, device__root=str(root))
-    agent.argv_prefix = [sys.executable, "-c", _CHANGE_ID_AT_READY, str(machine_id)]
+    agent.argv_prefix = at_ready(_NEW_MACHINE_ID, str(machine_id))
     agent.start()  # READY=1 from stage 1
     assert agent.proc.wait(20) == 1  # FATAL: exit 1, not the operator's 2
     agent.stop()
