@@ -1,9 +1,10 @@
 """The image overlays: built for every board, unpacked into a temporary root, run from there.
 
 The overlays are built once per module. Each is unpacked like an image build would, its layout and
-metadata checked, and the zipapp inside run as a real process: `--version`, `device-info` on the
-board's fixture tree (compared byte for byte with the agent run from the source tree), and `run`
-against a real emulator over HTTPS, serving a token on its Unix socket.
+metadata checked, and the agent inside (/usr/bin/pass-agent, the launcher script, running the modules
+installed in /usr/lib/pass-agent/) run as a real process: `--version`, `device-info` on the board's
+fixture tree (compared byte for byte with the agent run from the source tree), and `run` against a
+real emulator over HTTPS, serving a token on its Unix socket.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ EPOCH = 1700000000
 
 
 def _env() -> dict:
-    # The zipapp must stand alone: no source tree on the path, no board dir pointing into the repo.
+    # The installed agent must stand alone: no source tree on the path, no board dir pointing into the repo.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PASS_AGENT_"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
@@ -65,6 +66,12 @@ def built(tmp_path_factory) -> dict:
                 tar.extractall(root)
         roots[board] = root
     return {"out": out, "tarballs": tarballs, "roots": roots, "printed": printed}
+
+
+@pytest.fixture(scope="module")
+def app() -> bytes:
+    """A zipapp for overlay_files() (the overlay installs its modules)."""
+    return build_overlay.build_zipapp(EPOCH)[0]
 
 
 def _members(path: str) -> list[tarfile.TarInfo]:
@@ -158,7 +165,7 @@ def test_board_dropin_only_where_the_board_needs_it(built):
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_console_device_is_opened_only_when_a_console_port_is_configured(built, board):
+def test_console_device_is_opened_only_when_a_console_port_is_configured(built, app, board):
     from agent import boards
 
     root = built["roots"][board]
@@ -172,9 +179,9 @@ def test_console_device_is_opened_only_when_a_console_port_is_configured(built, 
     tty = boards.load_profile(os.path.join(ROOT, "board", board, "board.toml")).get("console_port")
     if not tty:
         with pytest.raises(build_overlay.BuildError, match="console"):
-            build_overlay.overlay_files(board, b"app", [], console=True)
+            build_overlay.overlay_files(board, app, [], console=True)
         return
-    files = build_overlay.overlay_files(board, b"app", [], console=True)
+    files = build_overlay.overlay_files(board, app, [], console=True)
     cfg = tomllib.loads(files["etc/pass-agent/agent.toml"][0].decode())
     assert cfg["console"]["port"] == tty
     console = files["usr/lib/systemd/system/pass-agent.service.d/20-console.conf"][0].decode()
@@ -201,6 +208,8 @@ def test_shipped_unit_disables_cores_stops_restarting_on_bad_config_and_waits_fo
 
 
 def test_zipapp_contents(built):
+    """The zipapp (pass-agent-<version>.pyz): the agent for the box, from which every overlay installs
+    its modules."""
     path = os.path.join(built["out"], "pass-agent-%s.pyz" % __version__)
     with open(path, "rb") as f:
         data = f.read()
@@ -220,10 +229,28 @@ def test_zipapp_contents(built):
     assert not [n for n in names if n.endswith((".pyc", ".so")) or n.startswith(("tools/", "tests/"))]
     assert not [n for n in names if n.startswith("cryptography/")]  # compiled: the image provides it
     assert {i.date_time for i in infos} == {time.gmtime(EPOCH)[:6]}
-    # The same zipapp is what every overlay installs.
-    for root in built["roots"].values():
-        with open(os.path.join(root, "usr/bin/pass-agent"), "rb") as f:
-            assert f.read() == data
+    # Every overlay installs the same modules: the zipapp's, as files under /usr/lib/pass-agent/.
+    modules = sorted(n for n in names if "/" in n and not n.startswith("third-party/"))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for root in built["roots"].values():
+            lib = os.path.join(root, "usr/lib/pass-agent")
+            installed = sorted(os.path.relpath(os.path.join(d, f), lib).replace(os.sep, "/")
+                               for d, _, fs in os.walk(lib) for f in fs)
+            assert installed == modules
+            for name in modules:
+                with open(os.path.join(lib, name), "rb") as f:
+                    assert f.read() == zf.read(name), name
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_overlay_runs_the_agent_through_a_small_plain_launcher(built, board):
+    with open(os.path.join(built["roots"][board], "usr/bin/pass-agent"), "rb") as f:
+        launcher = f.read()
+    assert launcher == build_overlay.LAUNCHER.encode() and len(launcher) < 4096
+    # The box's Python, isolated: -I keeps /usr/bin off sys.path (and PYTHON* variables out).
+    assert launcher.startswith(b"#!/usr/bin/python3 -I\n")
+    compile(launcher, "pass-agent", "exec")  # a Python script, not an archive
+    assert not zipfile.is_zipfile(io.BytesIO(launcher))
 
 
 def test_two_builds_are_byte_identical_and_follow_source_date_epoch(built, tmp_path, monkeypatch):
@@ -250,15 +277,21 @@ def test_cli_rejects_an_unknown_board(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_zipapp_runs_from_the_unpacked_root(built, board):
+def test_installed_agent_runs_from_the_unpacked_root(built, board):
     app = os.path.join(built["roots"][board], "usr/bin/pass-agent")
     r = _run([app, "--version"])  # through the shebang, as systemd runs it
     assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, r.stderr
-    # The agent and pyserial come from the zipapp, not from the source tree or site-packages.
-    r = _run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import agent, serial; "
-              "print(agent.__file__); print(serial.__file__)", app])
+    # The agent, pyserial and tomli come from /usr/lib/pass-agent, not from the source tree or
+    # site-packages: the launcher run with a stand-in for the CLI that prints where they came from.
+    lib = os.path.join(built["roots"][board], "usr/lib/pass-agent")
+    probe = ("import runpy, sys\nsys.modules['agent.cli'] = type(sys)('agent.cli')\n"
+             "def main():\n    import agent, serial, tomli\n"
+             "    print(agent.__file__, serial.__file__, tomli.__file__)\n    return 0\n"
+             "sys.modules['agent.cli'].main = main\nsys.argv = [sys.argv[1]]\nrunpy.run_path(sys.argv[0])\n")
+    r = _run([sys.executable, "-I", "-c", probe, app])
     assert r.returncode == 0, r.stderr
-    assert all(line.startswith(app + os.sep) for line in r.stdout.split()), r.stdout
+    files = r.stdout.split()
+    assert len(files) == 3 and all(f.startswith(lib + os.sep) for f in files), r.stdout
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -275,10 +308,76 @@ def test_zipapp_device_info_matches_the_source_tree(built, board):
     src = subprocess.run([sys.executable, "-m", "agent", "device-info", "--board", board, "--decode"] + root_args,
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert src.returncode == 0 and r.stdout == src.stdout
-    # The zipapp finds exactly the board profiles installed beside it.
+    # The installed agent finds exactly the board profiles installed beside it.
     other = next(b for b in BOARDS if b != board)
     r = _run([sys.executable, app, "device-info", "--board", other] + root_args)
     assert r.returncode == 2 and "known boards: %s" % board in r.stderr
+
+
+# ---------------------------------------------------------------------------- the launcher (issue 20)
+def _imported(stderr: str) -> set:
+    """Module names in `python -X importtime` output."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line and "[us]" not in line}
+
+
+@pytest.mark.parametrize("board", BOARDS[:1])
+def test_installed_launcher_runs_the_agent_without_runpy(built, board):
+    """A zipapp is run through runpy (with importlib.util, contextlib, ...: ~3 ms of every start, issue
+    20); the installed /usr/bin/pass-agent is a plain script that Python runs directly."""
+    app = os.path.join(built["roots"][board], "usr/bin/pass-agent")
+    r = _run([sys.executable, "-I", "-X", "importtime", app, "--version"])
+    assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, r.stderr
+    imported = _imported(r.stderr)
+    assert "agent.cli" in imported  # the agent really ran, and importtime saw its imports
+    assert "runpy" not in imported
+
+
+@pytest.mark.parametrize("board", BOARDS[:1])
+def test_installed_launcher_works_through_a_symlink_and_from_any_cwd(built, board, tmp_path):
+    """/usr/local/bin/pass-agent -> /usr/bin/pass-agent, run by a relative path from elsewhere: the
+    launcher finds the agent and the board profiles from where it really is."""
+    fixture = os.path.join(FIXTURES, board)
+    if not os.path.isdir(fixture):
+        pytest.skip("no fixture tree for %s" % board)
+    links = tmp_path / "local" / "bin"
+    links.mkdir(parents=True)
+    os.symlink(os.path.join(built["roots"][board], "usr/bin/pass-agent"), str(links / "pass-agent"))
+    for args, cwd in (([os.path.join("bin", "pass-agent")], str(tmp_path / "local")),
+                      ([sys.executable, "-I", os.path.join("local", "bin", "pass-agent")], str(tmp_path))):
+        r = subprocess.run(args + ["device-info", "--board", board, "--decode", "--root", fixture], capture_output=True,
+                           text=True, env=_env(), cwd=cwd, timeout=60)
+        assert r.returncode == 0 and '"primaryHardwareType"' in r.stdout, (args, r.stderr)
+
+
+@pytest.mark.parametrize("board", BOARDS[:1])
+def test_no_file_beside_the_launcher_shadows_a_module(built, board, tmp_path):
+    """A module file in /usr/bin must not replace the standard library's for the agent: -I (the
+    shebang) keeps the script's directory off sys.path, and run without -I the launcher drops it."""
+    root = str(tmp_path / "root")
+    shutil.copytree(built["roots"][board], root, symlinks=True)
+    with open(os.path.join(root, "usr/bin/argparse.py"), "w") as f:
+        f.write("raise SystemExit('shadowed by usr/bin/argparse.py')\n")
+    app = os.path.join(root, "usr/bin/pass-agent")
+    for args in ([app], [sys.executable, app], [sys.executable, "-I", app]):
+        r = _run(args + ["--version"])
+        assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, (args, r.stderr)
+
+
+@pytest.mark.parametrize("board", BOARDS[:1])
+def test_a_helper_spawned_from_the_installed_agent_finds_it(built, board, tmp_path):
+    """The helper process (agent/helperproc.py) is spawned as `python3 -I -S -c ...` with the parent's
+    sys.path: from the installed agent (<root>/usr/lib/pass-agent on sys.path, as the launcher puts it)
+    it must find the agent there, do the AES-GCM and keep cryptography out of the parent."""
+    lib = os.path.join(built["roots"][board], "usr/lib/pass-agent")
+    code = ("import os, sys\nsys.path.insert(0, %r)\nfrom agent import helperproc, sealing\n"
+            "assert sealing.__file__.startswith(%r + os.sep), sealing.__file__\n"
+            "h = helperproc.Helper()\nk, n = os.urandom(32), os.urandom(12)\n"
+            "assert h.decrypt(k, n, h.encrypt(k, n, b'x', b''), b'') == b'x'\n"
+            "print(h.probe()['dumpable'], 'cryptography' in sys.modules)\nh.close()\n" % (lib, lib))
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                       env=_env(), timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["0", "False"], (r.stdout, r.stderr)
 
 
 # ---------------------------------------------------------------------------- run against the emulator
@@ -308,7 +407,7 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen, log: str, timeout
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_zipapp_run_serves_a_token_from_the_overlay_config(built, emu, tmp_path, board):
+def test_installed_agent_run_serves_a_token_from_the_overlay_config(built, emu, tmp_path, board):
     root = built["roots"][board]
     fixture = os.path.join(FIXTURES, board)
     if not os.path.isdir(fixture):
@@ -357,7 +456,7 @@ def test_zipapp_run_serves_a_token_from_the_overlay_config(built, emu, tmp_path,
     assert "serving on %s" % sock_path in output
 
 
-def test_compiled_zipapp_carries_reproducible_bytecode_and_runs(tmp_path):
+def test_compiled_zipapp_carries_reproducible_bytecode_and_runs(tmp_path, monkeypatch):
     import importlib.util
 
     a, _ = build_overlay.build_zipapp(EPOCH, compile_pyc=True)
@@ -376,6 +475,24 @@ def test_compiled_zipapp_carries_reproducible_bytecode_and_runs(tmp_path):
     app.chmod(0o755)
     r = _run([str(app), "--version"])
     assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, r.stderr
+    # The overlay installs that bytecode where the import system looks beside each module, and the
+    # installed agent loads it from there (python -v names the file each module's code came from).
+    files = build_overlay.overlay_files("generic-linux", a, notes)
+    tag = sys.implementation.cache_tag
+    assert files["usr/lib/pass-agent/agent/__pycache__/daemon.%s.pyc" % tag][0] == pyc
+    root = tmp_path / "root"
+    for path, (data, mode) in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+        (root / path).chmod(mode)
+    r = _run([sys.executable, "-I", "-v", str(root / "usr/bin/pass-agent"), "--version"])
+    assert r.returncode == 0 and r.stdout.strip() == "pass-agent " + __version__, r.stderr
+    assert "# code object from '%s'" % (root / ("usr/lib/pass-agent/agent/__pycache__/cli.%s.pyc" % tag)) in r.stderr
+    assert not [line for line in r.stderr.splitlines() if line.startswith("# wrote")]  # nothing written
+    # Bytecode of another Python in the zipapp: the build says so rather than ship it under this tag.
+    monkeypatch.setattr(importlib.util, "MAGIC_NUMBER", b"\x00\x00\r\n")
+    with pytest.raises(build_overlay.BuildError, match="another Python version"):
+        build_overlay.overlay_files("generic-linux", a, notes)
 
 
 # ---------------------------------------------------------------------------- licences and vendoring
@@ -479,11 +596,11 @@ def _exposure(units: str) -> float:
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
-def test_systemd_analyze_console_variant_verifies_and_only_it_opens_devices(built, tmp_path):
+def test_systemd_analyze_console_variant_verifies_and_only_it_opens_devices(built, app, tmp_path):
     board = "broadcom-rdk"  # a console tty and a storage place of its own: every drop-in
-    app = os.path.join(built["roots"][board], "usr/bin/pass-agent")
-    plain = _unit_dir(tmp_path / "plain", build_overlay.overlay_files(board, b"", []), app)
-    console = _unit_dir(tmp_path / "console", build_overlay.overlay_files(board, b"", [], console=True), app)
+    exe = os.path.join(built["roots"][board], "usr/bin/pass-agent")
+    plain = _unit_dir(tmp_path / "plain", build_overlay.overlay_files(board, app, []), exe)
+    console = _unit_dir(tmp_path / "console", build_overlay.overlay_files(board, app, [], console=True), exe)
     env = dict(os.environ, SYSTEMD_UNIT_PATH=console + ":")
     r = subprocess.run([ANALYZE, "verify", "--man=no", os.path.join(console, "pass-agent.service"),
                         os.path.join(console, "pass-agent.socket")], capture_output=True, text=True, env=env,
@@ -518,7 +635,15 @@ def test_yocto_do_install_puts_units_into_the_systemd_unitdir(built, tmp_path, u
     # Nowhere else: without usrmerge, units left in /usr/lib/systemd/system are never loaded.
     assert [p for p in installed if "/systemd/system/" in p and not p.startswith(units + "/")] == []
     assert "usr/bin/pass-agent" in installed and "etc/pass-agent/agent.toml" in installed
+    assert "usr/lib/pass-agent/agent/cli.py" in installed and "usr/lib/pass-agent/serial/serialposix.py" in installed
     assert set(LICENCES) <= set(installed)
+    # Every installed file is in the package: FILES:${PN} (or the units, which systemd.bbclass adds).
+    # bitbake fails an image whose recipe installs files no package ships (installed-vs-shipped).
+    files = re.search(r'^FILES:\$\{PN\} \+= " \\\n(.*?)^"', _text(YOCTO), re.S | re.M).group(1)
+    shipped = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], f).lstrip("/")
+               for f in files.replace("\\", " ").split()]
+    for path in installed:
+        assert path.startswith(units + "/") or any(path == f or path.startswith(f + "/") for f in shipped), path
 
 
 def test_yocto_recipe_declares_every_licence_with_its_checksum(built):

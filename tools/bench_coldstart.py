@@ -3,9 +3,9 @@
 One baseline for every figure (stated in the output): BARE, a `python3 -I -c` that sends READY=1 to
 a NOTIFY_SOCKET and sleeps, run by the same interpreter with the same flags as the agent.
 Measures (median of --runs, the processes interleaved so that machine noise hits all alike):
-- box: the agent as installed on a box: the overlay of tools/build_overlay.py (zipapp with bytecode
-  for this Python, board profiles beside it) unpacked into a temp root, run as `python3 -I
-  <root>/usr/bin/pass-agent run` with a stored valid token and Adobe unreachable, spawn -> READY=1;
+- box: the agent as installed on a box: the overlay of tools/build_overlay.py (the launcher script
+  /usr/bin/pass-agent, the modules in /usr/lib/pass-agent with bytecode for this Python, board
+  profiles beside them) unpacked into a temp root, run as `python3 -I <root>/usr/bin/pass-agent run` with a stored valid token and Adobe unreachable, spawn -> READY=1;
 - editable: the same from this source tree (`python3 -I -m agent run`, the editable install), for
   comparison with earlier runs;
 - idle memory: RSS, PSS and USS of each idle agent holding a token vs the idle bare interpreter,
@@ -100,8 +100,9 @@ BARE = ("import os, socket, time\n"
 
 
 def install_box(tmp: str, board: str = "generic-linux") -> str:
-    """The agent as a box has it: the overlay tools/build_overlay.py makes for `board` (zipapp with
-    bytecode for this Python), unpacked under tmp/box; returns the path of its usr/bin/pass-agent."""
+    """The agent as a box has it: the overlay tools/build_overlay.py makes for `board` (its launcher,
+    and its modules with bytecode for this Python), unpacked under tmp/box; returns the path of its
+    usr/bin/pass-agent."""
     import tarfile
 
     from tools import build_overlay
@@ -237,8 +238,9 @@ def main(argv: list | None = None) -> dict:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--no-pkcs11", action="store_true", help="skip the pkcs11 key provider figures")
     ap.add_argument("--steady", type=int, default=5, help="samples of the idle PSS after a fetch (0: skip)")
-    ap.add_argument("--box", metavar="FILE", help="measure this zipapp instead of one built from this tree "
-                    "(e.g. an earlier commit's, for a before/after)")
+    ap.add_argument("--box", metavar="FILE", help="measure this usr/bin/pass-agent (an unpacked overlay's "
+                    "launcher, or an earlier commit's zipapp) instead of the overlay built from this tree, "
+                    "for a before/after")
     args = ap.parse_args(argv)
 
     tmp, emu, cfg, cfg_path = agent_against_emulator("bench-coldstart-")
@@ -363,7 +365,8 @@ def main(argv: list | None = None) -> dict:
         res["targets"]["box_steady_pss_delta_mb <= 6"] = res["box_steady_pss_delta_mb"] <= 6
     print("cold start and idle memory (median of %d runs, interleaved)" % args.runs)
     print("baseline: " + res["baseline"])
-    print("box:      %s -I <overlay root>/usr/bin/pass-agent run (zipapp with bytecode, as installed)" % sys.executable)
+    print("box:      %s -I <overlay root>/usr/bin/pass-agent run (launcher, modules with bytecode in"
+          " /usr/lib/pass-agent, as installed)" % sys.executable)
     print("editable: %s -I -m agent run (this source tree)" % sys.executable)
     print("%-38s %10s %10s %10s %8s" % ("figure", "bare", "box", "editable", "box/bare"))
     print("%-38s %10.1f %10.1f %10.1f %8.2f" % ("spawn -> READY=1 (ms)", res["bare_ready_ms"], res["box_ready_ms"],

@@ -3,14 +3,14 @@
     python -m tools.bench_weight [--runs 7] [--out docs/bench/weight.txt] [--json FILE]
 
 1. The modules `pass-agent run` imports until READY=1: the agent as installed on a box (the overlay's
-   zipapp, tools/bench_coldstart.install_box) is started with a stored token, its validated-
+   launcher and /usr/lib/pass-agent, tools/bench_coldstart.install_box) is started with a stored token, its validated-
    configuration cache in STATE_DIRECTORY (as the unit's StateDirectory= gives it; the first start
    fills it) and `python3 -I -X importtime`, under an audit hook that records sys.modules when the
    process sends READY=1: the modules of the first stage (agent/startup.py), listed in the order
    importtime saw their imports finish (dependencies first). The hook, not importtime, says which:
    importtime also prints what the helper process (forked at start, agent/helperproc.py) and the
    second stage (after READY=1) import, on the same stderr.
-2. Own cost of each: a fresh `python3 -I` (the zipapp first on sys.path, as on the box) imports
+2. Own cost of each: a fresh `python3 -I` (/usr/lib/pass-agent first on sys.path, as on the box) imports
    `os, socket, time` (the benchmark's bare interpreter), then every module of that list in that
    order, and records per module the time of its import and the growth of the process's PSS and
    USS (/proc/self/smaps_rollup). Dependencies are already loaded when a module's turn comes, so
@@ -88,8 +88,8 @@ print(json.dumps(rows))
 '''
 
 
-# The zipapp run as `python3 -I <zipapp> run --config FILE` runs it (the zip first on sys.path, then
-# runpy._run_module_as_main("__main__", False), as CPython's main does for a zip), under an audit hook
+# The launcher run as `python3 -I <root>/usr/bin/pass-agent run --config FILE` runs it (as CPython's
+# main runs a script file: compiled, then executed as __main__ with __file__ set), under an audit hook
 # that writes sys.modules at the process's first datagram to NOTIFY_SOCKET: READY=1.
 AT_READY = r'''
 import os, sys
@@ -102,9 +102,9 @@ def hook(event, args):
         os.close(fd)
 sys.addaudithook(hook)
 sys.argv = [%(box)r, "run", "--config", %(config)r]
-sys.path.insert(0, %(box)r)
-import runpy
-runpy._run_module_as_main("__main__", False)
+with open(%(box)r, "rb") as f:
+    code = compile(f.read(), %(box)r, "exec")
+exec(code, {"__name__": "__main__", "__file__": %(box)r, "__builtins__": __builtins__})
 '''
 
 
@@ -118,7 +118,7 @@ def _probe(names: list, path: list) -> list:
 
 def daemon_imports(tmp: str) -> tuple[list, str]:
     """(modules `pass-agent run` imported until READY=1 in the order their imports finished, the
-    zipapp's path), from the installed agent started with a stored token and -X importtime."""
+    installed modules' directory), from the installed agent started with a stored token and -X importtime."""
     from agent.client import Client
     from tools.bench_coldstart import _spawn_until_ready, agent_against_emulator, install_box
 
@@ -161,7 +161,7 @@ def daemon_imports(tmp: str) -> tuple[list, str]:
                     name = line.rsplit("|", 1)[1].strip()
                     if name in loaded and name not in names:
                         names.append(name)
-        return names, box
+        return names, os.path.join(os.path.dirname(os.path.dirname(box)), "lib", "pass-agent")
     finally:
         emu.stop()
         import shutil
@@ -220,7 +220,7 @@ def measure(runs: int, tmp: str) -> dict:
 
 
 def report(res: dict, top: int = 40) -> str:
-    lines = ["Where `pass-agent run` (as installed: the overlay's zipapp, python3 -I) spends its start-up and memory",
+    lines = ["Where `pass-agent run` (as installed: the overlay's launcher and modules, python3 -I) spends its start-up and memory",
              "Python %s; medians of %d fresh interpreters; baseline: an interpreter that imported %s (the bare"
              " process of tools/bench_coldstart.py)." % (res["python"], res["runs"], BASE.split(" ", 1)[1]),
              "%d modules are imported until READY=1 (stage 1, agent/startup.py, from a stored token and the"

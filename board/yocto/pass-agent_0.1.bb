@@ -1,7 +1,8 @@
 # pass-agent: Adobe Pass DCR agent for set-top boxes (BitBake recipe skeleton).
 #
 # Installs the overlay built by `python -m tools.build_overlay --board <board> --out DIR` (see
-# docs/IMAGE.md): the zipapp /usr/bin/pass-agent, the systemd units, sysusers.d/tmpfiles.d, the default
+# docs/IMAGE.md): the agent (/usr/bin/pass-agent, a launcher script for /usr/bin/python3, and its
+# modules in /usr/lib/pass-agent/), the systemd units, sysusers.d/tmpfiles.d, the default
 # config and the board profile. Copy pass-agent-${PASS_AGENT_VERSION}-${PASS_AGENT_BOARD}.tar.gz into
 # files/ beside this recipe (or point SRC_URI at your artefact store), set PASS_AGENT_BOARD in your
 # machine or local.conf, and add "pass-agent" to IMAGE_INSTALL.
@@ -11,7 +12,7 @@
 # with --console only if the product turns the serial console on (the unit then opens the board's tty).
 
 SUMMARY = "Adobe Pass device registration and token service for set-top boxes"
-# pass-agent is Apache-2.0; its zipapp vendors pyserial 3.5 (BSD-3-Clause) and tomli 2.0.1 (MIT).
+# pass-agent is Apache-2.0; it vendors pyserial 3.5 (BSD-3-Clause) and tomli 2.0.1 (MIT) in /usr/lib/pass-agent.
 # The texts are in the overlay (${S}); tests/test_overlay.py checks these checksums against a build.
 LICENSE = "Apache-2.0 & BSD-3-Clause & MIT"
 LIC_FILES_CHKSUM = " \
@@ -63,6 +64,7 @@ do_install() {
 
 FILES:${PN} += " \
     ${bindir}/pass-agent \
+    ${nonarch_libdir}/pass-agent \
     ${sysconfdir}/pass-agent \
     ${systemd_system_unitdir}/pass-agent.service.d \
     ${nonarch_libdir}/sysusers.d \
@@ -72,8 +74,9 @@ FILES:${PN} += " \
 "
 CONFFILES:${PN} = "${sysconfdir}/pass-agent/agent.toml"
 
-# What the zipapp imports from the image. cryptography has a compiled core and is not vendored;
-# pyserial and tomli (for Python < 3.11) are vendored in the zipapp.
+# What the agent imports from the image (python3-core gives /usr/bin/python3, the launcher's shebang).
+# cryptography has a compiled core and is not vendored; pyserial and tomli (for Python < 3.11) are
+# vendored in /usr/lib/pass-agent.
 RDEPENDS:${PN} = " \
     python3-core \
     python3-cryptography \

@@ -8,7 +8,7 @@ PASS_AGENT_VERSION = 0.1.0
 PASS_AGENT_BOARD = $(call qstrip,$(BR2_PACKAGE_PASS_AGENT_BOARD))
 PASS_AGENT_SOURCE = pass-agent-$(PASS_AGENT_VERSION)-$(PASS_AGENT_BOARD).tar.gz
 PASS_AGENT_SITE = file://$(call qstrip,$(BR2_PACKAGE_PASS_AGENT_OVERLAY_DIR))
-# pass-agent is Apache-2.0; its zipapp vendors pyserial 3.5 and tomli 2.0.1. The texts are in the
+# pass-agent is Apache-2.0; it vendors pyserial 3.5 and tomli 2.0.1 (/usr/lib/pass-agent). The texts are in the
 # overlay; pass-agent.hash holds their SHA-256 (and, once copied from the overlay build, the tarball's).
 PASS_AGENT_LICENSE = Apache-2.0, BSD-3-Clause (pyserial), MIT (tomli)
 PASS_AGENT_LICENSE_FILES = usr/share/doc/pass-agent/LICENSE \
