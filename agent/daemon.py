@@ -102,7 +102,7 @@ class Daemon:
         if self.notifier.watchdog_interval:
             self._watchdog()
         sdir = storagepaths.storage_dir(cfg, boot.profile)
-        self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, s.path,
+        self.log.info("pass-agent %s serving on %s (board %s, store %s); %s", self.service.version, self.server.path,
                       cfg.device.board, sdir, self.service.status_line())
         from agent import clock
 

@@ -110,7 +110,8 @@ def test_the_log_says_a_socket_from_systemd_is_inherited_with_its_own_mode(make_
     lsock.bind(path)
     os.chmod(path, 0o620)  # systemd's SocketMode=, not the configuration's socket.mode
     lsock.listen(16)
-    agent = make_agent(emu, socket__path=path)
+    agent = make_agent(emu)  # socket.path names another file: systemd's socket is the one served
+    agent.socket_path = path
     agent.argv_prefix = [sys.executable, "-c", _ACTIVATE, str(lsock.fileno())]
     agent.popen_kw = {"pass_fds": (lsock.fileno(),)}
     try:
@@ -121,6 +122,8 @@ def test_the_log_says_a_socket_from_systemd_is_inherited_with_its_own_mode(make_
         lsock.close()
     log = agent.log()
     assert "serving JSON-RPC on %s (socket activation, mode 620)" % path in log
+    assert "serving on %s (board" % path in log  # the daemon's summary line names the socket served
+    assert agent.cfg.socket.path not in log
     assert "before READY=1" not in log
     assert os.path.exists(path)  # systemd's file: left alone
 
