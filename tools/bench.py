@@ -136,7 +136,7 @@ def summary_rows(res: dict) -> tuple[list[tuple], list[str]]:
         ("idle PSS (kB)", "bare python", c["bare_pss_kb"], c["agent_pss_kb"],
          c["agent_pss_kb"] / c["bare_pss_kb"], "<= +10 MB", c.get("pss_delta_mb", 99) <= 10),
     ]
-    if "box_ready_ms" in c:  # issue 20: the agent as installed on a box (the overlay's zipapp, python3 -I)
+    if "box_ready_ms" in c:  # issue 20: the agent as installed on a box (the overlay's launcher and modules, python3 -I)
         rows += [("spawn -> READY, as installed (ms)", "bare python", c["bare_ready_ms"], c["box_ready_ms"],
                   c["box_ready_ratio"], "<= 2.0x", c["box_ready_ratio"] <= 2.0),
                  ("idle PSS, as installed (kB)", "bare python", c["bare_pss_kb"], c["box_pss_kb"],

@@ -365,8 +365,11 @@ def main(argv: list | None = None) -> dict:
         res["targets"]["box_steady_pss_delta_mb <= 6"] = res["box_steady_pss_delta_mb"] <= 6
     print("cold start and idle memory (median of %d runs, interleaved)" % args.runs)
     print("baseline: " + res["baseline"])
-    print("box:      %s -I <overlay root>/usr/bin/pass-agent run (launcher, modules with bytecode in"
-          " /usr/lib/pass-agent, as installed)" % sys.executable)
+    if args.box:
+        print("box:      %s -I %s run (given with --box)" % (sys.executable, args.box))
+    else:
+        print("box:      %s -I <overlay root>/usr/bin/pass-agent run (launcher, modules with bytecode in"
+              " /usr/lib/pass-agent, as installed)" % sys.executable)
     print("editable: %s -I -m agent run (this source tree)" % sys.executable)
     print("%-38s %10s %10s %10s %8s" % ("figure", "bare", "box", "editable", "box/bare"))
     print("%-38s %10.1f %10.1f %10.1f %8.2f" % ("spawn -> READY=1 (ms)", res["bare_ready_ms"], res["box_ready_ms"],
