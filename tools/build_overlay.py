@@ -252,9 +252,10 @@ def build_zipapp(epoch: int, repo: str = REPO, compile_pyc: bool = False) -> tup
 
     compile_pyc adds `x.pyc` beside each `x.py` (where zipimport looks), compiled by this interpreter:
     a zipapp cannot cache bytecode, so without them every start compiles the agent again. Another
-    Python version ignores them (bad magic) and compiles from source as before. The .pyc entries are
-    stored uncompressed: inflating them is ~6 ms of each start (issue 20, docs/IMAGE.md), and the
-    overlay tarball (and a compressed root file system) compresses them anyway.
+    Python version ignores them (bad magic) and compiles from source as before; the overlay installs
+    them in __pycache__/ (library_files). The .pyc entries are stored uncompressed: inflating them
+    is ~6 ms of each start (issue 20, docs/IMAGE.md), and the overlay tarball (and a compressed root
+    file system) compresses them anyway.
     """
     files, notes = zipapp_sources(repo)
     stamp = _zip_time(epoch)
