@@ -257,3 +257,44 @@ def test_retries_that_look_random_to_adobes_bucket_trade_429s_for_lost_seconds()
     sparse, dense = fleetsearch.dead_time([1.0, 5.0], addresses=200)
     assert sparse["share_429"] < 0.40 and sparse["mean_last_s"] > 15.25
     assert dense["share_429"] > 0.65 and dense["mean_last_s"] < 13.0
+
+
+# ------------------------------------------------------------------ the retry after a 429 (issue 20, H6)
+
+def test_after_a_429_the_governor_waits_one_refill_from_the_answer_not_one_refill_plus_slack():
+    # The refused request reached Adobe before its answer, when the bucket was empty: the token is
+    # back one refill after that arrival, so a request sent one refill after the answer is admitted
+    # whatever its delay. The slack (for two admitted grants) paid after every 429 made 13-20 boxes
+    # per address retry every 1.1 s and take 1.28-1.31x the floor (14 per address missed the target).
+    from agent import governor
+    from agent.emulator.throttle import Throttle
+
+    adobe = Throttle(burst=1)
+    assert adobe.take("nat", 0.45)[0]                  # another box behind the NAT took the token
+    g = governor.Governor(initial=1, slack=0.1, random=lambda: 0.0)
+    d = g.request("a", governor.FETCH, 0.0)
+    assert d.granted
+    assert not adobe.take("nat", 0.5)[0]                # our request arrives at 0.5: refused
+    g.on_throttled(0.6, window=1.0, ticket=d.ticket)    # its answer at 0.6
+    assert not g.request("a", governor.FETCH, 1.55).granted
+    assert g.next_grant_time(1.55) == pytest.approx(1.6, abs=1e-3)   # was 1.7: one refill + slack
+    (key, again), = g.take_grants(g.next_grant_time(1.55))
+    assert key == "a" and again.granted
+    for delay in (0.0, 0.025, 0.125):                   # any arrival after the grant finds the token back
+        probe = Throttle(burst=1)
+        probe.take("nat", 0.45)
+        assert not probe.take("nat", 0.5)[0] and probe.take("nat", again.at + delay)[0]
+    # Two admitted grants are still spaced one refill + slack apart.
+    g2 = governor.Governor(initial=1, slack=0.1)
+    assert g2.request("b", governor.FETCH, 0.0).granted
+    assert g2.try_acquire(1.05, governor.FETCH).granted is False
+
+
+def test_fourteen_boxes_per_address_get_their_tokens_in_time_with_the_default_policy():
+    # docs/fleet/latest.txt's row before H6: 20,000 boxes at 14 per address, seed 1, took 23.8 s
+    # against 23.79 s allowed (the slowest of 1,428 addresses). With one refill after a 429 and the
+    # window 0.04 x the streak, at least 1.25 s: 23.3 s, and no more 429s than before.
+    r = fleetsim.run_scenario(fleetsim.scenario_city(20000, 14), seed=1, naive_sample=1)
+    assert r["agent"]["gave_up"] == 0
+    assert r["agent"]["time_to_all_s"] <= r["time_allowed_s"], (r["agent"], r["floor"])
+    assert r["agent"]["share_429"] <= 0.8276  # the old defaults' share in that row
