@@ -18,7 +18,9 @@ The child's life:
   interpreter start), or on first need with os.posix_spawn of `sys.executable -I -S -c <bootstrap>`
   (not the subprocess module: it would stay imported in the daemon). The bootstrap puts the parent's
   sys.path in place (absolute paths, the directory holding the `agent` package first), which covers
-  the editable install, the wheel and the overlay's zipapp (agent.__file__ is inside the zip there).
+  the editable install, the wheel, a zipapp (agent.__file__ is inside the zip there) and the
+  overlay's /usr/lib/pass-agent. With `-B` too when the daemon writes no bytecode (the overlay's
+  launcher sets that), so a helper spawned as root never writes __pycache__ into the install.
   Pipes on fds 3 (requests) and 4 (answers), stdin/stdout on /dev/null, stderr inherited (the
   daemon's: the journal), every other descriptor closed, the environment without systemd's
   NOTIFY_SOCKET/LISTEN_*/WATCHDOG_* variables. Nothing secret is in argv or the environment.
@@ -398,7 +400,8 @@ class Helper:
         cw = fcntl.fcntl(ans_w, fcntl.F_DUPFD_CLOEXEC, 10)
         os.close(req_r)
         os.close(ans_w)
-        cmd = self._command or [sys.executable, "-I", "-S", "-c", _BOOTSTRAP % (_child_path(), self.idle_exit)]
+        flags = ["-I", "-S", "-B"] if sys.dont_write_bytecode else ["-I", "-S"]
+        cmd = self._command or [sys.executable] + flags + ["-c", _BOOTSTRAP % (_child_path(), self.idle_exit)]
         env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
         actions = [(os.POSIX_SPAWN_DUP2, cr, REQ_FD), (os.POSIX_SPAWN_DUP2, cw, ANS_FD),
                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

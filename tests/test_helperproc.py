@@ -349,3 +349,22 @@ def test_sealing_routes_through_an_installed_backend():
     finally:
         sealing.use_backend(prev)
     assert calls == ["e", "d"]
+
+
+def test_a_daemon_that_writes_no_bytecode_spawns_a_helper_that_writes_none(tmp_path):
+    """The overlay's launcher sets sys.dont_write_bytecode: a helper spawned by that daemon (as root on
+    a box) must not write __pycache__ into the installed agent either (it did before -B was passed)."""
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = tmp_path / "lib"
+    shutil.copytree(os.path.join(root, "agent"), lib / "agent",
+                    ignore=shutil.ignore_patterns("__pycache__", "emulator", "web", "gateway"))
+    code = ("import os, sys\nsys.dont_write_bytecode = True\nsys.path.insert(0, %r)\n"
+            "from agent import helperproc\nh = helperproc.Helper()\nk, n = os.urandom(32), os.urandom(12)\n"
+            "assert h.decrypt(k, n, h.encrypt(k, n, b'x', b''), b'') == b'x'\nh.close()\n" % str(lib))
+    r = subprocess.run([sys.executable, "-I", "-B", "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(str(p.relative_to(lib)) for p in lib.rglob("__pycache__")) == []
