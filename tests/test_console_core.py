@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 
 import pytest
@@ -477,6 +478,33 @@ def test_fuzz_never_crashes_and_recovers(data, dumb):
     out = con.feed(b"\x03\x03\x15\rversion\r").decode()
     assert "pass-agent 0.1.0" in out
 
+
+FLOOD = random.Random(15).randbytes(1 << 20)  # the junk of test_console_stuck's megabyte test
+# Where a read can leave the core mid-sequence: after an ESC, an ESC [ or ESC O, a UTF-8 lead byte.
+FLOOD_CUTS = {
+    "esc": [i + 1 for i in range(len(FLOOD)) if FLOOD[i] == 0x1b],
+    "csi": [i + 2 for i in range(len(FLOOD) - 1) if FLOOD[i] == 0x1b and FLOOD[i + 1] in b"[O"],
+    "utf8": [i + 1 for i in range(1 << 16) if 0xc2 <= FLOOD[i] <= 0xf4],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(FLOOD) - 1), st.integers(1, 4096)), max_size=20),
+       st.one_of([st.sampled_from(v) for v in FLOOD_CUTS.values()]), st.integers(0, 6), st.integers(1, 600), st.booleans(), st.booleans())
+def test_no_part_of_a_flood_keeps_ctrl_c_ctrl_u_and_a_command_from_being_answered(
+        pieces, cut, extra, last, dumb, keywise):
+    """Which parts of a flood reach the core depends on the input limiter's timing (H7): whichever
+    pieces arrive, in whatever reads, the last one ending anywhere (in an escape sequence, in a UTF-8
+    character), the exact keys a technician types afterwards are answered: no escape sequence, mode,
+    half character or line state outlives ^C ^U."""
+    con, _, clock = mk(dumb=dumb)
+    for at, n in pieces:
+        con.feed(FLOOD[at:at + n])
+        clock.advance(0.001)
+    con.feed(FLOOD[max(0, cut + extra - last):cut + extra])
+    keys = b"\x03\x15version\r"
+    out = b"".join(con.feed(bytes([k])) for k in keys) if keywise else con.feed(keys)
+    assert b"pass-agent 0.1.0\r\n" in out
 
 # --- dumb mode ------------------------------------------------------------------------------
 
