@@ -58,7 +58,8 @@ def test_outage_and_revocation_recover_every_box(tmp_path):
     assert data["governor"]["burst"] == 10 and data["model"]["bucket"] == "one-time"
     assert svg_apps.read_text().count("<polyline") == 16   # floor, naive, ungoverned, agent per panel
     assert all(r["agent"]["gave_up"] == 0 for r in data["results"])
-    assert data["policy"]["throttle_spread"] == 0.03 and data["policy"]["outage_cap"] == 60.0
+    assert data["policy"]["throttle_spread"] == 0.04 and data["policy"]["throttle_min"] == 1.25
+    assert data["policy"]["outage_cap"] == 60.0
     for r in data["results"]:
         # No client in the run gets fewer 429s than the lower bound while meeting the time target.
         for who in ("agent", "naive"):
@@ -189,10 +190,12 @@ def test_crowded_boxes_with_several_applications_stay_near_the_floor(monkeypatch
     a, u = r["agent"], r["ungoverned"]
     assert a["devices"] == 360 and a["gave_up"] == 0 and u["gave_up"] == 0
     assert a["time_to_all_s"] <= r["time_allowed_s"]
-    assert a["time_to_all_s"] < u["time_to_all_s"] and a["requests_per_device"] < u["requests_per_device"]
+    # Since H6 (no slack after a 429, window 0.04 / 1.25 s) the governed and ungoverned boxes tie on
+    # time at 10 x 6 (latest.txt: 129.0 s / 128.9 s); what the governor buys is the requests.
+    assert a["requests_per_device"] < 0.5 * u["requests_per_device"]
     assert a["share_429"] >= r["share_429_floor"]
     governed = made[:360]   # the governed run comes first; every application ends with a token
-    assert all(lc.state == lifecycle.TOKEN_VALID and lc.throttle_spread == 0.03 for lc in governed)
+    assert all(lc.state == lifecycle.TOKEN_VALID and lc.throttle_spread == 0.04 for lc in governed)
 
 
 def test_the_simulated_addresses_never_refuse_what_a_lone_governor_grants():

@@ -65,7 +65,7 @@ BUCKET = ["one-time"]
 POLICY: dict = {}              # Lifecycle keyword overrides (--policy), for experiments only
 GOVERNOR: dict = {}            # Governor keyword overrides (--governor), for experiments only
 # Lifecycle overrides for governed boxes: none since issue 20. The issue 16 proposal (0.05 x the
-# streak, at least 1.2 s) is superseded by the lifecycle's defaults (0.03, 1 s), which every box uses
+# streak, at least 1.2 s) is superseded by the lifecycle's defaults (0.04, 1.25 s), which every box uses
 # behind its governor; docs/FLEET.md ("Issue 20") gives the search that chose them.
 GOVERNED_POLICY: dict = {}
 
