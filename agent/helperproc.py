@@ -69,7 +69,7 @@ DEFAULT_IDLE_EXIT = 30.0
 ENV_IDLE = "PASS_AGENT_HELPER_IDLE"
 MARGIN = 5.0           # seconds beyond a request's own timeout before the parent gives up on the child
 CRYPTO_WAIT = 30.0     # an AES-GCM request, the child's first import of cryptography included (slow boxes)
-PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3  # <linux/prctl.h>
+
 REQ_FD, ANS_FD = 3, 4  # the spawned child's pipe ends
 _DROP_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")
 # Exception types an AES-GCM call raises for bad arguments: re-raised as the same type (message generic).
@@ -520,12 +520,9 @@ def _error_from(fields: dict, op: str) -> Exception:
 
 def _no_dumps() -> None:
     """PR_SET_DUMPABLE 0: no core file, no ptrace or /proc/PID/mem for other processes of our user."""
-    try:
-        import ctypes
+    from agent import dumpable  # not ctypes: its import is on the first decrypt's path
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: nothing to do here
-        pass
+    dumpable.set_not_dumpable()  # not Linux: nothing to do here
 
 
 def _close_others(keep: tuple) -> None:
@@ -615,9 +612,9 @@ def _run(data: bytes) -> tuple:
             fn = sealing.local_encrypt if op == "encrypt" else sealing.local_decrypt
             return "ok", bytes(fn(*args))
         if op == "probe":
-            import ctypes
+            from agent import dumpable
 
-            return "ok", {"pid": os.getpid(), "dumpable": int(ctypes.CDLL(None).prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))}
+            return "ok", {"pid": os.getpid(), "dumpable": dumpable.dumpable()}
         return "err", {"type": "internal", "exc": "UnknownOperation"}
     except BaseException as e:  # noqa: BLE001 - everything becomes an answer
         return "err", _fields(e)

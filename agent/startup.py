@@ -57,7 +57,6 @@ from agent import listensock
 from agent.errors import OPERATOR, AgentError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 READY_STATUS = "starting: stored state loaded, socket bound"
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
@@ -80,32 +79,12 @@ def no_core_dumps() -> str | None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (OSError, ValueError) as e:
         failed.append("RLIMIT_CORE 0: %s" % e)
-    try:
-        prctl, get_errno = _libc_prctl()
-        if prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % os.strerror(get_errno()))
-    except (OSError, AttributeError, ImportError) as e:  # no libc prctl (not Linux), no ctypes
-        failed.append("prctl(PR_SET_DUMPABLE, 0): %s" % e)
+    from agent import dumpable
+
+    problem = dumpable.set_not_dumpable()
+    if problem:
+        failed.append(problem)
     return "; ".join(failed) or None
-
-
-def _libc_prctl() -> tuple:
-    """(libc's prctl, errno getter) through `_ctypes`, the C module under `ctypes`: what
-    ctypes.CDLL(None, use_errno=True).prctl builds (an int-returning cdecl function that saves errno),
-    without the ctypes package (with struct: ~1 ms of the start, issue 20)."""
-    import _ctypes
-
-    class CInt(_ctypes._SimpleCData):
-        _type_ = "i"
-
-    class PrctlPtr(_ctypes.CFuncPtr):
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = CInt
-
-    class Libc:
-        _handle = _ctypes.dlopen(None, getattr(os, "RTLD_LOCAL", 0) | getattr(os, "RTLD_NOW", 2))
-
-    return PrctlPtr(("prctl", Libc)), _ctypes.get_errno
 
 
 class StageLog:

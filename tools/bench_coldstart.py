@@ -141,11 +141,17 @@ def _softhsm(tmp: str) -> dict | None:
     return {"module": module, "conf": conf, "pin": pin}
 
 
-def _token_gets(paths: dict, rounds: int = 1000, n: int = 1) -> dict:
+def _token_gets(paths: dict, rounds: int = 1000, n: int = 1, settle: float = 1.0) -> dict:
     """Median token.get round trip (µs) per agent, batches interleaved so that both see the same
-    machine (on shared cores the figure drifts by a factor of 4 within seconds)."""
+    machine (on shared cores the figure drifts by a factor of 4 within seconds). Each agent is first
+    asked for its health and left `settle` seconds: READY=1 comes from stage 1, and stage 2 is still
+    importing and building for tens of ms after it (a measurement started at once timed that)."""
     from agent.client import Client
 
+    for p in paths.values():
+        with Client(p, timeout=20) as c:
+            c.health()
+    time.sleep(settle)
     times: dict = {k: [] for k in paths}
     clients = {k: Client(p, timeout=20) for k, p in paths.items()}
     try:
