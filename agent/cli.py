@@ -41,10 +41,14 @@ def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info
             MIN_PYTHON + (here,))
     missing = []
     if command in _NEEDS_CONFIG and tuple(version[:2]) < (3, 11):
-        try:
-            import tomli  # noqa: F401
-        except ImportError:
-            missing.append("tomli")
+        if command == "run":  # found, not imported: tomli brings re and datetime, which stage 1 does without
+            if _path_finder().find_spec("tomli") is None:
+                missing.append("tomli")
+        else:
+            try:
+                import tomli  # noqa: F401
+            except ImportError:
+                missing.append("tomli")
     if command == "run":  # the daemon's AES-GCM runs in its helper process: found, not loaded here
         if not _crypto_found():
             missing.append("cryptography")
@@ -64,16 +68,22 @@ def runtime_problem(command: str | None, version: tuple = tuple(sys.version_info
     return None
 
 
+def _path_finder():  # noqa: ANN202 - importlib.machinery.PathFinder, not imported for its annotation
+    """The import system's own PathFinder (importlib.machinery's, without importing importlib and warnings):
+    finds a package's files without running any of it."""
+    finder = next((f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder"), None)
+    if finder is None:  # pragma: no cover - an unusual import system
+        from importlib.machinery import PathFinder as finder
+    return finder
+
+
 def _crypto_found() -> bool:
     """Whether cryptography's compiled binding is installed, found by the path finder without running
     anything of the package (not even its __init__: stage 1 of `run` imports no cryptography at all,
     tests/test_startup_imports.py). A package that cannot be imported there lacks the binding's file."""
     import os
 
-    # The import system's own PathFinder (importlib.machinery's, without importing importlib and warnings).
-    finder = next((f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder"), None)
-    if finder is None:  # pragma: no cover - an unusual import system
-        from importlib.machinery import PathFinder as finder
+    finder = _path_finder()
     spec = finder.find_spec("cryptography")
     places = (spec.submodule_search_locations or []) if spec is not None else []
     return any(finder.find_spec("_rust", [os.path.join(p, "hazmat", "bindings")]) is not None for p in places)

@@ -174,11 +174,13 @@ def test_python_38_prints_one_line_and_exits_2(tmp_path, statement_file, module,
     assert "Python 3.9" in out[0] and "3.8.18" in out[0]
 
 
-def test_python_310_without_tomli_names_it_in_one_line(tmp_path, statement_file):
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_python_310_without_tomli_names_it_in_one_line(tmp_path, statement_file, command):
+    """`run` looks for tomli without importing it (stage 1 imports no re or datetime); both say it."""
     py = _python("3.10.13")
     if subprocess.run([py, "-c", "import tomli"], capture_output=True).returncode == 0:
         pytest.skip("tomli is installed for %s" % py)
-    r = subprocess.run([py, "-m", "agent", "check", "--config", _check_config(tmp_path, statement_file)],
+    r = subprocess.run([py, "-m", "agent", command, "--config", _check_config(tmp_path, statement_file)],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     out = (r.stdout + r.stderr).strip().splitlines()
     assert r.returncode == 2 and len(out) == 1, out
