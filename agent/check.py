@@ -94,7 +94,7 @@ def _dir_usable(path: str, what: str) -> str:
 def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
     """(name, ok, detail, fix hint) for every environment check."""
     from agent import boards
-    from agent.service import storage_dir
+    from agent.storagepaths import storage_dir
 
     results: list[tuple[str, bool, str, str]] = []
 
@@ -127,7 +127,7 @@ def run_checks(cfg: Config) -> list[tuple[str, bool, str, str]]:
                                                      (" (%d warnings: %s)" % (len(w), "; ".join(w))) if w else "")
 
     check("device-info", identity, "fix [device] root/board or add [device.overrides]")
-    from agent.service import app_storage_dir
+    from agent.storagepaths import app_storage_dir
 
     for app in cfg.apps:  # one store per application: "default" in the storage dir, the others in apps/NAME
         check("storage" + (" " + app.name if several else ""),

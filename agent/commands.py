@@ -93,7 +93,7 @@ def check(args: Any) -> int:
 def reset(args: Any) -> int:
     from agent import boards
     from agent import config as configmod
-    from agent.service import app_runtime_dir, app_storage_dir, storage_dir
+    from agent.storagepaths import app_runtime_dir, app_storage_dir, storage_dir
 
     cfg = configmod.load(args.config, check_files=False)
     names = [a.name for a in cfg.apps]

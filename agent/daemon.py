@@ -27,7 +27,6 @@ from agent import startup, storagepaths
 from agent.errors import FATAL, AgentError, ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = startup.EXIT_OK, startup.EXIT_FAIL, startup.EXIT_USAGE
-no_core_dumps = startup.no_core_dumps  # where it always was, for callers of agent.daemon
 
 
 class Daemon:

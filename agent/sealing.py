@@ -348,20 +348,6 @@ def use_backend(backend: Any) -> Any:
     return prev
 
 
-def crypto_installed() -> bool:
-    """Whether cryptography and its compiled binding are installed, without loading the binding (the
-    daemon's AES-GCM runs in its helper process; `run` checks this before it starts). Imports only the
-    package's own __init__ (0.3 ms: its version), then looks for the binding's file."""
-    try:
-        import cryptography
-    except ImportError:
-        return False
-    from importlib.machinery import PathFinder
-
-    where = os.path.join(os.path.dirname(cryptography.__file__ or ""), "hazmat", "bindings")
-    return PathFinder.find_spec("_rust", [where]) is not None
-
-
 def encrypt(key: bytes, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
     """AES-256-GCM ciphertext with its 16-byte tag appended (through the installed backend)."""
     b = _backend

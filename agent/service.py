@@ -28,7 +28,6 @@ from agent import clock as clockmod
 from agent import log as agentlog
 from agent.deviceinfo import sha256
 from agent.errors import FATAL, OPERATOR, AgentError, NotReady, StoreError
-from agent.storagepaths import app_runtime_dir, app_storage_dir, storage_dir  # noqa: F401 - callers import them from here
 
 STATE_WORDS = {
     lifecycle.UNREGISTERED: "not registered yet",

@@ -2,8 +2,8 @@
 
 Job: the one implementation of the storage directory's choice ([storage] dir, else the board
 profile's storage_dir, else the default) and of an application's directory below the storage or
-runtime directory, for stage 1 (agent/startup.py opens the stores before READY=1), the service
-(agent/service.py re-exports these names for check, commands and keys) and every other caller.
+runtime directory, for stage 1 (agent/startup.py opens the stores before READY=1), stage 2 and
+the commands that open a store (check, reset, keys): they import it, not agent/service.py.
 
 Must never: import more than agent/config.py (stage 1 imports this module before READY=1:
 tests/test_startup_imports.py), touch the filesystem (these are names; agent/store.py and

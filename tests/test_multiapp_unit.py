@@ -13,7 +13,8 @@ import pytest
 from agent import config, governor, lifecycle, rpc
 from agent.errors import AgentError
 from agent.server import acl_apps, acl_apps_need_groups
-from agent.service import Service, app_runtime_dir, app_storage_dir
+from agent.service import Service
+from agent.storagepaths import app_runtime_dir, app_storage_dir
 from tests.conftest import app_statement, machine_identity
 
 ACLS = {"news": (frozenset({1001}), frozenset()),

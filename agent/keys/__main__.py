@@ -21,7 +21,7 @@ from typing import TextIO
 
 def _stores(cfg, ident) -> list:
     from agent import keys
-    from agent.service import app_runtime_dir, app_storage_dir, storage_dir
+    from agent.storagepaths import app_runtime_dir, app_storage_dir, storage_dir
     from agent.store import Store
 
     base = storage_dir(cfg, ident["board"])
