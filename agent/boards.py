@@ -21,7 +21,6 @@ machine's interfaces when identifying a fixture root.
 from __future__ import annotations
 
 import os
-import sys
 
 import agent
 from agent import devfields, devfiles, deviceinfo
@@ -86,10 +85,9 @@ def load_profile(name_or_path: str) -> dict:
 
 def load_profile_bytes(name_or_path: str) -> tuple[dict, bytes]:
     """load_profile(), and the exact bytes the profile was parsed from (the configuration cache's key)."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on 3.9/3.10 only
-        import tomli as tomllib
+    from agent.config import toml_module
+
+    tomllib = toml_module()
     path = _resolve(name_or_path)
     if not os.path.isfile(path):
         known = ", ".join(list_boards()) or "none"

@@ -933,9 +933,11 @@ def resolve_path(cli_path: str | None) -> str:
     return cli_path or os.environ.get(ENV_VAR) or DEFAULT_PATH
 
 
-def _toml() -> Any:
-    """tomllib, or tomli before 3.11; imported here so that `agent.config` (its types, paths and
-    defaults) imports on a box whose client-only Python lacks tomli."""
+def toml_module() -> Any:
+    """tomllib, or tomli before 3.11 (ImportError without it); imported here, not at the top, so that
+    `agent.config` (its types, paths and defaults) imports on a box whose client-only Python lacks
+    tomli, and stage 1 of `run` imports no TOML parser on a configuration-cache hit. Board profiles
+    (agent/boards.py) are read with it too."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.9/3.10 only
@@ -943,14 +945,19 @@ def _toml() -> Any:
     return tomllib
 
 
-def load(path: str | None = None, check_files: bool = True) -> Config:
-    """Read and validate the config file (`--config`, else $PASS_AGENT_CONFIG, else the default path)."""
-    path = resolve_path(path)
+def _toml(path: str) -> Any:
+    """toml_module(), or the ConfigError naming the missing package for `path`."""
     try:
-        _toml()  # a missing tomli is said before anything else, as always
+        return toml_module()
     except ImportError:
         raise ConfigError(["cannot be read: Python %d.%d has no tomllib and the package tomli is not installed; "
                            "install tomli" % sys.version_info[:2]], path)
+
+
+def load(path: str | None = None, check_files: bool = True) -> Config:
+    """Read and validate the config file (`--config`, else $PASS_AGENT_CONFIG, else the default path)."""
+    path = resolve_path(path)
+    _toml(path)  # a missing tomli is said before anything else, as always
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -966,11 +973,7 @@ def load(path: str | None = None, check_files: bool = True) -> Config:
 def parse(raw: bytes, path: str, check_files: bool = True) -> Config:
     """Parse and validate a configuration file's bytes (load() after reading them; the daemon's start
     reads the bytes itself, for the validated-configuration cache's key, agent/configcache.py)."""
-    try:
-        tomllib = _toml()
-    except ImportError:
-        raise ConfigError(["cannot be read: Python %d.%d has no tomllib and the package tomli is not installed; "
-                           "install tomli" % sys.version_info[:2]], path)
+    tomllib = _toml(path)
     try:
         data = tomllib.loads(raw.decode("utf-8"))  # what tomllib.load(f) does
     except tomllib.TOMLDecodeError as e:

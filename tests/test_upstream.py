@@ -311,7 +311,7 @@ def _default_config_text() -> str:
 
 
 def test_the_default_config_lists_upstream_with_the_code_defaults():
-    cfg = config.validate(config._toml().loads(_default_config_text()), DEFAULT_CONFIG, check_files=False)
+    cfg = config.validate(config.toml_module().loads(_default_config_text()), DEFAULT_CONFIG, check_files=False)
     assert cfg.upstream == config.UpstreamConfig() and cfg.app == ()  # the [[app]] example is a comment
 
 
@@ -334,7 +334,7 @@ def test_the_default_configs_app_example_validates_once_uncommented(monkeypatch)
                                       "allow_gids", "allow_groups"):
             continue
         out.append(line)
-    cfg = config.validate(config._toml().loads("\n".join(out)), DEFAULT_CONFIG, check_files=False)
+    cfg = config.validate(config.toml_module().loads("\n".join(out)), DEFAULT_CONFIG, check_files=False)
     assert [a.name for a in cfg.apps] == ["default", "sport"]
     assert cfg.apps[0].software_statement == config.AdobeConfig().software_statement
     assert cfg.apps[1].application_id == "com.example.sport" and cfg.apps[1].allow_uids == (1005,)
