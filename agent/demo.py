@@ -65,6 +65,9 @@ def main(once: bool = False, keep: bool = False) -> int:
     from agent.client import Client
     from agent.emulator import Emulator  # shipped beside this module; the box's zipapp leaves out both
 
+    # SIGTERM (timeout, kill, a service manager) stops the demo as Ctrl-C does, so the clean-up below
+    # runs: otherwise the agent would be left running and the temp dir behind.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     tmp = tempfile.mkdtemp(prefix="pass-agent-demo-")
     emu = None
     agent_proc = None
@@ -160,5 +163,6 @@ def main(once: bool = False, keep: bool = False) -> int:
             print("kept %s" % tmp)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
     print("\n%s" % ("demo finished: OK" if ok else "demo finished: FAILED"))
     return 0 if ok else 1
