@@ -134,10 +134,12 @@ def main(once: bool = False, keep: bool = False) -> int:
         ok = ok and st["throttled"] == 0
 
         if not once:
-            print("\n%sRunning.%s Try in another shell:\n    pass-agent token --socket %s\n    pass-agent status "
-                  "--socket %s\n    picocom %s   (the console)\nCtrl-C stops the demo." % (BOLD, RESET, sock, sock,
-                                                                                         console_port))
+            # The hint is printed inside the try: a Ctrl-C or SIGTERM sent as soon as it is read lands
+            # between print() writing it and the next statement, and must stop the demo cleanly too.
             try:
+                print("\n%sRunning.%s Try in another shell:\n    pass-agent token --socket %s\n    pass-agent status "
+                      "--socket %s\n    picocom %s   (the console)\nCtrl-C stops the demo." % (BOLD, RESET, sock, sock,
+                                                                                             console_port), flush=True)
                 while agent_proc.poll() is None:
                     time.sleep(0.5)
             except KeyboardInterrupt:
