@@ -98,7 +98,7 @@ def test_daemon_in_a_time_namespace_with_boottime_far_ahead_refreshes_on_schedul
     refusal = _timens_refusal()
     if refusal:
         pytest.skip(refusal)
-    ttl = 36  # the lifecycle asks for tokens at most every 30 s: refreshes land 30-33 s apart
+    ttl = 36  # the lifecycle asks for tokens at most every 30 s: the refresh lands 30-33 s after the fetch
     emu.configure(token_ttl=ttl)
     agent = make_agent(emu)
     agent.argv_prefix = ["unshare", "-T", "--boottime", "1000000"]
@@ -109,7 +109,9 @@ def test_daemon_in_a_time_namespace_with_boottime_far_ahead_refreshes_on_schedul
         for note in sub.subscribe(timeout=3 * ttl):
             assert note["method"] == "token.changed"
             arrivals.append(time.monotonic())
-            if len(arrivals) == 3:
+            # One scheduled refresh shows the schedule (a mixed clock refreshes at once or never);
+            # a second one cost the suite 30 s more per Python and could fail on nothing the first can't.
+            if len(arrivals) == 2:
                 break
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     # On schedule: never early (a clock mix-up refreshes at once, over and over) ...
@@ -119,5 +121,5 @@ def test_daemon_in_a_time_namespace_with_boottime_far_ahead_refreshes_on_schedul
     assert agent.stop() == 0
     st = emu.stats()
     # ... and never late: each refresh replaced the token before it expired (no gap, no re-fetch).
-    assert st["register"]["ok"] == 1 and st["token"]["ok"] == 3 and st["throttled"] == 0
+    assert st["register"]["ok"] == 1 and st["token"]["ok"] == 2 and st["throttled"] == 0
     assert "CLOCK_BOOTTIME" in agent.log()  # the daemon says which clock it runs on
