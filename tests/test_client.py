@@ -210,6 +210,58 @@ def test_c_client_waits_and_reports_errors(c_client: str, path: str) -> None:
     assert res.returncode == 3 and path in res.stderr
 
 
+def test_c_client_wait_covers_an_agent_that_is_still_starting(c_client: str, path: str) -> None:
+    """`token_client -w N` at boot, before the agent has bound its socket: it waits for the socket
+    within the same N seconds, as `pass-agent token --wait` does (it failed at once with exit 3)."""
+    started: list = []
+
+    def start_agent() -> None:
+        h = ServerHarness(path)
+        h.__enter__()
+        started.append(h)
+
+    p = subprocess.Popen([c_client, "-s", path, "-w", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        time.sleep(0.3)  # pacing, not synchronisation: the client has found no socket yet
+        assert p.poll() is None, p.communicate()
+        start_agent()
+        out, err = p.communicate(timeout=30)
+        assert (p.returncode, out, err) == (0, TOKEN + "\n", "")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for h in started:
+            h.close()
+
+
+def test_c_client_wait_ends_on_a_socket_that_never_appears(c_client: str, tmp_path) -> None:
+    """The wait is bounded: no socket within -w seconds is the same exit 3 and message as without -w."""
+    missing = str(tmp_path / "nope.sock")
+    t0 = time.monotonic()
+    res = subprocess.run([c_client, "-s", missing, "-w", "0.5"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3 and "cannot connect to pass-agent at " + missing in res.stderr, res.stderr
+    assert time.monotonic() - t0 >= 0.5, "it did not wait"
+    res = subprocess.run([c_client, "-s", missing], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3 and "No such file or directory" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-w", "abc"], "-w abc: a number of seconds from 0 to 300"),
+    (["-w", "inf"], "-w inf: a number of seconds from 0 to 300"),
+    (["-w", "301"], "-w 301: a number of seconds from 0 to 300"),
+    (["-w", "5s"], "-w 5s: a number of seconds"),
+    (["-m", "-1"], "-m -1: a number of seconds from 0 to 604800"),
+    (["-m", "nan"], "-m nan: a number of seconds"),
+])
+def test_c_client_refuses_a_number_the_agent_would_refuse(c_client: str, tmp_path, args, words) -> None:
+    """`-w abc` was read as 0 and `-w inf` (no socket yet) would have waited for ever: usage, exit 2."""
+    res = subprocess.run([c_client, "-s", str(tmp_path / "nope.sock")] + args, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 2 and words in res.stderr, res.stderr
+
+
 # -- connecting under load and while the agent starts (issue 15 items 6 and 17) ---------------------
 
 

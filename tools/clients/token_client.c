@@ -12,7 +12,8 @@
  *   default  prints the access token on one line
  *   -H       prints the three request headers ("Name: value" lines, ready for curl -H)
  *   -m N     token must stay valid at least N more seconds (the agent refreshes if needed)
- *   -w N     wait up to N seconds for a first token instead of failing at once
+ *   -w N     wait up to N seconds for a first token instead of failing at once; the same N seconds
+ *            cover an agent that is still starting (no socket yet, or nobody listening on it)
  *   -a APP   the registered application ([[app]] name); needed when this user may use several
  *
  * Exit status: 0 success, 1 the agent answered with an error (message on stderr),
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_LINE (256 * 1024)
@@ -95,11 +97,54 @@ static void usage(const char *prog)
     fprintf(stderr, "usage: %s [-s SOCKET] [-a APP] [-H] [-m MIN_TTL] [-w WAIT]\n", prog);
 }
 
+/* A number of seconds from 0 to max, the whole argument (the agent refuses anything else); -1 if not. */
+static double seconds_arg(const char *s, double max)
+{
+    char *end;
+    double v = strtod(s, &end);
+    return (end != s && *end == '\0' && v >= 0 && v <= max) ? v : -1;  /* NaN fails v >= 0 */
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Connect to the agent's socket. ENOENT (no socket yet) and ECONNREFUSED (nobody listening: the
+ * agent is starting or restarting) are retried every 50 ms until `until` (now_s() time; 0: no
+ * retry), so a player started at boot with -w does not race the agent. Returns the fd, or -1 with
+ * errno set. A fresh socket each try: after a failed connect a socket's state is unspecified. */
+static int connect_agent(const struct sockaddr_un *addr, double until)
+{
+    for (;;) {
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0), err;
+        if (fd < 0)
+            return -1;
+        if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0)
+            return fd;
+        err = errno;
+        close(fd);
+        if (err == EINTR)
+            continue;
+        if ((err != ENOENT && err != ECONNREFUSED) || now_s() >= until) {
+            errno = err;
+            return -1;
+        }
+        {
+            struct timespec pause = {0, 50 * 1000 * 1000};
+            nanosleep(&pause, NULL);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *path = "/run/pass-agent/agent.sock";
     const char *min_ttl = NULL, *wait = NULL, *app = NULL;
     int headers = 0, opt, fd;
+    double started = now_s(), waited;
     struct sockaddr_un addr;
     char req[512], params[200] = "", val[16384];
     size_t n = 0;
@@ -116,8 +161,12 @@ int main(int argc, char **argv)
         default: usage(argv[0]); return 2;
         }
     }
-    if ((min_ttl && strtod(min_ttl, NULL) < 0) || (wait && strtod(wait, NULL) < 0)) {
-        usage(argv[0]);
+    if (min_ttl && seconds_arg(min_ttl, 604800) < 0) {
+        fprintf(stderr, "token_client: -m %s: a number of seconds from 0 to 604800 (7 days)\n", min_ttl);
+        return 2;
+    }
+    if (wait && seconds_arg(wait, 300) < 0) {
+        fprintf(stderr, "token_client: -w %s: a number of seconds from 0 to 300 (the agent's longest wait)\n", wait);
         return 2;
     }
     /* Application names are 1-32 of [a-z0-9_-] (the agent's configuration allows no other): checked
@@ -130,6 +179,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "token_client: socket path too long: %s\n", path);
         return 2;
     }
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, path);
+    fd = connect_agent(&addr, wait ? started + strtod(wait, NULL) : 0.0);
+    if (fd < 0) {
+        fprintf(stderr, "token_client: cannot connect to pass-agent at %s: %s (is the agent running?)\n",
+                path, strerror(errno));
+        return 3;
+    }
+    waited = now_s() - started;
     /* Numbers are parsed and re-printed, never pasted: no JSON injection. The agent answers a
      * wait when a token arrives or the wait ends, so no client-side timeout is needed. */
     if (min_ttl || wait || app) {
@@ -137,7 +196,8 @@ int main(int argc, char **argv)
         if (min_ttl)
             n += snprintf(params + n, sizeof params - n, "\"min_ttl\":%.3f,", strtod(min_ttl, NULL));
         if (wait)
-            n += snprintf(params + n, sizeof params - n, "\"wait\":%.3f,", strtod(wait, NULL));
+            n += snprintf(params + n, sizeof params - n, "\"wait\":%.3f,",  /* what is left of it */
+                          strtod(wait, NULL) > waited ? strtod(wait, NULL) - waited : 0.0);
         if (app)
             n += snprintf(params + n, sizeof params - n, "\"app\":\"%s\",", app);
         params[n - 1] = '}'; /* the last comma */
@@ -145,19 +205,6 @@ int main(int argc, char **argv)
     snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"%s\"%s}\n",
              headers ? "headers.get" : "token.get", params);
 
-    fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (fd < 0) {
-        perror("token_client: socket");
-        return 3;
-    }
-    memset(&addr, 0, sizeof addr);
-    addr.sun_family = AF_UNIX;
-    strcpy(addr.sun_path, path);
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
-        fprintf(stderr, "token_client: cannot connect to pass-agent at %s: %s (is the agent running?)\n",
-                path, strerror(errno));
-        return 3;
-    }
     if (write_all(fd, req, strlen(req)) < 0) {
         fprintf(stderr, "token_client: write to %s failed: %s\n", path, strerror(errno));
         return 3;
