@@ -475,3 +475,43 @@ def test_web_config_problems_are_each_reported(statement_file):
     text = "\n".join(e.value.problems)
     assert "allowed_origins: empty" in text and "neither tokens_file nor securityagent" in text
     assert configmod.defaults().web.listen == ""  # off by default
+
+
+# -- out of file descriptors ------------------------------------------------------------------------
+
+
+def test_out_of_fds_pauses_accepts_instead_of_spinning_and_serves_once_fds_are_free(web, caplog):
+    """A box out of descriptors (EMFILE at accept) must not turn the loop into a busy spin: the web
+    endpoint kept the listening socket in the loop, so every turn accepted, failed and logged again
+    (thousands of lines a second, a core at 100 %). It pauses accepts as the player socket does, says
+    what to change, and serves the waiting peer once a descriptor is free."""
+    import errno
+    import logging
+    import resource
+    import time
+
+    caplog.set_level(logging.DEBUG)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    peer = socket.socket()        # made while fds are free: connect() needs none
+    filler: list = []
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE
+        peer.connect(("127.0.0.1", web.port))  # pending in the backlog: accept() fails with EMFILE
+        time.sleep(1.2)                       # pacing: long enough for a spin to log thousands of times
+        failed = [r for r in caplog.records if "accept" in r.getMessage()]
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s: %r" % (len(failed), failed[:3])
+    msg = failed[0].getMessage()
+    assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg
+    # Descriptors free again: the peer that waited in the backlog is accepted within a pause.
+    assert wait_for(lambda: web.stats()["connections"] == 1), web.stats()
+    peer.close()
