@@ -255,7 +255,11 @@ class Service:
 
     # ------------------------------------------------------------------ life of the service
     def start(self) -> None:
-        """Load every application's stored state (no network) and start the one worker thread."""
+        """Load every application's stored state (no network) and start the one worker thread. Once:
+        a second start would reload the lifecycles under the running worker and start another one
+        (two requests in flight against Adobe's one budget), so it is refused."""
+        if self._thread is not None:
+            raise RuntimeError("Service.start() called twice: the service already runs its worker")
         for a in self._apps.values():
             self._start_app(a)
         self._thread = threading.Thread(target=self._run, name="lifecycle", daemon=True)

@@ -7,7 +7,11 @@ a real thread with a real Server on a real Unix socket.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import resource
 import socket
 import threading
 import time
@@ -245,3 +249,25 @@ def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return pred()
+
+
+@contextlib.contextmanager
+def no_free_fds() -> Any:
+    """The process out of file descriptors, for real: RLIMIT_NOFILE lowered to the highest fd in use
+    + 1 and every free fd below it taken, so the next accept() fails with EMFILE. Make the sockets a
+    test needs before entering (connect() needs no new fd); both are given back on exit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list = []
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE, e
+        yield
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -313,3 +313,29 @@ def test_a_peer_allowed_several_apps_names_one_with_x_pass_app(rig):
     # Each call carried the named application's own token (its own client at the emulator).
     per_client = sorted(v.get("protected", 0) for v in r.emu.stats()["per_client_id"].values())
     assert per_client == [1, 2]
+
+
+def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_free(rig, caplog):
+    """EMFILE at accept(): the gateway pauses accepts for 0.5 s with an error saying what to change,
+    instead of spinning on a listening socket that stays readable, and the player waiting in the
+    backlog is answered once a descriptor is free (guard; the web endpoint had no pause)."""
+    import logging
+    import time
+
+    from tests.fakes import no_free_fds
+
+    r = rig()  # started by the fixture
+    caplog.set_level(logging.DEBUG)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with no_free_fds():
+        peer.connect(r.path)
+        time.sleep(1.2)  # pacing: long enough for a spin to log thousands of times
+        failed = [x for x in caplog.records if x.levelno >= logging.WARNING and "accept" in x.getMessage()]
+    assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s" % len(failed)
+    msg = failed[0].getMessage()
+    assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg
+    peer.settimeout(20)
+    peer.sendall(b"GET /api/v2/%s/configuration HTTP/1.0\r\n\r\n" % SP.encode())
+    head = peer.recv(4096)
+    peer.close()
+    assert head.startswith(b"HTTP/1.1 200 ") or head.startswith(b"HTTP/1.0 200 "), head[:200]

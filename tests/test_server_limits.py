@@ -15,9 +15,18 @@ import threading
 from agent import rpc, server
 
 try:
-    from tests.fakes import TOKEN, FakeService, LineReader, ServerHarness, connect, request, wait_for
+    from tests.fakes import (
+        TOKEN,
+        FakeService,
+        LineReader,
+        ServerHarness,
+        connect,
+        no_free_fds,
+        request,
+        wait_for,
+    )
 except ImportError:  # tests/ on sys.path instead of the repo root
-    from fakes import TOKEN, FakeService, LineReader, ServerHarness, connect, request, wait_for
+    from fakes import TOKEN, FakeService, LineReader, ServerHarness, connect, no_free_fds, request, wait_for
 
 
 def _path(tmp_path) -> str:
@@ -196,3 +205,28 @@ def test_subscription_is_one_per_connection(tmp_path) -> None:
         assert r.json()["id"] == 2
         s.close()
         assert wait_for(lambda: h.stats()["subscribers"] == 0)
+
+
+def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_free(tmp_path, caplog) -> None:
+    """EMFILE at accept() (a box out of descriptors): the player socket pauses accepts for 0.5 s with
+    an error saying what to change, instead of spinning on a listening socket that stays readable,
+    and the player waiting in the backlog is served once a descriptor is free (guard: the web
+    endpoint had no such pause, tests/test_web.py)."""
+    import logging
+    import time
+
+    caplog.set_level(logging.DEBUG)
+    with ServerHarness(_path(tmp_path)) as h:
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with no_free_fds():
+            peer.connect(h.path)
+            time.sleep(1.2)  # pacing: long enough for a spin to log thousands of times
+            failed = [r for r in caplog.records if r.levelno >= logging.WARNING and "accept" in r.getMessage()]
+        assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s" % len(failed)
+        msg = failed[0].getMessage()
+        assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg
+        peer.settimeout(10)
+        peer.sendall(request("token.get"))
+        answer = json.loads(LineReader(peer).line())
+        assert answer["result"]["access_token"] == TOKEN, answer
+        peer.close()

@@ -130,3 +130,17 @@ def test_report_error_takes_the_peer_uid_and_limits_reregistrations_per_uid(svc)
     assert svc.report_error(401, body, access_token="not-the-current-one", uid=1000)["decision"] == "ignored"
     assert svc.report_error(401, body, access_token=tok, uid=1000)["decision"] == "reregister"
     assert svc.report_error(401, body)["decision"] in ("ignored", "rate_limited")  # default uid None works
+
+
+def test_a_second_start_is_refused_and_the_running_service_keeps_serving(svc):
+    """start() twice reloaded every lifecycle under the running worker (its state back to
+    'unregistered' while it held credentials and a token) and started a second worker: the first
+    poll then died with LifecycleError 'start_refresh ... in state unregistered'."""
+    held = svc.wait_token(5)["access_token"]
+    n = len(svc.calls)
+    with pytest.raises(RuntimeError, match="called twice"):
+        svc.start()
+    assert sum(1 for t in threading.enumerate() if t.name == "lifecycle") == 1
+    assert svc.token()["access_token"] == held and len(svc.calls) == n
+    svc.clocks.mono += 3601  # expired: the one worker still fetches
+    assert svc.wait_token(10)["access_token"] != held

@@ -208,7 +208,8 @@ class GatewayServer:
         if lsock is None:
             return False
         if e.errno in sockshell.OUT_OF_FDS:
-            self.log.error("cannot accept on %s: %s; pausing accepts for 0.5 s", self.path, e.strerror)
+            self.log.error("cannot accept on %s: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or lower "
+                           "[gateway] max_connections)", self.path, e.strerror)
             sockshell.pause_accepts(self.loop, lsock, lambda: self._sock is not None and self.loop.add_reader(
                 self._sock.fileno(), self._on_accept))
             return False
