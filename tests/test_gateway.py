@@ -339,3 +339,70 @@ def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_fr
     head = peer.recv(4096)
     peer.close()
     assert head.startswith(b"HTTP/1.1 200 ") or head.startswith(b"HTTP/1.0 200 "), head[:200]
+
+
+def _read_to_eof(s: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_a_refused_body_still_being_sent_gets_the_413_not_a_broken_pipe(rig):
+    """An HTTP client sends the head, then the body; the gateway answers 413 from the head's
+    Content-Length. It closed at once, so the client's body write failed with EPIPE and a client
+    like Python's http.client raised BrokenPipeError instead of returning the 413 (a flaky
+    test_limits_head_and_body on a loaded machine). Now it shuts its side, reads and discards what
+    the client still sends (bounded), then closes: the body write succeeds and the 413 is read."""
+    import select
+    import time
+
+    r = rig(max_body_bytes=100)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(r.path)
+    s.sendall(b"POST /api/v2/%s/sessions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-"
+              b"urlencoded\r\nContent-Length: 5000\r\n\r\n" % SP.encode())
+    assert select.select([s], [], [], 20)[0], "no answer to the head"
+    time.sleep(0.3)  # pacing: the gateway has answered; before the fix it had closed by now
+    s.sendall(b"x" * 5000)  # BrokenPipeError before the fix
+    s.shutdown(socket.SHUT_WR)
+    answer = _read_to_eof(s)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "body_too_large"
+    assert r.api_log() == []
+    wait_for_conns = time.monotonic() + 10
+    while r.gw.stats()["connections"] and time.monotonic() < wait_for_conns:
+        time.sleep(0.02)
+    assert r.gw.stats()["connections"] == 0  # the drained connection is gone
+
+
+def test_a_peer_that_keeps_sending_after_a_413_is_cut_off(rig):
+    """The draining is bounded: a peer that goes on sending past the cap is closed (EPIPE or a reset
+    on its side), and its connection is freed."""
+    import time
+
+    from agent.gateway import server as gwserver
+
+    r = rig(max_body_bytes=100)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(r.path)
+    s.sendall(b"POST /api/v2/%s/sessions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\n"
+              % SP.encode())
+    sent, cut = 0, False
+    try:
+        while sent < 20 * gwserver.LINGER_BYTES:
+            s.sendall(b"x" * 65536)
+            sent += 65536
+    except (BrokenPipeError, ConnectionResetError):
+        cut = True
+    s.close()
+    assert cut, "the gateway read %d bytes of a refused body without closing" % sent
+    deadline = time.monotonic() + 10
+    while r.gw.stats()["connections"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert r.gw.stats()["connections"] == 0

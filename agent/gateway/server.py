@@ -39,12 +39,19 @@ from agent.loop import Loop
 
 RECV_SIZE = 65536
 OUT_MAX = 4 * 1024 * 1024   # unsent bytes held for one peer before it counts as not reading
+# After an error answer (413, 431, 400) the peer may still be sending the request we refused: closing
+# at once would fail its writes with EPIPE before it reads the answer (Python's http.client then raises
+# BrokenPipeError, not the 413). So the gateway shuts its side and reads and discards what still
+# comes, up to LINGER_BYTES or LINGER_S seconds, then closes ("lingering close").
+LINGER_BYTES = 256 * 1024
+LINGER_S = 2.0
 _now = _clock.now
 
 
 class _Conn(runner.Sink):
     __slots__ = ("srv", "sock", "fd", "pid", "uid", "gid", "apps", "http", "out", "last", "busy", "closed",
-                 "body", "req", "writing", "reading", "chunked", "too_big", "closing", "req_method")
+                 "body", "req", "writing", "reading", "chunked", "too_big", "closing", "req_method", "drain",
+                 "linger", "drained")
 
     def __init__(self, srv: GatewayServer, sock: socket.socket, pid: int, uid: int, gid: int, apps: tuple,
                  max_head: int) -> None:
@@ -65,6 +72,9 @@ class _Conn(runner.Sink):
         self.too_big = 0
         self.closing = False       # close once `out` is flushed
         self.req_method = "GET"
+        self.drain = False         # an error answer: linger after it (see LINGER_BYTES)
+        self.linger: Any = None    # the timer that ends the draining
+        self.drained = 0           # bytes discarded while draining
 
     # -- the runner's sink (loop thread) -----------------------------------------------------------
     def start(self, reply: core.Reply, streamed: bool = False) -> None:
@@ -322,6 +332,7 @@ class GatewayServer:
         if conn.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             # h11 will not write a response to a request it could not parse: the bytes are ours.
             conn.out += raw_reply(refusal.reply())
+        conn.drain = True
         self._close_after_flush(conn)
 
     def _dispatch(self, conn: _Conn) -> None:
@@ -394,15 +405,40 @@ class GatewayServer:
             conn.writing = False
             self.loop.remove_writer(conn.fd)
         if conn.closing:
-            self._drop(conn)
+            self._finish(conn)
 
     def _close_after_flush(self, conn: _Conn) -> None:
         conn.closing = True
         self._pause(conn)
         if not conn.out:
-            self._drop(conn)
+            self._finish(conn)
         else:
             self._flush(conn)
+
+    def _finish(self, conn: _Conn) -> None:
+        """Everything is sent: close, or after an error answer linger (see LINGER_BYTES)."""
+        if not conn.drain:
+            self._drop(conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # the peer reads the answer, then EOF
+        except OSError:
+            self._drop(conn)
+            return
+        conn.linger = self.loop.call_later(LINGER_S, functools.partial(self._drop, conn))
+        conn.reading = True
+        self.loop.add_reader(conn.fd, functools.partial(self._on_drain, conn))
+
+    def _on_drain(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained > LINGER_BYTES:
+            self._drop(conn)
 
     # -- idle connections --------------------------------------------------------------------------
     def _close_idle(self, now: float) -> None:
@@ -416,6 +452,8 @@ class GatewayServer:
         if conn.closed:
             return
         conn.closed = True
+        if conn.linger is not None:
+            conn.linger.cancel()
         if conn.reading:
             self.loop.remove_reader(conn.fd)
         if conn.writing:
