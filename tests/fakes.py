@@ -256,6 +256,12 @@ def no_free_fds() -> Any:
     """The process out of file descriptors, for real: RLIMIT_NOFILE lowered to the highest fd in use
     + 1 and every free fd below it taken, so the next accept() fails with EMFILE. Make the sockets a
     test needs before entering (connect() needs no new fd); both are given back on exit."""
+    import gc
+
+    # A socket left in a reference cycle by an earlier test, collected inside the window, would free
+    # an fd for the accept() (seen once in CI: no EMFILE at all): collect first, no collection inside.
+    gc.collect()
+    gc.disable()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     filler: list = []
     highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
@@ -271,3 +277,26 @@ def no_free_fds() -> Any:
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.enable()
+
+
+def connect_while_out_of_fds(make_peer: Callable[[], socket.socket], address: Any, records: Callable[[], list],
+                             seconds: float = 1.2, attempts: int = 3) -> tuple[socket.socket, list]:
+    """Connect a new peer to `address` while the process has no free fd, and stay out of fds for
+    `seconds` (pacing: long enough for a spinning accept loop to log thousands of times). Returns the
+    peer and the log records at WARNING or above that mention "accept" (`records()`: caplog.records).
+    Another thread may free an fd just before the first accept() (a handler thread of an earlier
+    test closing its socket): then nothing failed at all, and the window is tried again."""
+    import logging
+
+    for _ in range(attempts):
+        before = len(records())
+        peer = make_peer()  # made while fds are free: connect() needs none
+        with no_free_fds():
+            peer.connect(address)
+            time.sleep(seconds)
+            failed = [r for r in records()[before:] if r.levelno >= logging.WARNING and "accept" in r.getMessage()]
+        if failed:
+            return peer, failed
+        peer.close()
+    return peer, failed

@@ -320,17 +320,13 @@ def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_fr
     instead of spinning on a listening socket that stays readable, and the player waiting in the
     backlog is answered once a descriptor is free (guard; the web endpoint had no pause)."""
     import logging
-    import time
 
-    from tests.fakes import no_free_fds
+    from tests.fakes import connect_while_out_of_fds
 
     r = rig()  # started by the fixture
     caplog.set_level(logging.DEBUG)
-    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with no_free_fds():
-        peer.connect(r.path)
-        time.sleep(1.2)  # pacing: long enough for a spin to log thousands of times
-        failed = [x for x in caplog.records if x.levelno >= logging.WARNING and "accept" in x.getMessage()]
+    peer, failed = connect_while_out_of_fds(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), r.path,
+                                            lambda: caplog.records)
     assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s" % len(failed)
     msg = failed[0].getMessage()
     assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg

@@ -21,12 +21,21 @@ try:
         LineReader,
         ServerHarness,
         connect,
-        no_free_fds,
+        connect_while_out_of_fds,
         request,
         wait_for,
     )
 except ImportError:  # tests/ on sys.path instead of the repo root
-    from fakes import TOKEN, FakeService, LineReader, ServerHarness, connect, no_free_fds, request, wait_for
+    from fakes import (
+        TOKEN,
+        FakeService,
+        LineReader,
+        ServerHarness,
+        connect,
+        connect_while_out_of_fds,
+        request,
+        wait_for,
+    )
 
 
 def _path(tmp_path) -> str:
@@ -213,15 +222,11 @@ def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_fr
     and the player waiting in the backlog is served once a descriptor is free (guard: the web
     endpoint had no such pause, tests/test_web.py)."""
     import logging
-    import time
 
     caplog.set_level(logging.DEBUG)
     with ServerHarness(_path(tmp_path)) as h:
-        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with no_free_fds():
-            peer.connect(h.path)
-            time.sleep(1.2)  # pacing: long enough for a spin to log thousands of times
-            failed = [r for r in caplog.records if r.levelno >= logging.WARNING and "accept" in r.getMessage()]
+        peer, failed = connect_while_out_of_fds(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), h.path,
+                                                lambda: caplog.records)
         assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s" % len(failed)
         msg = failed[0].getMessage()
         assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg

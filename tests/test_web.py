@@ -23,7 +23,7 @@ from agent.errors import ConfigError  # noqa: E402
 from agent.loop import Loop  # noqa: E402
 from agent.web import guard  # noqa: E402
 from agent.web.server import WebServer  # noqa: E402
-from tests.fakes import TOKEN, FakeService, no_free_fds, wait_for  # noqa: E402
+from tests.fakes import TOKEN, FakeService, connect_while_out_of_fds, wait_for  # noqa: E402
 from tests.webclient import Refused, connect  # noqa: E402
 
 ORIGIN = "http://127.0.0.1:8000"
@@ -486,14 +486,9 @@ def test_out_of_fds_pauses_accepts_instead_of_spinning_and_serves_once_fds_are_f
     (thousands of lines a second, a core at 100 %). It pauses accepts as the player socket does, says
     what to change, and serves the waiting peer once a descriptor is free."""
     import logging
-    import time
 
     caplog.set_level(logging.DEBUG)
-    peer = socket.socket()        # made while fds are free: connect() needs none
-    with no_free_fds():
-        peer.connect(("127.0.0.1", web.port))  # pending in the backlog: accept() fails with EMFILE
-        time.sleep(1.2)                       # pacing: long enough for a spin to log thousands of times
-        failed = [r for r in caplog.records if r.levelno >= logging.WARNING and "accept" in r.getMessage()]
+    peer, failed = connect_while_out_of_fds(socket.socket, ("127.0.0.1", web.port), lambda: caplog.records)
     assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s: %r" % (len(failed), failed[:3])
     msg = failed[0].getMessage()
     assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg
