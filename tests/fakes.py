@@ -300,3 +300,13 @@ def connect_while_out_of_fds(make_peer: Callable[[], socket.socket], address: An
             return peer, failed
         peer.close()
     return peer, failed
+
+
+def assert_accepts_paused(failed: list) -> None:
+    """What connect_while_out_of_fds saw from a listener that pauses accepts as it should: one error
+    per 0.5 s pause (1-4 in 1.2 s; a spinning accept loop logs thousands), saying what to change."""
+    import logging
+
+    assert 1 <= len(failed) <= 4, "%d accept failures logged in 1.2 s: %r" % (len(failed), failed[:3])
+    msg = failed[0].getMessage()
+    assert failed[0].levelno == logging.ERROR and "pausing accepts" in msg and "LimitNOFILE" in msg, msg
