@@ -63,9 +63,6 @@ MAX_WAITS_PER_CONN = 32     # parked waits one connection may hold; more answer 
 MAX_WAITS = 1024            # parked waits the agent holds for all connections together
 WAIT_GRAIN = 0.1            # a parked wait expires at most this late (see _Deadlines)
 BACKLOG = listensock.BACKLOG  # the kernel caps it at net.core.somaxconn
-LINGER_TIME = 2.0           # after a last error line, drain a peer's input this long before closing
-LINGER_BYTES = 1024 * 1024
-MAX_LINGER = 64
 _MAX_DATA = rpc.MAX_LINE + 1  # one request line with its newline
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _monotonic = _clock.now  # the loop's clock (CLOCK_BOOTTIME): idle time counts suspend too
@@ -287,7 +284,7 @@ class Server:
         self._waits = _Deadlines(loop, self._expire, WAIT_GRAIN)
         self._nwaits = 0                  # parked waits of all connections
         self._denied_log: dict[int, int] = {}
-        self._lingering: dict[int, Any] = {}  # fd -> finish(): sockets closing gracefully
+        self._goodbyes = sockshell.Goodbyes(loop)  # sockets closing gracefully after a last line
         self._c = {
             "accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "closed_too_large": 0,
             "closed_slow": 0, "closed_by_peer": 0, "notifications": 0, "waits_answered": 0, "waits_expired": 0,
@@ -371,8 +368,7 @@ class Server:
         self._sock = None
         for conn in list(self._conns.values()):
             self._drop(conn)
-        for finish in list(self._lingering.values()):
-            finish()
+        self._goodbyes.close()
 
     # -- access control ---------------------------------------------------------------------
 
@@ -453,7 +449,7 @@ class Server:
                                      self._per_uid, uid, self.max_per_uid)
         if busy is not None:
             self._c["rejected_busy"] += 1
-            self._goodbye(sock, rpc.error_line(
+            self._goodbyes.send(sock, rpc.error_line(
                 None, rpc.BUSY, busy + "; reuse one persistent connection and retry in a second",
                 rpc.error_data("busy", RETRY, 1.0),
             ))
@@ -483,48 +479,7 @@ class Server:
         if counted:  # an established connection: its queued answers, the error, then close
             line = bytes(conn.out) + line
             self._drop(conn, linger=False)
-        self._goodbye(conn.sock, line)
-
-    def _goodbye(self, sock: socket.socket, line: bytes = b"") -> None:
-        """Send a last line and close without losing it.
-
-        Closing a socket that still holds unread input makes the kernel reset the connection,
-        and the peer may then never read our last line. So: shut down our side, discard what the
-        peer still sends until it closes (at most LINGER_TIME s / LINGER_BYTES), then close.
-        """
-        try:
-            if line:
-                sock.send(line)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        if len(self._lingering) >= MAX_LINGER:
-            sock.close()  # under a flood of refused peers, fds matter more than their last line
-            return
-        fd = sock.fileno()
-        got = [0]
-
-        def finish() -> None:
-            if self._lingering.pop(fd, None) is not None:
-                self.loop.remove_reader(fd)
-                timer.cancel()
-                sock.close()
-
-        def drain() -> None:
-            try:
-                data = sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            got[0] += len(data)
-            if not data or got[0] > LINGER_BYTES:
-                finish()
-
-        timer = self.loop.call_later(LINGER_TIME, finish)
-        self._lingering[fd] = finish
-        self.loop.add_reader(fd, drain)
+        self._goodbyes.send(conn.sock, line)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -828,7 +783,7 @@ class Server:
 
     def _drop(self, conn: _Conn, linger: bool | None = None) -> None:
         """Forget a connection. linger=None closes the socket; False leaves it to the caller;
-        True closes it gracefully (see _goodbye); a peer that shut down its side needs no lingering."""
+        True closes it gracefully (sockshell.Goodbyes); a peer that shut down its side needs no lingering."""
         if conn.closed:
             return
         conn.closed = True
@@ -849,7 +804,7 @@ class Server:
         if self._conns.pop(conn.fd, None) is not None:
             sockshell.release_peer(self._per_uid, conn.uid)
         if linger:
-            self._goodbye(conn.sock)
+            self._goodbyes.send(conn.sock)
         elif linger is None:
             conn.sock.close()
 

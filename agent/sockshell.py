@@ -3,12 +3,14 @@
 Job: what agent/server.py (the JSON-RPC Unix socket), agent/gateway/server.py (the REST gateway's Unix
 socket) and agent/web/server.py (the loopback WebSocket endpoint) do alike before and around a
 connection: the bounded accept batch (with a pause when the process is out of file descriptors),
-the peer caps (max connections, max per uid) and their per-uid count, and the one idle-sweep timer
-armed while connections exist. Each server keeps its own policy: what an accept error means, how a
-busy peer is answered, which connection counts as idle.
+the peer caps (max connections, max per uid) and their per-uid count, the one idle-sweep timer
+armed while connections exist, and the goodbye of the two Unix-socket servers (a last message, then
+a lingering close). Each server keeps its own policy: what an accept error means, how a busy peer
+is answered, which connection counts as idle.
 
-Must never: read or write a connection's bytes (each server's hot path stays its own, with no extra
-call), block, or hold a connection or timer after its server closed it.
+Must never: read or write a live connection's bytes (each server's hot path stays its own, with no
+extra call; a goodbye only writes the last bytes of a socket its server is done with and discards
+what still comes), block, or hold a connection or timer after its server closed it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from agent.loop import Loop
 ACCEPT_BATCH = 64   # accepts per readable event: established connections run between bursts
 ACCEPT_PAUSE = 0.5  # seconds without accepting after the process ran out of file descriptors
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+LINGER_TIME = 2.0   # after a last message, discard the peer's input this long before closing
+LINGER_BYTES = 1024 * 1024
+MAX_LINGER = 64     # sockets lingering at once; beyond, closed at once (fds matter more then)
 
 
 def accept_batch(lsock: socket.socket, on_sock: Callable[[socket.socket], None],
@@ -110,3 +115,61 @@ class IdleSweep:
             return
         self._check(_clock.now())
         self.arm()
+
+
+class Goodbyes:
+    """Sockets a server is done with, closed without losing their last message.
+
+    Closing a socket that still holds unread input makes the kernel reset the connection (TCP), or
+    fails the peer's next write with EPIPE before it reads our answer (Unix sockets: Python's
+    http.client then raises BrokenPipeError, not the 413 or 403 we sent). So send() writes the last
+    bytes, shuts our side down, discards what the peer still sends until it closes (at most
+    LINGER_TIME s / LINGER_BYTES), then closes. At most MAX_LINGER at once: under a flood of refused
+    peers, fds matter more than their last message."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self._lingering: dict[int, Callable[[], None]] = {}  # fd -> finish()
+
+    def __len__(self) -> int:
+        return len(self._lingering)
+
+    def send(self, sock: socket.socket, data: bytes = b"") -> None:
+        try:
+            if data:
+                sock.send(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self._lingering) >= MAX_LINGER:
+            sock.close()
+            return
+        fd = sock.fileno()
+        got = [0]
+
+        def finish() -> None:
+            if self._lingering.pop(fd, None) is not None:
+                self.loop.remove_reader(fd)
+                timer.cancel()
+                sock.close()
+
+        def drain() -> None:
+            try:
+                chunk = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                chunk = b""
+            got[0] += len(chunk)
+            if not chunk or got[0] > LINGER_BYTES:
+                finish()
+
+        timer = self.loop.call_later(LINGER_TIME, finish)
+        self._lingering[fd] = finish
+        self.loop.add_reader(fd, drain)
+
+    def close(self) -> None:
+        """The server closes: every lingering socket now."""
+        for finish in list(self._lingering.values()):
+            finish()

@@ -379,7 +379,7 @@ def test_a_peer_that_keeps_sending_after_a_413_is_cut_off(rig):
     on its side), and its connection is freed."""
     import time
 
-    from agent.gateway import server as gwserver
+    from agent import sockshell
 
     r = rig(max_body_bytes=100)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -389,7 +389,7 @@ def test_a_peer_that_keeps_sending_after_a_413_is_cut_off(rig):
               % SP.encode())
     sent, cut = 0, False
     try:
-        while sent < 20 * gwserver.LINGER_BYTES:
+        while sent < 20 * sockshell.LINGER_BYTES:
             s.sendall(b"x" * 65536)
             sent += 65536
     except (BrokenPipeError, ConnectionResetError):
@@ -400,3 +400,29 @@ def test_a_peer_that_keeps_sending_after_a_413_is_cut_off(rig):
     while r.gw.stats()["connections"] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert r.gw.stats()["connections"] == 0
+
+
+def test_a_peer_refused_at_accept_reads_the_503_even_when_it_writes_after_it(rig):
+    """A peer over the caps is answered at accept, before it has sent anything. The gateway closed
+    at once, so the player's request write failed with EPIPE and it never read the 503 and its hint
+    (a denied peer's 403 went the same way). Now the refusal closes through the lingering goodbye."""
+    import select
+    import time
+
+    r = rig(max_connections=1)
+    held = r.conn()
+    held.connect()
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        s.connect(r.path)
+        assert select.select([s], [], [], 20)[0], "no refusal"
+        time.sleep(0.3)  # pacing: before the fix the gateway had closed by now
+        s.sendall(b"GET /api/v2/%s/configuration HTTP/1.1\r\nHost: localhost\r\n\r\n" % SP.encode())  # EPIPE before
+        s.shutdown(socket.SHUT_WR)
+        answer = _read_to_eof(s)
+        s.close()
+    finally:
+        held.close()
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "busy"

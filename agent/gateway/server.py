@@ -39,19 +39,12 @@ from agent.loop import Loop
 
 RECV_SIZE = 65536
 OUT_MAX = 4 * 1024 * 1024   # unsent bytes held for one peer before it counts as not reading
-# After an error answer (413, 431, 400) the peer may still be sending the request we refused: closing
-# at once would fail its writes with EPIPE before it reads the answer (Python's http.client then raises
-# BrokenPipeError, not the 413). So the gateway shuts its side and reads and discards what still
-# comes, up to LINGER_BYTES or LINGER_S seconds, then closes ("lingering close").
-LINGER_BYTES = 256 * 1024
-LINGER_S = 2.0
 _now = _clock.now
 
 
 class _Conn(runner.Sink):
     __slots__ = ("srv", "sock", "fd", "pid", "uid", "gid", "apps", "http", "out", "last", "busy", "closed",
-                 "body", "req", "writing", "reading", "chunked", "too_big", "closing", "req_method", "drain",
-                 "linger", "drained")
+                 "body", "req", "writing", "reading", "chunked", "too_big", "closing", "req_method", "drain")
 
     def __init__(self, srv: GatewayServer, sock: socket.socket, pid: int, uid: int, gid: int, apps: tuple,
                  max_head: int) -> None:
@@ -72,9 +65,7 @@ class _Conn(runner.Sink):
         self.too_big = 0
         self.closing = False       # close once `out` is flushed
         self.req_method = "GET"
-        self.drain = False         # an error answer: linger after it (see LINGER_BYTES)
-        self.linger: Any = None    # the timer that ends the draining
-        self.drained = 0           # bytes discarded while draining
+        self.drain = False         # an error answer went out: close through sockshell.Goodbyes
 
     # -- the runner's sink (loop thread) -----------------------------------------------------------
     def start(self, reply: core.Reply, streamed: bool = False) -> None:
@@ -159,6 +150,7 @@ class GatewayServer:
         self._conns: dict[int, _Conn] = {}
         self._per_uid: dict[int, int] = {}
         self._sweep = sockshell.IdleSweep(loop, sockshell.sweep_period(g.idle_timeout), self._conns, self._close_idle)
+        self._goodbyes = sockshell.Goodbyes(loop)  # refused peers and error answers, closed gracefully
         self.c: dict = {"accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "bad_requests": 0,
                         "replies": 0}
 
@@ -193,6 +185,7 @@ class GatewayServer:
         self._sweep.cancel()
         for conn in list(self._conns.values()):
             self._drop(conn)
+        self._goodbyes.close()
         self.gateway.stop()
 
     def set_acl(self, acls: Mapping[str, tuple[frozenset, frozenset]]) -> None:
@@ -226,13 +219,9 @@ class GatewayServer:
         return True
 
     def _refuse(self, sock: socket.socket, refusal: core.Refusal) -> None:
-        """Answer a peer we will not serve with one HTTP response, then close (it may not have sent yet)."""
-        try:
-            sock.send(raw_reply(refusal.reply()))
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        sock.close()
+        """Answer a peer we will not serve with one HTTP response, then close without losing it: the
+        peer may not have sent its request yet, and its write must not fail before it reads ours."""
+        self._goodbyes.send(sock, raw_reply(refusal.reply()))
 
     def _new_conn(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -416,29 +405,11 @@ class GatewayServer:
             self._flush(conn)
 
     def _finish(self, conn: _Conn) -> None:
-        """Everything is sent: close, or after an error answer linger (see LINGER_BYTES)."""
-        if not conn.drain:
-            self._drop(conn)
-            return
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)  # the peer reads the answer, then EOF
-        except OSError:
-            self._drop(conn)
-            return
-        conn.linger = self.loop.call_later(LINGER_S, functools.partial(self._drop, conn))
-        conn.reading = True
-        self.loop.add_reader(conn.fd, functools.partial(self._on_drain, conn))
-
-    def _on_drain(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        conn.drained += len(data)
-        if not data or conn.drained > LINGER_BYTES:
-            self._drop(conn)
+        """Everything is sent: close. After an error answer (413, 431, 400) the peer may still be
+        sending the request we refused, so the socket closes through Goodbyes (a lingering close)."""
+        self._drop(conn, close=not conn.drain)
+        if conn.drain:
+            self._goodbyes.send(conn.sock)
 
     # -- idle connections --------------------------------------------------------------------------
     def _close_idle(self, now: float) -> None:
@@ -448,12 +419,11 @@ class GatewayServer:
                 self.c["closed_idle"] += 1
                 self._drop(conn)
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: _Conn, close: bool = True) -> None:
+        """Forget a connection; close its socket unless the caller takes it (close=False)."""
         if conn.closed:
             return
         conn.closed = True
-        if conn.linger is not None:
-            conn.linger.cancel()
         if conn.reading:
             self.loop.remove_reader(conn.fd)
         if conn.writing:
@@ -462,10 +432,11 @@ class GatewayServer:
         conn.body = []
         if self._conns.pop(conn.fd, None) is not None:
             sockshell.release_peer(self._per_uid, conn.uid)
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
+        if close:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
 
     def stats(self) -> dict:
         d = dict(self.c)
