@@ -280,26 +280,41 @@ def no_free_fds() -> Any:
         gc.enable()
 
 
-def connect_while_out_of_fds(make_peer: Callable[[], socket.socket], address: Any, records: Callable[[], list],
+def connect_while_out_of_fds(make_peer: Callable[[], socket.socket], address: Any, log: Any,
                              seconds: float = 1.2, attempts: int = 3) -> tuple[socket.socket, list]:
     """Connect a new peer to `address` while the process has no free fd, and stay out of fds for
     `seconds` (pacing: long enough for a spinning accept loop to log thousands of times). Returns the
-    peer and the log records at WARNING or above that mention "accept" (`records()`: caplog.records).
-    Another thread may free an fd just before the first accept() (a handler thread of an earlier
-    test closing its socket): then nothing failed at all, and the window is tried again."""
+    peer and the records at WARNING or above that mention "accept", taken from the listener's own
+    logger `log` by a handler of this helper (caplog sees nothing once a test of the suite has run
+    agent.log.setup(), which stops propagation: seen in a 3.9 CI run). Another thread may free an fd
+    just before the first accept() (a handler thread of an earlier test closing its socket): then
+    nothing failed at all, and the window is tried again."""
     import logging
 
-    for _ in range(attempts):
-        before = len(records())
-        peer = make_peer()  # made while fds are free: connect() needs none
-        with no_free_fds():
-            peer.connect(address)
-            time.sleep(seconds)
-            failed = [r for r in records()[before:] if r.levelno >= logging.WARNING and "accept" in r.getMessage()]
-        if failed:
-            return peer, failed
-        peer.close()
-    return peer, failed
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING and "accept" in record.getMessage():
+                seen.append(record)
+
+    seen: list = []
+    keep, level = Keep(logging.DEBUG), log.level
+    log.addHandler(keep)
+    log.setLevel(logging.DEBUG)
+    try:
+        for _ in range(attempts):
+            del seen[:]
+            peer = make_peer()  # made while fds are free: connect() needs none
+            with no_free_fds():
+                peer.connect(address)
+                time.sleep(seconds)
+                failed = list(seen)
+            if failed:
+                return peer, failed
+            peer.close()
+        return peer, failed
+    finally:
+        log.removeHandler(keep)
+        log.setLevel(level)
 
 
 def assert_accepts_paused(failed: list) -> None:

@@ -315,18 +315,14 @@ def test_a_peer_allowed_several_apps_names_one_with_x_pass_app(rig):
     assert per_client == [1, 2]
 
 
-def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_free(rig, caplog):
+def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_free(rig):
     """EMFILE at accept(): the gateway pauses accepts for 0.5 s with an error saying what to change,
     instead of spinning on a listening socket that stays readable, and the player waiting in the
     backlog is answered once a descriptor is free (guard; the web endpoint had no pause)."""
-    import logging
-
     from tests.fakes import assert_accepts_paused, connect_while_out_of_fds
 
     r = rig()  # started by the fixture
-    caplog.set_level(logging.DEBUG)
-    peer, failed = connect_while_out_of_fds(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), r.path,
-                                            lambda: caplog.records)
+    peer, failed = connect_while_out_of_fds(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), r.path, r.gw.log)
     assert_accepts_paused(failed)
     peer.settimeout(20)
     peer.sendall(b"GET /api/v2/%s/configuration HTTP/1.0\r\n\r\n" % SP.encode())

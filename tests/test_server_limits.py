@@ -198,22 +198,19 @@ def test_subscription_is_one_per_connection(tmp_path) -> None:
         assert wait_for(lambda: h.stats()["subscribers"] == 0)
 
 
-def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_free(tmp_path, caplog) -> None:
+def test_out_of_fds_pauses_accepts_and_serves_the_waiting_player_once_fds_are_free(tmp_path) -> None:
     """EMFILE at accept() (a box out of descriptors): the player socket pauses accepts for 0.5 s with
     an error saying what to change, instead of spinning on a listening socket that stays readable,
     and the player waiting in the backlog is served once a descriptor is free (guard: the web
     endpoint had no such pause, tests/test_web.py)."""
-    import logging
-
     try:
         from tests.fakes import assert_accepts_paused, connect_while_out_of_fds
     except ImportError:
         from fakes import assert_accepts_paused, connect_while_out_of_fds
 
-    caplog.set_level(logging.DEBUG)
     with ServerHarness(_path(tmp_path)) as h:
         peer, failed = connect_while_out_of_fds(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), h.path,
-                                                lambda: caplog.records)
+                                                h.server.log)
         assert_accepts_paused(failed)
         peer.settimeout(10)
         peer.sendall(request("token.get"))

@@ -480,15 +480,12 @@ def test_web_config_problems_are_each_reported(statement_file):
 # -- out of file descriptors ------------------------------------------------------------------------
 
 
-def test_out_of_fds_pauses_accepts_instead_of_spinning_and_serves_once_fds_are_free(web, caplog):
+def test_out_of_fds_pauses_accepts_instead_of_spinning_and_serves_once_fds_are_free(web):
     """A box out of descriptors (EMFILE at accept) must not turn the loop into a busy spin: the web
     endpoint kept the listening socket in the loop, so every turn accepted, failed and logged again
     (thousands of lines a second, a core at 100 %). It pauses accepts as the player socket does, says
     what to change, and serves the waiting peer once a descriptor is free."""
-    import logging
-
-    caplog.set_level(logging.DEBUG)
-    peer, failed = connect_while_out_of_fds(socket.socket, ("127.0.0.1", web.port), lambda: caplog.records)
+    peer, failed = connect_while_out_of_fds(socket.socket, ("127.0.0.1", web.port), web.server.log)
     assert_accepts_paused(failed)
     # Descriptors free again: the peer that waited in the backlog is accepted within a pause.
     assert wait_for(lambda: web.stats()["connections"] == 1), web.stats()
