@@ -43,7 +43,7 @@ import os
 import pwd
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from agent import clock as _clock
 from agent import listensock, rpc, sockshell
@@ -278,7 +278,7 @@ class Server:
         self._conns: dict[int, _Conn] = {}
         self._per_uid: dict[int, int] = {}
         self._subscribers: set = set()
-        self._accept_timer: Any = None
+        self._accept_pause = sockshell.AcceptPause(loop, self._on_accept, self.log, "socket.")
         # The one idle-check timer, armed while connections exist.
         self._sweep = sockshell.IdleSweep(loop, sockshell.sweep_period(idle_timeout), self._conns, self._close_idle)
         self._waits = _Deadlines(loop, self._expire, WAIT_GRAIN)
@@ -357,8 +357,7 @@ class Server:
             return
         self.service.unsubscribe(self._on_service_event)
         self.loop.remove_reader(self._sock.fileno())
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
+        self._accept_pause.cancel()
         self._sweep.cancel()
         if self.listen_fd is not None:
             self._sock.detach()  # systemd owns the fd and the file
@@ -409,21 +408,11 @@ class Server:
     def _accept_error(self, e: OSError) -> bool:
         """Out of fds: pause accepts (False); a peer gone before accept(): accept on (True); else raise."""
         lsock = self._sock
-        if e.errno in sockshell.OUT_OF_FDS and lsock is not None:
-            self.log.error(
-                "cannot accept on %s: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or lower "
-                "socket.max_connections)", self.path, e.strerror,
-            )
-            self._accept_timer = sockshell.pause_accepts(self.loop, lsock, self._resume_accept)
+        if lsock is not None and self._accept_pause.pause(e, lsock, self.path):
             return False
         if e.errno in (errno.ECONNABORTED, errno.EPROTO):
             return True
         raise e
-
-    def _resume_accept(self) -> None:
-        self._accept_timer = None
-        if self._sock is not None:
-            self.loop.add_reader(self._sock.fileno(), self._on_accept)
 
     def _new_conn(self, sock: socket.socket) -> None:
         sock.setblocking(False)

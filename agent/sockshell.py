@@ -48,11 +48,36 @@ def accept_batch(lsock: socket.socket, on_sock: Callable[[socket.socket], None],
         on_sock(sock)
 
 
-def pause_accepts(loop: Loop, lsock: socket.socket, resume: Callable[[], None]) -> Any:
-    """Stop accepting on lsock for ACCEPT_PAUSE s instead of spinning on a socket that stays readable
-    while no fd is free; resume() runs then (it re-adds the reader). Returns the timer."""
-    loop.remove_reader(lsock.fileno())
-    return loop.call_later(ACCEPT_PAUSE, resume)
+class AcceptPause:
+    """A listener out of file descriptors (EMFILE and kin at accept()) stops accepting for
+    ACCEPT_PAUSE s instead of spinning on a listening socket that stays readable while no fd is free,
+    and says once per pause what to change. One per server; cancel() when the server closes."""
+
+    def __init__(self, loop: Loop, on_accept: Callable[[], None], log: Any, section: str) -> None:
+        self.loop, self.on_accept, self.log = loop, on_accept, log
+        self.section = section  # where max_connections is set: "socket.", "[gateway] ", "[web] "
+        self._timer: Any = None
+
+    def pause(self, e: OSError, lsock: socket.socket, where: str) -> bool:
+        """True when `e` means out of fds: accepts on lsock paused (the caller stops its batch);
+        False: any other error, the caller's to judge."""
+        if e.errno not in OUT_OF_FDS:
+            return False
+        self.log.error("cannot accept on %s: %s; pausing accepts for %g s (raise LimitNOFILE= or lower "
+                       "%smax_connections)", where, e.strerror, ACCEPT_PAUSE, self.section)
+        self.loop.remove_reader(lsock.fileno())
+        self._timer = self.loop.call_later(ACCEPT_PAUSE, lambda: self._resume(lsock))
+        return True
+
+    def _resume(self, lsock: socket.socket) -> None:
+        self._timer = None
+        if lsock.fileno() >= 0:  # -1 once the server closed (or detached) it
+            self.loop.add_reader(lsock.fileno(), self.on_accept)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def busy_reason(who: str, section: str, nconns: int, max_connections: int,

@@ -44,7 +44,7 @@ _now = _clock.now
 
 class _Conn(runner.Sink):
     __slots__ = ("srv", "sock", "fd", "pid", "uid", "gid", "apps", "http", "out", "last", "busy", "closed",
-                 "body", "req", "writing", "reading", "chunked", "too_big", "closing", "req_method", "drain")
+                 "body", "req", "writing", "reading", "chunked", "too_big", "closing", "req_method", "linger")
 
     def __init__(self, srv: GatewayServer, sock: socket.socket, pid: int, uid: int, gid: int, apps: tuple,
                  max_head: int) -> None:
@@ -65,7 +65,7 @@ class _Conn(runner.Sink):
         self.too_big = 0
         self.closing = False       # close once `out` is flushed
         self.req_method = "GET"
-        self.drain = False         # an error answer went out: close through sockshell.Goodbyes
+        self.linger = False        # an error answer went out: close through sockshell.Goodbyes
 
     # -- the runner's sink (loop thread) -----------------------------------------------------------
     def start(self, reply: core.Reply, streamed: bool = False) -> None:
@@ -151,6 +151,7 @@ class GatewayServer:
         self._per_uid: dict[int, int] = {}
         self._sweep = sockshell.IdleSweep(loop, sockshell.sweep_period(g.idle_timeout), self._conns, self._close_idle)
         self._goodbyes = sockshell.Goodbyes(loop)  # refused peers and error answers, closed gracefully
+        self._accept_pause = sockshell.AcceptPause(loop, self._on_accept, self.log, "[gateway] ")
         self.c: dict = {"accepted": 0, "denied": 0, "rejected_busy": 0, "closed_idle": 0, "bad_requests": 0,
                         "replies": 0}
 
@@ -183,6 +184,7 @@ class GatewayServer:
             pass
         self._sock = None
         self._sweep.cancel()
+        self._accept_pause.cancel()
         for conn in list(self._conns.values()):
             self._drop(conn)
         self._goodbyes.close()
@@ -210,13 +212,7 @@ class GatewayServer:
         lsock = self._sock
         if lsock is None:
             return False
-        if e.errno in sockshell.OUT_OF_FDS:
-            self.log.error("cannot accept on %s: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or lower "
-                           "[gateway] max_connections)", self.path, e.strerror)
-            sockshell.pause_accepts(self.loop, lsock, lambda: self._sock is not None and self.loop.add_reader(
-                self._sock.fileno(), self._on_accept))
-            return False
-        return True
+        return not self._accept_pause.pause(e, lsock, self.path)
 
     def _refuse(self, sock: socket.socket, refusal: core.Refusal) -> None:
         """Answer a peer we will not serve with one HTTP response, then close without losing it: the
@@ -321,7 +317,7 @@ class GatewayServer:
         if conn.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             # h11 will not write a response to a request it could not parse: the bytes are ours.
             conn.out += raw_reply(refusal.reply())
-        conn.drain = True
+        conn.linger = True  # the peer may still be sending the request we refused
         self._close_after_flush(conn)
 
     def _dispatch(self, conn: _Conn) -> None:
@@ -394,22 +390,15 @@ class GatewayServer:
             conn.writing = False
             self.loop.remove_writer(conn.fd)
         if conn.closing:
-            self._finish(conn)
+            self._drop(conn, linger=conn.linger)
 
     def _close_after_flush(self, conn: _Conn) -> None:
         conn.closing = True
         self._pause(conn)
         if not conn.out:
-            self._finish(conn)
+            self._drop(conn, linger=conn.linger)
         else:
             self._flush(conn)
-
-    def _finish(self, conn: _Conn) -> None:
-        """Everything is sent: close. After an error answer (413, 431, 400) the peer may still be
-        sending the request we refused, so the socket closes through Goodbyes (a lingering close)."""
-        self._drop(conn, close=not conn.drain)
-        if conn.drain:
-            self._goodbyes.send(conn.sock)
 
     # -- idle connections --------------------------------------------------------------------------
     def _close_idle(self, now: float) -> None:
@@ -419,8 +408,9 @@ class GatewayServer:
                 self.c["closed_idle"] += 1
                 self._drop(conn)
 
-    def _drop(self, conn: _Conn, close: bool = True) -> None:
-        """Forget a connection; close its socket unless the caller takes it (close=False)."""
+    def _drop(self, conn: _Conn, linger: bool = False) -> None:
+        """Forget a connection and close its socket: at once, or with linger through sockshell.Goodbyes
+        (after an error answer: the peer may still be sending the request we refused)."""
         if conn.closed:
             return
         conn.closed = True
@@ -432,11 +422,13 @@ class GatewayServer:
         conn.body = []
         if self._conns.pop(conn.fd, None) is not None:
             sockshell.release_peer(self._per_uid, conn.uid)
-        if close:
-            try:
-                conn.sock.close()
-            except OSError:
-                pass
+        if linger:
+            self._goodbyes.send(conn.sock)
+            return
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
 
     def stats(self) -> dict:
         d = dict(self.c)

@@ -181,7 +181,7 @@ class WebServer:
         except ValueError as e:
             raise guard.WebError("[web] listen: %s" % e)
         self.max_connections = web.max_connections
-        self._accept_timer: Any = None   # accepts paused while the process is out of fds
+        self._accept_pause = sockshell.AcceptPause(loop, self._on_accept, self.log, "[web] ")
         self.max_message = web.max_message
         self.idle_timeout = web.idle_timeout
         self.handshake_timeout = web.handshake_timeout
@@ -247,9 +247,7 @@ class WebServer:
             return
         self.service.unsubscribe(self._on_service_event)
         self.loop.remove_reader(self._sock.fileno())
-        if self._accept_timer is not None:
-            self._accept_timer.cancel()
-            self._accept_timer = None
+        self._accept_pause.cancel()
         self._sock.close()
         self._sock = None
         self._sweep.cancel()
@@ -268,18 +266,10 @@ class WebServer:
         """Out of fds: pause accepts for a moment (False), as the player socket does: the listening
         socket stays readable, so staying in the loop would spin and log on every turn. Anything else
         concerns that one peer (gone before accept()): accept on (True)."""
-        if e.errno in sockshell.OUT_OF_FDS and self._sock is not None:
-            self.log.error("web: cannot accept on %s:%d: %s; pausing accepts for 0.5 s (raise LimitNOFILE= or "
-                           "lower [web] max_connections)", self.host, self.port, e.strerror)
-            self._accept_timer = sockshell.pause_accepts(self.loop, self._sock, self._resume_accept)
+        if self._sock is not None and self._accept_pause.pause(e, self._sock, "%s:%d" % (self.host, self.port)):
             return False
         self.log.debug("web: accept failed: %s", e.strerror)
         return True
-
-    def _resume_accept(self) -> None:
-        self._accept_timer = None
-        if self._sock is not None:
-            self.loop.add_reader(self._sock.fileno(), self._on_accept)
 
     def _new_conn(self, sock: socket.socket) -> None:
         sock.setblocking(False)
