@@ -144,7 +144,7 @@ int main(int argc, char **argv)
     const char *path = "/run/pass-agent/agent.sock";
     const char *min_ttl = NULL, *wait = NULL, *app = NULL;
     int headers = 0, opt, fd;
-    double started = now_s(), waited;
+    double started = now_s(), waited, min_ttl_s = 0, wait_s = 0;
     struct sockaddr_un addr;
     char req[512], params[200] = "", val[16384];
     size_t n = 0;
@@ -161,11 +161,11 @@ int main(int argc, char **argv)
         default: usage(argv[0]); return 2;
         }
     }
-    if (min_ttl && seconds_arg(min_ttl, 604800) < 0) {
+    if (min_ttl && (min_ttl_s = seconds_arg(min_ttl, 604800)) < 0) {
         fprintf(stderr, "token_client: -m %s: a number of seconds from 0 to 604800 (7 days)\n", min_ttl);
         return 2;
     }
-    if (wait && seconds_arg(wait, 300) < 0) {
+    if (wait && (wait_s = seconds_arg(wait, 300)) < 0) {
         fprintf(stderr, "token_client: -w %s: a number of seconds from 0 to 300 (the agent's longest wait)\n", wait);
         return 2;
     }
@@ -182,7 +182,7 @@ int main(int argc, char **argv)
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     strcpy(addr.sun_path, path);
-    fd = connect_agent(&addr, wait ? started + strtod(wait, NULL) : 0.0);
+    fd = connect_agent(&addr, wait ? started + wait_s : 0.0);
     if (fd < 0) {
         fprintf(stderr, "token_client: cannot connect to pass-agent at %s: %s (is the agent running?)\n",
                 path, strerror(errno));
@@ -194,10 +194,10 @@ int main(int argc, char **argv)
     if (min_ttl || wait || app) {
         n += snprintf(params + n, sizeof params - n, ",\"params\":{");
         if (min_ttl)
-            n += snprintf(params + n, sizeof params - n, "\"min_ttl\":%.3f,", strtod(min_ttl, NULL));
+            n += snprintf(params + n, sizeof params - n, "\"min_ttl\":%.3f,", min_ttl_s);
         if (wait)
             n += snprintf(params + n, sizeof params - n, "\"wait\":%.3f,",  /* what is left of it */
-                          strtod(wait, NULL) > waited ? strtod(wait, NULL) - waited : 0.0);
+                          wait_s > waited ? wait_s - waited : 0.0);
         if (app)
             n += snprintf(params + n, sizeof params - n, "\"app\":\"%s\",", app);
         params[n - 1] = '}'; /* the last comma */
