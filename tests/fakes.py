@@ -259,7 +259,8 @@ def no_free_fds() -> Any:
     import gc
 
     # A socket left in a reference cycle by an earlier test, collected inside the window, would free
-    # an fd for the accept() (seen once in CI: no EMFILE at all): collect first, no collection inside.
+    # an fd for the accept(): collect first, no collection inside (a precaution: the CI runs that saw
+    # no EMFILE failed because caplog missed the records, see connect_while_out_of_fds).
     gc.collect()
     gc.disable()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -286,9 +287,9 @@ def connect_while_out_of_fds(make_peer: Callable[[], socket.socket], address: An
     `seconds` (pacing: long enough for a spinning accept loop to log thousands of times). Returns the
     peer and the records at WARNING or above that mention "accept", taken from the listener's own
     logger `log` by a handler of this helper (caplog sees nothing once a test of the suite has run
-    agent.log.setup(), which stops propagation: seen in a 3.9 CI run). Another thread may free an fd
-    just before the first accept() (a handler thread of an earlier test closing its socket): then
-    nothing failed at all, and the window is tried again."""
+    agent.log.setup(), which stops propagation: two 3.9 CI runs failed so). Should another thread
+    free an fd just before the first accept() (a precaution, not seen), nothing fails at all, and the
+    window is tried again; a spinning listener fails in the first window."""
     import logging
 
     class Keep(logging.Handler):
